@@ -25,7 +25,7 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys; sys.exit(
   "$PYTHON" -m venv "$VENV"
 fi
 
-req_hash="$(hash_of tools/requirements.in tools/constraints.txt)"
+req_hash="$(hash_of tools/requirements.in tools/requirements-model.txt tools/constraints.txt)"
 if [ "$(cat "$VENV/.motus-requirements" 2>/dev/null)" != "$req_hash" ]; then
   log "installing pinned requirements (tools/requirements.in with tools/constraints.txt)"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tools/requirements.in -c tools/constraints.txt
