@@ -4,6 +4,7 @@
 #   2. colcon build of motus_msgs (rosidl) and motus_ros (ament_python) into install/.
 # Each step is skipped when its inputs have not changed since it last succeeded, so a second run takes seconds.
 set -euo pipefail
+trap 'echo "[setup] error: failed at line $LINENO of $0" >&2' ERR
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -59,7 +60,8 @@ export PATH="$VENV/bin:$PATH"
 build_package() {  # build_package NAME PATH INPUT...
   local name="$1" path="$2"; shift 2
   local stamp="install/.motus-build-$name" inputs hash
-  inputs=$(find "$@" -type f -not -path '*/__pycache__/*' 2>/dev/null | sort)
+  # (find's complaint about a not-yet-existing folder must not end the script under set -e)
+  inputs=$( { find "$@" -type f -not -path '*/__pycache__/*' 2>/dev/null || true; } | sort)
   hash="$(printf '%s\n' "$inputs" | sha256sum | cut -d' ' -f1)-$(hash_of $inputs)"
   if [ "$(cat "$stamp" 2>/dev/null)" = "$hash" ] && [ -d "install/$name" ]; then
     log "$name up to date"
