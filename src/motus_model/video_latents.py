@@ -1,0 +1,259 @@
+"""The video codec behind one small interface: pixels <-> the latents the video expert sees.
+
+Two implementations:
+- `WanVAECodec`: the Wan 2.2 VAE through diffusers (`AutoencoderKLWan`: 48 latent
+  channels, internal patchify 2 + 8x downsampling = 16x spatial, 4x temporal with a
+  causal first frame), with the per-channel latent mean/std normalisation the
+  reference applies (motus_architecture.md §2).
+- `PixelPatchCodec`: for small CPU models with no pretrained VAE: space-to-depth
+  (and optional temporal grouping with a causal first frame) times a fixed scale.
+  It has no weights and is exactly invertible.
+
+Both take frames [B, T, 3, H, W] in [-1, 1] and give latents [B, C, t, h, w]
+with t = 1 + (T - 1) / temporal_compression (T = 1 + k * temporal_compression).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class VideoCodec(Protocol):
+    """Encodes frames to model latents and back."""
+
+    latent_channels: int
+    spatial_compression: int
+    temporal_compression: int
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames [B, T, 3, H, W] in [-1, 1] -> latents [B, C, t, h, w] (normalised)."""
+        ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents [B, C, t, h, w] -> frames [B, T, 3, H, W] in [-1, 1]."""
+        ...
+
+    def latent_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(t, h, w) of the latents for `num_frames` pixel frames of height x width."""
+        ...
+
+
+def causal_latent_frames(num_frames: int, temporal_compression: int) -> int:
+    """Latent frames for a causal codec: the first frame alone, then one per `temporal_compression`.
+
+    Raises:
+        ValueError: num_frames is not 1 + k * temporal_compression.
+    """
+    if num_frames < 1 or (num_frames - 1) % temporal_compression != 0:
+        raise ValueError(
+            f"expected 1 + k*{temporal_compression} frames (causal first frame), got {num_frames}"
+        )
+    return 1 + (num_frames - 1) // temporal_compression
+
+
+def _check_frames(frames: torch.Tensor, spatial_compression: int, temporal_compression: int) -> None:
+    if not isinstance(frames, torch.Tensor) or frames.ndim != 5 or frames.shape[2] != 3:
+        shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+        raise ValueError(f"frames: expected a tensor [B, T, 3, H, W], got {shape}")
+    _, num_frames, _, height, width = frames.shape
+    causal_latent_frames(num_frames, temporal_compression)
+    if height % spatial_compression or width % spatial_compression:
+        raise ValueError(
+            f"frames: height and width must be multiples of {spatial_compression}, got {height}x{width}"
+        )
+
+
+def _check_latents(latents: torch.Tensor, channels: int) -> None:
+    if not isinstance(latents, torch.Tensor) or latents.ndim != 5 or latents.shape[1] != channels:
+        shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+        raise ValueError(f"latents: expected a tensor [B, {channels}, t, h, w], got {shape}")
+
+
+class PixelPatchCodec:
+    """Space-to-depth video "codec" with no weights, exactly invertible.
+
+    A latent frame stacks `temporal_patch` consecutive frames of `patch_size` x
+    `patch_size` pixel patches: C = 3 * temporal_patch * patch_size**2. The first
+    latent frame holds frame 0 alone (repeated `temporal_patch` times so every
+    latent frame has the same channels), mirroring the Wan VAE's causal first
+    frame; decoding averages those copies. Latents are pixels times `scale`.
+    """
+
+    def __init__(self, patch_size: int = 4, temporal_patch: int = 1, scale: float = 1.0) -> None:
+        if patch_size < 1 or temporal_patch < 1 or scale <= 0:
+            raise ValueError(
+                f"expected patch_size >= 1, temporal_patch >= 1, scale > 0; got {patch_size}, {temporal_patch}, {scale}"
+            )
+        self.patch_size = int(patch_size)
+        self.temporal_patch = int(temporal_patch)
+        self.scale = float(scale)
+        self.latent_channels = 3 * self.temporal_patch * self.patch_size**2
+        self.spatial_compression = self.patch_size
+        self.temporal_compression = self.temporal_patch
+
+    def latent_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(f"height and width must be multiples of {self.patch_size}, got {height}x{width}")
+        return causal_latent_frames(num_frames, self.temporal_patch), height // self.patch_size, width // self.patch_size
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames [B, T, 3, H, W] -> latents [B, 3*tp*p*p, 1 + (T-1)/tp, H/p, W/p]."""
+        _check_frames(frames, self.patch_size, self.temporal_patch)
+        batch, _, _, height, width = frames.shape
+        p, tp = self.patch_size, self.temporal_patch
+        # Causal first frame: frame 0 forms its own group (repeated to tp copies).
+        first = frames[:, :1].expand(batch, tp, 3, height, width)
+        grouped = torch.cat([first, frames[:, 1:]], dim=1)  # [B, t*tp, 3, H, W]
+        num_latent_frames = grouped.shape[1] // tp
+        x = grouped.reshape(batch, num_latent_frames, tp, 3, height // p, p, width // p, p)
+        # -> [B, tp, 3, p, p, t, h, w]: channel order (tp, rgb, py, px).
+        x = x.permute(0, 2, 3, 5, 7, 1, 4, 6)
+        latents = x.reshape(batch, self.latent_channels, num_latent_frames, height // p, width // p)
+        return latents * self.scale
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents [B, C, t, h, w] -> frames [B, 1 + (t-1)*tp, 3, h*p, w*p] (no clamping)."""
+        _check_latents(latents, self.latent_channels)
+        batch, _, num_latent_frames, h, w = latents.shape
+        p, tp = self.patch_size, self.temporal_patch
+        x = (latents / self.scale).reshape(batch, tp, 3, p, p, num_latent_frames, h, w)
+        x = x.permute(0, 5, 1, 2, 6, 3, 7, 4)  # [B, t, tp, 3, h, p, w, p]
+        grouped = x.reshape(batch, num_latent_frames, tp, 3, h * p, w * p)
+        first = grouped[:, 0].mean(dim=1, keepdim=True)  # the tp copies of frame 0
+        rest = grouped[:, 1:].reshape(batch, (num_latent_frames - 1) * tp, 3, h * p, w * p)
+        return torch.cat([first, rest], dim=1)
+
+
+class WanVAECodec:
+    """The Wan 2.2 VAE (diffusers `AutoencoderKLWan`) with per-channel latent normalisation.
+
+    Encoding takes the posterior mean (deterministic, as Wan pipelines do for
+    conditioning frames) and normalises z -> (z - latents_mean) / latents_std with
+    the 48 values in the VAE config; decoding inverts that and clamps to [-1, 1].
+    Latents are returned in float32; the VAE may run in another dtype.
+    """
+
+    def __init__(self, vae: Any, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        config = vae.config
+        self.vae = vae.to(device=device, dtype=dtype).eval()
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.latent_channels = int(config.z_dim)
+        self.spatial_compression = int(config.scale_factor_spatial)
+        self.temporal_compression = int(config.scale_factor_temporal)
+        mean = torch.tensor(config.latents_mean, dtype=torch.float32)
+        std = torch.tensor(config.latents_std, dtype=torch.float32)
+        if mean.numel() != self.latent_channels or std.numel() != self.latent_channels:
+            raise ValueError(
+                f"VAE config: expected {self.latent_channels} latents_mean/latents_std values, "
+                f"got {mean.numel()} and {std.numel()}"
+            )
+        self.latents_mean = mean.view(1, -1, 1, 1, 1).to(self.device)
+        self.latents_std = std.view(1, -1, 1, 1, 1).to(self.device)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> "WanVAECodec":
+        """Load a diffusers-format VAE folder (config.json + safetensors), e.g. Wan2.2-TI2V-5B-Diffusers/vae."""
+        from diffusers import AutoencoderKLWan
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no config.json in VAE folder {path}")
+        logger.info("loading Wan VAE from %s", path)
+        return cls(AutoencoderKLWan.from_pretrained(path), device=device, dtype=dtype)
+
+    def latent_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        if height % self.spatial_compression or width % self.spatial_compression:
+            raise ValueError(
+                f"height and width must be multiples of {self.spatial_compression}, got {height}x{width}"
+            )
+        return (
+            causal_latent_frames(num_frames, self.temporal_compression),
+            height // self.spatial_compression,
+            width // self.spatial_compression,
+        )
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames [B, T, 3, H, W] in [-1, 1] -> normalised latents [B, 48, t, H/16, W/16] (float32)."""
+        _check_frames(frames, self.spatial_compression, self.temporal_compression)
+        pixels = frames.to(device=self.device, dtype=self.dtype).permute(0, 2, 1, 3, 4)  # [B, 3, T, H, W]
+        z = self.vae.encode(pixels).latent_dist.mode().float()
+        return (z - self.latents_mean) / self.latents_std
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """normalised latents [B, 48, t, h, w] -> frames [B, 1 + 4(t-1), 3, 16h, 16w] in [-1, 1]."""
+        _check_latents(latents, self.latent_channels)
+        z = latents.to(self.device).float() * self.latents_std + self.latents_mean
+        pixels = self.vae.decode(z.to(self.dtype)).sample.float().clamp(-1.0, 1.0)
+        return pixels.permute(0, 2, 1, 3, 4)
+
+
+def tiny_wan_vae(latents_mean: list[float] | None = None, latents_std: list[float] | None = None) -> Any:
+    """A randomly initialised Wan 2.2-shaped VAE at tiny width (tests and CPU benchmarks only).
+
+    Same structure as the published one (48 channels, residual blocks, patch 2,
+    16x spatial, 4x temporal), base width 8 instead of 160.
+    """
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(
+        base_dim=8,
+        decoder_base_dim=8,
+        z_dim=48,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        is_residual=True,
+        in_channels=12,  # 3 channels x patch 2 x 2
+        out_channels=12,
+        patch_size=2,
+        scale_factor_spatial=16,
+        scale_factor_temporal=4,
+        latents_mean=latents_mean if latents_mean is not None else [0.0] * 48,
+        latents_std=latents_std if latents_std is not None else [1.0] * 48,
+    )
+
+
+def build_codec(
+    config: Any,
+    path: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> VideoCodec:
+    """The codec a `MotusConfig` asks for (`config.latents.kind`: "pixel_patch" | "wan_vae").
+
+    A Wan VAE needs `path` (a diffusers VAE folder): there is no silent fallback to
+    random weights. The codec's channel count and compression must match the config.
+    """
+    latents = config.latents
+    kind = latents.kind
+    if kind == "pixel_patch":
+        codec: VideoCodec = PixelPatchCodec(
+            patch_size=int(getattr(latents, "patch_size", latents.spatial_compression)),
+            temporal_patch=int(getattr(latents, "temporal_patch", latents.temporal_compression)),
+            scale=float(getattr(latents, "scale", 1.0)),
+        )
+    elif kind == "wan_vae":
+        if path is None:
+            raise ValueError("latents.kind 'wan_vae' needs a VAE folder path (diffusers AutoencoderKLWan); got None")
+        codec = WanVAECodec.from_pretrained(path, device=device, dtype=dtype)
+    else:
+        raise ValueError(f"latents.kind: expected 'pixel_patch' or 'wan_vae', got {kind!r}")
+    expected = (int(latents.channels), int(latents.spatial_compression), int(latents.temporal_compression))
+    got = (codec.latent_channels, codec.spatial_compression, codec.temporal_compression)
+    if expected != got:
+        raise ValueError(
+            f"codec does not match config.latents: expected (channels, spatial, temporal) {expected}, got {got}"
+        )
+    return codec

@@ -1,0 +1,69 @@
+"""Video codecs (motus_model.video_latents): pixel patches exact, Wan VAE shapes and normalisation."""
+
+import pytest
+import torch
+
+from motus_model.video_latents import PixelPatchCodec, WanVAECodec, causal_latent_frames, tiny_wan_vae
+
+
+@pytest.mark.parametrize("patch_size, temporal_patch", [(4, 1), (2, 2), (8, 4)])
+def test_pixel_patch_round_trip_is_exact(patch_size, temporal_patch):
+    codec = PixelPatchCodec(patch_size=patch_size, temporal_patch=temporal_patch, scale=2.0)
+    num_frames = 1 + 2 * temporal_patch
+    frames = torch.rand(2, num_frames, 3, 16, 24) * 2 - 1
+    latents = codec.encode(frames)
+    t, h, w = codec.latent_grid(num_frames, 16, 24)
+    assert latents.shape == (2, 3 * temporal_patch * patch_size**2, t, h, w)
+    assert t == 3
+    torch.testing.assert_close(codec.decode(latents), frames, rtol=0, atol=1e-6)
+
+
+def test_pixel_patch_is_local_and_causal():
+    codec = PixelPatchCodec(patch_size=4, temporal_patch=2)
+    frames = torch.zeros(1, 5, 3, 8, 8)
+    frames[0, 3, 1, 4:, :4] = 1.0  # frame 3, green channel, bottom-left patch
+    latents = codec.encode(frames)
+    nonzero = latents[0].nonzero()
+    # Frame 3 is in latent frame 2 (frames 1-2 -> 1, frames 3-4 -> 2), patch row 1, column 0.
+    assert set(nonzero[:, 1].tolist()) == {2}
+    assert set(nonzero[:, 2].tolist()) == {1} and set(nonzero[:, 3].tolist()) == {0}
+    assert latents[0, :, 0].abs().sum() == 0  # the first latent frame holds frame 0 only
+
+
+def test_pixel_patch_scale_and_errors():
+    codec = PixelPatchCodec(patch_size=2, scale=0.5)
+    frames = torch.ones(1, 1, 3, 4, 4)
+    assert torch.all(codec.encode(frames) == 0.5)
+    with pytest.raises(ValueError, match="multiples of 2"):
+        codec.encode(torch.zeros(1, 1, 3, 5, 4))
+    with pytest.raises(ValueError, match=r"\[B, T, 3, H, W\]"):
+        codec.encode(torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"expected a tensor \[B, 12"):
+        codec.decode(torch.zeros(1, 5, 1, 2, 2))
+    with pytest.raises(ValueError, match="1 \\+ k\\*4"):
+        causal_latent_frames(4, 4)
+
+
+@pytest.mark.timeout(120)
+def test_wan_vae_shapes_and_normalisation(tmp_path):
+    torch.manual_seed(0)
+    mean = torch.linspace(-1.0, 1.0, 48)
+    std = torch.linspace(0.5, 2.0, 48)
+    vae = tiny_wan_vae(latents_mean=mean.tolist(), latents_std=std.tolist())
+    vae.save_pretrained(tmp_path / "vae")
+    codec = WanVAECodec.from_pretrained(tmp_path / "vae")
+    assert (codec.latent_channels, codec.spatial_compression, codec.temporal_compression) == (48, 16, 4)
+
+    frames = torch.rand(1, 5, 3, 32, 48) * 2 - 1
+    latents = codec.encode(frames)
+    assert latents.shape == (1, 48, 2, 2, 3) == (1, 48, *codec.latent_grid(5, 32, 48))
+    # The normalisation is the VAE config's per-channel mean/std applied to the posterior mean.
+    raw = vae.encode(frames.permute(0, 2, 1, 3, 4)).latent_dist.mode()
+    expected = (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
+    torch.testing.assert_close(latents, expected, rtol=1e-4, atol=1e-4)
+
+    decoded = codec.decode(latents)
+    assert decoded.shape == frames.shape
+    assert decoded.min() >= -1 and decoded.max() <= 1
+    expected_pixels = vae.decode(raw).sample.clamp(-1, 1).permute(0, 2, 1, 3, 4)
+    torch.testing.assert_close(decoded, expected_pixels, rtol=1e-4, atol=1e-4)
