@@ -1,0 +1,301 @@
+"""Convert ROS 2 bags (MCAP) recorded on a robot into LeRobot-format episodes.
+
+Pure Python (``mcap`` + ``mcap-ros2-support``): no rosbag2 or rclpy needed. One bag is one episode.
+
+The robot profile is a plain dict (what ``motus_ros.profiles.RobotProfile.to_dict()`` gives, or a YAML file)::
+
+    cameras:            [{role: cam_high, topic: /cam_high/image_raw, encoding: rgb8}, ...]
+    joint_state_topics: [/follower_left/joint_states, /follower_right/joint_states]   # sensor_msgs/JointState
+    joint_names:        [14 names in the model's action order]
+    command_topic:      /commands        # or a list of topics; std_msgs/Float64MultiArray (values in
+                                         # action order, concatenated over the listed topics),
+                                         # sensor_msgs/JointState or trajectory_msgs/JointTrajectory (by name)
+    grippers:           [{index: 6, robot_open: 1.6214, robot_closed: 0.6197}, ...]   # optional; maps the
+                                         # gripper entries of state and command to model space (1 open, 0 closed)
+
+Streams are resampled to the control rate: for each tick t (from the moment every stream has a sample
+to the end of the shortest stream), each stream contributes its latest sample at or before t
+("nearest-before", so no sample from the future leaks into a frame).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
+
+from motus_model.data.lerobot import LeRobotDatasetWriter
+
+logger = logging.getLogger(__name__)
+
+CAMERA_KEY_PREFIX = "observation.images."
+_SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "mono8", "rgba8", "bgra8")
+
+
+@dataclass(frozen=True)
+class GripperMapping:
+    """Linear map of one gripper entry from robot units to model space (1 = open, 0 = closed)."""
+
+    index: int
+    robot_open: float
+    robot_closed: float
+
+    def to_model(self, value: np.ndarray) -> np.ndarray:
+        return (value - self.robot_closed) / (self.robot_open - self.robot_closed)
+
+
+@dataclass
+class BagProfile:
+    """The part of a robot profile the converter needs (see the module docstring for the dict layout)."""
+
+    cameras: list[dict[str, str]]
+    joint_state_topics: list[str]
+    joint_names: list[str]
+    command_topics: list[str]
+    grippers: list[GripperMapping] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, profile: dict[str, Any]) -> "BagProfile":
+        required = ("cameras", "joint_state_topics", "joint_names", "command_topic")
+        missing = [key for key in required if key not in profile]
+        if missing:
+            raise ValueError(f"robot profile lacks keys {missing}; expected {list(required)} (+ optional 'grippers')")
+        cameras = [dict(camera) for camera in profile["cameras"]]
+        for camera in cameras:
+            if not {"role", "topic"} <= set(camera):
+                raise ValueError(f"each camera needs 'role' and 'topic', got {camera}")
+        command = profile["command_topic"]
+        command_topics = [command] if isinstance(command, str) else list(command)
+        joint_state_topics = profile["joint_state_topics"]
+        if isinstance(joint_state_topics, str):
+            joint_state_topics = [joint_state_topics]
+        joint_names = list(profile["joint_names"])
+        if len(set(joint_names)) != len(joint_names):
+            raise ValueError(f"joint_names must be unique, got {joint_names}")
+        grippers = []
+        for gripper in profile.get("grippers", []) or []:
+            mapping = GripperMapping(int(gripper["index"]), float(gripper["robot_open"]), float(gripper["robot_closed"]))
+            if not 0 <= mapping.index < len(joint_names):
+                raise ValueError(f"gripper index {mapping.index} outside the {len(joint_names)} joints")
+            if mapping.robot_open == mapping.robot_closed:
+                raise ValueError(f"gripper {mapping.index}: robot_open equals robot_closed ({mapping.robot_open})")
+            grippers.append(mapping)
+        return cls(cameras, list(joint_state_topics), joint_names, command_topics, grippers)
+
+    def camera_key(self, role: str) -> str:
+        return f"{CAMERA_KEY_PREFIX}{role}"
+
+    def to_model_space(self, joints: np.ndarray) -> np.ndarray:
+        """Apply the gripper mappings to [T, J] joint values."""
+        joints = joints.copy()
+        for gripper in self.grippers:
+            joints[:, gripper.index] = gripper.to_model(joints[:, gripper.index])
+        return joints
+
+
+def image_message_to_rgb(message: Any, expected_encoding: str | None = None) -> np.ndarray:
+    """sensor_msgs/Image -> uint8 [H, W, 3] RGB."""
+    encoding = message.encoding
+    if expected_encoding is not None and encoding != expected_encoding:
+        raise ValueError(f"image encoding {encoding!r} differs from the profile's {expected_encoding!r}")
+    if encoding not in _SUPPORTED_ENCODINGS:
+        raise ValueError(f"unsupported image encoding {encoding!r}; supported: {_SUPPORTED_ENCODINGS}")
+    channels = {"mono8": 1, "rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4}[encoding]
+    height, width, step = int(message.height), int(message.width), int(message.step)
+    buffer = np.frombuffer(bytes(message.data), dtype=np.uint8)
+    if step < width * channels or buffer.size < height * step:
+        raise ValueError(f"image data too short: {buffer.size} bytes for {height}x{width}x{channels} with step {step}")
+    image = buffer[: height * step].reshape(height, step)[:, : width * channels].reshape(height, width, channels)
+    if encoding == "mono8":
+        return np.repeat(image, 3, axis=2)
+    if encoding in ("bgr8", "bgra8"):
+        image = image[:, :, 2::-1]
+    return np.ascontiguousarray(image[:, :, :3])
+
+
+def _stamp_ns(message: Any, log_time_ns: int, time_source: str) -> int:
+    if time_source == "log":
+        return int(log_time_ns)
+    stamp = message.header.stamp
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def _by_name(names: Iterable[str], values: Iterable[float]) -> dict[str, float]:
+    return dict(zip(list(names), [float(v) for v in values]))
+
+
+def _nearest_before(times: np.ndarray, ticks: np.ndarray) -> np.ndarray:
+    """Index of the latest sample at or before each tick (times sorted ascending; every tick >= times[0])."""
+    return np.searchsorted(times, ticks, side="right") - 1
+
+
+def _decoded_messages(bag_path: str | Path, topics: list[str]) -> Iterable[tuple[Any, Any, Any, Any]]:
+    """(schema, channel, message record, decoded ROS message) for the given topics, in log-time order."""
+    with open(bag_path, "rb") as stream:
+        reader = make_reader(stream, decoder_factories=[DecoderFactory()])
+        yield from reader.iter_decoded_messages(topics=topics, log_time_order=True)
+
+
+def read_bag_streams(bag_path: str | Path, profile: BagProfile, time_source: str = "log") -> dict[str, Any]:
+    """Read every profile stream of a bag: {"cameras": {role: (times, images)}, "joints": (times, [N,J]),
+    "commands": (times, [N,J])}, times in ns, sorted.
+
+    Joint states from several topics are merged by joint name: a merged sample exists once every
+    joint has been seen, and each new message updates its joints (the others keep their last value).
+    """
+    if time_source not in ("log", "header"):
+        raise ValueError(f"time_source must be 'log' or 'header', got {time_source!r}")
+    camera_roles = {camera["topic"]: camera for camera in profile.cameras}
+    joint_topics = set(profile.joint_state_topics)
+    command_topics = list(profile.command_topics)
+    topics = set(camera_roles) | joint_topics | set(command_topics)
+    joint_index = {name: i for i, name in enumerate(profile.joint_names)}
+
+    camera_samples: dict[str, list[tuple[int, np.ndarray]]] = {camera["role"]: [] for camera in profile.cameras}
+    joint_samples: list[tuple[int, np.ndarray]] = []
+    command_samples: list[tuple[int, np.ndarray]] = []
+    latest_joints: dict[str, float] = {}
+    latest_command_parts: dict[str, np.ndarray] = {}
+    latest_command_names: dict[str, float] = {}
+
+    for schema_record, channel, raw, message in _decoded_messages(bag_path, sorted(topics)):
+        topic, log_time_ns = channel.topic, raw.log_time
+        if topic in camera_roles:
+            camera = camera_roles[topic]
+            stamp = _stamp_ns(message, log_time_ns, time_source)
+            camera_samples[camera["role"]].append((stamp, image_message_to_rgb(message, camera.get("encoding"))))
+        elif topic in joint_topics:
+            stamp = _stamp_ns(message, log_time_ns, time_source)
+            latest_joints.update(_by_name(message.name, message.position))
+            if all(name in latest_joints for name in joint_index):
+                joint_samples.append((stamp, np.array([latest_joints[n] for n in profile.joint_names])))
+        else:
+            schema = schema_record.name
+            if schema.endswith("Float64MultiArray"):
+                latest_command_parts[topic] = np.asarray(message.data, dtype=np.float64)
+                if len(latest_command_parts) < len(command_topics):
+                    continue
+                command = np.concatenate([latest_command_parts[t] for t in command_topics])
+                if command.size != len(joint_index):
+                    raise ValueError(
+                        f"commands on {command_topics} hold {command.size} values, profile has {len(joint_index)} joints"
+                    )
+                stamp = int(log_time_ns)  # Float64MultiArray has no header
+                if time_source == "header":
+                    raise ValueError("Float64MultiArray commands have no header stamp; use time_source='log'")
+            elif schema.endswith("JointState"):
+                latest_command_names.update(_by_name(message.name, message.position))
+                if not all(name in latest_command_names for name in joint_index):
+                    continue
+                command = np.array([latest_command_names[n] for n in profile.joint_names])
+                stamp = _stamp_ns(message, log_time_ns, time_source)
+            elif schema.endswith("JointTrajectory"):
+                if not message.points:
+                    raise ValueError(f"JointTrajectory on {topic} has no points")
+                latest_command_names.update(_by_name(message.joint_names, message.points[0].positions))
+                if not all(name in latest_command_names for name in joint_index):
+                    continue
+                command = np.array([latest_command_names[n] for n in profile.joint_names])
+                stamp = _stamp_ns(message, log_time_ns, time_source)
+            else:
+                raise ValueError(
+                    f"unsupported command type {schema} on {topic}; "
+                    "expected Float64MultiArray, JointState or JointTrajectory"
+                )
+            command_samples.append((stamp, command))
+
+    def _sorted(samples: list[tuple[int, Any]], what: str) -> tuple[np.ndarray, list[Any]]:
+        if not samples:
+            raise ValueError(f"bag {bag_path} holds no usable {what} messages")
+        samples.sort(key=lambda sample: sample[0])
+        return np.array([s[0] for s in samples], dtype=np.int64), [s[1] for s in samples]
+
+    cameras = {role: _sorted(samples, f"camera '{role}'") for role, samples in camera_samples.items()}
+    joint_times, joint_values = _sorted(joint_samples, f"joint state ({profile.joint_state_topics})")
+    command_times, command_values = _sorted(command_samples, f"command ({command_topics})")
+    return {
+        "cameras": cameras,
+        "joints": (joint_times, np.stack(joint_values)),
+        "commands": (command_times, np.stack(command_values)),
+    }
+
+
+def resample_bag(
+    bag_path: str | Path, profile: BagProfile, fps: float, time_source: str = "log"
+) -> dict[str, Any]:
+    """Read a bag and resample every stream to the control rate.
+
+    Returns:
+        {"frames": {camera key: uint8 [T,H,W,3]}, "state": float32 [T,J] (model space),
+         "action": float32 [T,J] (model space), "timestamps_ns": int64 [T]}.
+    """
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    streams = read_bag_streams(bag_path, profile, time_source)
+    all_times = [times for times, _ in streams["cameras"].values()]
+    all_times += [streams["joints"][0], streams["commands"][0]]
+    start = max(int(times[0]) for times in all_times)
+    end = min(int(times[-1]) for times in all_times)
+    period_ns = 1e9 / fps
+    if end < start:
+        raise ValueError(f"bag {bag_path}: streams do not overlap in time")
+    num_ticks = int(np.floor((end - start) / period_ns)) + 1
+    ticks = start + np.round(np.arange(num_ticks) * period_ns).astype(np.int64)
+
+    frames = {}
+    for role, (times, images) in streams["cameras"].items():
+        picked = _nearest_before(times, ticks)
+        frames[profile.camera_key(role)] = np.stack([images[i] for i in picked])
+    joint_times, joint_values = streams["joints"]
+    command_times, command_values = streams["commands"]
+    state = profile.to_model_space(joint_values[_nearest_before(joint_times, ticks)])
+    action = profile.to_model_space(command_values[_nearest_before(command_times, ticks)])
+    return {
+        "frames": frames,
+        "state": state.astype(np.float32),
+        "action": action.astype(np.float32),
+        "timestamps_ns": ticks,
+    }
+
+
+def convert_bags(
+    bag_paths: list[str | Path],
+    profile: dict[str, Any],
+    output: str | Path,
+    fps: float,
+    task: str | list[str],
+    time_source: str = "log",
+    robot_type: str = "aloha",
+) -> Path:
+    """Convert bags (one episode each) into a new LeRobot dataset at ``output``; returns its root.
+
+    Args:
+        bag_paths: MCAP files.
+        profile: robot profile dict (module docstring).
+        output: new dataset folder.
+        fps: control rate to resample to.
+        task: the instruction, one for all bags or one per bag.
+        time_source: "log" (bag receive time) or "header" (message header stamps).
+    """
+    bag_profile = BagProfile.from_dict(profile)
+    tasks = [task] * len(bag_paths) if isinstance(task, str) else list(task)
+    if len(tasks) != len(bag_paths):
+        raise ValueError(f"need one task per bag ({len(bag_paths)}), got {len(tasks)}")
+    writer = LeRobotDatasetWriter(
+        output,
+        fps=fps,
+        camera_keys=tuple(bag_profile.camera_key(c["role"]) for c in bag_profile.cameras),
+        robot_type=robot_type,
+        state_dim=len(bag_profile.joint_names),
+        action_dim=len(bag_profile.joint_names),
+    )
+    for bag_path, episode_task in zip(bag_paths, tasks):
+        episode = resample_bag(bag_path, bag_profile, fps, time_source)
+        writer.add_episode(episode["frames"], episode["state"], episode["action"], episode_task)
+        logger.info("converted %s: %d frames", bag_path, episode["state"].shape[0])
+    return writer.finalize()

@@ -1,0 +1,78 @@
+"""Episode video files: write and read uint8 RGB clips through the ffmpeg bundled with imageio-ffmpeg.
+
+LeRobot stores one mp4 per camera per episode; we encode H.264 (libx264) with yuv420p so any player
+and LeRobot's own decoders read the files. Frame sizes must be even for yuv420p.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def write_video(
+    path: str | Path,
+    frames: np.ndarray,
+    fps: float,
+    codec: str = "libx264",
+    pixel_format: str = "yuv420p",
+    crf: int = 18,
+) -> None:
+    """Encode frames into a video file.
+
+    Args:
+        path: output file (.mp4).
+        frames: uint8 array [T, H, W, 3] in RGB; H and W must be even (yuv420p subsamples chroma by 2).
+        fps: frame rate written into the container.
+        codec: ffmpeg encoder name.
+        pixel_format: output pixel format.
+        crf: constant rate factor (lower is closer to lossless); 18 is visually lossless for x264.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+    num_frames, height, width, _ = frames.shape
+    if num_frames == 0:
+        raise ValueError("frames must hold at least one frame, got 0")
+    if pixel_format == "yuv420p" and (height % 2 or width % 2):
+        raise ValueError(f"yuv420p needs even frame sizes, got H={height} W={width}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = imageio_ffmpeg.write_frames(
+        str(path),
+        (width, height),
+        fps=fps,
+        codec=codec,
+        pix_fmt_in="rgb24",
+        pix_fmt_out=pixel_format,
+        macro_block_size=1,
+        output_params=["-crf", str(crf), "-g", "2"],
+        ffmpeg_log_level="error",
+    )
+    writer.send(None)  # start the generator
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+
+
+def read_video(path: str | Path) -> np.ndarray:
+    """Decode a whole video file.
+
+    Returns:
+        uint8 array [T, H, W, 3] in RGB.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video file not found: {path}")
+    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    meta = next(reader)
+    width, height = meta["size"]
+    frames = [np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, 3) for buffer in reader]
+    if not frames:
+        raise ValueError(f"video file holds no frames: {path}")
+    return np.stack(frames)

@@ -1,0 +1,70 @@
+"""LeRobot writer -> reader round trip, stats, and the extra-column path used for latent actions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from motus_model.data.lerobot import ALOHA_CAMERA_KEYS, LeRobotDataset, LeRobotDatasetWriter
+
+
+@pytest.mark.timeout(60)
+def test_round_trip_exact_vectors_and_close_frames(tiny_dataset):
+    root, written = tiny_dataset
+    dataset = LeRobotDataset(root)
+    assert dataset.num_episodes == 2
+    assert dataset.fps == 50
+    assert dataset.camera_keys == ALOHA_CAMERA_KEYS
+    info = json.loads((root / "meta" / "info.json").read_text())
+    assert info["total_frames"] == 48 and info["total_videos"] == 6
+    for e, episode in enumerate(written):
+        loaded = dataset.load_episode(e)
+        np.testing.assert_array_equal(loaded["observation.state"], episode["state"])
+        np.testing.assert_array_equal(loaded["action"], episode["action"])
+        assert loaded["task"] == episode["task"]
+        for key in ALOHA_CAMERA_KEYS:
+            decoded = loaded["frames"][key]
+            assert decoded.shape == episode["frames"][key].shape
+            error = np.abs(decoded.astype(np.int16) - episode["frames"][key].astype(np.int16)).mean()
+            assert error < 5.0, f"{key}: mean abs error {error} after H.264 coding"
+    table = dataset.read_table(1)
+    # global index continues across episodes; frame_index restarts
+    assert table["index"].to_pylist() == list(range(24, 48))
+    assert table["frame_index"].to_pylist() == list(range(24))
+
+
+@pytest.mark.timeout(60)
+def test_stats_cover_all_rows(tiny_dataset):
+    root, written = tiny_dataset
+    stats = json.loads((root / "meta" / "stats.json").read_text())
+    all_actions = np.concatenate([e["action"] for e in written]).astype(np.float64)
+    np.testing.assert_allclose(stats["action"]["mean"], all_actions.mean(0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(stats["action"]["std"], all_actions.std(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(stats["observation.state"]["max"], np.concatenate([e["state"] for e in written]).max(0))
+
+
+@pytest.mark.timeout(60)
+def test_add_vector_column_updates_info_and_stats(tiny_dataset):
+    root, _ = tiny_dataset
+    dataset = LeRobotDataset(root)
+    latents = [np.full((24, 14), float(e), dtype=np.float32) for e in range(2)]
+    dataset.add_vector_column("latent_action", latents)
+    reopened = LeRobotDataset(root)
+    assert "latent_action" in reopened.vector_keys
+    np.testing.assert_array_equal(reopened.vectors(1)["latent_action"], latents[1])
+    np.testing.assert_allclose(reopened.stats["latent_action"]["mean"], np.full(14, 0.5))
+    with pytest.raises(ValueError, match="must be"):
+        reopened.add_vector_column("latent_action", [np.zeros((3, 14))] * 2)
+
+
+def test_writer_rejects_bad_input(tmp_path):
+    writer = LeRobotDatasetWriter(tmp_path / "bad", fps=10)
+    frames = {key: np.zeros((4, 8, 8, 3), np.uint8) for key in ALOHA_CAMERA_KEYS}
+    with pytest.raises(ValueError, match="state must be"):
+        writer.add_episode(frames, np.zeros((4, 7)), np.zeros((4, 14)), "t")
+    with pytest.raises(ValueError, match="frames keys"):
+        writer.add_episode({"x": frames[ALOHA_CAMERA_KEYS[0]]}, np.zeros((4, 14)), np.zeros((4, 14)), "t")
+    with pytest.raises(ValueError, match="no episodes"):
+        writer.finalize()
