@@ -1,0 +1,120 @@
+"""The imagination node: `~/imagine` (Imagine action), video generation p(o' | o, l) or the joint mode
+p(o', a | o, l) when `with_actions` is set.
+
+Imagined clips are returned split per camera and, with `publish`, replayed on `~/imagined/<camera_role>` by a
+timer at the video frame rate so rviz shows them beside the live cameras.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+
+from motus_msgs.action import Imagine
+from motus_msgs.msg import ErrorCode
+
+from motus_ros.lifecycle_base import MotusLifecycleNode, ServerContext, check_instruction, float_descriptor, int_descriptor, text_descriptor
+from motus_ros.policy_node import upsample_chunk
+from motus_ros.world_model_node import ImagePublishers, feedback_publisher, finish_goal
+
+
+class ImaginationNode(MotusLifecycleNode):
+    """Lifecycle node `imagination`: Imagine action + clip replay on `~/imagined/<role>`."""
+
+    def __init__(self, context: ServerContext, node_name: str = "imagination", **kwargs: Any) -> None:
+        super().__init__(node_name, context, **kwargs)
+        self.declare_parameter("replay_fps", 0.0, float_descriptor("replay rate of imagined clips; 0 = the model's video frame rate", 0.0, 120.0))
+        self.declare_parameter("replay_loop", False, text_descriptor("replay the last imagined clip in a loop instead of once"))
+        self.declare_parameter("max_instruction_chars", 512, int_descriptor("longest instruction accepted", 1, 100000))
+        self.images: ImagePublishers | None = None
+        self._replay: collections.deque[dict[str, np.ndarray]] = collections.deque()
+        self._clip: list[dict[str, np.ndarray]] = []
+        self._replay_lock = threading.Lock()
+        self._timer = None
+        self._action_server = ActionServer(
+            self, Imagine, "~/imagine", self._execute,
+            goal_callback=lambda goal: GoalResponse.ACCEPT,
+            cancel_callback=lambda handle: CancelResponse.ACCEPT,
+            callback_group=self.request_group,
+        )
+
+    def video_fps(self) -> float:
+        """Frames per second of the model's video: the control rate over the control steps between two frames."""
+        configured = float(self.param("replay_fps"))
+        if configured > 0:
+            return configured
+        temporal = self.engine.config.temporal
+        return float(self.profile.control_rate_hz) / float(temporal.downsample_rate * temporal.video_action_ratio)
+
+    def _setup(self) -> None:
+        self.images = ImagePublishers(self, self.camera_roles())
+        self._timer = self.create_timer(1.0 / self.video_fps(), self._replay_tick, callback_group=self.timer_group)
+
+    def _teardown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self.destroy_timer(self._timer)
+            self._timer = None
+        if self.images is not None:
+            self.images.destroy()
+            self.images = None
+        with self._replay_lock:
+            self._replay.clear()
+            self._clip = []
+
+    def _on_deactivated(self) -> None:
+        with self._replay_lock:
+            self._replay.clear()
+
+    def _replay_tick(self) -> None:
+        if not self.is_active or self.images is None:
+            return
+        with self._replay_lock:
+            if not self._replay and self._clip and bool(self.param("replay_loop")):
+                self._replay.extend(self._clip)
+            views = self._replay.popleft() if self._replay else None
+        if views is not None:
+            self.images.publish(views)
+
+    @property
+    def frames_published(self) -> int:
+        return 0 if self.images is None else self.images.published
+
+    def _execute(self, goal_handle) -> Imagine.Result:
+        """Imagine the future from the goal's (or the latest) observation and instruction."""
+        from motus_model.engine import MotusRequest
+        from motus_model.flow_matching import Mode
+
+        started = time.monotonic()
+        goal = goal_handle.request
+        result = Imagine.Result()
+        try:
+            self.require_active()
+            check_instruction(goal.instruction, int(self.param("max_instruction_chars")))
+            images, state = self.observation_inputs(goal.observation)
+            request = MotusRequest(
+                mode=Mode.JOINT if goal.with_actions else Mode.VIDEO_GENERATION, images=images, state=state,
+                instruction=goal.instruction, steps=self.steps_for(goal.steps), seed=self.seed_for(goal.seed), decode_video=True,
+            )
+            future = self.engine.submit(request, progress=feedback_publisher(goal_handle, Imagine.Feedback, started))
+            output = self.wait_result(future, should_cancel=lambda: goal_handle.is_cancel_requested)
+            result.frames = self.frames_to_observations(output.frames)
+            if goal.with_actions and output.actions is not None:
+                actions_robot = upsample_chunk(
+                    self.actions_to_robot(output.actions), self.profile.model_to_robot(state), int(self.engine.config.temporal.downsample_rate))
+                result.trajectory = self.trajectory_of(actions_robot)
+            if goal.publish:
+                clip = self.split_frames(output.frames)
+                with self._replay_lock:
+                    self._clip = clip
+                    self._replay.clear()
+                    self._replay.extend(clip)
+            result.timing = self.timing_of(output, (time.monotonic() - started) * 1e3)
+            result.error = ErrorCode(code=ErrorCode.NONE, message="")
+        except Exception as exc:
+            result.error = self.error_of(exc)
+        return finish_goal(goal_handle, result)

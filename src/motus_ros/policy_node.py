@@ -1,0 +1,551 @@
+"""The policy node: drives the robot with the VLA mode p(a | o, l) at the control rate.
+
+Data flow:
+  cameras + joint states (sensor group) -> ObservationBuffer (shared with the other nodes)
+  control timer (control rate, its own group): latest observation -> async chunk request to the engine (mode VLA)
+      when the blender runs low -> ChunkBlender (temporal ensembling or replace) -> SafetyFilter -> command adapter
+  RunPolicy action (request group): starts/stops a run, publishes feedback, terminates on limits/cancel/e-stop.
+
+The robot never waits for the model: commands (or hold commands) go out every control tick while the next chunk
+is being computed on the engine's worker thread. A chunk's action i is meant for control step
+obs_step + (i + 1) * downsample_rate (the model's chunk is sparser than the control loop when downsample_rate > 1;
+it is linearly upsampled from the observed state); actions already in the past when the chunk arrives are dropped
+by the blender, which is how the inference delay is accounted for.
+
+Safety: the SafetyFilter clamps every command to the joint limits and per-step deltas; stale or missing input,
+the e-stop, cancel and deactivate all hold the robot at the last commanded (or measured) position.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_srvs.srv import SetBool
+from trajectory_msgs.msg import JointTrajectory
+
+from motus_msgs.action import RunPolicy
+from motus_msgs.msg import ErrorCode
+from motus_msgs.srv import PredictActions
+
+from motus_ros import conversions
+from motus_ros.chunk_blending import ChunkBlender
+from motus_ros.command_adapters import make_command_adapter
+from motus_ros.lifecycle_base import (
+    MotusLifecycleNode,
+    RequestError,
+    ServerContext,
+    check_instruction,
+    float_descriptor,
+    int_descriptor,
+    text_descriptor,
+)
+from motus_ros.observation_buffer import ObservationBuffer
+from motus_ros.safety import SafetyFilter
+
+TERMINATION_COMPLETED = "completed"
+TERMINATION_CANCELLED = "cancelled"
+TERMINATION_ESTOP = "estop"
+TERMINATION_PREEMPTED = "preempted"
+TERMINATION_ERROR = "error"
+
+
+def upsample_chunk(actions: np.ndarray, start: np.ndarray, rate: int) -> np.ndarray:
+    """[N, D] chunk whose action i is for control step (i + 1) * rate -> [N * rate, D] actions, one per control
+    step, linearly interpolated from `start` (the observed state, step 0). rate 1 returns the chunk unchanged."""
+    actions = np.asarray(actions, dtype=np.float64)
+    if rate <= 1:
+        return actions
+    knots = np.vstack([np.asarray(start, dtype=np.float64)[None], actions])  # step 0, rate, 2 rate, ...
+    steps = np.arange(1, actions.shape[0] * rate + 1)
+    positions = steps / rate
+    lower = np.floor(positions).astype(int)
+    upper = np.minimum(lower + 1, knots.shape[0] - 1)
+    fraction = (positions - lower)[:, None]
+    return knots[lower] * (1.0 - fraction) + knots[upper] * fraction
+
+
+class RateMeter:
+    """Events per second over a sliding window (the measured control rate)."""
+
+    def __init__(self, window_s: float = 1.0) -> None:
+        self.window_s = window_s
+        self._times: collections.deque[float] = collections.deque()
+        self._lock = threading.Lock()
+
+    def tick(self, now_s: float) -> None:
+        with self._lock:
+            self._times.append(now_s)
+            while self._times and now_s - self._times[0] > self.window_s:
+                self._times.popleft()
+
+    def rate(self, now_s: float) -> float:
+        with self._lock:
+            while self._times and now_s - self._times[0] > self.window_s:
+                self._times.popleft()
+            return len(self._times) / self.window_s
+
+
+@dataclass
+class PolicyRun:
+    """The state of one RunPolicy goal. Written by the control timer, read by the action's execute loop."""
+
+    instruction: str
+    blender: ChunkBlender
+    started_s: float
+    max_steps: int = 0  # 0 = no limit
+    step: int = 0  # control ticks since the run started
+    published: int = 0  # commands computed (sent, or planned in dry run)
+    chunks: int = 0
+    pending: Any = None  # engine future of the chunk being computed
+    pending_obs_step: int = 0
+    pending_state: np.ndarray | None = None
+    pending_submitted_s: float = 0.0
+    last_inference_ms: float = 0.0
+    holding: bool = True
+    hold_reason: str = "waiting for the first action chunk"
+    hold_target: np.ndarray | None = None
+    error: str = ""  # a model failure that ends the run
+    preempted: bool = False
+    stopped: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class PolicyNode(MotusLifecycleNode):
+    """Lifecycle node `policy`: RunPolicy action, predict_actions service, e-stop, commands at the control rate."""
+
+    def __init__(self, context: ServerContext, node_name: str = "policy", **kwargs: Any) -> None:
+        super().__init__(node_name, context, **kwargs)
+        self.declare_parameter("control_rate_hz", 0.0, float_descriptor("command rate; 0 = the robot profile's control rate", 0.0, 1000.0))
+        self.declare_parameter("blending_mode", "temporal_ensemble", text_descriptor("how overlapping chunks combine: temporal_ensemble | replace"))
+        self.declare_parameter("ensemble_decay", 0.01, float_descriptor("temporal ensembling weight exp(-decay * i), i = chunk age order (ACT: 0.01)", 0.0, 10.0))
+        self.declare_parameter("chunk_request_threshold", 8, int_descriptor("request the next chunk when this many planned control steps remain", 0, 10000))
+        self.declare_parameter("max_skew_s", 0.2, float_descriptor("largest stamp difference between the cameras and joint states of one observation", 0.0, 10.0))
+        self.declare_parameter("max_age_s", 0.5, float_descriptor("hold when the newest observation is older than this", 0.01, 60.0))
+        self.declare_parameter("stamp_source", "receive", text_descriptor("observation time: header (message stamps) | receive (arrival time at this node)"))
+        self.declare_parameter("max_instruction_chars", 512, int_descriptor("longest instruction accepted", 1, 100000))
+        self.declare_parameter("feedback_rate_hz", 10.0, float_descriptor("RunPolicy feedback rate", 0.1, 100.0))
+        self.declare_parameter("diagnostics_rate_hz", 1.0, float_descriptor("rate of /diagnostics messages", 0.1, 50.0))
+        self.declare_parameter("policy_seed", -1, int_descriptor("noise seed of each chunk request; -1 = nondeterministic", -1, 2**31 - 1))
+        self.declare_optional_bool("dry_run", "compute and publish the plan on ~/planned_trajectory but send no commands; unset = the robot profile's default")
+
+        self._run: PolicyRun | None = None
+        self._run_lock = threading.Lock()
+        self._last_command: np.ndarray | None = None
+        self._joint_messages: dict[str, JointState] = {}
+        self._rate = RateMeter()
+        self._last_inference_ms = 0.0
+        self._commands_sent = 0
+        self._resources: list[Any] = []
+        self.safety: SafetyFilter | None = None
+        self.adapter: Any = None
+        self.dry_run = False
+
+        # Interfaces exist from the start so requests while unconfigured get NOT_READY instead of silence.
+        self.create_service(PredictActions, "~/predict_actions", self._predict_actions, callback_group=self.request_group)
+        self.create_service(SetBool, "~/estop", self._estop, callback_group=self.request_group)
+        self._action_server = ActionServer(
+            self, RunPolicy, "~/run_policy", self._execute_run,
+            goal_callback=lambda goal: GoalResponse.ACCEPT,
+            handle_accepted_callback=self._accept_run,
+            cancel_callback=lambda handle: CancelResponse.ACCEPT,
+            callback_group=self.request_group,
+        )
+        self._planned_publisher = self.create_publisher(JointTrajectory, "~/planned_trajectory", 10)
+        self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+    # --- lifecycle ----------------------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        profile = self.profile
+        action_dim = int(self.engine.config.action.action_dim)
+        if len(profile.joint_names) != action_dim:
+            raise ValueError(f"robot profile {profile.name!r} has {len(profile.joint_names)} joints, the model's actions have {action_dim}")
+        mode = str(self.param("blending_mode"))
+        if mode not in ("temporal_ensemble", "replace"):
+            raise ValueError(f"blending_mode must be temporal_ensemble or replace, got {mode!r}")
+        if self.param("stamp_source") not in ("header", "receive"):
+            raise ValueError(f"stamp_source must be header or receive, got {self.param('stamp_source')!r}")
+        self.control_rate_hz = float(self.param("control_rate_hz")) or float(profile.control_rate_hz)
+        self.dry_run = bool(self.optional_param("dry_run", profile.dry_run_default))
+        self.safety = SafetyFilter(profile)
+        self.adapter = make_command_adapter(self, profile, dry_run=self.dry_run)
+
+        buffer = ObservationBuffer([camera.role for camera in profile.cameras], float(self.param("max_skew_s")), float(self.param("max_age_s")))
+        self.context.observations.set_buffer(buffer)
+        for camera in profile.cameras:
+            self._resources.append(self.create_subscription(
+                Image, camera.topic, lambda msg, camera=camera: self._on_image(camera, msg),
+                qos_profile_sensor_data, callback_group=self.sensor_group))
+        for topic in profile.joint_state_topics:
+            self._resources.append(self.create_subscription(
+                JointState, topic, lambda msg, topic=topic: self._on_joint_state(topic, msg),
+                qos_profile_sensor_data, callback_group=self.sensor_group))
+        self._control_timer = self.create_timer(1.0 / self.control_rate_hz, self._control_tick, callback_group=self.timer_group)
+        self._diagnostics_timer = self.create_timer(1.0 / float(self.param("diagnostics_rate_hz")), self._publish_diagnostics, callback_group=self.timer_group)
+        self._resources += [self._control_timer, self._diagnostics_timer]
+        self.get_logger().info(
+            f"robot {profile.name!r}: {len(profile.cameras)} cameras, control at {self.control_rate_hz:g} Hz via "
+            f"{profile.command_interface}{' (DRY RUN: no commands are sent)' if self.dry_run else ''}")
+
+    def _teardown(self) -> None:
+        self._stop_run(None)
+        for resource in self._resources:
+            if hasattr(resource, "cancel"):
+                resource.cancel()
+                self.destroy_timer(resource)
+            else:
+                self.destroy_subscription(resource)
+        self._resources = []
+        self.context.observations.set_buffer(None)
+        self.adapter = None
+        self.safety = None
+
+    def _on_deactivated(self) -> None:
+        """Stop the run and hold the robot where it is."""
+        run = self._run
+        if run is not None:
+            run.error = "node deactivated"
+        self._stop_run(run)
+        self._send_hold("deactivated")
+
+    # --- sensors ---------------------------------------------------------------------------------------------
+
+    def _stamp_s(self, header) -> float:
+        if self.param("stamp_source") == "header":
+            return header.stamp.sec + header.stamp.nanosec * 1e-9
+        return self.now_s()
+
+    def _on_image(self, camera, msg: Image) -> None:
+        buffer = self.context.observations.buffer
+        if buffer is None:
+            return
+        try:
+            image = conversions.image_to_numpy(msg, expected_encoding=camera.encoding)
+            expected = (int(camera.height), int(camera.width))
+            if image.shape[:2] != expected:
+                raise ValueError(f"image size: expected {expected[0]}x{expected[1]}, got {image.shape[0]}x{image.shape[1]}")
+        except ValueError as exc:
+            self._reject(camera.topic, str(exc))
+            return
+        buffer.update_image(camera.role, image, self._stamp_s(msg.header))
+
+    def _on_joint_state(self, topic: str, msg: JointState) -> None:
+        buffer = self.context.observations.buffer
+        if buffer is None:
+            return
+        self._joint_messages[topic] = msg
+        if len(self._joint_messages) < len(self.profile.joint_state_topics):
+            return  # per-arm topics: wait until every arm has reported once
+        messages = [self._joint_messages[name] for name in self.profile.joint_state_topics]
+        try:
+            q = conversions.joint_state_to_vector(messages if len(messages) > 1 else messages[0], self.profile.joint_names)
+        except ValueError as exc:
+            self._reject(topic, str(exc))
+            return
+        buffer.update_joint_state(q, self._stamp_s(msg.header))
+
+    def _reject(self, topic: str, reason: str) -> None:
+        self.context.observations.rejected[topic] = reason
+        self.get_logger().warning(f"rejected a message on {topic}: {reason}", throttle_duration_sec=2.0)
+
+    # --- control loop --------------------------------------------------------------------------------------------
+
+    def _measured_position(self) -> np.ndarray | None:
+        buffer = self.context.observations.buffer
+        if buffer is None:
+            return None
+        return buffer.latest_joint_state() if hasattr(buffer, "latest_joint_state") else self._latest_q_from_messages()
+
+    def _latest_q_from_messages(self) -> np.ndarray | None:
+        messages = [self._joint_messages.get(topic) for topic in self.profile.joint_state_topics]
+        if any(message is None for message in messages):
+            return None
+        try:
+            return conversions.joint_state_to_vector(messages if len(messages) > 1 else messages[0], self.profile.joint_names)
+        except ValueError:
+            return None
+
+    def _send(self, command: np.ndarray) -> None:
+        if not self.dry_run:
+            self.adapter.send(command, self.get_clock().now().to_msg())
+        self._last_command = command
+        self._commands_sent += 1
+
+    def _send_hold(self, reason: str) -> bool:
+        """Send one command holding the last commanded (else measured) position; False when neither is known."""
+        if self.safety is None or self.adapter is None:
+            return False
+        reference = self._last_command if self._last_command is not None else self._measured_position()
+        if reference is None:
+            return False
+        self._send(self.safety.hold(reference))
+        return True
+
+    def _control_tick(self) -> None:
+        if not self.is_active:
+            return
+        now = self.now_s()
+        run = self._run
+        if run is None or run.stopped:
+            return
+        with run.lock:
+            if run.max_steps and run.step >= run.max_steps:
+                return  # the execute loop ends the run at its next check
+            self._rate.tick(now)
+            run.step += 1
+            self._collect_chunk(run)
+            observation, reason = self.context.observations.latest(now)
+            if self.safety.engaged:
+                reason = "e-stop engaged"
+            elif observation is None:
+                rejected = "; ".join(f"{topic}: {why}" for topic, why in self.context.observations.rejected.items())
+                reason = f"{reason} (rejected: {rejected})" if rejected else reason
+            if observation is None or self.safety.engaged:
+                self._hold(run, reason)
+                return
+            if run.pending is None and run.blender.remaining(run.step) <= int(self.param("chunk_request_threshold")):
+                self._request_chunk(run, observation)
+            target = run.blender.action_for(run.step)
+            if target is None:
+                self._hold(run, "waiting for the first action chunk" if run.chunks == 0 else "waiting for the next action chunk (inference slower than the chunk)")
+                return
+            current = self._last_command if self._last_command is not None else np.asarray(observation.state, dtype=np.float64)
+            command, clamped = self.safety.apply(target, current)
+            if clamped:
+                self.get_logger().warning("command clamped to the joint/delta limits", throttle_duration_sec=2.0)
+            run.holding, run.hold_reason, run.hold_target = False, "", None
+            self._send(command)
+            run.published += 1
+
+    def _hold(self, run: PolicyRun, reason: str) -> None:
+        if not run.holding or run.hold_reason != reason:
+            self.get_logger().info(f"holding: {reason}", throttle_duration_sec=1.0)
+        run.holding, run.hold_reason = True, reason
+        if run.hold_target is None:
+            run.hold_target = self._last_command if self._last_command is not None else self._measured_position()
+        if run.hold_target is not None:
+            self._send(self.safety.hold(run.hold_target))
+            run.published += 1
+
+    def _request_chunk(self, run: PolicyRun, observation) -> None:
+        from motus_model.engine import MotusRequest
+        from motus_model.flow_matching import Mode
+
+        state_robot = np.asarray(observation.state, dtype=np.float64)
+        request = MotusRequest(
+            mode=Mode.VLA, images=dict(observation.images), state=self.profile.robot_to_model(state_robot),
+            instruction=run.instruction, steps=self.steps_for(0), seed=self.seed_for(int(self.param("policy_seed"))),
+            decode_video=False,
+        )
+        run.pending = self.engine.submit(request)
+        run.pending_obs_step = run.step
+        run.pending_state = state_robot
+        run.pending_submitted_s = time.monotonic()
+
+    def _collect_chunk(self, run: PolicyRun) -> None:
+        """Move a finished chunk from the engine into the blender (called with run.lock held)."""
+        future = run.pending
+        if future is None or not future.done():
+            return
+        run.pending = None
+        run.last_inference_ms = self._last_inference_ms = (time.monotonic() - run.pending_submitted_s) * 1e3
+        try:
+            result = self.result_of(future)
+        except RequestError as exc:
+            run.error = exc.message
+            self.get_logger().error(f"policy chunk failed: {exc.message}")
+            return
+        actions_robot = self.actions_to_robot(result.actions)
+        rate = int(self.engine.config.temporal.downsample_rate)
+        per_step = upsample_chunk(actions_robot, run.pending_state, rate)
+        run.blender.add_chunk(per_step, run.pending_obs_step)
+        run.chunks += 1
+        self._publish_plan(per_step)
+
+    def _publish_plan(self, actions_robot: np.ndarray) -> None:
+        trajectory = conversions.actions_to_trajectory(
+            actions_robot, self.profile.joint_names, 1.0 / self.control_rate_hz, self.get_clock().now().to_msg())
+        self._planned_publisher.publish(trajectory)
+
+    # --- RunPolicy action ------------------------------------------------------------------------------------------
+
+    def _accept_run(self, goal_handle) -> None:
+        """A new goal preempts the running one (single-goal server)."""
+        with self._run_lock:
+            if self._run is not None:
+                self._run.preempted = True
+        goal_handle.execute()
+
+    def _new_run(self, instruction: str, max_steps: int) -> PolicyRun:
+        blender = ChunkBlender(mode=str(self.param("blending_mode")), ensemble_decay=float(self.param("ensemble_decay")))
+        return PolicyRun(instruction=instruction, blender=blender, started_s=time.monotonic(), max_steps=int(max_steps))
+
+    def _stop_run(self, run: PolicyRun | None) -> None:
+        """End `run` (or whatever runs when None): drop its pending chunk, send one hold command."""
+        with self._run_lock:
+            current = self._run
+            if run is None:
+                run = current
+            if run is None:
+                return
+            run.stopped = True
+            if current is run:
+                self._run = None
+        if run.pending is not None and self.engine is not None:
+            self.engine.cancel(run.pending)
+        self._send_hold("run ended")
+
+    def _execute_run(self, goal_handle) -> RunPolicy.Result:
+        """Run the policy until the step/time limit, cancel, e-stop, preemption or a failure."""
+        goal = goal_handle.request
+        result = RunPolicy.Result()
+
+        def finish(code: int, message: str, termination: str, run: PolicyRun | None) -> RunPolicy.Result:
+            result.error = ErrorCode(code=code, message=message)
+            result.termination = termination
+            if run is not None:
+                result.steps, result.chunks = run.published, run.chunks
+                result.duration_s = float(time.monotonic() - run.started_s)
+            if termination == TERMINATION_COMPLETED:
+                goal_handle.succeed()
+            elif termination == TERMINATION_CANCELLED:
+                goal_handle.canceled()
+            else:
+                goal_handle.abort()
+            self.get_logger().info(f"run ended: {termination} {message}")
+            return result
+
+        try:
+            self.require_active()
+            if self.safety.engaged:
+                return finish(ErrorCode.ESTOP, "the e-stop is engaged: release it with ~/estop false", TERMINATION_ESTOP, None)
+            check_instruction(goal.instruction, int(self.param("max_instruction_chars")))
+        except RequestError as exc:
+            return finish(exc.code, exc.message, TERMINATION_ERROR, None)
+
+        run = self._new_run(goal.instruction, goal.max_steps)
+        with self._run_lock:
+            if self._run is not None:
+                self._run.preempted = True
+            self._run = run
+        self.get_logger().info(f"run started: {goal.instruction!r} (max {goal.max_steps} steps, {goal.max_duration_s:g} s)")
+        period = 1.0 / float(self.param("feedback_rate_hz"))
+        feedback = RunPolicy.Feedback()
+        while True:
+            if run.preempted:
+                self._stop_run(run)
+                return finish(ErrorCode.BUSY, "preempted by a newer goal", TERMINATION_PREEMPTED, run)
+            if goal_handle.is_cancel_requested:
+                self._stop_run(run)
+                return finish(ErrorCode.CANCELLED, "cancelled: holding", TERMINATION_CANCELLED, run)
+            if self.safety is None or self.safety.engaged:
+                self._stop_run(run)
+                return finish(ErrorCode.ESTOP, "stopped by the e-stop: holding", TERMINATION_ESTOP, run)
+            if run.error or not self.is_active:
+                self._stop_run(run)
+                return finish(ErrorCode.INTERNAL if self.is_active else ErrorCode.NOT_READY, run.error or "node deactivated", TERMINATION_ERROR, run)
+            elapsed = time.monotonic() - run.started_s
+            if (goal.max_steps and run.step >= goal.max_steps) or (goal.max_duration_s > 0 and elapsed >= goal.max_duration_s):
+                self._stop_run(run)
+                return finish(ErrorCode.NONE, "", TERMINATION_COMPLETED, run)
+            feedback.step, feedback.chunks = run.step, run.chunks
+            feedback.last_inference_ms = float(run.last_inference_ms)
+            feedback.control_rate_hz = float(self._rate.rate(self.now_s()))
+            feedback.holding, feedback.hold_reason = bool(run.holding), str(run.hold_reason)
+            goal_handle.publish_feedback(feedback)
+            time.sleep(period)
+
+    # --- services --------------------------------------------------------------------------------------------------
+
+    def _estop(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        """true: engage the e-stop and hold now; false: release it (a new RunPolicy goal is needed to move)."""
+        if self.safety is None:
+            response.success, response.message = False, "not configured"
+            return response
+        if request.data:
+            self.safety.estop()
+            held = self._send_hold("e-stop")
+            self.get_logger().warning("E-STOP engaged" + ("" if held else " (no joint state yet: nothing to hold)"))
+            response.message = "e-stop engaged: holding"
+        else:
+            self.safety.release()
+            self.get_logger().info("e-stop released")
+            response.message = "e-stop released"
+        response.success = True
+        return response
+
+    def _predict_actions(self, request: PredictActions.Request, response: PredictActions.Response) -> PredictActions.Response:
+        """One-shot VLA (or joint) query on the given or latest observation."""
+        from motus_model.engine import MotusRequest
+        from motus_model.flow_matching import Mode
+
+        started = time.monotonic()
+        try:
+            self.require_active()
+            if request.mode not in (PredictActions.Request.MODE_VLA, PredictActions.Request.MODE_JOINT):
+                raise RequestError(ErrorCode.INVALID_REQUEST, f"mode must be MODE_VLA (0) or MODE_JOINT (1), got {request.mode}")
+            check_instruction(request.instruction, int(self.param("max_instruction_chars")))
+            images, state = self.observation_inputs(request.observation)
+            joint = request.mode == PredictActions.Request.MODE_JOINT
+            engine_request = MotusRequest(
+                mode=Mode.JOINT if joint else Mode.VLA, images=images, state=state, instruction=request.instruction,
+                steps=self.steps_for(request.steps), seed=self.seed_for(request.seed),
+                decode_video=bool(joint and request.return_frames),
+            )
+            result = self.wait_result(self.engine.submit(engine_request))
+            actions_robot = upsample_chunk(self.actions_to_robot(result.actions), self.profile.model_to_robot(state), int(self.engine.config.temporal.downsample_rate))
+            response.trajectory = self.trajectory_of(actions_robot)
+            if joint and request.return_frames and result.frames is not None:
+                response.imagined_frames = self.composite_images(result.frames)
+            response.timing = self.timing_of(result, (time.monotonic() - started) * 1e3)
+            response.error = ErrorCode(code=ErrorCode.NONE, message="")
+        except Exception as exc:  # every failure becomes an error code; the node stays up
+            response.error = self.error_of(exc)
+        return response
+
+    # --- diagnostics -------------------------------------------------------------------------------------------------
+
+    def _publish_diagnostics(self) -> None:
+        if not self.is_active:
+            return
+        now = self.now_s()
+        run = self._run
+        ok, reason = (False, "not configured")
+        if self.context.observations.buffer is not None:
+            ok, reason = self.context.observations.buffer.status(now)
+        holding = run.holding if run is not None else False
+        hold_reason = run.hold_reason if run is not None else ""
+        status = DiagnosticStatus(name=f"motus_server: {self.get_name()}", hardware_id=self.profile.name)
+        if self.safety is not None and self.safety.engaged:
+            status.level, status.message = DiagnosticStatus.ERROR, "e-stop engaged"
+        elif not ok:
+            status.level, status.message = DiagnosticStatus.WARN, f"input: {reason}"
+        elif holding:
+            status.level, status.message = DiagnosticStatus.WARN, f"holding: {hold_reason}"
+        else:
+            status.level, status.message = DiagnosticStatus.OK, "running" if run is not None else "idle"
+        values = {
+            "control_rate_hz": f"{self._rate.rate(now):.1f}",
+            "target_control_rate_hz": f"{self.control_rate_hz:g}",
+            "inference_latency_ms": f"{self._last_inference_ms:.1f}",
+            "holding": str(holding).lower(),
+            "hold_reason": hold_reason,
+            "input_ok": str(ok).lower(),
+            "input_status": reason,
+            "estop": str(bool(self.safety is not None and self.safety.engaged)).lower(),
+            "dry_run": str(self.dry_run).lower(),
+            "commands_sent": str(self._commands_sent),
+            "running": str(run is not None).lower(),
+        }
+        status.values = [KeyValue(key=key, value=value) for key, value in values.items()]
+        message = DiagnosticArray(status=[status])
+        message.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_publisher.publish(message)

@@ -1,0 +1,142 @@
+"""motus_server: one process, one MotusEngine, four lifecycle nodes (policy, world_model, idm, imagination).
+
+    motus_server [--profile NAME|PATH] [--checkpoint DIR] [--preset NAME] [--no-autostart]
+                 [--ros-args --params-file config/motus_server.yaml -p policy.dry_run:=true ...]
+
+The shorthand options become global ROS parameters (`-p profile:=...`), which every node declares; a params
+file sets the rest (config/motus_server.yaml documents every parameter). The model loads once, on the first
+node's `configure`, and the others attach to it. With `autostart` (the default) every node is configured and
+activated at start-up, so the server works without the `ros2 lifecycle` CLI; the line `MOTUS SERVER READY` is
+printed on stdout once all nodes are active (tests and the demo wait for it).
+
+Threads: a MultiThreadedExecutor runs the node callbacks. Sensor callbacks, the control timer and the
+services/actions sit in separate callback groups (see lifecycle_base), and the model runs on the engine's own
+worker thread, so camera and joint-state callbacks never wait on inference.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+from motus_ros.idm_node import IdmNode
+from motus_ros.imagination_node import ImaginationNode
+from motus_ros.lifecycle_base import ModelSpec, MotusLifecycleNode, ServerContext, SharedModel
+from motus_ros.policy_node import PolicyNode
+from motus_ros.world_model_node import WorldModelNode
+
+logger = logging.getLogger(__name__)
+
+READY_LINE = "MOTUS SERVER READY"
+NODE_NAMES = ("policy", "world_model", "idm", "imagination")
+
+
+def build_engine(spec: ModelSpec) -> Any:
+    """The MotusEngine for `spec`: from a checkpoint folder, or a preset with seeded random weights (with a loud
+    warning: such a model drives the robot with noise and exists for development and tests only)."""
+    from motus_model.engine import MotusEngine
+
+    if spec.checkpoint:
+        path = Path(spec.checkpoint).expanduser()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"checkpoint {str(path)!r}: expected a folder with config.json + model.safetensors")
+        logger.info("loading the Motus checkpoint %s on %s", path, spec.device)
+        return MotusEngine.from_pretrained(str(path), device=spec.device, max_batch=spec.max_batch)
+    logging.getLogger("motus_server").warning(
+        "NO CHECKPOINT: running preset %r with RANDOM weights (seed %d). The actions and frames are noise; "
+        "set `checkpoint` (or --checkpoint DIR) to a trained model folder.", spec.preset, spec.seed)
+    return MotusEngine.from_preset(spec.preset, seed=spec.seed, device=spec.device, max_batch=spec.max_batch)
+
+
+def parse_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Split our shorthand options from the ROS arguments; the shorthands become global `-p name:=value`."""
+    parser = argparse.ArgumentParser(prog="motus_server", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", help="robot profile name (config/robots/<name>.yaml) or path")
+    parser.add_argument("--checkpoint", help="checkpoint folder (config.json + model.safetensors)")
+    parser.add_argument("--preset", help="model preset with random weights when no checkpoint is given")
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
+    parser.add_argument("--no-autostart", action="store_true", help="leave the nodes unconfigured (drive them with ros2 lifecycle)")
+    parser.add_argument("--threads", type=int, default=8, help="executor threads (each waiting request holds one)")
+    if "--ros-args" in argv:
+        split = list(argv).index("--ros-args")
+        own, ros = list(argv[:split]), list(argv[split:])
+    else:
+        own, ros = list(argv), []
+    options = parser.parse_args(own)
+    overrides = []
+    for name in ("profile", "checkpoint", "preset", "device"):
+        value = getattr(options, name)
+        if value is not None:
+            overrides += ["-p", f"{name}:={value}"]
+    if options.no_autostart:
+        overrides += ["-p", "autostart:=false"]
+    if overrides:
+        ros = (ros or ["--ros-args"]) + overrides
+    return options, ros
+
+
+def create_nodes(context: ServerContext) -> list[MotusLifecycleNode]:
+    return [PolicyNode(context), WorldModelNode(context), IdmNode(context), ImaginationNode(context)]
+
+
+def start_nodes(nodes: Sequence[MotusLifecycleNode]) -> bool:
+    """Configure then activate every node (the policy node first: it owns the sensor subscriptions)."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    for node in nodes:
+        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            node.get_logger().error("configure failed (see above)")
+            return False
+    for node in nodes:
+        if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            node.get_logger().error("activate failed (see above)")
+            return False
+    return True
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
+    argv = list(sys.argv[1:] if args is None else args)
+    options, ros_args = parse_arguments(argv)
+    rclpy.init(args=["motus_server", *ros_args])
+    context = ServerContext(model=SharedModel(build_engine))
+    nodes: list[MotusLifecycleNode] = []
+    exit_code = 0
+    try:
+        nodes = create_nodes(context)
+        executor = MultiThreadedExecutor(num_threads=max(4, options.threads))
+        for node in nodes:
+            executor.add_node(node)
+        if bool(nodes[0].param("autostart")):
+            if not start_nodes(nodes):
+                print("MOTUS SERVER FAILED: a node did not configure/activate (see the log)", flush=True)
+                return 1
+            print(f"{READY_LINE}: nodes {', '.join(NODE_NAMES)} active", flush=True)
+        else:
+            print(f"{READY_LINE}: nodes {', '.join(NODE_NAMES)} unconfigured (autostart false)", flush=True)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception:
+        logger.exception("motus_server failed")
+        exit_code = 1
+    finally:
+        for node in nodes:
+            try:
+                node.trigger_shutdown()  # deactivates (the policy node holds the robot) and releases resources
+            except Exception as exc:  # the node may already be finalized, or the context gone after a signal
+                logger.debug("shutdown of %s: %s", node.get_name(), exc)
+            node.destroy_node()
+        context.model.close()
+        rclpy.try_shutdown()
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
