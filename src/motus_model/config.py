@@ -269,6 +269,10 @@ class MotusConfig:
     training_mode: str = "finetune"
     # Shared depth: every expert has one block per layer (30 in the release).
     num_layers: int = 30
+    # Give the clean conditioning latent frame's tokens t = 0 (as stock Wan2.2 TI2V does).
+    # Deviation from the Motus release, which gives every video token the sample's sigma
+    # even though frame 0 is clean; set False to reproduce the release exactly.
+    clean_condition_timestep: bool = True
 
     def __post_init__(self) -> None:
         for name, cls in _SECTIONS.items():

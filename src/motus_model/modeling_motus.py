@@ -1,0 +1,713 @@
+"""The Motus network: video expert (Wan DiT), action expert, understanding expert, joint attention.
+
+Three streams run in lock-step for ``config.num_layers`` layers and share ONE attention per
+layer over the concatenated sequence ``[video | action | understanding]`` in the video
+expert's head space (24 x 128 = 3072 in the published shape). See
+``shared/reference/motus_architecture.md`` section 1 for the reference wiring.
+
+Module names of the video expert follow the ORIGINAL Wan layout (``WanModel`` of
+Wan-Video/Wan2.2: ``patch_embedding``, ``text_embedding.0/.2``, ``time_embedding.0/.2``,
+``time_projection.1``, ``blocks.N.{modulation, norm1, self_attn.{q,k,v,o,norm_q,norm_k},
+norm3, cross_attn.*, norm2, ffn.0, ffn.2}``, ``head.{head, modulation}``) so that the
+reference checkpoint maps 1:1 (see ``checkpoint.py``). Note the original Wan naming:
+``norm3`` is the (affine) cross-attention norm and ``norm2`` the FFN norm (diffusers swaps them).
+
+Improvements over the reference:
+- key-padding masks for padded understanding tokens and padded text tokens;
+- RoPE computed from each input's own latent grid (the reference precomputes it for the
+  configured batch size, so batches > 1 lose RoPE on some samples);
+- the clean conditioning frame's tokens get t = 0 (``config.clean_condition_timestep``);
+- text cross-attention K/V and the understanding adapter output are computed once per
+  request (``prepare_conditioning``) and reused across denoising steps.
+
+Numerics: the residual streams and all AdaLN maths run in float32; every Linear casts its
+input to its own weight dtype, so the weights may be bf16 while modulation stays fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from motus_model.config import MotusConfig
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------
+# Small numerical helpers
+# ----------------------------------------------------------------------------------------
+
+
+def _run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run ``module`` with ``x`` cast to the module's parameter dtype; return float32."""
+    weight = next(module.parameters())
+    return module(x.to(weight.dtype)).float()
+
+
+def _layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm without affine parameters, in float32."""
+    return F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
+
+
+def timestep_sinusoid(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
+    """Wan's ``sinusoidal_embedding_1d``: [cos | sin] of t * 10000^(-i/half).
+
+    Args:
+        timesteps: any shape ``S`` (values are sigma * 1000).
+    Returns:
+        ``S + (dim,)`` float32.
+    """
+    half = dim // 2
+    exponent = torch.arange(half, dtype=torch.float64, device=timesteps.device) / half
+    angles = timesteps.double().unsqueeze(-1) * torch.pow(10000.0, -exponent)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).float()
+
+
+def sincos_positions(num_positions: int, dim: int, device: torch.device) -> torch.Tensor:
+    """Fixed 1-D sin-cos absolute positions [num_positions, dim] (MAE/DiT style, [sin | cos])."""
+    half = dim // 2
+    omega = 1.0 / 10000 ** (torch.arange(half, dtype=torch.float64, device=device) / half)
+    angles = torch.arange(num_positions, dtype=torch.float64, device=device).unsqueeze(1) * omega
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).float()
+
+
+def rope_dims(head_dim: int) -> tuple[int, int, int]:
+    """Real dims of the t/h/w RoPE parts, as Wan: for 128 that is 44/42/42 (22/21/21 pairs)."""
+    hw = 2 * (head_dim // 6)
+    return head_dim - 2 * hw, hw, hw
+
+
+def video_rope(grid: tuple[int, int, int], head_dim: int, theta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of Wan's 3-D RoPE for ONE token grid (frames, h, w), each [L, head_dim // 2].
+
+    Computed from the input's own grid (never a cached batch-sized table).
+    """
+    frames, height, width = grid
+    parts = []
+    for size, dim, axis in zip((frames, height, width), rope_dims(head_dim), range(3)):
+        freqs = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim)
+        angles = torch.arange(size, dtype=torch.float64, device=device).unsqueeze(1) * freqs  # [size, dim/2]
+        shape = [1, 1, 1, dim // 2]
+        shape[axis] = size
+        parts.append(angles.view(shape).expand(frames, height, width, dim // 2))
+    angles = torch.cat(parts, dim=-1).reshape(frames * height * width, head_dim // 2)
+    return torch.cos(angles).float(), torch.sin(angles).float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[..., 0::2], x[..., 1::2]) as complex numbers.
+
+    Args:
+        x: [B, L, H, head_dim]; cos, sin: [L, head_dim // 2].
+    """
+    pairs = x.float().unflatten(-1, (-1, 2))
+    real, imag = pairs[..., 0], pairs[..., 1]
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
+    return rotated.flatten(-2)
+
+
+def _mlp3(in_dim: int, dim: int) -> nn.Sequential:
+    """The reference's ``mlp3x_silu`` encoder: in -> D -> D -> D with SiLU between."""
+    return nn.Sequential(nn.Linear(in_dim, dim), nn.SiLU(), nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+
+def _ffn(dim: int, ffn_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
+
+
+def _key_padding_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """[B, L] bool (True = keep) -> [B, 1, 1, L] for SDPA, or None when nothing is padded."""
+    if mask is None or bool(mask.all()):
+        return None
+    return mask[:, None, None, :]
+
+
+# ----------------------------------------------------------------------------------------
+# Video expert: Wan DiT (original Wan module names)
+# ----------------------------------------------------------------------------------------
+
+
+class WanAttention(nn.Module):
+    """Wan ``WanSelfAttention`` / ``WanCrossAttention`` parameters: q, k, v, o (bias) + RMSNorm q/k."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        # RMSNorm over all heads (dim = heads * head_dim), as Wan's qk_norm.
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+
+
+class WanBlock(nn.Module):
+    """One Wan DiT block. Its self-attention is replaced by the joint attention in MotusModel."""
+
+    def __init__(self, dim: int, ffn_dim: int, eps: float, cross_attn_norm: bool) -> None:
+        super().__init__()
+        self.eps = eps
+        # shift/scale/gate for attention, then for the FFN (added to the time projection).
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+        self.self_attn = WanAttention(dim, eps)
+        self.cross_attn = WanAttention(dim, eps)
+        # Original Wan: norm3 = affine cross-attention norm, norm2 = FFN norm (no params).
+        self.norm3 = nn.LayerNorm(dim, eps=eps, elementwise_affine=True) if cross_attn_norm else nn.Identity()
+        self.ffn = _ffn(dim, ffn_dim)
+
+
+class WanHead(nn.Module):
+    """Wan ``Head``: LayerNorm, 2-way modulation (shift, scale), Linear to C * prod(patch)."""
+
+    def __init__(self, dim: int, out_dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.head = nn.Linear(dim, out_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+
+class VideoExpert(nn.Module):
+    """Wan2.2 DiT parameters (the reference's ``video_model.wan_model``)."""
+
+    def __init__(self, config: MotusConfig) -> None:
+        super().__init__()
+        video = config.video
+        self.config = video
+        self.patch_embedding = nn.Conv3d(video.latent_channels, video.dim, kernel_size=video.patch_size, stride=video.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(video.text_dim, video.dim), nn.GELU(approximate="tanh"), nn.Linear(video.dim, video.dim))
+        self.time_embedding = nn.Sequential(nn.Linear(video.freq_dim, video.dim), nn.SiLU(), nn.Linear(video.dim, video.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(video.dim, 6 * video.dim))
+        self.blocks = nn.ModuleList(
+            WanBlock(video.dim, video.ffn_dim, video.eps, video.cross_attn_norm) for _ in range(config.num_layers)
+        )
+        self.head = WanHead(video.dim, video.latent_channels * math.prod(video.patch_size), video.eps)
+
+
+# ----------------------------------------------------------------------------------------
+# Action and understanding experts
+# ----------------------------------------------------------------------------------------
+
+
+class JointQKV(nn.Module):
+    """Per-expert projection into the joint head space: one [3, heads, D, head_dim] tensor, no bias."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int, eps: float) -> None:
+        super().__init__()
+        self.qkv = nn.Parameter(torch.empty(3, num_heads, dim, head_dim))
+        nn.init.normal_(self.qkv, std=dim**-0.5)
+        self.norm_q = nn.RMSNorm(num_heads * head_dim, eps=eps)
+        self.norm_k = nn.RMSNorm(num_heads * head_dim, eps=eps)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, L, D] -> q, k, v each [B, L, heads, head_dim] (q, k RMS-normed over heads*head_dim)."""
+        qkv = torch.einsum("bld,thde->tblhe", x.to(self.qkv.dtype), self.qkv).float()
+        query, key, value = qkv.unbind(0)
+        query = _run(self.norm_q, query.flatten(2)).unflatten(2, qkv.shape[-2:])
+        key = _run(self.norm_k, key.flatten(2)).unflatten(2, qkv.shape[-2:])
+        return query, key, value
+
+
+class ActionBlock(nn.Module):
+    def __init__(self, config: MotusConfig) -> None:
+        super().__init__()
+        action = config.action
+        self.modulation = nn.Parameter(torch.randn(1, 6, action.dim) / action.dim**0.5)
+        self.attn = JointQKV(action.dim, config.num_heads, config.head_dim, action.eps)
+        self.o = nn.Linear(config.attention_dim, action.dim, bias=False)
+        self.ffn = _ffn(action.dim, action.ffn_dim)
+
+
+class ActionHead(nn.Module):
+    """LayerNorm + 2-way modulation + Linear D -> action_dim, zero-initialised."""
+
+    def __init__(self, dim: int, action_dim: int) -> None:
+        super().__init__()
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        self.head = nn.Linear(dim, action_dim)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+
+class ActionExpert(nn.Module):
+    """Action tokens [state | actions | registers] (finetune) or [actions] (pretrain)."""
+
+    def __init__(self, config: MotusConfig) -> None:
+        super().__init__()
+        action = config.action
+        self.config = action
+        self.action_encoder = _mlp3(action.action_dim, action.dim)
+        if config.uses_state:
+            self.state_encoder = _mlp3(action.state_dim, action.dim)
+            self.registers = nn.Parameter(torch.randn(1, action.num_registers, action.dim) * 0.02)
+        else:  # pretrain (latent actions): no state token, no registers
+            self.state_encoder = None
+            self.registers = None
+        self.time_embedding = nn.Sequential(nn.Linear(config.video.freq_dim, action.dim), nn.SiLU(), nn.Linear(action.dim, action.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(action.dim, 6 * action.dim))
+        self.blocks = nn.ModuleList(ActionBlock(config) for _ in range(config.num_layers))
+        self.head = ActionHead(action.dim, action.action_dim)
+
+
+class UnderstandingBlock(nn.Module):
+    def __init__(self, config: MotusConfig) -> None:
+        super().__init__()
+        und = config.understanding
+        self.norm1 = nn.LayerNorm(und.dim, eps=und.eps)
+        self.attn = JointQKV(und.dim, config.num_heads, config.head_dim, und.eps)
+        self.o = nn.Linear(config.attention_dim, und.dim, bias=False)
+        self.norm2 = nn.LayerNorm(und.dim, eps=und.eps)
+        self.ffn = _ffn(und.dim, und.ffn_dim)
+
+
+class UnderstandingExpert(nn.Module):
+    """VLM last hidden states -> adapter -> a stream with plain LayerNorms (no timestep)."""
+
+    def __init__(self, config: MotusConfig) -> None:
+        super().__init__()
+        und = config.understanding
+        self.config = und
+        self.adapter = _mlp3(und.vlm_dim, und.dim)
+        self.blocks = nn.ModuleList(UnderstandingBlock(config) for _ in range(config.num_layers))
+
+
+# ----------------------------------------------------------------------------------------
+# Cached per-request conditioning
+# ----------------------------------------------------------------------------------------
+
+
+def _pad_to(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pad [B, L, ...] along L to ``length``."""
+    if x.shape[1] == length:
+        return x
+    pad = x.new_zeros((x.shape[0], length - x.shape[1], *x.shape[2:]))
+    return torch.cat([x, pad], dim=1)
+
+
+def _full_mask(mask: torch.Tensor | None, batch: int, length: int, device: torch.device) -> torch.Tensor:
+    return mask if mask is not None else torch.ones(batch, length, dtype=torch.bool, device=device)
+
+
+@dataclass
+class MotusConditioning:
+    """Everything the denoiser needs that does not depend on the noise, for a batch of B.
+
+    Only the understanding adapter output (the stream's layer-0 input) can be cached: the
+    understanding stream attends to video and action tokens in the joint attention, so its
+    hidden state in later layers changes every denoising step. The text cross-attention
+    keys/values are fixed per request and cached for every layer.
+
+    Attributes:
+        und_tokens: [B, L_u, D_und] adapter output.
+        und_mask: [B, L_u] bool, True = real token; None = no padding.
+        text_keys / text_values: per layer [B, L_t, video_dim] (keys already RMS-normed).
+        text_mask: [B, L_t] bool, True = real token; None = no padding.
+    """
+
+    und_tokens: torch.Tensor
+    und_mask: torch.Tensor | None
+    text_keys: list[torch.Tensor]
+    text_values: list[torch.Tensor]
+    text_mask: torch.Tensor | None
+
+    @property
+    def batch_size(self) -> int:
+        return self.und_tokens.shape[0]
+
+    def index(self, indices: torch.Tensor | list[int] | slice) -> "MotusConditioning":
+        """Select samples (by index list, tensor or slice)."""
+
+        def pick(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x[indices]
+
+        return MotusConditioning(
+            und_tokens=self.und_tokens[indices], und_mask=pick(self.und_mask),
+            text_keys=[k[indices] for k in self.text_keys], text_values=[v[indices] for v in self.text_values],
+            text_mask=pick(self.text_mask),
+        )
+
+    def repeat(self, repeats: int) -> "MotusConditioning":
+        """Repeat every sample ``repeats`` times in place order (a, a, b, b, ...)."""
+
+        def rep(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.repeat_interleave(repeats, dim=0)
+
+        return MotusConditioning(
+            und_tokens=rep(self.und_tokens), und_mask=rep(self.und_mask),
+            text_keys=[rep(k) for k in self.text_keys], text_values=[rep(v) for v in self.text_values],
+            text_mask=rep(self.text_mask),
+        )
+
+    def to(self, device: torch.device | str) -> "MotusConditioning":
+        def move(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.to(device)
+
+        return MotusConditioning(
+            und_tokens=move(self.und_tokens), und_mask=move(self.und_mask),
+            text_keys=[move(k) for k in self.text_keys], text_values=[move(v) for v in self.text_values],
+            text_mask=move(self.text_mask),
+        )
+
+    @staticmethod
+    def cat(items: list["MotusConditioning"]) -> "MotusConditioning":
+        """Concatenate along the batch, padding understanding/text tokens to the longest and masking."""
+        if not items:
+            raise ValueError("MotusConditioning.cat needs at least one item, got an empty list")
+        num_layers = {len(item.text_keys) for item in items}
+        if len(num_layers) != 1:
+            raise ValueError(f"cannot concatenate conditionings with different layer counts {sorted(num_layers)}")
+        und_len = max(item.und_tokens.shape[1] for item in items)
+        text_len = max(item.text_keys[0].shape[1] for item in items)
+        device = items[0].und_tokens.device
+        und_masks, text_masks = [], []
+        for item in items:
+            batch = item.batch_size
+            und_masks.append(_pad_to(_full_mask(item.und_mask, batch, item.und_tokens.shape[1], device), und_len))
+            text_masks.append(_pad_to(_full_mask(item.text_mask, batch, item.text_keys[0].shape[1], device), text_len))
+        und_mask = torch.cat(und_masks)
+        text_mask = torch.cat(text_masks)
+        return MotusConditioning(
+            und_tokens=torch.cat([_pad_to(item.und_tokens, und_len) for item in items]),
+            und_mask=None if bool(und_mask.all()) else und_mask,
+            text_keys=[torch.cat([_pad_to(item.text_keys[i], text_len) for item in items]) for i in range(num_layers.pop())],
+            text_values=[torch.cat([_pad_to(item.text_values[i], text_len) for item in items]) for i in range(len(items[0].text_values))],
+            text_mask=None if bool(text_mask.all()) else text_mask,
+        )
+
+
+# ----------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------
+
+
+class MotusModel(nn.Module):
+    """Motus: video expert + action expert + understanding expert with tri-modal joint attention.
+
+    Usage::
+
+        model = MotusModel(MotusConfig.preset("motus-tiny"))
+        conditioning = model.prepare_conditioning(text_context, text_mask, vlm_hidden, vlm_mask)
+        video_velocity, action_velocity = model(latents, video_sigma, actions, action_sigma, state, conditioning)
+
+    Parameters are grouped per expert (``video``, ``action_expert``, ``und_expert``).
+    """
+
+    def __init__(self, config: MotusConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.video = VideoExpert(config)
+        self.action_expert = ActionExpert(config)
+        self.und_expert = UnderstandingExpert(config)
+        self.gradient_checkpointing = False
+        if not any(p.is_meta for p in self.parameters()):
+            self._init_video_weights()
+
+    def _init_video_weights(self) -> None:
+        """Wan's ``init_weights``: xavier Linears, std 0.02 embeddings, zero output head."""
+        for module in self.video.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.xavier_uniform_(self.video.patch_embedding.weight.flatten(1))
+        for sequential in (self.video.text_embedding, self.video.time_embedding):
+            for module in sequential:
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, std=0.02)
+        nn.init.zeros_(self.video.head.head.weight)
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def count_parameters(self) -> dict[str, int]:
+        """Parameter counts per expert and in total."""
+        counts = {
+            "video_expert": sum(p.numel() for p in self.video.parameters()),
+            "action_expert": sum(p.numel() for p in self.action_expert.parameters()),
+            "understanding_expert": sum(p.numel() for p in self.und_expert.parameters()),
+        }
+        counts["total"] = sum(counts.values())
+        return counts
+
+    def dead_parameter_names(self) -> list[str]:
+        """Parameters that never influence an output: the last understanding layer's o-proj,
+        norm2 and FFN (the understanding stream has no head; the reference computes them anyway)."""
+        last = f"und_expert.blocks.{self.config.num_layers - 1}."
+        return [name for name, _ in self.named_parameters() if name.startswith(last) and not name.startswith(last + "attn.") and not name.startswith(last + "norm1.")]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- conditioning ---------------------------------------------------------------------
+    def prepare_conditioning(
+        self,
+        text_context: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        vlm_hidden: torch.Tensor,
+        vlm_mask: torch.Tensor | None,
+    ) -> MotusConditioning:
+        """Noise-independent work for a batch: text K/V per layer and the understanding adapter.
+
+        Args:
+            text_context: [B, L_t, text_dim] umT5 hidden states (zero-padded).
+            text_mask: [B, L_t] bool, True = real token, or None (attend everything, as stock Wan).
+            vlm_hidden: [B, L_u, vlm_dim] the VLM's last hidden state.
+            vlm_mask: [B, L_u] bool, True = real token, or None.
+        """
+        video, und = self.config.video, self.config.understanding
+        if text_context.ndim != 3 or text_context.shape[-1] != video.text_dim:
+            raise ValueError(f"text_context must be [B, L_t, {video.text_dim}], got {tuple(text_context.shape)}")
+        if vlm_hidden.ndim != 3 or vlm_hidden.shape[-1] != und.vlm_dim:
+            raise ValueError(f"vlm_hidden must be [B, L_u, {und.vlm_dim}], got {tuple(vlm_hidden.shape)}")
+        if vlm_hidden.shape[0] != text_context.shape[0]:
+            raise ValueError(f"batch sizes differ: text_context {text_context.shape[0]} vs vlm_hidden {vlm_hidden.shape[0]}")
+        for name, mask, ref in (("text_mask", text_mask, text_context), ("vlm_mask", vlm_mask, vlm_hidden)):
+            if mask is None:
+                continue
+            if mask.dtype != torch.bool or tuple(mask.shape) != tuple(ref.shape[:2]):
+                raise ValueError(f"{name} must be bool {tuple(ref.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
+            if not bool(mask.any(dim=1).all()):
+                raise ValueError(f"{name} has a sample with no real tokens; every sample needs at least one")
+        context = _run(self.video.text_embedding, text_context)
+        keys, values = [], []
+        for block in self.video.blocks:
+            keys.append(_run(block.cross_attn.norm_k, _run(block.cross_attn.k, context)))
+            values.append(_run(block.cross_attn.v, context))
+        und_tokens = _run(self.und_expert.adapter, vlm_hidden)
+        return MotusConditioning(
+            und_tokens=und_tokens,
+            und_mask=None if vlm_mask is None or bool(vlm_mask.all()) else vlm_mask,
+            text_keys=keys,
+            text_values=values,
+            text_mask=None if text_mask is None or bool(text_mask.all()) else text_mask,
+        )
+
+    # -- forward ----------------------------------------------------------------------------
+    def forward(
+        self,
+        video_latents: torch.Tensor,
+        video_sigma: torch.Tensor,
+        actions: torch.Tensor,
+        action_sigma: torch.Tensor,
+        state: torch.Tensor | None,
+        conditioning: MotusConditioning,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict the rectified-flow velocities (eps - x0) of video and actions.
+
+        Args:
+            video_latents: [B, C, F, H, W] noisy latents; latent frame 0 is the clean conditioning frame.
+            video_sigma: [B] noise level of the future video frames in [0, 1].
+            actions: [B, chunk, action_dim] noisy actions (or latent actions in pretrain mode).
+            action_sigma: [B] noise level of the actions.
+            state: [B, state_dim] proprioception (finetune mode) or None (pretrain mode).
+            conditioning: from ``prepare_conditioning`` (batch B).
+        Returns:
+            video_velocity [B, C, F, H, W] and action_velocity [B, chunk, action_dim], float32.
+        """
+        config = self.config
+        batch = self._check_inputs(video_latents, video_sigma, actions, action_sigma, state, conditioning)
+        patch_t, patch_h, patch_w = config.video.patch_size
+        _, _, frames, height, width = video_latents.shape
+        grid = (frames // patch_t, height // patch_h, width // patch_w)
+        tokens_per_frame = grid[1] * grid[2]
+
+        # 1. Video tokens, per-token timesteps (conditioning frame t = 0 unless configured otherwise).
+        patch_weight = self.video.patch_embedding.weight
+        video_x = self.video.patch_embedding(video_latents.to(patch_weight.dtype)).float().flatten(2).transpose(1, 2)
+        num_video = video_x.shape[1]
+        video_t = (video_sigma.float() * 1000.0)[:, None].expand(batch, num_video).clone()
+        if config.clean_condition_timestep:
+            video_t[:, :tokens_per_frame] = 0.0
+        video_temb = _run(self.video.time_embedding, timestep_sinusoid(video_t, config.video.freq_dim))  # [B, Lv, D]
+        video_mod = _run(self.video.time_projection, video_temb).unflatten(-1, (6, -1))  # [B, Lv, 6, D]
+        rope_cos, rope_sin = video_rope(grid, config.head_dim, config.video.rope_theta, video_x.device)
+
+        # 2. Action tokens [state | actions | registers] + sin-cos positions; per-sample timestep.
+        action_x = _run(self.action_expert.action_encoder, actions)
+        if config.uses_state:
+            state_x = _run(self.action_expert.state_encoder, state[:, None, :])
+            registers = self.action_expert.registers.float().expand(batch, -1, -1)
+            action_x = torch.cat([state_x, action_x, registers], dim=1)
+        action_x = action_x + sincos_positions(action_x.shape[1], config.action.dim, action_x.device)
+        action_temb = _run(self.action_expert.time_embedding, timestep_sinusoid(action_sigma.float() * 1000.0, config.video.freq_dim))[:, None]  # [B, 1, Da]
+        action_mod = _run(self.action_expert.time_projection, action_temb).unflatten(-1, (6, -1))  # [B, 1, 6, Da]
+
+        # 3. Understanding tokens from the cached adapter output.
+        und_x = conditioning.und_tokens.float()
+        joint_mask = None
+        if conditioning.und_mask is not None:
+            keep = torch.ones(batch, num_video + action_x.shape[1], dtype=torch.bool, device=und_x.device)
+            joint_mask = _key_padding_mask(torch.cat([keep, conditioning.und_mask], dim=1))
+        text_mask = _key_padding_mask(conditioning.text_mask)
+
+        # 4. The lock-step layers.
+        for index in range(config.num_layers):
+            args = (index, video_x, action_x, und_x, video_mod, action_mod, rope_cos, rope_sin, joint_mask,
+                    conditioning.text_keys[index], conditioning.text_values[index], text_mask)
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                video_x, action_x, und_x = activation_checkpoint(self._layer, *args, use_reentrant=False)
+            else:
+                video_x, action_x, und_x = self._layer(*args)
+
+        # 5. Heads: video (unpatchify) and actions (drop state token and registers).
+        shift, scale = (self.video.head.modulation.float()[None] + video_temb[:, :, None]).unbind(2)
+        video_out = _run(self.video.head.head, _layer_norm(video_x, config.video.eps) * (1 + scale) + shift)
+        video_velocity = self._unpatchify(video_out, grid)
+        shift, scale = (self.action_expert.head.modulation.float()[None] + action_temb[:, :, None]).unbind(2)
+        action_out = _run(self.action_expert.head.head, _layer_norm(action_x, config.action.eps) * (1 + scale) + shift)
+        if config.uses_state:
+            action_out = action_out[:, 1 : 1 + actions.shape[1]]
+        return video_velocity, action_out
+
+    def forward_uncached(
+        self,
+        video_latents: torch.Tensor,
+        video_sigma: torch.Tensor,
+        actions: torch.Tensor,
+        action_sigma: torch.Tensor,
+        state: torch.Tensor | None,
+        text_context: torch.Tensor,
+        vlm_hidden: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        vlm_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training entry point: ``prepare_conditioning`` + ``forward`` in one differentiable call."""
+        conditioning = self.prepare_conditioning(text_context, text_mask, vlm_hidden, vlm_mask)
+        return self.forward(video_latents, video_sigma, actions, action_sigma, state, conditioning)
+
+    def _layer(
+        self,
+        index: int,
+        video_x: torch.Tensor,
+        action_x: torch.Tensor,
+        und_x: torch.Tensor,
+        video_mod: torch.Tensor,
+        action_mod: torch.Tensor,
+        rope_cos: torch.Tensor,
+        rope_sin: torch.Tensor,
+        joint_mask: torch.Tensor | None,
+        text_keys: torch.Tensor,
+        text_values: torch.Tensor,
+        text_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One MoT layer (reference ``Motus._process_mot_layer``). Streams are float32 [B, L, D]."""
+        config = self.config
+        heads, head_dim = config.num_heads, config.head_dim
+        video_block = self.video.blocks[index]
+        action_block = self.action_expert.blocks[index]
+        und_block = self.und_expert.blocks[index]
+        is_last = index == config.num_layers - 1
+
+        # AdaLN chunks: shift, scale, gate (attention), shift, scale, gate (FFN); fp32, per token.
+        v_shift, v_scale, v_gate, v_ffn_shift, v_ffn_scale, v_ffn_gate = (video_block.modulation.float()[None] + video_mod).unbind(2)
+        a_shift, a_scale, a_gate, a_ffn_shift, a_ffn_scale, a_ffn_gate = (action_block.modulation.float()[None] + action_mod).unbind(2)
+
+        # 1. Per-stream norm + QKV into the joint head space.
+        attn = video_block.self_attn
+        video_in = _layer_norm(video_x, config.video.eps) * (1 + v_scale) + v_shift
+        video_q = _run(attn.norm_q, _run(attn.q, video_in)).unflatten(-1, (heads, head_dim))
+        video_k = _run(attn.norm_k, _run(attn.k, video_in)).unflatten(-1, (heads, head_dim))
+        video_v = _run(attn.v, video_in).unflatten(-1, (heads, head_dim))
+        # RoPE on video q/k only.
+        video_q = apply_rope(video_q, rope_cos, rope_sin)
+        video_k = apply_rope(video_k, rope_cos, rope_sin)
+
+        action_in = _layer_norm(action_x, config.action.eps) * (1 + a_scale) + a_shift
+        action_q, action_k, action_v = action_block.attn.project(action_in)
+        und_in = _run(und_block.norm1, und_x)
+        und_q, und_k, und_v = und_block.attn.project(und_in)
+
+        # 2. ONE attention over [video | action | understanding].
+        lengths = (video_x.shape[1], action_x.shape[1], und_x.shape[1])
+        dtype = attn.q.weight.dtype
+        query = torch.cat([video_q, action_q, und_q], dim=1).transpose(1, 2).to(dtype)
+        key = torch.cat([video_k, action_k, und_k], dim=1).transpose(1, 2).to(dtype)
+        value = torch.cat([video_v, action_v, und_v], dim=1).transpose(1, 2).to(dtype)
+        joint = F.scaled_dot_product_attention(query, key, value, attn_mask=joint_mask)
+        video_o, action_o, und_o = joint.transpose(1, 2).flatten(2).split(lengths, dim=1)
+
+        # 3. Output projections: gated residuals (video, action), plain residual (understanding).
+        video_x = video_x + _run(attn.o, video_o) * v_gate
+        action_x = action_x + _run(action_block.o, action_o) * a_gate
+        if not is_last:  # the last layer's understanding output feeds nothing (no head)
+            und_x = und_x + _run(und_block.o, und_o)
+
+        # 4. Video-only cross-attention to the text (keys/values cached per request).
+        cross = video_block.cross_attn
+        cross_in = _run(video_block.norm3, video_x) if config.video.cross_attn_norm else video_x
+        cross_q = _run(cross.norm_q, _run(cross.q, cross_in)).unflatten(-1, (heads, head_dim)).transpose(1, 2)
+        cross_k = text_keys.unflatten(-1, (heads, head_dim)).transpose(1, 2).to(cross_q.dtype)
+        cross_v = text_values.unflatten(-1, (heads, head_dim)).transpose(1, 2).to(cross_q.dtype)
+        cross_out = F.scaled_dot_product_attention(cross_q.to(dtype), cross_k.to(dtype), cross_v.to(dtype), attn_mask=text_mask)
+        video_x = video_x + _run(cross.o, cross_out.transpose(1, 2).flatten(2))
+
+        # 5. Per-stream FFNs.
+        video_ffn_in = _layer_norm(video_x, config.video.eps) * (1 + v_ffn_scale) + v_ffn_shift
+        video_x = video_x + _run(video_block.ffn, video_ffn_in) * v_ffn_gate
+        action_ffn_in = _layer_norm(action_x, config.action.eps) * (1 + a_ffn_scale) + a_ffn_shift
+        action_x = action_x + _run(action_block.ffn, action_ffn_in) * a_ffn_gate
+        if not is_last:
+            und_x = und_x + _run(und_block.ffn, _run(und_block.norm2, und_x))
+        return video_x, action_x, und_x
+
+    def _unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """[B, F'*H'*W', p_t*p_h*p_w*C] -> [B, C, F'*p_t, H'*p_h, W'*p_w] (Wan's channel-last patch order)."""
+        patch_t, patch_h, patch_w = self.config.video.patch_size
+        frames, height, width = grid
+        x = tokens.reshape(tokens.shape[0], frames, height, width, patch_t, patch_h, patch_w, -1)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return x.reshape(x.shape[0], x.shape[1], frames * patch_t, height * patch_h, width * patch_w)
+
+    def _check_inputs(
+        self,
+        video_latents: torch.Tensor,
+        video_sigma: torch.Tensor,
+        actions: torch.Tensor,
+        action_sigma: torch.Tensor,
+        state: torch.Tensor | None,
+        conditioning: MotusConditioning,
+    ) -> int:
+        config = self.config
+        if video_latents.ndim != 5 or video_latents.shape[1] != config.video.latent_channels:
+            raise ValueError(f"video_latents must be [B, {config.video.latent_channels}, F, H, W], got {tuple(video_latents.shape)}")
+        batch = video_latents.shape[0]
+        _, _, frames, height, width = video_latents.shape
+        patch = config.video.patch_size
+        if frames % patch[0] or height % patch[1] or width % patch[2]:
+            raise ValueError(f"latent grid {(frames, height, width)} is not divisible by the patch {patch}")
+        if actions.ndim != 3 or actions.shape[0] != batch or actions.shape[2] != config.action.action_dim:
+            raise ValueError(f"actions must be [{batch}, chunk, {config.action.action_dim}], got {tuple(actions.shape)}")
+        for name, sigma in (("video_sigma", video_sigma), ("action_sigma", action_sigma)):
+            if tuple(sigma.shape) != (batch,):
+                raise ValueError(f"{name} must have shape ({batch},), got {tuple(sigma.shape)}")
+        if config.uses_state:
+            if state is None or tuple(state.shape) != (batch, config.action.state_dim):
+                got = None if state is None else tuple(state.shape)
+                raise ValueError(f"state must be [{batch}, {config.action.state_dim}] in finetune mode, got {got}")
+        elif state is not None:
+            raise ValueError("state must be None in pretrain mode (latent actions have no state token)")
+        if conditioning.batch_size != batch:
+            raise ValueError(f"conditioning has batch {conditioning.batch_size}, inputs have batch {batch}")
+        if len(conditioning.text_keys) != config.num_layers:
+            raise ValueError(f"conditioning has {len(conditioning.text_keys)} layers of text K/V, model has {config.num_layers}")
+        return batch
+
+    # -- checkpoints (implemented in checkpoint.py) -----------------------------------------------
+    def save_pretrained(self, directory, stats: dict | None = None) -> None:
+        """Write ``config.json`` + ``model.safetensors`` (+ ``stats.json``); see ``checkpoint.save_pretrained``."""
+        from motus_model.checkpoint import save_pretrained
+
+        save_pretrained(self, directory, stats=stats)
+
+    @classmethod
+    def from_pretrained(cls, directory, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> "MotusModel":
+        """Strictly load a folder written by ``save_pretrained``; see ``checkpoint.load_pretrained``."""
+        from motus_model.checkpoint import load_pretrained
+
+        model, _ = load_pretrained(directory, device=device, dtype=dtype)
+        return model
