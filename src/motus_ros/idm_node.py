@@ -13,7 +13,6 @@ import numpy as np
 from motus_msgs.msg import ErrorCode
 from motus_msgs.srv import InferActions
 
-from motus_ros import conversions
 from motus_ros.lifecycle_base import MotusLifecycleNode, RequestError, ServerContext
 from motus_ros.policy_node import upsample_chunk
 
@@ -31,13 +30,7 @@ class IdmNode(MotusLifecycleNode):
         if len(observations) != expected:
             raise RequestError(
                 ErrorCode.INVALID_REQUEST, f"future_observations: expected {expected} frames (the model's video frames), got {len(observations)}")
-        frames = []
-        for index, observation in enumerate(observations):
-            try:
-                images, _ = conversions.observation_to_inputs(observation, self.profile)
-            except ValueError as exc:
-                raise RequestError(ErrorCode.INVALID_REQUEST, f"future_observations[{index}]: {exc}") from exc
-            frames.append(images)
+        frames = [self.images_of(observation, f"future_observations[{index}]") for index, observation in enumerate(observations)]
         return frames
 
     def _infer_actions(self, request: InferActions.Request, response: InferActions.Response) -> InferActions.Response:

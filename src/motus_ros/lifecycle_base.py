@@ -351,10 +351,26 @@ class MotusLifecycleNode(LifecycleNode):
                 raise RequestError(ErrorCode.NO_OBSERVATION, f"no usable latest observation: {reason}")
             return dict(latest.images), self.profile.robot_to_model(np.asarray(latest.state, dtype=np.float64))
         try:
-            images, state = conversions.observation_to_inputs(msg, self.profile)
+            images, state = conversions.observation_to_inputs(msg, self.profile)  # state comes in model space
         except ValueError as exc:
             raise RequestError(ErrorCode.INVALID_REQUEST, f"bad observation: {exc}") from exc
-        return images, self.profile.robot_to_model(np.asarray(state, dtype=np.float64))
+        return images, np.asarray(state, dtype=np.float64)
+
+    def images_of(self, msg: Observation, what: str) -> dict[str, np.ndarray]:
+        """Camera role -> HxWx3 uint8 RGB of an observation that must hold every camera of the profile (no joint
+        state needed: future frames)."""
+        roles = list(msg.camera_names)
+        if len(roles) != len(msg.images):
+            raise RequestError(ErrorCode.INVALID_REQUEST, f"{what}: one camera name per image expected, got {len(roles)} names and {len(msg.images)} images")
+        if sorted(roles) != sorted(self.profile.camera_roles):
+            raise RequestError(ErrorCode.INVALID_REQUEST, f"{what}: expected cameras {self.profile.camera_roles}, got {roles}")
+        images = {}
+        for role, image in zip(roles, msg.images):
+            try:
+                images[role] = conversions.image_to_numpy(image)
+            except ValueError as exc:
+                raise RequestError(ErrorCode.INVALID_REQUEST, f"{what}: camera {role!r}: {exc}") from exc
+        return images
 
     def wait_result(self, future: Future, should_cancel: Callable[[], bool] | None = None, poll_s: float = 0.02):
         """Wait for an engine future from a request callback; cancels it when `should_cancel()` turns true.

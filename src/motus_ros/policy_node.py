@@ -228,10 +228,7 @@ class PolicyNode(MotusLifecycleNode):
         if buffer is None:
             return
         try:
-            image = conversions.image_to_numpy(msg, expected_encoding=camera.encoding)
-            expected = (int(camera.height), int(camera.width))
-            if image.shape[:2] != expected:
-                raise ValueError(f"image size: expected {expected[0]}x{expected[1]}, got {image.shape[0]}x{image.shape[1]}")
+            image = conversions.image_to_numpy(msg, expected_encoding=camera.encoding, expected_shape=(int(camera.height), int(camera.width)))
         except ValueError as exc:
             self._reject(camera.topic, str(exc))
             return
@@ -246,7 +243,7 @@ class PolicyNode(MotusLifecycleNode):
             return  # per-arm topics: wait until every arm has reported once
         messages = [self._joint_messages[name] for name in self.profile.joint_state_topics]
         try:
-            q = conversions.joint_state_to_vector(messages if len(messages) > 1 else messages[0], self.profile.joint_names)
+            q = conversions.joint_state_to_vector(messages, self.profile.joint_names, prefixes=self.profile.joint_name_prefixes)
         except ValueError as exc:
             self._reject(topic, str(exc))
             return
@@ -269,7 +266,7 @@ class PolicyNode(MotusLifecycleNode):
         if any(message is None for message in messages):
             return None
         try:
-            return conversions.joint_state_to_vector(messages if len(messages) > 1 else messages[0], self.profile.joint_names)
+            return conversions.joint_state_to_vector(messages, self.profile.joint_names, prefixes=self.profile.joint_name_prefixes)
         except ValueError:
             return None
 
