@@ -267,10 +267,12 @@ def trajectory_to_actions(traj: JointTrajectory, joint_names: Sequence[str]) -> 
 # --------------------------------------------------------------------------------------------------
 # motus_msgs/Observation
 def observation_to_inputs(msg, profile: RobotProfile) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """motus_msgs/Observation -> (images {role: uint8 RGB [H, W, 3]}, state [D] in MODEL space or None).
+    """motus_msgs/Observation -> (images {role: uint8 RGB [H, W, 3]}, state [D] in ROBOT units, or None).
 
-    The joint state arrives in robot units (profile order, or named with the profile's joint names) and
-    is mapped to model space (grippers 0 = closed, 1 = open) with profile.robot_to_model.
+    The state stays in robot units in the profile's joint order (as the message carries it, and as the
+    ObservationBuffer holds it); map it with profile.robot_to_model before the model sees it.
+    The joint state may be unnamed (exactly D positions in profile order) or named with the profile's
+    joint names (any order; unknown names rejected).
     An observation with no images and no joint state means "use the latest": returns ({}, None).
     Images must cover every camera role of the profile; a joint state is then required.
     """
@@ -306,7 +308,7 @@ def observation_to_inputs(msg, profile: RobotProfile) -> tuple[dict[str, np.ndar
             raise ValueError("joint state positions must be finite, got NaN/inf")
     else:
         positions = joint_state_to_vector(joint_state, profile.joint_names, allow_extra=False)
-    return images, profile.robot_to_model(positions)
+    return images, positions
 
 
 def profile_joint_state_to_model(msgs: Sequence[JointState], profile: RobotProfile) -> np.ndarray:

@@ -145,7 +145,7 @@ def _observation(profile, images=True, state=None, names=None):
     return msg
 
 
-def test_observation_to_inputs_converts_images_and_maps_state_to_model_space():
+def test_observation_to_inputs_converts_images_and_keeps_state_in_robot_units():
     profile = load_profile("interbotix_aloha")
     robot_state = np.zeros(14)
     robot_state[6] = 1.6214  # left gripper open
@@ -153,7 +153,9 @@ def test_observation_to_inputs_converts_images_and_maps_state_to_model_space():
     images, state = observation_to_inputs(_observation(profile, state=robot_state), profile)
     assert sorted(images) == sorted(profile.camera_roles)
     assert all(np.array_equal(image, RGB) for image in images.values())  # bgr8 camera converted too
-    assert state[6] == pytest.approx(1.0) and state[13] == pytest.approx(0.0)
+    np.testing.assert_array_equal(state, robot_state)  # robot units: the caller maps with robot_to_model
+    reordered = _observation(profile, state=robot_state[::-1], names=profile.joint_names[::-1])
+    np.testing.assert_array_equal(observation_to_inputs(reordered, profile)[1], robot_state)
     # Unnamed positions in profile order work as well.
     unnamed = _observation(profile, state=robot_state)
     unnamed.joint_state.name = []
