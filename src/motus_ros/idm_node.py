@@ -43,12 +43,12 @@ class IdmNode(MotusLifecycleNode):
             self.require_active()
             images, state = self.observation_inputs(request.observation)
             engine_request = MotusRequest(
-                mode=Mode.IDM, images=images, state=state, future_frames=self.future_frames(request.future_observations),
+                mode=Mode.IDM, images=images, state=self.profile.robot_to_model(state), future_frames=self.future_frames(request.future_observations),
                 steps=self.steps_for(request.steps), seed=self.seed_for(request.seed), decode_video=False,
             )
             result = self.wait_result(self.engine.submit(engine_request))
             actions_robot = upsample_chunk(
-                self.actions_to_robot(result.actions), self.profile.model_to_robot(state), int(self.engine.config.temporal.downsample_rate))
+                self.actions_to_robot(result.actions), state, int(self.engine.config.temporal.downsample_rate))
             response.trajectory = self.trajectory_of(actions_robot)
             response.timing = self.timing_of(result, (time.monotonic() - started) * 1e3)
             response.error = ErrorCode(code=ErrorCode.NONE, message="")

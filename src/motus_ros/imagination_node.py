@@ -97,7 +97,7 @@ class ImaginationNode(MotusLifecycleNode):
             check_instruction(goal.instruction, int(self.param("max_instruction_chars")))
             images, state = self.observation_inputs(goal.observation)
             request = MotusRequest(
-                mode=Mode.JOINT if goal.with_actions else Mode.VIDEO_GENERATION, images=images, state=state,
+                mode=Mode.JOINT if goal.with_actions else Mode.VIDEO_GENERATION, images=images, state=self.profile.robot_to_model(state),
                 instruction=goal.instruction, steps=self.steps_for(goal.steps), seed=self.seed_for(goal.seed), decode_video=True,
             )
             future = self.engine.submit(request, progress=feedback_publisher(goal_handle, Imagine.Feedback, started))
@@ -105,7 +105,7 @@ class ImaginationNode(MotusLifecycleNode):
             result.frames = self.frames_to_observations(output.frames)
             if goal.with_actions and output.actions is not None:
                 actions_robot = upsample_chunk(
-                    self.actions_to_robot(output.actions), self.profile.model_to_robot(state), int(self.engine.config.temporal.downsample_rate))
+                    self.actions_to_robot(output.actions), state, int(self.engine.config.temporal.downsample_rate))
                 result.trajectory = self.trajectory_of(actions_robot)
             if goal.publish:
                 clip = self.split_frames(output.frames)

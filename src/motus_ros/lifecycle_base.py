@@ -343,15 +343,15 @@ class MotusLifecycleNode(LifecycleNode):
         return None if int(requested) < 0 else int(requested)
 
     def observation_inputs(self, msg: Observation | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """(images role -> HxWx3 uint8 RGB, state in model space) from a request's observation, or the latest one
-        the server holds when the message has no images."""
+        """(images role -> HxWx3 uint8 RGB, state in ROBOT units) from a request's observation, or the latest one
+        the server holds when the message has no images. Map the state with profile.robot_to_model for the model."""
         if msg is None or len(msg.images) == 0:
             latest, reason = self.context.observations.latest(self.now_s())
             if latest is None:
                 raise RequestError(ErrorCode.NO_OBSERVATION, f"no usable latest observation: {reason}")
-            return dict(latest.images), self.profile.robot_to_model(np.asarray(latest.state, dtype=np.float64))
+            return dict(latest.images), np.asarray(latest.state, dtype=np.float64)
         try:
-            images, state = conversions.observation_to_inputs(msg, self.profile)  # state comes in model space
+            images, state = conversions.observation_to_inputs(msg, self.profile)
         except ValueError as exc:
             raise RequestError(ErrorCode.INVALID_REQUEST, f"bad observation: {exc}") from exc
         return images, np.asarray(state, dtype=np.float64)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +48,7 @@ from motus_ros.lifecycle_base import (
     int_descriptor,
     text_descriptor,
 )
-from motus_ros.observation_buffer import ObservationBuffer
+from motus_ros.observation_buffer import make_observation_buffer
 from motus_ros.safety import SafetyFilter
 
 TERMINATION_COMPLETED = "completed"
@@ -178,7 +179,7 @@ class PolicyNode(MotusLifecycleNode):
         self.safety = SafetyFilter(profile)
         self.adapter = make_command_adapter(self, profile, dry_run=self.dry_run)
 
-        buffer = ObservationBuffer([camera.role for camera in profile.cameras], float(self.param("max_skew_s")), float(self.param("max_age_s")))
+        buffer = make_observation_buffer([camera.role for camera in profile.cameras], float(self.param("max_skew_s")), float(self.param("max_age_s")))
         self.context.observations.set_buffer(buffer)
         for camera in profile.cameras:
             self._resources.append(self.create_subscription(
@@ -257,18 +258,7 @@ class PolicyNode(MotusLifecycleNode):
 
     def _measured_position(self) -> np.ndarray | None:
         buffer = self.context.observations.buffer
-        if buffer is None:
-            return None
-        return buffer.latest_joint_state() if hasattr(buffer, "latest_joint_state") else self._latest_q_from_messages()
-
-    def _latest_q_from_messages(self) -> np.ndarray | None:
-        messages = [self._joint_messages.get(topic) for topic in self.profile.joint_state_topics]
-        if any(message is None for message in messages):
-            return None
-        try:
-            return conversions.joint_state_to_vector(messages, self.profile.joint_names, prefixes=self.profile.joint_name_prefixes)
-        except ValueError:
-            return None
+        return None if buffer is None else buffer.latest_joint_state()
 
     def _send(self, command: np.ndarray) -> None:
         if not self.dry_run:
@@ -289,10 +279,18 @@ class PolicyNode(MotusLifecycleNode):
     def _control_tick(self) -> None:
         if not self.is_active:
             return
-        now = self.now_s()
         run = self._run
         if run is None or run.stopped:
             return
+        try:
+            self._control_step(run)
+        except Exception as exc:  # never let the control timer die: end the run, hold, report
+            run.error = f"control step failed: {exc!r}"
+            self.get_logger().error(f"{run.error}\n{traceback.format_exc()}")
+            self._send_hold("control step failed")
+
+    def _control_step(self, run: PolicyRun) -> None:
+        now = self.now_s()
         with run.lock:
             if run.max_steps and run.step >= run.max_steps:
                 return  # the execute loop ends the run at its next check
@@ -493,12 +491,12 @@ class PolicyNode(MotusLifecycleNode):
             images, state = self.observation_inputs(request.observation)
             joint = request.mode == PredictActions.Request.MODE_JOINT
             engine_request = MotusRequest(
-                mode=Mode.JOINT if joint else Mode.VLA, images=images, state=state, instruction=request.instruction,
+                mode=Mode.JOINT if joint else Mode.VLA, images=images, state=self.profile.robot_to_model(state), instruction=request.instruction,
                 steps=self.steps_for(request.steps), seed=self.seed_for(request.seed),
                 decode_video=bool(joint and request.return_frames),
             )
             result = self.wait_result(self.engine.submit(engine_request))
-            actions_robot = upsample_chunk(self.actions_to_robot(result.actions), self.profile.model_to_robot(state), int(self.engine.config.temporal.downsample_rate))
+            actions_robot = upsample_chunk(self.actions_to_robot(result.actions), state, int(self.engine.config.temporal.downsample_rate))
             response.trajectory = self.trajectory_of(actions_robot)
             if joint and request.return_frames and result.frames is not None:
                 response.imagined_frames = self.composite_images(result.frames)

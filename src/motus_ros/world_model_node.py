@@ -110,7 +110,7 @@ class WorldModelNode(MotusLifecycleNode):
             images, state = self.observation_inputs(goal.observation)
             actions = self.chunk_from_trajectory(goal.actions)
             request = MotusRequest(
-                mode=Mode.WORLD_MODEL, images=images, state=state, actions=actions,
+                mode=Mode.WORLD_MODEL, images=images, state=self.profile.robot_to_model(state), actions=actions,
                 steps=self.steps_for(goal.steps), seed=self.seed_for(goal.seed), decode_video=True,
             )
             future = self.engine.submit(request, progress=feedback_publisher(goal_handle, PredictFuture.Feedback, started))
