@@ -434,10 +434,16 @@ class MotusModel(nn.Module):
         return counts
 
     def dead_parameter_names(self) -> list[str]:
-        """Parameters that never influence an output: the last understanding layer's o-proj,
-        norm2 and FFN (the understanding stream has no head; the reference computes them anyway)."""
+        """Parameters that never influence an output and get no gradient.
+
+        The understanding stream has no head, so in the last layer only its keys/values
+        matter: its query norm, o-proj, norm2 and FFN are dead (the reference computes them
+        anyway; we skip them but keep the weights so checkpoints map 1:1). The query slice
+        of that layer's ``qkv`` tensor is dead too, but shares a tensor with live k/v.
+        """
         last = f"und_expert.blocks.{self.config.num_layers - 1}."
-        return [name for name, _ in self.named_parameters() if name.startswith(last) and not name.startswith(last + "attn.") and not name.startswith(last + "norm1.")]
+        live = (last + "attn.qkv", last + "attn.norm_k.", last + "norm1.")
+        return [name for name, _ in self.named_parameters() if name.startswith(last) and not name.startswith(live)]
 
     @property
     def device(self) -> torch.device:
@@ -622,20 +628,22 @@ class MotusModel(nn.Module):
         und_in = _run(und_block.norm1, und_x)
         und_q, und_k, und_v = und_block.attn.project(und_in)
 
-        # 2. ONE attention over [video | action | understanding].
-        lengths = (video_x.shape[1], action_x.shape[1], und_x.shape[1])
+        # 2. ONE attention over [video | action | understanding]. In the last layer the
+        # understanding queries are skipped: their output feeds nothing (no head).
+        queries = [video_q, action_q] if is_last else [video_q, action_q, und_q]
+        lengths = [video_x.shape[1], action_x.shape[1]] + ([] if is_last else [und_x.shape[1]])
         dtype = attn.q.weight.dtype
-        query = torch.cat([video_q, action_q, und_q], dim=1).transpose(1, 2).to(dtype)
+        query = torch.cat(queries, dim=1).transpose(1, 2).to(dtype)
         key = torch.cat([video_k, action_k, und_k], dim=1).transpose(1, 2).to(dtype)
         value = torch.cat([video_v, action_v, und_v], dim=1).transpose(1, 2).to(dtype)
         joint = F.scaled_dot_product_attention(query, key, value, attn_mask=joint_mask)
-        video_o, action_o, und_o = joint.transpose(1, 2).flatten(2).split(lengths, dim=1)
+        video_o, action_o, *und_o = joint.transpose(1, 2).flatten(2).split(lengths, dim=1)
 
         # 3. Output projections: gated residuals (video, action), plain residual (understanding).
         video_x = video_x + _run(attn.o, video_o) * v_gate
         action_x = action_x + _run(action_block.o, action_o) * a_gate
         if not is_last:  # the last layer's understanding output feeds nothing (no head)
-            und_x = und_x + _run(und_block.o, und_o)
+            und_x = und_x + _run(und_block.o, und_o[0])
 
         # 4. Video-only cross-attention to the text (keys/values cached per request).
         cross = video_block.cross_attn

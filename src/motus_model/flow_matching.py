@@ -1,0 +1,278 @@
+"""Rectified flow for Motus: the shifted sigma schedule, the training loss, the sampler, five modes.
+
+Convention (as the reference): x_sigma = (1 - sigma) * x0 + sigma * eps, velocity target
+v = eps - x0, so an Euler step from sigma to sigma' is x + (sigma' - sigma) * v.
+Video and actions carry independent sigmas (UniDiffuser style); at inference each modality
+is CLEAN (given, sigma 0), DENOISED (Euler from 1 to 0) or MARGINALISED (pure noise held at
+sigma 1, never updated), which gives the five modes of the paper from one network.
+
+Batches for ``flow_matching_loss`` are mappings with these keys (B = batch):
+
+    video_latents  [B, C, F, H, W] clean latents; latent frame 0 is the conditioning frame
+    actions        [B, chunk, action_dim] clean actions (latent actions in pretrain mode)
+    state          [B, state_dim] (finetune) or None / absent (pretrain)
+    text_context   [B, L_t, text_dim];  text_mask [B, L_t] bool or None / absent
+    vlm_hidden     [B, L_u, vlm_dim];   vlm_mask  [B, L_u] bool or None / absent
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from motus_model.config import MotusConfig, ScheduleConfig
+from motus_model.modeling_motus import MotusConditioning, MotusModel
+
+logger = logging.getLogger(__name__)
+
+
+class SamplingCancelled(RuntimeError):
+    """Raised by ``sample`` when ``should_cancel()`` returns True between two steps."""
+
+
+# ----------------------------------------------------------------------------------------
+# Schedule
+# ----------------------------------------------------------------------------------------
+
+
+def shift_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """sigma = shift * u / (1 + (shift - 1) * u) (maps 0 -> 0 and 1 -> 1)."""
+    return shift * u / (1.0 + (shift - 1.0) * u)
+
+
+class FlowMatchSchedule:
+    """The training table and the inference grids of the reference's ``FlowMatchScheduler``.
+
+    The training table has ``num_train_timesteps`` sigmas, shifted from u = 1 down to
+    u = 1 / num_train_timesteps (shift 5: median ~0.83, minimum ~0.005).
+    """
+
+    def __init__(self, config: ScheduleConfig) -> None:
+        self.config = config
+        count = config.num_train_timesteps
+        u = torch.linspace(1.0, 1.0 / count, count, dtype=torch.float64)
+        self.training_sigmas = shift_sigmas(u, config.shift).float()
+
+    def sample_training_sigmas(
+        self, batch_size: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Independent uniform table indices for video and for actions: two [B] tensors."""
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        count = self.config.num_train_timesteps
+        video_index = torch.randint(0, count, (batch_size,), generator=generator, device=gen_device)
+        action_index = torch.randint(0, count, (batch_size,), generator=generator, device=gen_device)
+        table = self.training_sigmas.to(gen_device)
+        return table[video_index].to(device), table[action_index].to(device)
+
+    def inference_sigmas(self, steps: int | None = None, kind: str | None = None) -> torch.Tensor:
+        """[steps + 1] sigmas from 1 to 0. ``linear`` is the reference's unshifted grid."""
+        steps = self.config.inference_steps if steps is None else steps
+        kind = self.config.inference_sigmas if kind is None else kind
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+        if kind == "linear":
+            return grid.float()
+        if kind == "shifted":
+            return shift_sigmas(grid, self.config.shift).float()
+        raise ValueError(f"sigma grid must be 'linear' or 'shifted', got {kind!r}")
+
+
+# ----------------------------------------------------------------------------------------
+# Training loss
+# ----------------------------------------------------------------------------------------
+
+
+def _get(batch: Mapping[str, torch.Tensor | None], key: str, required: bool = True) -> torch.Tensor | None:
+    if key not in batch or batch[key] is None:
+        if required:
+            raise ValueError(f"batch is missing {key!r}; it has keys {sorted(batch)}")
+        return None
+    return batch[key]
+
+
+def flow_matching_loss(
+    model: MotusModel,
+    batch: Mapping[str, torch.Tensor | None],
+    config: MotusConfig | None = None,
+    generator: torch.Generator | None = None,
+    schedule: FlowMatchSchedule | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Rectified-flow loss with independent video/action sigmas.
+
+    The conditioning latent frame (frame 0) is kept clean and EXCLUDED from the video loss:
+    the MSE is a mean over the future frames only (unlike the reference, which zeroes frame 0
+    but still counts it in the mean, weighting future frames 2/3).
+
+    Returns:
+        total loss (scalar tensor with grad) and {"video": float, "action": float, "loss": float}.
+    """
+    config = model.config if config is None else config
+    schedule = FlowMatchSchedule(config.schedule) if schedule is None else schedule
+    video_x0 = _get(batch, "video_latents").float()
+    actions_x0 = _get(batch, "actions").float()
+    if video_x0.ndim != 5 or video_x0.shape[2] < 2:
+        raise ValueError(f"video_latents must be [B, C, F>=2, H, W] (conditioning + future), got {tuple(video_x0.shape)}")
+    batch_size = video_x0.shape[0]
+    device = video_x0.device
+    gen_device = generator.device if generator is not None else device
+
+    video_sigma, action_sigma = schedule.sample_training_sigmas(batch_size, generator, device)
+    video_noise = torch.randn(video_x0.shape, generator=generator, device=gen_device).to(device)
+    action_noise = torch.randn(actions_x0.shape, generator=generator, device=gen_device).to(device)
+
+    noisy_video = (1 - video_sigma.view(-1, 1, 1, 1, 1)) * video_x0 + video_sigma.view(-1, 1, 1, 1, 1) * video_noise
+    noisy_video[:, :, 0] = video_x0[:, :, 0]  # teacher forcing: the conditioning frame stays clean
+    noisy_actions = (1 - action_sigma.view(-1, 1, 1)) * actions_x0 + action_sigma.view(-1, 1, 1) * action_noise
+
+    video_pred, action_pred = model.forward_uncached(
+        noisy_video, video_sigma, noisy_actions, action_sigma, _get(batch, "state", required=False),
+        _get(batch, "text_context"), _get(batch, "vlm_hidden"),
+        text_mask=_get(batch, "text_mask", required=False), vlm_mask=_get(batch, "vlm_mask", required=False),
+    )
+    video_target = video_noise - video_x0
+    action_target = action_noise - actions_x0
+    # Future frames only: frame 0 contributes to neither the sum nor the count.
+    video_loss = F.mse_loss(video_pred[:, :, 1:], video_target[:, :, 1:])
+    action_loss = F.mse_loss(action_pred, action_target)
+    total = config.loss.video_weight * video_loss + config.loss.action_weight * action_loss
+    return total, {"loss": float(total.detach()), "video": float(video_loss.detach()), "action": float(action_loss.detach())}
+
+
+# ----------------------------------------------------------------------------------------
+# Modes and the sampler
+# ----------------------------------------------------------------------------------------
+
+
+class Treatment(enum.Enum):
+    CLEAN = "clean"  # given, sigma 0 throughout
+    DENOISED = "denoised"  # sampled: Euler from sigma 1 to 0
+    MARGINALISED = "marginalised"  # pure noise held at sigma 1, never updated
+
+
+class Mode(str, enum.Enum):
+    """The five Motus modes (the conditioning frame is always clean)."""
+
+    VLA = "vla"  # p(a | o, l)
+    WORLD_MODEL = "world_model"  # p(o' | o, a)
+    IDM = "idm"  # p(a | o, o')
+    VIDEO_GENERATION = "video_generation"  # p(o' | o, l)
+    JOINT = "joint"  # p(o', a | o, l)
+
+    @property
+    def video(self) -> Treatment:
+        return _TREATMENTS[self][0]
+
+    @property
+    def actions(self) -> Treatment:
+        return _TREATMENTS[self][1]
+
+
+# (future video, actions)
+_TREATMENTS: dict[Mode, tuple[Treatment, Treatment]] = {
+    Mode.VLA: (Treatment.MARGINALISED, Treatment.DENOISED),
+    Mode.WORLD_MODEL: (Treatment.DENOISED, Treatment.CLEAN),
+    Mode.IDM: (Treatment.CLEAN, Treatment.DENOISED),
+    Mode.VIDEO_GENERATION: (Treatment.DENOISED, Treatment.MARGINALISED),
+    Mode.JOINT: (Treatment.DENOISED, Treatment.DENOISED),
+}
+
+
+def _noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device)
+
+
+@torch.no_grad()
+def sample(
+    model: MotusModel,
+    conditioning: MotusConditioning,
+    cond_latent: torch.Tensor,
+    state: torch.Tensor | None,
+    mode: Mode | str,
+    steps: int | None = None,
+    sigmas: str | torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    given_video: torch.Tensor | None = None,
+    given_actions: torch.Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Euler sampling in one of the five modes. Latents stay float32.
+
+    Args:
+        conditioning: ``model.prepare_conditioning(...)`` for the batch B.
+        cond_latent: [B, C, 1, H, W] latent of the current (conditioning) frame.
+        state: [B, state_dim] (finetune) or None (pretrain).
+        mode: a ``Mode`` or its value ("vla", "world_model", "idm", "video_generation", "joint").
+        steps: Euler steps (default ``config.schedule.inference_steps``).
+        sigmas: "linear" (reference), "shifted", or an explicit [steps + 1] grid from 1 to 0.
+        generator: seeds every noise draw (deterministic on CPU).
+        given_video: [B, C, F - 1, H, W] future latents, required when the mode holds video clean (IDM).
+        given_actions: [B, chunk, action_dim], required when the mode holds actions clean (world model).
+        progress: called as ``progress(step, num_steps)`` after each step (step from 1).
+        should_cancel: checked before each step; True raises ``SamplingCancelled``.
+    Returns:
+        (video, actions): video [B, C, F, H, W] including the conditioning frame if the mode
+        denoises video, else None; actions [B, chunk, action_dim] if denoised, else None.
+    """
+    config = model.config
+    mode = Mode(mode)
+    if cond_latent.ndim != 5 or cond_latent.shape[2] != 1 or cond_latent.shape[1] != config.video.latent_channels:
+        raise ValueError(f"cond_latent must be [B, {config.video.latent_channels}, 1, H, W], got {tuple(cond_latent.shape)}")
+    batch, channels, _, height, width = cond_latent.shape
+    device = cond_latent.device
+    future_frames = config.latent_grid()[0] - 1
+    chunk, action_dim = config.temporal.action_chunk, config.action.action_dim
+
+    schedule = FlowMatchSchedule(config.schedule)
+    if isinstance(sigmas, torch.Tensor):
+        grid = sigmas.float().cpu()
+        if grid.ndim != 1 or grid.numel() < 2 or float(grid[0]) != 1.0 or float(grid[-1]) != 0.0 or bool((grid[1:] > grid[:-1]).any()):
+            raise ValueError(f"an explicit sigma grid must be 1-D, non-increasing, from 1 to 0; got {grid.tolist()}")
+    else:
+        grid = schedule.inference_sigmas(steps, sigmas)
+    num_steps = grid.numel() - 1
+
+    # Initial state: noise everywhere, then clean parts imposed.
+    future = _noise((batch, channels, future_frames, height, width), generator, device)
+    actions = _noise((batch, chunk, action_dim), generator, device)
+    if mode.video is Treatment.CLEAN:
+        expected = (batch, channels, future_frames, height, width)
+        if given_video is None or tuple(given_video.shape) != expected:
+            raise ValueError(f"mode {mode.value} needs given_video {expected}, got {None if given_video is None else tuple(given_video.shape)}")
+        future = given_video.float().to(device)
+    if mode.actions is Treatment.CLEAN:
+        expected = (batch, chunk, action_dim)
+        if given_actions is None or tuple(given_actions.shape) != expected:
+            raise ValueError(f"mode {mode.value} needs given_actions {expected}, got {None if given_actions is None else tuple(given_actions.shape)}")
+        actions = given_actions.float().to(device)
+    video = torch.cat([cond_latent.float(), future], dim=2)
+
+    def sigma_for(treatment: Treatment, value: float) -> torch.Tensor:
+        fixed = {Treatment.CLEAN: 0.0, Treatment.MARGINALISED: 1.0}.get(treatment, value)
+        return torch.full((batch,), fixed, device=device, dtype=torch.float32)
+
+    for step in range(num_steps):
+        if should_cancel is not None and should_cancel():
+            raise SamplingCancelled(f"sampling cancelled before step {step + 1} of {num_steps}")
+        sigma, sigma_next = float(grid[step]), float(grid[step + 1])
+        video_velocity, action_velocity = model(
+            video, sigma_for(mode.video, sigma), actions, sigma_for(mode.actions, sigma), state, conditioning
+        )
+        if mode.video is Treatment.DENOISED:
+            video = video + (sigma_next - sigma) * video_velocity.float()
+            video[:, :, :1] = cond_latent.float()  # re-impose the clean conditioning frame
+        if mode.actions is Treatment.DENOISED:
+            actions = actions + (sigma_next - sigma) * action_velocity.float()
+        if progress is not None:
+            progress(step + 1, num_steps)
+
+    return (
+        video if mode.video is Treatment.DENOISED else None,
+        actions if mode.actions is Treatment.DENOISED else None,
+    )
