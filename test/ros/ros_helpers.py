@@ -23,3 +23,194 @@ def wait_future(node: Node, future: Any, timeout: float) -> Any:
     """Spin `node` until the rclpy future is done; its result (AssertionError on timeout)."""
     assert spin_until(node, future.done, timeout), "timed out waiting for a ROS future"
     return future.result()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A stand-in for the robot's drivers: publishes the profile's cameras and joint states from the test process.
+# ---------------------------------------------------------------------------------------------------------------
+
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import Image, JointState  # noqa: E402
+
+from motus_msgs.msg import Observation  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVER_PARAMS = ROOT / "config" / "motus_server.yaml"
+# Test settings on top of config/motus_server.yaml (global -p: each node takes those it declares).
+TEST_PARAMETERS = {
+    "profile": "aloha_sim", "preset": "motus-tiny", "default_steps": 2, "request_timeout_s": 60.0,
+    "max_age_s": 1.0, "max_skew_s": 0.5, "stamp_source": "receive", "max_instruction_chars": 64,
+    "chunk_request_threshold": 4, "replay_fps": 10.0,
+}
+
+
+def camera_frame(role: str, height: int, width: int, step: int = 0) -> np.ndarray:
+    """A deterministic uint8 RGB frame that differs per camera role and step."""
+    colours = {"high": (200, 40, 40), "left_wrist": (40, 200, 40), "right_wrist": (40, 40, 200)}
+    frame = np.zeros((height, width, 3), dtype=np.uint8)
+    frame[:] = colours.get(role, (128, 128, 128))
+    frame[: height // 4, : (step * 7) % width] = 255
+    return frame
+
+
+def image_msg(array: np.ndarray, stamp, encoding: str = "rgb8") -> Image:
+    from motus_ros.conversions import numpy_to_image
+
+    return numpy_to_image(array, stamp, "camera", encoding=encoding)
+
+
+class FakeSensors:
+    """Publishes every camera and the joint state of a robot profile at `rate_hz` from a node of the test process.
+
+    Knobs for the bad-input tests: `encoding` (per role), `size` (per role), `skip` (roles not published),
+    `joint_names` (replaces the profile's), `nan_joint` (index set to NaN), `paused` (publish nothing).
+    """
+
+    def __init__(self, node: Node, profile, rate_hz: float = 15.0) -> None:
+        self.node = node
+        self.profile = profile
+        self.encoding: dict[str, str] = {}
+        self.size: dict[str, tuple[int, int]] = {}
+        self.skip: set[str] = set()
+        self.joint_names: list[str] | None = None
+        self.nan_joint: int | None = None
+        self.paused = False
+        self.position = np.clip(np.zeros(len(profile.joint_names)), profile.lower_limits, profile.upper_limits)
+        self.step = 0
+        self.image_publishers = {
+            camera.role: node.create_publisher(Image, camera.topic, qos_profile_sensor_data) for camera in profile.cameras
+        }
+        self.joint_publishers = [node.create_publisher(JointState, topic, qos_profile_sensor_data) for topic in profile.joint_state_topics]
+        self.timer = node.create_timer(1.0 / rate_hz, self.publish)
+
+    def reset(self) -> None:
+        self.encoding, self.size, self.skip = {}, {}, set()
+        self.joint_names, self.nan_joint, self.paused = None, None, False
+
+    def publish(self) -> None:
+        if self.paused:
+            return
+        self.step += 1
+        stamp = self.node.get_clock().now().to_msg()
+        for camera in self.profile.cameras:
+            if camera.role in self.skip:
+                continue
+            height, width = self.size.get(camera.role, (camera.height, camera.width))
+            frame = camera_frame(camera.role, height, width, self.step)
+            self.image_publishers[camera.role].publish(image_msg(frame, stamp, self.encoding.get(camera.role, camera.encoding)))
+        position = self.position.copy()
+        if self.nan_joint is not None:
+            position[self.nan_joint] = np.nan
+        names = self.joint_names or list(self.profile.joint_names)
+        for topic_index, publisher in enumerate(self.joint_publishers):
+            message = JointState(name=names, position=position.tolist())
+            message.header.stamp = stamp
+            publisher.publish(message)
+
+    def observation(self, step: int = 0) -> Observation:
+        """An explicit motus_msgs/Observation with every camera and the joint state (profile order, named)."""
+        stamp = self.node.get_clock().now().to_msg()
+        message = Observation()
+        message.header.stamp = stamp
+        for camera in self.profile.cameras:
+            message.camera_names.append(camera.role)
+            message.images.append(image_msg(camera_frame(camera.role, camera.height, camera.width, step), stamp, camera.encoding))
+        message.joint_state = JointState(name=list(self.profile.joint_names), position=self.position.tolist())
+        return message
+
+
+def server_command(*extra: str, ros_args: tuple[str, ...] = (), **overrides) -> list[str]:
+    """Arguments for spawn_process that start motus_server from the source tree with the test parameters
+    (keyword arguments override TEST_PARAMETERS; extra = server options such as --no-autostart)."""
+    parameters = {**TEST_PARAMETERS, **overrides}
+    arguments = ["-m", "motus_ros.server", *extra, "--ros-args", "--params-file", str(SERVER_PARAMS)]
+    for name, value in parameters.items():
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        arguments += ["-p", f"{name}:={text}"]
+    return arguments + list(ros_args)
+
+
+def sim_command(*ros_args: str) -> list[str]:
+    return ["-m", "motus_ros.sim.aloha_sim_node", *(["--ros-args", *ros_args] if ros_args else [])]
+
+
+def child_env_ok() -> bool:
+    """Children find motus_ros/motus_model through PYTHONPATH (the tests run with PYTHONPATH=src)."""
+    return any(Path(entry).resolve() == (ROOT / "src").resolve() for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry) or "motus_ros" in sys.modules
+
+
+class SensorThread:
+    """Runs FakeSensors on their own node and executor in a background thread, so the streams keep flowing while
+    the test blocks on calls."""
+
+    def __init__(self, profile, rate_hz: float = 15.0, node_name: str = "fake_robot_drivers") -> None:
+        import threading
+
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.node = Node(node_name)
+        self.sensors = FakeSensors(self.node, profile, rate_hz)
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5)
+        self.executor.remove_node(self.node)
+        self.node.destroy_node()
+
+
+def start_process(args: list[str], ready_line: str, timeout: float = 120.0):
+    """Start `python args...` (stdout+stderr piped) and wait for `ready_line`; for module-scoped fixtures (the
+    conftest's spawn_process is per test). Raises RuntimeError with the child's output when it does not come."""
+    import subprocess
+    import threading
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    seen: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:  # keep draining the pipe for the child's whole life (a full pipe would block it)
+        for line in process.stdout:
+            seen.append(line)
+            if ready_line in line:
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not ready.wait(0.1):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process(process)
+            raise RuntimeError(f"{args} did not print {ready_line!r}; output:\n{''.join(seen)}")
+    process.output = seen  # type: ignore[attr-defined]
+    return process
+
+
+def stop_process(process, timeout: float = 20.0) -> int | None:
+    """SIGTERM (a clean shutdown: nodes deactivate and hold), then SIGKILL if it hangs. Returns the exit code."""
+    import subprocess
+
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
