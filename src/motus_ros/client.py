@@ -185,15 +185,14 @@ class MotusClient:
         """Video generation p(o' | o, l) (or joint mode with with_actions=True); waits for the result."""
         return self.start_imagine(instruction, **kwargs).result(timeout_s)
 
-    @staticmethod
-    def _trajectory(actions: JointTrajectory | np.ndarray, joint_names: Sequence[str] | None) -> JointTrajectory:
+    def _trajectory(self, actions: JointTrajectory | np.ndarray, joint_names: Sequence[str] | None) -> JointTrajectory:
         if isinstance(actions, JointTrajectory):
             return actions
         if joint_names is None:
             raise ValueError("joint_names are required when actions is an array")
         from motus_ros.conversions import actions_to_trajectory
 
-        return actions_to_trajectory(np.asarray(actions, dtype=np.float64), list(joint_names), 0.02, None)
+        return actions_to_trajectory(np.asarray(actions, dtype=np.float64), list(joint_names), 0.02, self.node.get_clock().now().to_msg())
 
     # --- the policy task (nav2 style) ----------------------------------------------------------------------------------
 

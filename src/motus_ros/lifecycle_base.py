@@ -212,7 +212,7 @@ class MotusLifecycleNode(LifecycleNode):
 
     def __init__(self, node_name: str, context: ServerContext, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self.context = context
+        self.shared = context
         self.profile: RobotProfile | None = None  # set by configure
         self.engine: Any = None
         self._active = threading.Event()
@@ -227,8 +227,8 @@ class MotusLifecycleNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Attach to the shared model, validate the profile, create resources -> inactive (or unconfigured on failure)."""
         try:
-            self.profile = self.context.profile.attach(str(self.param("profile")))
-            self.engine = self.context.model.attach(self.model_spec())
+            self.profile = self.shared.profile.attach(str(self.param("profile")))
+            self.engine = self.shared.model.attach(self.model_spec())
             self._setup()
         except Exception as exc:  # rclpy would swallow it: log the reason and the traceback, then undo
             self.get_logger().error(f"configure failed: {exc}\n{traceback.format_exc()}")
@@ -321,7 +321,12 @@ class MotusLifecycleNode(LifecycleNode):
         self.declare_parameter(name, Parameter.Type.BOOL, ParameterDescriptor(description=description))
 
     def optional_param(self, name: str, default: Any) -> Any:
-        value = self.get_parameter(name).value
+        from rclpy.exceptions import ParameterUninitializedException
+
+        try:
+            value = self.get_parameter(name).value
+        except ParameterUninitializedException:
+            return default
         return default if value is None else value
 
     # --- requests --------------------------------------------------------------------------------------------
@@ -346,7 +351,7 @@ class MotusLifecycleNode(LifecycleNode):
         """(images role -> HxWx3 uint8 RGB, state in ROBOT units) from a request's observation, or the latest one
         the server holds when the message has no images. Map the state with profile.robot_to_model for the model."""
         if msg is None or len(msg.images) == 0:
-            latest, reason = self.context.observations.latest(self.now_s())
+            latest, reason = self.shared.observations.latest(self.now_s())
             if latest is None:
                 raise RequestError(ErrorCode.NO_OBSERVATION, f"no usable latest observation: {reason}")
             return dict(latest.images), np.asarray(latest.state, dtype=np.float64)

@@ -180,7 +180,7 @@ class PolicyNode(MotusLifecycleNode):
         self.adapter = make_command_adapter(self, profile, dry_run=self.dry_run)
 
         buffer = make_observation_buffer([camera.role for camera in profile.cameras], float(self.param("max_skew_s")), float(self.param("max_age_s")))
-        self.context.observations.set_buffer(buffer)
+        self.shared.observations.set_buffer(buffer)
         for camera in profile.cameras:
             self._resources.append(self.create_subscription(
                 Image, camera.topic, lambda msg, camera=camera: self._on_image(camera, msg),
@@ -205,7 +205,9 @@ class PolicyNode(MotusLifecycleNode):
             else:
                 self.destroy_subscription(resource)
         self._resources = []
-        self.context.observations.set_buffer(None)
+        self.shared.observations.set_buffer(None)
+        if self.adapter is not None:
+            self.adapter.destroy()
         self.adapter = None
         self.safety = None
 
@@ -225,7 +227,7 @@ class PolicyNode(MotusLifecycleNode):
         return self.now_s()
 
     def _on_image(self, camera, msg: Image) -> None:
-        buffer = self.context.observations.buffer
+        buffer = self.shared.observations.buffer
         if buffer is None:
             return
         try:
@@ -236,7 +238,7 @@ class PolicyNode(MotusLifecycleNode):
         buffer.update_image(camera.role, image, self._stamp_s(msg.header))
 
     def _on_joint_state(self, topic: str, msg: JointState) -> None:
-        buffer = self.context.observations.buffer
+        buffer = self.shared.observations.buffer
         if buffer is None:
             return
         self._joint_messages[topic] = msg
@@ -251,18 +253,17 @@ class PolicyNode(MotusLifecycleNode):
         buffer.update_joint_state(q, self._stamp_s(msg.header))
 
     def _reject(self, topic: str, reason: str) -> None:
-        self.context.observations.rejected[topic] = reason
+        self.shared.observations.rejected[topic] = reason
         self.get_logger().warning(f"rejected a message on {topic}: {reason}", throttle_duration_sec=2.0)
 
     # --- control loop --------------------------------------------------------------------------------------------
 
     def _measured_position(self) -> np.ndarray | None:
-        buffer = self.context.observations.buffer
+        buffer = self.shared.observations.buffer
         return None if buffer is None else buffer.latest_joint_state()
 
     def _send(self, command: np.ndarray) -> None:
-        if not self.dry_run:
-            self.adapter.send(command, self.get_clock().now().to_msg())
+        self.adapter.send(command, self.get_clock().now().to_msg())  # in dry run the adapter withholds it
         self._last_command = command
         self._commands_sent += 1
 
@@ -297,11 +298,11 @@ class PolicyNode(MotusLifecycleNode):
             self._rate.tick(now)
             run.step += 1
             self._collect_chunk(run)
-            observation, reason = self.context.observations.latest(now)
+            observation, reason = self.shared.observations.latest(now)
             if self.safety.engaged:
                 reason = "e-stop engaged"
             elif observation is None:
-                rejected = "; ".join(f"{topic}: {why}" for topic, why in self.context.observations.rejected.items())
+                rejected = "; ".join(f"{topic}: {why}" for topic, why in self.shared.observations.rejected.items())
                 reason = f"{reason} (rejected: {rejected})" if rejected else reason
             if observation is None or self.safety.engaged:
                 self._hold(run, reason)
@@ -514,8 +515,8 @@ class PolicyNode(MotusLifecycleNode):
         now = self.now_s()
         run = self._run
         ok, reason = (False, "not configured")
-        if self.context.observations.buffer is not None:
-            ok, reason = self.context.observations.buffer.status(now)
+        if self.shared.observations.buffer is not None:
+            ok, reason = self.shared.observations.buffer.status(now)
         holding = run.holding if run is not None else False
         hold_reason = run.hold_reason if run is not None else ""
         status = DiagnosticStatus(name=f"motus_server: {self.get_name()}", hardware_id=self.profile.name)
