@@ -584,7 +584,7 @@ class MotusModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Training entry point: ``prepare_conditioning`` + ``forward`` in one differentiable call."""
         conditioning = self.prepare_conditioning(text_context, text_mask, vlm_hidden, vlm_mask)
-        return self.forward(video_latents, video_sigma, actions, action_sigma, state, conditioning)
+        return self(video_latents, video_sigma, actions, action_sigma, state, conditioning)
 
     def _layer(
         self,

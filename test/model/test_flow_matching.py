@@ -1,0 +1,224 @@
+"""Rectified flow: the shift-5 table, the loss (conditioning frame excluded), the five-mode sampler."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from motus_model.config import MotusConfig
+from motus_model.flow_matching import (
+    FlowMatchSchedule,
+    Mode,
+    SamplingCancelled,
+    Treatment,
+    flow_matching_loss,
+    sample,
+)
+from motus_model.modeling_motus import MotusModel
+
+
+def tiny_model(seed: int = 0, **overrides) -> MotusModel:
+    torch.manual_seed(seed)
+    model = MotusModel(dataclasses.replace(MotusConfig.preset("motus-tiny"), **overrides))
+    with torch.no_grad():  # heads are zero-initialised; make outputs depend on the inputs
+        torch.nn.init.normal_(model.video.head.head.weight, std=0.1)
+        torch.nn.init.normal_(model.action_expert.head.head.weight, std=0.1)
+    return model.eval()
+
+
+def make_batch(config: MotusConfig, batch_size: int = 2, seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    frames, height, width = config.latent_grid()
+    return {
+        "video_latents": torch.randn(batch_size, config.video.latent_channels, frames, height, width, generator=generator),
+        "actions": torch.randn(batch_size, config.temporal.action_chunk, config.action.action_dim, generator=generator),
+        "state": torch.randn(batch_size, config.action.state_dim, generator=generator) if config.uses_state else None,
+        "text_context": torch.randn(batch_size, 5, config.video.text_dim, generator=generator),
+        "vlm_hidden": torch.randn(batch_size, 7, config.understanding.vlm_dim, generator=generator),
+    }
+
+
+def test_training_table_matches_the_reference_schedule():
+    schedule = FlowMatchSchedule(MotusConfig.preset("motus-8b").schedule)
+    table = schedule.training_sigmas
+    assert table.shape == (1000,)
+    assert table[0] == pytest.approx(1.0)
+    assert table[-1] == pytest.approx(5 * 0.001 / (1 + 4 * 0.001))  # ~0.005
+    assert table.median() == pytest.approx(0.83, abs=0.01)
+    assert bool((table[1:] < table[:-1]).all())
+
+
+def test_training_sigmas_are_independent_per_modality():
+    schedule = FlowMatchSchedule(MotusConfig.preset("motus-tiny").schedule)
+    video, action = schedule.sample_training_sigmas(64, torch.Generator().manual_seed(0))
+    assert video.shape == action.shape == (64,)
+    assert not torch.equal(video, action)
+    assert set(video.tolist()) <= set(schedule.training_sigmas.tolist())
+
+
+def test_inference_grids():
+    schedule = FlowMatchSchedule(MotusConfig.preset("motus-tiny").schedule)
+    linear = schedule.inference_sigmas(10, "linear")
+    shifted = schedule.inference_sigmas(10, "shifted")
+    torch.testing.assert_close(linear, torch.linspace(1, 0, 11))
+    assert shifted[0] == 1.0 and shifted[-1] == 0.0 and bool((shifted[1:-1] > linear[1:-1]).all())
+    with pytest.raises(ValueError, match="'linear' or 'shifted'"):
+        schedule.inference_sigmas(10, "cosine")
+
+
+@pytest.mark.timeout(60)
+def test_loss_excludes_the_conditioning_frame():
+    model = tiny_model()
+    config = model.config
+    batch = make_batch(config)
+    loss, metrics = flow_matching_loss(model, batch, generator=torch.Generator().manual_seed(3))
+
+    # Recompute by hand with the same draws, in the same order.
+    generator = torch.Generator().manual_seed(3)
+    video_sigma, action_sigma = FlowMatchSchedule(config.schedule).sample_training_sigmas(2, generator)
+    x0, a0 = batch["video_latents"], batch["actions"]
+    video_noise = torch.randn(x0.shape, generator=generator)
+    action_noise = torch.randn(a0.shape, generator=generator)
+    noisy = (1 - video_sigma.view(-1, 1, 1, 1, 1)) * x0 + video_sigma.view(-1, 1, 1, 1, 1) * video_noise
+    noisy[:, :, 0] = x0[:, :, 0]
+    noisy_actions = (1 - action_sigma.view(-1, 1, 1)) * a0 + action_sigma.view(-1, 1, 1) * action_noise
+    with torch.no_grad():
+        video_pred, action_pred = model.forward_uncached(noisy, video_sigma, noisy_actions, action_sigma, batch["state"],
+                                                         batch["text_context"], batch["vlm_hidden"])
+    future_only = F.mse_loss(video_pred[:, :, 1:], (video_noise - x0)[:, :, 1:])
+    all_frames = F.mse_loss(video_pred, video_noise - x0)
+    assert metrics["video"] == pytest.approx(float(future_only), rel=1e-5)
+    assert metrics["video"] != pytest.approx(float(all_frames), rel=1e-3)
+    assert metrics["action"] == pytest.approx(float(F.mse_loss(action_pred, action_noise - a0)), rel=1e-5)
+    assert float(loss) == pytest.approx(metrics["video"] + metrics["action"], rel=1e-5)
+
+
+@pytest.mark.timeout(60)
+def test_conditioning_frame_prediction_gets_no_gradient():
+    model = tiny_model().train()
+    batch = make_batch(model.config)
+    captured = {}
+
+    def keep_output(module, args, output):
+        output[0].retain_grad()
+        captured["video"] = output[0]
+
+    handle = model.register_forward_hook(keep_output)
+    loss, _ = flow_matching_loss(model, batch, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    handle.remove()
+    grad = captured["video"].grad
+    assert torch.count_nonzero(grad[:, :, 0]) == 0
+    assert torch.count_nonzero(grad[:, :, 1:]) > 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("training_mode", ["finetune", "pretrain"])
+def test_small_model_overfits_one_batch(training_mode):
+    model = tiny_model(seed=1, training_mode=training_mode).train()
+    batch = make_batch(model.config, batch_size=1, seed=1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(120):
+        optimizer.zero_grad()
+        # Same noise and sigmas every step: a fixed regression problem the model must memorise.
+        loss, _ = flow_matching_loss(model, batch, generator=torch.Generator().manual_seed(0))
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 10, f"loss went {losses[0]:.4f} -> {losses[-1]:.4f}"
+
+
+def _sampling_inputs(model: MotusModel, batch_size: int = 2, seed: int = 0):
+    config = model.config
+    batch = make_batch(config, batch_size, seed)
+    with torch.no_grad():
+        conditioning = model.prepare_conditioning(batch["text_context"], None, batch["vlm_hidden"], None)
+    return batch, conditioning, batch["video_latents"][:, :, :1]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", list(Mode))
+def test_each_mode_holds_given_and_marginalised_parts(mode):
+    model = tiny_model()
+    config = model.config
+    batch, conditioning, cond_latent = _sampling_inputs(model)
+    given_video = batch["video_latents"][:, :, 1:]
+    given_actions = batch["actions"]
+    calls = []
+    handle = model.register_forward_pre_hook(lambda module, args: calls.append([a.clone() if torch.is_tensor(a) else a for a in args]))
+    video, actions = sample(model, conditioning, cond_latent, batch["state"], mode, steps=3,
+                            generator=torch.Generator().manual_seed(0), given_video=given_video, given_actions=given_actions)
+    handle.remove()
+    assert len(calls) == 3
+    for video_in, video_sigma, actions_in, action_sigma, *_ in calls:
+        assert torch.equal(video_in[:, :, :1], cond_latent)  # the conditioning frame is always clean
+        if mode.video is Treatment.CLEAN:
+            assert torch.equal(video_in[:, :, 1:], given_video) and bool((video_sigma == 0).all())
+        if mode.video is Treatment.MARGINALISED:
+            assert torch.equal(video_in, calls[0][0]) and bool((video_sigma == 1).all())
+        if mode.actions is Treatment.CLEAN:
+            assert torch.equal(actions_in, given_actions) and bool((action_sigma == 0).all())
+        if mode.actions is Treatment.MARGINALISED:
+            assert torch.equal(actions_in, calls[0][2]) and bool((action_sigma == 1).all())
+    frames, height, width = config.latent_grid()
+    if mode.video is Treatment.DENOISED:
+        assert video.shape == (2, config.video.latent_channels, frames, height, width)
+        assert torch.equal(video[:, :, :1], cond_latent)
+        assert [float(c[1][0]) for c in calls] == pytest.approx([1.0, 2 / 3, 1 / 3])
+    else:
+        assert video is None
+    if mode.actions is Treatment.DENOISED:
+        assert actions.shape == (2, config.temporal.action_chunk, config.action.action_dim)
+    else:
+        assert actions is None
+
+
+@pytest.mark.timeout(60)
+def test_sampler_is_deterministic_with_a_seed():
+    model = tiny_model()
+    batch, conditioning, cond_latent = _sampling_inputs(model)
+    run = lambda seed: sample(model, conditioning, cond_latent, batch["state"], Mode.JOINT, steps=2,
+                              generator=torch.Generator().manual_seed(seed))
+    first, second, other = run(5), run(5), run(6)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert not torch.allclose(first[1], other[1])
+
+
+@pytest.mark.timeout(60)
+def test_progress_and_cancellation_between_steps():
+    model = tiny_model()
+    batch, conditioning, cond_latent = _sampling_inputs(model)
+    reported = []
+    sample(model, conditioning, cond_latent, batch["state"], "vla", steps=4, sigmas="shifted",
+           progress=lambda step, total: reported.append((step, total)))
+    assert reported == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+    calls = []
+    handle = model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    reported.clear()
+    with pytest.raises(SamplingCancelled, match="before step 3 of 4"):
+        sample(model, conditioning, cond_latent, batch["state"], Mode.VLA, steps=4,
+               progress=lambda step, total: reported.append(step), should_cancel=lambda: len(reported) >= 2)
+    handle.remove()
+    assert len(calls) == 2
+
+
+def test_modes_that_need_given_data_say_so():
+    model = tiny_model()
+    batch, conditioning, cond_latent = _sampling_inputs(model)
+    with pytest.raises(ValueError, match="idm needs given_video"):
+        sample(model, conditioning, cond_latent, batch["state"], Mode.IDM, steps=1)
+    with pytest.raises(ValueError, match="world_model needs given_actions"):
+        sample(model, conditioning, cond_latent, batch["state"], Mode.WORLD_MODEL, steps=1)
+    with pytest.raises(ValueError):
+        sample(model, conditioning, cond_latent, batch["state"], "policy", steps=1)
+
+
+@pytest.mark.timeout(60)
+def test_pretrain_mode_samples_without_state():
+    model = tiny_model(training_mode="pretrain")
+    batch, conditioning, cond_latent = _sampling_inputs(model)
+    video, actions = sample(model, conditioning, cond_latent, None, Mode.JOINT, steps=2)
+    assert video is not None and actions.shape == (2, model.config.temporal.action_chunk, 14)
