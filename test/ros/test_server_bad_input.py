@@ -54,7 +54,7 @@ def expect_error(response_or_result, code: int, *fragments: str) -> None:
 
 
 def still_serving(client: MotusClient, server) -> None:
-    response = client.predict_actions("still there?", steps=1)
+    response = client.predict_actions("ping", steps=1)
     assert response.error.code == ErrorCode.NONE, response.error.message
     assert server.poll() is None, "the server died"
 

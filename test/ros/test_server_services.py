@@ -66,13 +66,13 @@ FRAMES = 2  # motus-tiny: num_video_frames 2
 
 def test_predict_actions_vla_on_latest_and_given_observation(robot, server):
     client, sensors, _ = robot
-    response = client.predict_actions("pick up the cube", steps=2, seed=1)
+    response = client.predict_actions("pick", steps=2, seed=1)
     assert response.error.code == ErrorCode.NONE, response.error.message
     first = assert_trajectory(response.trajectory, CHUNK)
     assert response.timing.denoising_steps == 2 and response.timing.total_ms > 0
     assert response.imagined_frames == []
     # Same seed, explicit observation with the same content as the live one -> a well-formed answer too.
-    explicit = client.predict_actions("pick up the cube", observation=sensors.observation(), steps=2, seed=1)
+    explicit = client.predict_actions("pick", observation=sensors.observation(), steps=2, seed=1)
     assert explicit.error.code == ErrorCode.NONE, explicit.error.message
     assert_trajectory(explicit.trajectory, CHUNK)
     assert np.abs(first).max() < 10.0  # robot units (rad), not normalised garbage
@@ -81,7 +81,7 @@ def test_predict_actions_vla_on_latest_and_given_observation(robot, server):
 
 def test_predict_actions_joint_mode_returns_frames(robot):
     client, _, _ = robot
-    response = client.predict_actions("stack the blocks", mode="joint", steps=2, seed=3, return_frames=True)
+    response = client.predict_actions("stack", mode="joint", steps=2, seed=3, return_frames=True)
     assert response.error.code == ErrorCode.NONE, response.error.message
     assert_trajectory(response.trajectory, CHUNK)
     assert len(response.imagined_frames) >= FRAMES
@@ -121,13 +121,13 @@ def test_imagine_with_actions_and_replay(robot):
     client, _, node = robot
     received: list[Image] = []
     subscription = node.create_subscription(Image, "/imagination/imagined/left_wrist", received.append, 10)
-    result = client.imagine("open the drawer", with_actions=True, steps=2, seed=5, publish=True)
+    result = client.imagine("open", with_actions=True, steps=2, seed=5, publish=True)
     assert result.error.code == ErrorCode.NONE, result.error.message
     assert_frames(result.frames, FRAMES)
     assert_trajectory(result.trajectory, CHUNK)
     client.spin(5.0, until=lambda: len(received) >= FRAMES)
     assert len(received) >= FRAMES, "the imagined clip was not replayed on ~/imagined/<camera>"
-    plain = client.imagine("open the drawer", steps=2, seed=5)
+    plain = client.imagine("open", steps=2, seed=5)
     assert plain.error.code == ErrorCode.NONE and len(plain.trajectory.points) == 0
     node.destroy_subscription(subscription)
 
@@ -143,5 +143,5 @@ def test_cancel_mid_denoising(robot, server):
     assert result.error.code == ErrorCode.CANCELLED
     assert task.feedback[-1].step < 400
     # The server keeps serving after the cancel.
-    response = client.predict_actions("after cancel", steps=1)
+    response = client.predict_actions("again", steps=1)
     assert response.error.code == ErrorCode.NONE and server.poll() is None
