@@ -1,0 +1,170 @@
+"""The policy node's control loop against stand-in drivers (FakeSensors in this process; the closed loop with the
+simulated ALOHA is test_server_sim_loop.py): commands flow at about the control rate while chunks are computed,
+never leave the joint limits, hold on stale input, and runs end by limit, cancel, preemption or e-stop; dry run
+publishes the plan and no commands; diagnostics are published."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from std_msgs.msg import Float64MultiArray
+from trajectory_msgs.msg import JointTrajectory
+
+from motus_msgs.msg import ErrorCode
+
+from motus_ros.client import GOAL_STATUS_ABORTED, GOAL_STATUS_CANCELED, GOAL_STATUS_SUCCEEDED, MotusClient
+from motus_ros.profiles import load_profile
+
+from ros_helpers import SensorThread, server_command, start_process, stop_process
+
+pytestmark = pytest.mark.timeout(240)
+
+PROFILE = load_profile("aloha_sim")
+COMMAND_TOPIC = PROFILE.command_topics[0]  # forward_command: Float64MultiArray
+LOWER, UPPER = np.asarray(PROFILE.lower_limits), np.asarray(PROFILE.upper_limits)
+
+
+@pytest.fixture(scope="module")
+def server():
+    process = start_process(server_command(), "MOTUS SERVER READY")
+    yield process
+    stop_process(process)
+
+
+class Recorder:
+    """Thread-safe list of (arrival time, message)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.items: list[tuple[float, object]] = []
+
+    def __call__(self, message) -> None:
+        with self.lock:
+            self.items.append((time.monotonic(), message))
+
+    def since(self, start: float) -> list[tuple[float, object]]:
+        with self.lock:
+            return [item for item in self.items if item[0] >= start]
+
+
+@pytest.fixture(scope="module")
+def rig(ros_context, server):
+    drivers = SensorThread(PROFILE, node_name="policy_test_drivers")
+    commands, diagnostics = Recorder(), Recorder()
+    drivers.node.create_subscription(Float64MultiArray, COMMAND_TOPIC, commands, 100)
+    drivers.node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, 10)
+    client = MotusClient(node_name="policy_test_client")
+    assert client.wait_for_server(60)
+    client.spin(10.0, until=lambda: drivers.sensors.step > 15)
+    yield client, drivers.sensors, commands, diagnostics
+    client.destroy()
+    drivers.close()
+
+
+def command_array(items) -> np.ndarray:
+    return np.array([message.data for _, message in items], dtype=np.float64).reshape(-1, len(PROFILE.joint_names))
+
+
+def test_run_sends_commands_at_the_control_rate_within_limits(rig, server):
+    client, sensors, commands, diagnostics = rig
+    sensors.reset()
+    sensors.position = np.clip(np.full(14, 0.2), LOWER, UPPER)
+    sensors.position[0] = 4.0  # the robot reports a waist beyond its limit: commands must still stay inside
+    start = time.monotonic()
+    assert client.run_policy("pick", max_duration_s=3.0)
+    while not client.is_task_complete(0.1):
+        pass
+    result = client.get_result()
+    elapsed = time.monotonic() - start
+    assert client.policy_task.status == GOAL_STATUS_SUCCEEDED and result.termination == "completed", result.error.message
+    assert result.chunks >= 2, "the policy did not keep requesting chunks"
+    sent = command_array(commands.since(start))
+    rate = len(sent) / elapsed
+    assert rate > 0.5 * PROFILE.control_rate_hz, f"commands at {rate:.1f} Hz, expected about {PROFILE.control_rate_hz}"
+    assert abs(result.steps - len(sent)) <= 0.1 * len(sent) + 5
+    assert np.all(sent >= LOWER - 1e-9) and np.all(sent <= UPPER + 1e-9), "a command left the joint limits"
+    steps = np.abs(np.diff(sent, axis=0))
+    assert np.all(steps <= np.asarray(PROFILE.max_delta_per_step) + 1e-9), "a command exceeded the per-step delta"
+    feedback = client.policy_task.feedback
+    assert feedback and max(f.control_rate_hz for f in feedback) > 0.5 * PROFILE.control_rate_hz
+    assert max(f.last_inference_ms for f in feedback) > 0 and feedback[-1].chunks >= 1
+    # Diagnostics at 1 Hz with the control rate and the inference latency.
+    statuses = [status for _, message in diagnostics.since(start) for status in message.status if "policy" in status.name]
+    assert statuses, "no /diagnostics from the policy node"
+    keys = {value.key for value in statuses[-1].values}
+    assert {"control_rate_hz", "inference_latency_ms", "holding", "hold_reason", "estop", "dry_run"} <= keys
+
+
+def test_stale_input_holds_and_cancel_stops(rig):
+    client, sensors, commands, _ = rig
+    sensors.reset()
+    assert client.run_policy("pick")
+    client.spin(2.0)
+    sensors.paused = True  # the drivers go silent: stale input
+    client.spin(2.5, until=lambda: bool(client.get_feedback() and client.get_feedback().holding and "stale" in client.get_feedback().hold_reason))
+    feedback = client.get_feedback()
+    assert feedback.holding and "stale" in feedback.hold_reason, feedback
+    hold_start = time.monotonic()
+    client.spin(0.5)
+    held = command_array(commands.since(hold_start))
+    assert len(held) > 5, "no hold commands while the input is stale"
+    assert np.allclose(held, held[0]), "hold commands moved the robot"
+    assert client.cancel_task()
+    result = client.get_result()
+    assert client.policy_task.status == GOAL_STATUS_CANCELED and result.termination == "cancelled"
+    assert result.error.code == ErrorCode.CANCELLED
+    client.spin(0.3)
+    after = time.monotonic()
+    client.spin(0.5)
+    assert len(commands.since(after)) == 0, "commands kept coming after the cancel"
+    sensors.reset()
+
+
+def test_new_goal_preempts_and_estop_stops(rig):
+    client, sensors, _, _ = rig
+    sensors.reset()
+    client.spin(1.0)
+    assert client.run_policy("pick")
+    first = client.policy_task
+    client.spin(1.0)
+    assert client.run_policy("place")
+    first_result = first.result(30)
+    assert first.status == GOAL_STATUS_ABORTED and first_result.termination == "preempted"
+    assert first_result.error.code == ErrorCode.BUSY
+    client.spin(1.0)
+    assert client.estop(True).success
+    result = client.get_result()
+    assert result.termination == "estop" and result.error.code == ErrorCode.ESTOP
+    # While engaged, new runs are refused; after release they run again.
+    assert client.run_policy("pick", max_steps=20)
+    refused = client.get_result()
+    assert refused.termination == "estop" and refused.error.code == ErrorCode.ESTOP
+    assert client.estop(False).success
+    assert client.run_policy("pick", max_steps=25)
+    done = client.get_result(60)
+    assert done.termination == "completed" and done.steps >= 20
+
+
+def test_dry_run_publishes_the_plan_and_no_commands(rig, spawn_process):
+    client, sensors, commands, _ = rig
+    sensors.reset()
+    spawn_process(server_command(ros_args=("-r", "__ns:=/dry", "-p", "dry_run:=true")), ready_line="MOTUS SERVER READY", timeout=120)
+    dry = MotusClient(node_name="dry_run_client", namespace="/dry")
+    plans: list[JointTrajectory] = []
+    dry.node.create_subscription(JointTrajectory, "/dry/policy/planned_trajectory", plans.append, 10)
+    try:
+        assert dry.wait_for_server(60)
+        start = time.monotonic()
+        assert dry.run_policy("pick", max_duration_s=2.5)
+        while not dry.is_task_complete(0.1):
+            pass
+        result = dry.get_result()
+        assert result.termination == "completed" and result.chunks >= 1, result.error.message
+        assert plans, "no plan on ~/planned_trajectory in dry run"
+        assert list(plans[-1].joint_names) == PROFILE.joint_names and len(plans[-1].points) >= 1
+        assert len(commands.since(start)) == 0, "dry run sent commands to the robot"
+    finally:
+        dry.destroy()
