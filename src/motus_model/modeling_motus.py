@@ -517,21 +517,9 @@ class MotusModel(nn.Module):
         """
         config = self.config
         batch = self._check_inputs(video_latents, video_sigma, actions, action_sigma, state, conditioning)
-        patch_t, patch_h, patch_w = config.video.patch_size
-        _, _, frames, height, width = video_latents.shape
-        grid = (frames // patch_t, height // patch_h, width // patch_w)
-        tokens_per_frame = grid[1] * grid[2]
-
         # 1. Video tokens, per-token timesteps (conditioning frame t = 0 unless configured otherwise).
-        patch_weight = self.video.patch_embedding.weight
-        video_x = self.video.patch_embedding(video_latents.to(patch_weight.dtype)).float().flatten(2).transpose(1, 2)
+        video_x, video_temb, video_mod, grid, rope_cos, rope_sin = self._embed_video(video_latents, video_sigma)
         num_video = video_x.shape[1]
-        video_t = (video_sigma.float() * 1000.0)[:, None].expand(batch, num_video).clone()
-        if config.clean_condition_timestep:
-            video_t[:, :tokens_per_frame] = 0.0
-        video_temb = _run(self.video.time_embedding, timestep_sinusoid(video_t, config.video.freq_dim))  # [B, Lv, D]
-        video_mod = _run(self.video.time_projection, video_temb).unflatten(-1, (6, -1))  # [B, Lv, 6, D]
-        rope_cos, rope_sin = video_rope(grid, config.head_dim, config.video.rope_theta, video_x.device)
 
         # 2. Action tokens [state | actions | registers] + sin-cos positions; per-sample timestep.
         action_x = _run(self.action_expert.action_encoder, actions)
@@ -561,9 +549,7 @@ class MotusModel(nn.Module):
                 video_x, action_x, und_x = self._layer(*args)
 
         # 5. Heads: video (unpatchify) and actions (drop state token and registers).
-        shift, scale = (self.video.head.modulation.float()[None] + video_temb[:, :, None]).unbind(2)
-        video_out = _run(self.video.head.head, _layer_norm(video_x, config.video.eps) * (1 + scale) + shift)
-        video_velocity = self._unpatchify(video_out, grid)
+        video_velocity = self._video_head(video_x, video_temb, grid)
         shift, scale = (self.action_expert.head.modulation.float()[None] + action_temb[:, :, None]).unbind(2)
         action_out = _run(self.action_expert.head.head, _layer_norm(action_x, config.action.eps) * (1 + scale) + shift)
         if config.uses_state:
@@ -585,6 +571,34 @@ class MotusModel(nn.Module):
         """Training entry point: ``prepare_conditioning`` + ``forward`` in one differentiable call."""
         conditioning = self.prepare_conditioning(text_context, text_mask, vlm_hidden, vlm_mask)
         return self(video_latents, video_sigma, actions, action_sigma, state, conditioning)
+
+    def forward_video_only(
+        self, video_latents: torch.Tensor, video_sigma: torch.Tensor, conditioning: MotusConditioning
+    ) -> torch.Tensor:
+        """The video expert alone, as a plain Wan2.2 DiT (self-attention over video tokens only).
+
+        For video-only work (stage 1, "VGM only") and for checking the video expert against
+        diffusers' ``WanTransformer3DModel``. The action and understanding streams are empty,
+        so the joint attention reduces to Wan's self-attention; ``conditioning.und_tokens`` is unused.
+
+        Args:
+            video_latents: [B, C, F, H, W]; video_sigma: [B]. Returns the velocity [B, C, F, H, W].
+        """
+        config = self.config
+        if video_latents.ndim != 5 or video_latents.shape[1] != config.video.latent_channels:
+            raise ValueError(f"video_latents must be [B, {config.video.latent_channels}, F, H, W], got {tuple(video_latents.shape)}")
+        batch = video_latents.shape[0]
+        if tuple(video_sigma.shape) != (batch,) or conditioning.batch_size != batch:
+            raise ValueError(f"video_sigma must be ({batch},) and conditioning batch {batch}, got {tuple(video_sigma.shape)} and {conditioning.batch_size}")
+        video_x, video_temb, video_mod, grid, rope_cos, rope_sin = self._embed_video(video_latents, video_sigma)
+        action_x = video_x.new_zeros(batch, 0, config.action.dim)
+        action_mod = video_x.new_zeros(batch, 1, 6, config.action.dim)
+        und_x = video_x.new_zeros(batch, 0, config.understanding.dim)
+        text_mask = _key_padding_mask(conditioning.text_mask)
+        for index in range(config.num_layers):
+            video_x, _, _ = self._layer(index, video_x, action_x, und_x, video_mod, action_mod, rope_cos, rope_sin,
+                                        None, conditioning.text_keys[index], conditioning.text_values[index], text_mask)
+        return self._video_head(video_x, video_temb, grid)
 
     def _layer(
         self,
@@ -662,6 +676,34 @@ class MotusModel(nn.Module):
         if not is_last:
             und_x = und_x + _run(und_block.ffn, _run(und_block.norm2, und_x))
         return video_x, action_x, und_x
+
+    def _embed_video(
+        self, video_latents: torch.Tensor, video_sigma: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int, int], torch.Tensor, torch.Tensor]:
+        """Patch embedding, per-token time embedding/modulation and RoPE for the input's own grid.
+
+        Returns tokens [B, Lv, D], time embedding [B, Lv, D], modulation [B, Lv, 6, D], the
+        token grid, and RoPE cos/sin [Lv, head_dim / 2].
+        """
+        config = self.config
+        patch_t, patch_h, patch_w = config.video.patch_size
+        batch, _, frames, height, width = video_latents.shape
+        grid = (frames // patch_t, height // patch_h, width // patch_w)
+        patch_weight = self.video.patch_embedding.weight
+        video_x = self.video.patch_embedding(video_latents.to(patch_weight.dtype)).float().flatten(2).transpose(1, 2)
+        video_t = (video_sigma.float() * 1000.0)[:, None].expand(batch, video_x.shape[1]).clone()
+        if config.clean_condition_timestep:
+            video_t[:, : grid[1] * grid[2]] = 0.0  # latent frame 0 is the clean conditioning frame
+        video_temb = _run(self.video.time_embedding, timestep_sinusoid(video_t, config.video.freq_dim))
+        video_mod = _run(self.video.time_projection, video_temb).unflatten(-1, (6, -1))
+        rope_cos, rope_sin = video_rope(grid, config.head_dim, config.video.rope_theta, video_x.device)
+        return video_x, video_temb, video_mod, grid, rope_cos, rope_sin
+
+    def _video_head(self, video_x: torch.Tensor, video_temb: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """Wan head: LayerNorm, (shift, scale) from modulation + time embedding, Linear, unpatchify."""
+        shift, scale = (self.video.head.modulation.float()[None] + video_temb[:, :, None]).unbind(2)
+        video_out = _run(self.video.head.head, _layer_norm(video_x, self.config.video.eps) * (1 + scale) + shift)
+        return self._unpatchify(video_out, grid)
 
     def _unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """[B, F'*H'*W', p_t*p_h*p_w*C] -> [B, C, F'*p_t, H'*p_h, W'*p_w] (Wan's channel-last patch order)."""

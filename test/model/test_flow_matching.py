@@ -91,7 +91,7 @@ def test_loss_excludes_the_conditioning_frame():
     assert metrics["video"] == pytest.approx(float(future_only), rel=1e-5)
     assert metrics["video"] != pytest.approx(float(all_frames), rel=1e-3)
     assert metrics["action"] == pytest.approx(float(F.mse_loss(action_pred, action_noise - a0)), rel=1e-5)
-    assert float(loss) == pytest.approx(metrics["video"] + metrics["action"], rel=1e-5)
+    assert loss.item() == pytest.approx(metrics["video"] + metrics["action"], rel=1e-5)
 
 
 @pytest.mark.timeout(60)
