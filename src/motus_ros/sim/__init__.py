@@ -1,0 +1,1 @@
+"""Simulated robots that speak the real drivers' ROS interfaces (so the suite runs with no hardware)."""
