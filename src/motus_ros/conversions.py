@@ -311,7 +311,15 @@ def observation_to_inputs(msg, profile: RobotProfile) -> tuple[dict[str, np.ndar
     return images, positions
 
 
-def profile_joint_state_to_model(msgs: Sequence[JointState], profile: RobotProfile) -> np.ndarray:
-    """The latest JointState of each of profile.joint_state_topics (same order) -> model-space state [D]."""
-    robot = joint_state_to_vector(list(msgs), profile.joint_names, prefixes=profile.joint_name_prefixes)
-    return profile.robot_to_model(robot)
+def profile_joint_state_to_vector(msgs: JointState | Sequence[JointState], profile: RobotProfile) -> np.ndarray:
+    """The latest JointState of each of profile.joint_state_topics (same order) -> positions [D] in robot units.
+
+    Applies profile.joint_name_prefixes, so per-arm drivers that publish the same names on both arms work.
+    """
+    msgs = [msgs] if isinstance(msgs, JointState) else list(msgs)
+    return joint_state_to_vector(msgs, profile.joint_names, prefixes=profile.joint_name_prefixes)
+
+
+def profile_joint_state_to_model(msgs: JointState | Sequence[JointState], profile: RobotProfile) -> np.ndarray:
+    """Like profile_joint_state_to_vector, mapped to model space (grippers 0 = closed, 1 = open)."""
+    return profile.robot_to_model(profile_joint_state_to_vector(msgs, profile))

@@ -13,6 +13,7 @@ from motus_ros.conversions import (
     numpy_to_image,
     observation_to_inputs,
     profile_joint_state_to_model,
+    profile_joint_state_to_vector,
     stamp_to_seconds,
     trajectory_to_actions,
     vector_to_joint_state,
@@ -112,6 +113,10 @@ def test_per_arm_driver_messages_to_model_space():
              "left_finger", "right_finger"]
     left = JointState(name=names, position=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 1.6214, 0.05, -0.05])
     right = JointState(name=names, position=[-0.1, -0.2, -0.3, -0.4, -0.5, -0.6, 0.6197, 0.02, -0.02])
+    robot = profile_joint_state_to_vector([left, right], profile)
+    assert robot[6] == pytest.approx(1.6214) and robot[7] == pytest.approx(-0.1)  # robot units, per-arm prefixes
+    with pytest.raises(ValueError, match="more than one JointState"):  # without the prefixes the arms collide
+        joint_state_to_vector([left, right], profile.joint_names)
     state = profile_joint_state_to_model([left, right], profile)
     np.testing.assert_allclose(state, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 1.0, -0.1, -0.2, -0.3, -0.4, -0.5, -0.6, 0.0],
                                atol=1e-12)
