@@ -338,11 +338,15 @@ class MotusEngine:
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
         max_batch: int = 4,
+        encoder_layers: int = 1,
+        codec: VideoCodec | None = None,
         **kwargs: Any,
     ) -> "MotusEngine":
         """An engine with RANDOM weights everywhere (model, tiny umT5 and Qwen3-VL of the config's widths,
         a random Wan VAE if the config asks for one), raw-unit normalisation. For tests,
         benchmarks and bring-up only: its outputs are noise. Seeded, so two calls give the same engine.
+        `encoder_layers` sets the depth of the random umT5 and Qwen3-VL language models (1 by
+        default; benchmarks may ask for the real depths, 24 and 28). `codec` overrides the codec.
         """
         logger.warning("building a Motus engine with RANDOM weights (seed %d): outputs are meaningless", seed)
         torch.manual_seed(seed)
@@ -351,16 +355,18 @@ class MotusEngine:
         if dtype is not None:
             model = model.to(dtype)
         encoder_dtype = dtype or torch.float32
-        umt5, umt5_tokenizer = build_tiny_umt5(config.video.text_dim, seed=seed)
+        umt5, umt5_tokenizer = build_tiny_umt5(config.video.text_dim, num_layers=encoder_layers, seed=seed)
         text = UMT5TextEncoder(umt5, umt5_tokenizer, config.video.text_len, device, encoder_dtype)
         # Qwen3-VL-2B uses 16-pixel patches; tiny composites use 8 so the image still gives several tokens.
         large = config.latents.image_height * config.latents.image_width >= 128 * 128
         qwen, qwen_tokenizer, image_processor = build_tiny_qwen3_vl(
-            config.understanding.vlm_dim, seed=seed, patch_size=16 if large else 8
+            config.understanding.vlm_dim, num_layers=encoder_layers, seed=seed, patch_size=16 if large else 8
         )
         vlm = Qwen3VLFeatureExtractor(qwen, qwen_tokenizer, image_processor, device, encoder_dtype)
-        if config.latents.kind == "wan_vae":
-            codec: VideoCodec = WanVAECodec(tiny_wan_vae(), device=device)
+        if codec is not None:
+            pass
+        elif config.latents.kind == "wan_vae":
+            codec = WanVAECodec(tiny_wan_vae(), device=device)
         else:
             codec = build_codec(config, device=device)
         return cls(model, codec, Normalizer.identity(), text, vlm, device=device, max_batch=max_batch, **kwargs)

@@ -225,6 +225,33 @@ def tiny_wan_vae(latents_mean: list[float] | None = None, latents_std: list[floa
     )
 
 
+def random_wan22_vae() -> Any:
+    """A randomly initialised VAE of the published Wan2.2-TI2V-5B VAE architecture (benchmarks only).
+
+    Architecture from the Wan 2.2 release (base width 160, decoder width 256, 48 channels,
+    residual blocks, patch 2, 16x spatial, 4x temporal). The 48 per-channel latent
+    mean/std values come with the real weights; here they are 0 and 1.
+    """
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(
+        base_dim=160,
+        decoder_base_dim=256,
+        z_dim=48,
+        dim_mult=[1, 2, 4, 4],
+        num_res_blocks=2,
+        temperal_downsample=[False, True, True],
+        is_residual=True,
+        in_channels=12,
+        out_channels=12,
+        patch_size=2,
+        scale_factor_spatial=16,
+        scale_factor_temporal=4,
+        latents_mean=[0.0] * 48,
+        latents_std=[1.0] * 48,
+    )
+
+
 def build_codec(
     config: Any,
     path: str | Path | None = None,
