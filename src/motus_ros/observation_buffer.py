@@ -134,8 +134,9 @@ class SynchronizedObservationBuffer(ObservationBuffer):
     """ObservationBuffer whose samples are matched by message_filters.ApproximateTimeSynchronizer.
 
     Each update also feeds the synchronizer; when it emits a matched set (all stamps within
-    max_skew_s), that set becomes the latest observation. Missing and stale are reported as in the
-    base class; a set that never matches reads "no synchronised set".
+    max_skew_s), that set becomes the latest observation. status() first applies the fallback's checks
+    to the newest sample of each source (same missing / stale / skew answers), then requires a matched
+    set that is not stale; before the first match it reads "no synchronised set yet".
     """
 
     def __init__(self, roles: Sequence[str], max_skew_s: float, max_age_s: float, queue_size: int = 4) -> None:
@@ -172,8 +173,8 @@ class SynchronizedObservationBuffer(ObservationBuffer):
     def status(self, now_s: float) -> tuple[bool, str]:
         images, state = self._snapshot()
         ok, reason = self._check(images, state, float(now_s))
-        if not ok and not reason.startswith("skew"):
-            return ok, reason  # missing / stale: the same answer as the fallback
+        if not ok:
+            return ok, reason  # missing / stale / skewed newest samples: the same answer as the fallback
         with self._lock:
             matched = self._matched
         if matched is None:
