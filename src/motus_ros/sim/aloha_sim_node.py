@@ -198,7 +198,6 @@ class AlohaSimNode(Node):
             self.task.initialize_episode(self.physics)
             self.target = np.clip(self.task.get_qpos(self.physics), self.lower, self.upper)  # hold the start pose
             self._trajectories.clear()
-            self.episode_max_reward = 0.0
             self.seed = seed
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
@@ -237,7 +236,6 @@ class AlohaSimNode(Node):
     def _publish_status(self) -> None:
         with self._lock:
             reward = float(self.task.get_reward(self.physics))
-        self.episode_max_reward = max(self.episode_max_reward, reward)
         self.reward_pub.publish(Float64(data=reward))
         self.success_pub.publish(Bool(data=bool(reward >= self.task.max_reward)))
 
