@@ -330,6 +330,40 @@ class MotusEngine:
         vlm = Qwen3VLFeatureExtractor.from_pretrained(vlm_dir, device, encoder_dtype)
         return cls(model, codec, normalizer, text, vlm, device=device, max_batch=max_batch, **kwargs)
 
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write everything `from_pretrained` reads (layout in the module docstring).
+
+        The model and the normaliser go through `checkpoint.save_pretrained` (stats.json holds
+        `Normalizer.to_dict()`); the encoders and the VAE are saved in their libraries' formats.
+        """
+        from motus_model.checkpoint import save_pretrained
+        from motus_model.conditioning import save_text_features
+
+        directory = Path(directory)
+        save_pretrained(self.model, directory, stats=self.normalizer.to_dict())
+        encoder = self.text.encoder
+        if isinstance(encoder, UMT5TextEncoder):
+            encoder.model.save_pretrained(directory / "text_encoder")
+            encoder.tokenizer.save_pretrained(directory / "text_encoder")
+        elif encoder is not None:
+            raise ValueError(f"cannot save a text encoder of type {type(encoder).__name__}; expected UMT5TextEncoder")
+        if self.text.precomputed:
+            save_text_features(
+                directory / "text_features.safetensors",
+                {text: features[mask] for text, (features, mask) in self.text.precomputed.items()},
+            )
+        if not isinstance(self.vlm, Qwen3VLFeatureExtractor):
+            raise ValueError(f"cannot save a VLM of type {type(self.vlm).__name__}; expected Qwen3VLFeatureExtractor")
+        self.vlm.model.save_pretrained(directory / "vlm")
+        self.vlm.tokenizer.save_pretrained(directory / "vlm")
+        self.vlm.image_processor.save_pretrained(directory / "vlm")
+        if not (directory / "vlm" / "chat_template.jinja").is_file():
+            (directory / "vlm" / "chat_template.jinja").write_text(self.vlm.chat_template)
+        if isinstance(self.codec, WanVAECodec):
+            self.codec.vae.save_pretrained(directory / "vae")
+        logger.info("saved the engine's model, normaliser and encoders to %s", directory)
+        return directory
+
     @classmethod
     def from_config(
         cls,
