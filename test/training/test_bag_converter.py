@@ -16,16 +16,17 @@ from motus_model.data.lerobot import LeRobotDataset
 from motus_model.data.ros_msgdefs import MESSAGE_DEFINITIONS
 
 ARM_JOINTS = ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "gripper"]
-JOINT_NAMES = [f"left_{j}" for j in ARM_JOINTS] + [f"right_{j}" for j in ARM_JOINTS]
+JOINT_NAMES = [f"follower_left/{j}" for j in ARM_JOINTS] + [f"follower_right/{j}" for j in ARM_JOINTS]
 GRIPPER_OPEN, GRIPPER_CLOSED = 1.6214, 0.6197  # Interbotix follower gripper range (rad)
 PROFILE = {
     "cameras": [
-        {"role": "cam_high", "topic": "/cam_high/image_raw", "encoding": "rgb8"},
-        {"role": "cam_left_wrist", "topic": "/cam_left_wrist/image_raw", "encoding": "bgr8"},
-        {"role": "cam_right_wrist", "topic": "/cam_right_wrist/image_raw", "encoding": "rgb8"},
+        {"role": "high", "topic": "/cam_high/image_raw", "encoding": "rgb8"},
+        {"role": "left_wrist", "topic": "/cam_left_wrist/image_raw", "encoding": "bgr8"},
+        {"role": "right_wrist", "topic": "/cam_right_wrist/image_raw", "encoding": "rgb8"},
     ],
     "joint_state_topics": ["/follower_left/joint_states", "/follower_right/joint_states"],
     "joint_names": JOINT_NAMES,
+    "joint_name_prefixes": ["follower_left/", "follower_right/"],  # the drivers publish unprefixed names
     "command_topic": "/commands",
     "grippers": [
         {"index": 6, "robot_open": GRIPPER_OPEN, "robot_closed": GRIPPER_CLOSED},
@@ -76,7 +77,7 @@ def write_bag(path, duration_s: float = 0.6) -> None:
             t = START_NS + tick * 10_000_000 + 1_000_000
             q = joints_at(t)
             for arm, topic in enumerate(PROFILE["joint_state_topics"]):
-                names = JOINT_NAMES[7 * arm : 7 * arm + 7]
+                names = ARM_JOINTS  # same names on both arms, as Interbotix publishes them
                 message = {"header": header(t), "name": names, "position": q[7 * arm : 7 * arm + 7].tolist(), "velocity": [], "effort": []}
                 events.append((t, topic, "sensor_msgs/msg/JointState", message))
         for tick in range(int(duration_s * 50) + 1):  # commands at 50 Hz

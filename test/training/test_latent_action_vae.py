@@ -51,9 +51,9 @@ def test_alignment_counts_only_labelled_samples():
     actions = mean.detach().clone()
     actions[2:] += 10.0  # far off, but unlabelled
     losses = model(images, actions, torch.tensor([True, True, False, False]))
-    assert float(losses["alignment"]) == pytest.approx(0.0, abs=1e-10)
+    assert losses["alignment"].item() == pytest.approx(0.0, abs=1e-10)
     losses = model(images, actions, torch.tensor([False, False, True, False]))
-    assert float(losses["alignment"]) == pytest.approx(100.0, rel=1e-4)
+    assert losses["alignment"].item() == pytest.approx(100.0, rel=1e-4)
 
 
 def test_batch_mixing_fraction():

@@ -4,14 +4,26 @@ Pure Python (``mcap`` + ``mcap-ros2-support``): no rosbag2 or rclpy needed. One 
 
 The robot profile is a plain dict (what ``motus_ros.profiles.RobotProfile.to_dict()`` gives, or a YAML file)::
 
-    cameras:            [{role: cam_high, topic: /cam_high/image_raw, encoding: rgb8}, ...]
+    cameras:            [{role: high, topic: /cam_high/image_raw, encoding: rgb8}, ...]
     joint_state_topics: [/follower_left/joint_states, /follower_right/joint_states]   # sensor_msgs/JointState
     joint_names:        [14 names in the model's action order]
-    command_topic:      /commands        # or a list of topics; std_msgs/Float64MultiArray (values in
-                                         # action order, concatenated over the listed topics),
-                                         # sensor_msgs/JointState or trajectory_msgs/JointTrajectory (by name)
-    grippers:           [{index: 6, robot_open: 1.6214, robot_closed: 0.6197}, ...]   # optional; maps the
-                                         # gripper entries of state and command to model space (1 open, 0 closed)
+    command_topic:      /commands        # or a list (``command_topics`` is read too); see below
+    # optional:
+    joint_name_prefixes: [follower_left/, follower_right/]   # names on joint_state_topics[k] are read as
+                                         # prefix[k] + name (per-arm drivers publishing the same names)
+    command_joint_groups: [[0..6], [7..13]]   # action indices carried by each command topic
+    grippers:           [{index: 6, robot_open: 1.6214, robot_closed: 0.6197}, ...]   # maps the gripper
+                                         # entries of state and command to model space (1 open, 0 closed)
+
+This is what ``motus_ros.profiles.RobotProfile.to_dict()`` writes (extra keys are ignored).
+
+Camera roles become LeRobot keys ``observation.images.cam_<role>`` for the composite's three roles
+(high, left_wrist, right_wrist: LeRobot's ALOHA names) and ``observation.images.<role>`` otherwise.
+
+Command messages: std_msgs/Float64MultiArray or interbotix_xs_msgs/JointGroupCommand (values of
+topic k fill ``command_joint_groups[k]``; default: concatenated in topic order), or
+sensor_msgs/JointState / trajectory_msgs/JointTrajectory (by name; with one prefix per command topic
+when ``joint_name_prefixes`` has one per command topic). Interbotix JointSingleCommand is not read.
 
 Streams are resampled to the control rate: for each tick t (from the moment every stream has a sample
 to the end of the shortest stream), each stream contributes its latest sample at or before t
@@ -49,6 +61,9 @@ class GripperMapping:
         return (value - self.robot_closed) / (self.robot_open - self.robot_closed)
 
 
+COMPOSITE_CAMERA_ROLES = ("high", "left_wrist", "right_wrist")
+
+
 @dataclass
 class BagProfile:
     """The part of a robot profile the converter needs (see the module docstring for the dict layout)."""
@@ -58,18 +73,25 @@ class BagProfile:
     joint_names: list[str]
     command_topics: list[str]
     grippers: list[GripperMapping] = field(default_factory=list)
+    joint_name_prefixes: list[str] = field(default_factory=list)
+    command_joint_groups: list[list[int]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, profile: dict[str, Any]) -> "BagProfile":
-        required = ("cameras", "joint_state_topics", "joint_names", "command_topic")
+        required = ("cameras", "joint_state_topics", "joint_names")
         missing = [key for key in required if key not in profile]
+        if "command_topic" not in profile and "command_topics" not in profile:
+            missing.append("command_topic")
         if missing:
-            raise ValueError(f"robot profile lacks keys {missing}; expected {list(required)} (+ optional 'grippers')")
+            raise ValueError(
+                f"robot profile lacks keys {missing}; expected cameras, joint_state_topics, joint_names, "
+                "command_topic (+ optional grippers, joint_name_prefixes, command_joint_groups)"
+            )
         cameras = [dict(camera) for camera in profile["cameras"]]
         for camera in cameras:
             if not {"role", "topic"} <= set(camera):
                 raise ValueError(f"each camera needs 'role' and 'topic', got {camera}")
-        command = profile["command_topic"]
+        command = profile.get("command_topics") or profile["command_topic"]
         command_topics = [command] if isinstance(command, str) else list(command)
         joint_state_topics = profile["joint_state_topics"]
         if isinstance(joint_state_topics, str):
@@ -77,6 +99,12 @@ class BagProfile:
         joint_names = list(profile["joint_names"])
         if len(set(joint_names)) != len(joint_names):
             raise ValueError(f"joint_names must be unique, got {joint_names}")
+        prefixes = list(profile.get("joint_name_prefixes") or [""] * len(joint_state_topics))
+        if len(prefixes) != len(joint_state_topics):
+            raise ValueError(f"need one joint_name_prefix per joint state topic ({len(joint_state_topics)}), got {prefixes}")
+        groups = [list(map(int, group)) for group in profile.get("command_joint_groups") or []]
+        if groups and len(groups) != len(command_topics):
+            raise ValueError(f"need one command_joint_group per command topic ({len(command_topics)}), got {len(groups)}")
         grippers = []
         for gripper in profile.get("grippers", []) or []:
             mapping = GripperMapping(int(gripper["index"]), float(gripper["robot_open"]), float(gripper["robot_closed"]))
@@ -85,10 +113,17 @@ class BagProfile:
             if mapping.robot_open == mapping.robot_closed:
                 raise ValueError(f"gripper {mapping.index}: robot_open equals robot_closed ({mapping.robot_open})")
             grippers.append(mapping)
-        return cls(cameras, list(joint_state_topics), joint_names, command_topics, grippers)
+        return cls(cameras, list(joint_state_topics), joint_names, command_topics, grippers, prefixes, groups)
 
     def camera_key(self, role: str) -> str:
-        return f"{CAMERA_KEY_PREFIX}{role}"
+        """LeRobot key of a camera role (ALOHA's cam_* names for the composite roles)."""
+        return f"{CAMERA_KEY_PREFIX}cam_{role}" if role in COMPOSITE_CAMERA_ROLES else f"{CAMERA_KEY_PREFIX}{role}"
+
+    def command_prefix(self, topic: str) -> str:
+        """Name prefix for per-arm command topics (one joint_name_prefix per command topic), else ""."""
+        if len(self.joint_name_prefixes) == len(self.command_topics):
+            return self.joint_name_prefixes[self.command_topics.index(topic)]
+        return ""
 
     def to_model_space(self, joints: np.ndarray) -> np.ndarray:
         """Apply the gripper mappings to [T, J] joint values."""
@@ -127,6 +162,30 @@ def _stamp_ns(message: Any, log_time_ns: int, time_source: str) -> int:
 
 def _by_name(names: Iterable[str], values: Iterable[float]) -> dict[str, float]:
     return dict(zip(list(names), [float(v) for v in values]))
+
+
+def _prefixed(name: str, prefix: str, joint_index: dict[str, int]) -> str:
+    """A published joint name as the profile names it (per-arm prefix unless already a profile name)."""
+    return name if name in joint_index else prefix + name
+
+
+def _assemble_groups(
+    parts: dict[str, np.ndarray], topics: list[str], groups: list[list[int]], num_joints: int
+) -> np.ndarray:
+    """Per-topic command arrays -> one [num_joints] vector (groups[k] = indices of topic k's values)."""
+    if not groups:
+        command = np.concatenate([parts[t] for t in topics])
+        if command.size != num_joints:
+            raise ValueError(f"commands on {topics} hold {command.size} values, profile has {num_joints} joints")
+        return command
+    command = np.full(num_joints, np.nan)
+    for topic, group in zip(topics, groups):
+        if parts[topic].size != len(group):
+            raise ValueError(f"command on {topic} holds {parts[topic].size} values, its joint group has {len(group)}")
+        command[group] = parts[topic]
+    if np.isnan(command).any():
+        raise ValueError(f"command_joint_groups {groups} do not cover all {num_joints} joints")
+    return command
 
 
 def _nearest_before(times: np.ndarray, ticks: np.ndarray) -> np.ndarray:
@@ -171,25 +230,24 @@ def read_bag_streams(bag_path: str | Path, profile: BagProfile, time_source: str
             camera_samples[camera["role"]].append((stamp, image_message_to_rgb(message, camera.get("encoding"))))
         elif topic in joint_topics:
             stamp = _stamp_ns(message, log_time_ns, time_source)
-            latest_joints.update(_by_name(message.name, message.position))
+            prefix = profile.joint_name_prefixes[profile.joint_state_topics.index(topic)]
+            latest_joints.update(_by_name([_prefixed(n, prefix, joint_index) for n in message.name], message.position))
             if all(name in latest_joints for name in joint_index):
                 joint_samples.append((stamp, np.array([latest_joints[n] for n in profile.joint_names])))
         else:
             schema = schema_record.name
-            if schema.endswith("Float64MultiArray"):
-                latest_command_parts[topic] = np.asarray(message.data, dtype=np.float64)
+            if schema.endswith("Float64MultiArray") or schema.endswith("JointGroupCommand"):
+                values = message.data if schema.endswith("Float64MultiArray") else message.cmd
+                latest_command_parts[topic] = np.asarray(values, dtype=np.float64)
                 if len(latest_command_parts) < len(command_topics):
                     continue
-                command = np.concatenate([latest_command_parts[t] for t in command_topics])
-                if command.size != len(joint_index):
-                    raise ValueError(
-                        f"commands on {command_topics} hold {command.size} values, profile has {len(joint_index)} joints"
-                    )
-                stamp = int(log_time_ns)  # Float64MultiArray has no header
+                command = _assemble_groups(latest_command_parts, command_topics, profile.command_joint_groups, len(joint_index))
+                stamp = int(log_time_ns)  # these messages have no header
                 if time_source == "header":
-                    raise ValueError("Float64MultiArray commands have no header stamp; use time_source='log'")
+                    raise ValueError(f"{schema} commands have no header stamp; use time_source='log'")
             elif schema.endswith("JointState"):
-                latest_command_names.update(_by_name(message.name, message.position))
+                prefix = profile.command_prefix(topic)
+                latest_command_names.update(_by_name([_prefixed(n, prefix, joint_index) for n in message.name], message.position))
                 if not all(name in latest_command_names for name in joint_index):
                     continue
                 command = np.array([latest_command_names[n] for n in profile.joint_names])
@@ -197,7 +255,9 @@ def read_bag_streams(bag_path: str | Path, profile: BagProfile, time_source: str
             elif schema.endswith("JointTrajectory"):
                 if not message.points:
                     raise ValueError(f"JointTrajectory on {topic} has no points")
-                latest_command_names.update(_by_name(message.joint_names, message.points[0].positions))
+                prefix = profile.command_prefix(topic)
+                names = [_prefixed(n, prefix, joint_index) for n in message.joint_names]
+                latest_command_names.update(_by_name(names, message.points[0].positions))
                 if not all(name in latest_command_names for name in joint_index):
                     continue
                 command = np.array([latest_command_names[n] for n in profile.joint_names])
@@ -205,7 +265,7 @@ def read_bag_streams(bag_path: str | Path, profile: BagProfile, time_source: str
             else:
                 raise ValueError(
                     f"unsupported command type {schema} on {topic}; "
-                    "expected Float64MultiArray, JointState or JointTrajectory"
+                    "expected Float64MultiArray, JointGroupCommand, JointState or JointTrajectory"
                 )
             command_samples.append((stamp, command))
 

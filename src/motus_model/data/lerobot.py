@@ -240,7 +240,7 @@ class LeRobotDataset:
         self,
         root: str | Path,
         camera_keys: tuple[str, ...] | None = None,
-        video_cache_size: int = 4,
+        video_cache_size: int = 12,
         load_stats: bool = True,
     ) -> None:
         self.root = Path(root)

@@ -75,11 +75,14 @@ class DatasetSource:
         action_key: parquet column used as actions ("action" for real actions, "latent_action" for stage-2
             pseudo-actions), or None for video-only data (no action loss).
         camera_map: composite role -> camera key.
+        normalizer: this dataset's own state/action normaliser (per embodiment, as the reference's
+            per-embodiment stat.json); None uses the training dataset's shared one.
     """
 
     dataset: LeRobotDataset
     action_key: str | None = ACTION_KEY
     camera_map: Mapping[str, str] = field(default_factory=lambda: dict(ALOHA_CAMERA_MAP))
+    normalizer: Normalizer | None = None
 
     def __post_init__(self) -> None:
         roles = set(self.camera_map)
@@ -102,8 +105,8 @@ class MotusTrainingDataset(Dataset):
         sources: the datasets (index = ``SampleKey.dataset``).
         sampling: temporal layout.
         layout: composite geometry.
-        normalizer: state/action normaliser; state uses stats["state"], actions stats[action_key]
-            (so latent actions are normalised with their own statistics).
+        normalizer: shared state/action normaliser (a source's own one wins); state uses stats["state"],
+            actions stats[action_key] (so latent actions are normalised with their own statistics).
         state_dim, action_dim: model widths; narrower robot vectors are zero-padded, wider ones rejected.
     """
 
@@ -112,12 +115,14 @@ class MotusTrainingDataset(Dataset):
         sources: list[DatasetSource],
         sampling: SamplingConfig,
         layout: CompositeLayout,
-        normalizer: Normalizer,
+        normalizer: Normalizer | None = None,
         state_dim: int = 14,
         action_dim: int = 14,
     ) -> None:
         if not sources:
             raise ValueError("need at least one dataset source")
+        if normalizer is None and any(source.normalizer is None for source in sources):
+            raise ValueError("every source needs a normalizer when no shared one is given")
         self.sources = sources
         self.sampling = sampling
         self.layout = layout
@@ -163,11 +168,12 @@ class MotusTrainingDataset(Dataset):
             key.condition, length, self.sampling.action_chunk, self.sampling.downsample_rate, self.sampling.video_action_ratio
         )
         vectors = self._vectors(key)
-        state = self.normalizer.normalize("state", vectors[STATE_KEY][rows.condition])
+        normalizer = source.normalizer or self.normalizer
+        state = normalizer.normalize("state", vectors[STATE_KEY][rows.condition])
         if source.action_key is None:
             actions = np.zeros((self.sampling.action_chunk, self.action_dim), dtype=np.float32)
         else:
-            actions = self.normalizer.normalize(source.action_key, vectors[source.action_key][rows.action_rows])
+            actions = normalizer.normalize(source.action_key, vectors[source.action_key][rows.action_rows])
             actions = self._pad(np.asarray(actions, dtype=np.float32), self.action_dim, source.action_key)
         return {
             "condition_image": self._composite(source, key.episode, rows.condition),
