@@ -158,3 +158,43 @@ def test_sim_publishes_moves_resets(ros_context, sim, small_profile):
     finally:
         node.destroy_node()
     assert sim.poll() is None, "the sim process died"
+
+
+def test_trajectory_is_interpolated_from_the_target_at_receipt():
+    from motus_ros.sim.aloha_sim_node import _Trajectory
+
+    trajectory = _Trajectory([0, 9], np.array([0.0, 1.0]), np.array([0.1, 0.3]),
+                             np.array([[1.0, 1.0], [2.0, 0.0]]), start_s=5.0)
+    assert trajectory.sample(4.9) is None  # scheduled in the future: keep the current target
+    np.testing.assert_allclose(trajectory.sample(5.05), [0.5, 1.0])
+    np.testing.assert_allclose(trajectory.sample(5.2), [1.5, 0.5])
+    np.testing.assert_allclose(trajectory.sample(9.0), [2.0, 0.0])  # after the end: hold the last point
+
+
+def test_in_process_insertion_task_steps_and_rejects_bad_parameters(ros_context, small_profile):
+    from rclpy.parameter import Parameter
+
+    from motus_ros.sim.aloha_sim_node import AlohaSimNode
+
+    def make(**overrides):
+        params = {"profile": str(small_profile), "camera_rate_hz": 1.0, **overrides}
+        return AlohaSimNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+
+    node = make(task="insertion", seed=5)
+    try:
+        node.wait_until_rendering()
+        assert node.env.task == "insertion" and node.seed == 5
+        start = node.target.copy()
+        node.target[0] += 0.2
+        for _ in range(25):  # 0.5 s of physics, driven by hand
+            node._step()
+        qpos = node.task.get_qpos(node.physics)
+        assert abs(qpos[0] - start[0] - 0.2) < 0.03 and node.steps == 25
+        node.reset_episode(5)
+        np.testing.assert_allclose(node.task.get_qpos(node.physics)[:6], START_POSE, atol=1e-6)
+    finally:
+        node.destroy_node()
+    with pytest.raises(ValueError, match="task must be one of"):
+        make(task="stack_cups")
+    with pytest.raises(ValueError, match="one MuJoCo camera per profile camera"):
+        make(mujoco_cameras=["top"])
