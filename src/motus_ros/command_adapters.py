@@ -9,8 +9,9 @@ One adapter per `RobotProfile.command_interface`:
   controller's `joints` parameter must list the joints in the profile's command_joint_names order.
 - joint_state_per_arm: sensor_msgs/JointState per arm (AgileX Cobot Magic `/joint_{left,right}_states`,
   Piper `joint_ctrl_single`).
-- interbotix: interbotix_xs_msgs JointGroupCommand "arm" on `<ns>/joint_group` and JointSingleCommand
-  "gripper" on `<ns>/joint_single` per arm (Interbotix/aloha real_env.py); needs interbotix_xs_msgs.
+- interbotix: interbotix_xs_msgs JointGroupCommand "arm" on each command topic `<robot>/commands/joint_group`
+  and JointSingleCommand "gripper" on its sibling `<robot>/commands/joint_single` (Interbotix/aloha
+  real_env.py); needs interbotix_xs_msgs.
 
 With dry_run the adapter creates no publisher on the robot's topics and publishes nothing (`suppressed`
 counts what it would have sent); the server publishes the plan elsewhere. The safety filter runs
@@ -162,9 +163,9 @@ class InterbotixAdapter(CommandAdapter):
 
     def _create_publishers(self) -> None:
         self._arm_publishers = []
-        for namespace in self.profile.command_topics:
-            namespace = namespace.rstrip("/")
-            group = self.node.create_publisher(self._group_cls, f"{namespace}/joint_group", COMMAND_QOS)
+        for topic in self.profile.command_topics:  # <robot>/commands/joint_group (checked by the profile)
+            namespace = topic[: -len("/joint_group")]
+            group = self.node.create_publisher(self._group_cls, topic, COMMAND_QOS)
             single = self.node.create_publisher(self._single_cls, f"{namespace}/joint_single", COMMAND_QOS)
             self._arm_publishers.append((group, single))
             self._publishers += [group, single]

@@ -174,6 +174,10 @@ class RobotProfile:
         if self.command_interface == "forward_command" and len(self.command_topics) != 1:
             raise ValueError(f"{where}: forward_command takes one topic, got {self.command_topics}")
         if self.command_interface == "interbotix":
+            for topic in self.command_topics:
+                if not topic.endswith("/joint_group"):
+                    raise ValueError(f"{where}: interbotix command_topics must be the per-arm JointGroupCommand topics "
+                                     f"<robot>/commands/joint_group (joint_single is their sibling), got {topic!r}")
             for group in self.command_joint_groups:
                 in_group = [i for i in group if i in self.gripper_indices]
                 if len(in_group) != 1:

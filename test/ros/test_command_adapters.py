@@ -157,7 +157,7 @@ def test_interbotix_group_and_single_commands(nodes):
 
     sender, listener, executor, suffix = nodes
     namespaces = [f"/follower_left_{suffix}/commands", f"/follower_right_{suffix}/commands"]
-    profile = dataclasses.replace(load_profile("interbotix_aloha"), command_topics=namespaces)
+    profile = dataclasses.replace(load_profile("interbotix_aloha"), command_topics=[n + "/joint_group" for n in namespaces])
     boxes = {key: [] for key in ("lg", "ls", "rg", "rs")}
     collect(listener, JointGroupCommand, namespaces[0] + "/joint_group", boxes["lg"])
     collect(listener, JointSingleCommand, namespaces[0] + "/joint_single", boxes["ls"])

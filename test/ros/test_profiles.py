@@ -30,6 +30,7 @@ def test_real_robot_values_match_the_conventions():
     assert interbotix.command_interface == "interbotix" and interbotix.control_rate_hz == 50
     assert interbotix.cameras[0].topic == "/cam_high/camera/color/image_rect_raw"
     assert interbotix.joint_state_topics == ["/follower_left/joint_states", "/follower_right/joint_states"]
+    assert interbotix.command_topics == ["/follower_left/commands/joint_group", "/follower_right/commands/joint_group"]
     assert interbotix.command_joint_names[0] == ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle",
                                                  "wrist_rotate", "gripper"]
     agilex = load_profile("agilex_aloha2")
@@ -88,6 +89,15 @@ def test_invalid_profiles_are_rejected_with_a_clear_message(tmp_path: Path, chan
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ValueError, match=message):
+        load_profile(path)
+
+
+def test_interbotix_command_topics_must_be_joint_group_topics(tmp_path: Path):
+    data = load_profile("interbotix_aloha").to_dict()
+    data["command_topics"] = ["/follower_left/commands", "/follower_right/commands"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="joint_group"):
         load_profile(path)
 
 
