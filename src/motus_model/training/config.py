@@ -1,0 +1,143 @@
+"""Training configuration: one dataclass, loaded from a stage preset YAML plus command-line overrides,
+saved as ``training_config.json`` in the output folder.
+
+Optimiser defaults are the reference's (motus_architecture.md §4): AdamW betas (0.9, 0.95), weight decay
+0.01, lr 5e-5, warm-up 200 steps, then a linear decay of the lr factor from f_max 0.99 to f_min 0.4
+over the cycle, gradient clip 0.5, bf16 autocast (only where a GPU is present).
+
+The three stages (paper "Model Training"; README table in motus_architecture.md §4):
+  1. video dynamics: the video expert learns on video only; action and understanding experts frozen,
+     action loss off (training_mode "pretrain": no state token).
+  2. latent-action pretraining: every expert trains; actions are the latent actions of the
+     latent-action VAE (``latent_action`` column); training_mode "pretrain".
+  3. embodiment fine-tuning: real actions, training_mode "finetune"; the action expert's input
+     encoder and decoder (head) are re-initialised and the state encoder / registers are new, as the
+     reference does going from stage 2 to 3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+STAGE_PRESET_DIR = Path(__file__).resolve().parents[3] / "config" / "training"
+
+
+@dataclass
+class TrainingConfig:
+    """Everything a training run needs (see the module docstring for the stages)."""
+
+    # --- what to train
+    stage: int = 3
+    # model preset name (MotusConfig.preset) when starting from scratch, or ignored when init_from is set
+    preset: str = "motus-tiny"
+    # checkpoint of the previous stage to start from ("" = random init from the preset)
+    init_from: str = ""
+    # model keys NOT taken from init_from (re-initialised); stage 3 resets the action encoder and decoder
+    reinit_prefixes: list[str] = field(default_factory=list)
+    # submodules whose parameters are frozen (requires_grad False)
+    frozen_modules: list[str] = field(default_factory=list)
+    training_mode: str = "finetune"  # "finetune" | "pretrain"
+    # loss weights override the model config's when not None (stage 1 turns the action loss off)
+    video_loss_weight: float | None = None
+    action_loss_weight: float | None = None
+
+    # --- data
+    dataset: str = ""  # one LeRobot dataset folder (or use mixture)
+    mixture: str = ""  # a mixture YAML (data pyramid); overrides dataset
+    action_key: str | None = "action"  # column used as actions; None = video only
+    eval_dataset: str = ""  # held-out LeRobot dataset for the evaluation loss ("" = none)
+    normalization: str = "mean_std"  # Normalizer mode for state and actions
+    truncate_instructions: bool = False
+
+    # --- conditioning encoders (frozen); "" builds tiny real encoders for the small presets
+    text_encoder_path: str = ""
+    vlm_path: str = ""
+    video_vae_path: str = ""  # Wan VAE folder for latents.kind "wan_vae"
+
+    # --- optimisation (reference defaults)
+    steps: int = 1000
+    batch_size: int = 8  # global batch (all processes, all accumulation micro-batches)
+    gradient_accumulation: int = 1
+    learning_rate: float = 5e-5
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    lr_f_start: float = 1e-6
+    lr_f_max: float = 0.99
+    lr_f_min: float = 0.4
+    lr_cycle_steps: int = 1_000_000
+    grad_clip: float = 0.5
+    mixed_precision: str = "auto"  # "auto" (bf16 autocast on GPU, fp32 on CPU) | "bf16" | "no"
+    gradient_checkpointing: bool = False
+    distributed_strategy: str = "ddp"  # "ddp" | "fsdp"
+    seed: int = 0
+
+    # --- bookkeeping
+    output: str = "runs/motus"
+    log_every: int = 10
+    eval_every: int = 0  # 0 = only at the end (if eval_dataset is set)
+    eval_batches: int = 2
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+
+    def __post_init__(self) -> None:
+        if self.stage not in (1, 2, 3):
+            raise ValueError(f"stage must be 1, 2 or 3, got {self.stage}")
+        if self.training_mode not in ("finetune", "pretrain"):
+            raise ValueError(f"training_mode must be 'finetune' or 'pretrain', got {self.training_mode!r}")
+        if self.steps < 0 or self.batch_size < 1 or self.gradient_accumulation < 1:
+            raise ValueError(
+                f"need steps >= 0, batch_size >= 1, gradient_accumulation >= 1; got {self.steps}, "
+                f"{self.batch_size}, {self.gradient_accumulation}"
+            )
+        if self.mixed_precision not in ("auto", "bf16", "no"):
+            raise ValueError(f"mixed_precision must be 'auto', 'bf16' or 'no', got {self.mixed_precision!r}")
+        if self.distributed_strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"distributed_strategy must be 'ddp' or 'fsdp', got {self.distributed_strategy!r}")
+        if not 0 <= self.lr_f_min <= self.lr_f_max:
+            raise ValueError(f"need 0 <= lr_f_min <= lr_f_max, got {self.lr_f_min}, {self.lr_f_max}")
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+
+    # --- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainingConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown}; expected a subset of {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainingConfig":
+        path = Path(path)
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        return cls.from_dict(data or {})
+
+    @classmethod
+    def for_stage(cls, stage: int, preset_dir: str | Path | None = None, **overrides: Any) -> "TrainingConfig":
+        """The stage preset (config/training/stage{N}.yaml) with ``overrides`` (None values are ignored)."""
+        directory = Path(preset_dir) if preset_dir is not None else STAGE_PRESET_DIR
+        path = directory / f"stage{stage}.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(f"stage preset not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        data.update({key: value for key, value in overrides.items() if value is not None})
+        return cls.from_dict(data)

@@ -1,0 +1,525 @@
+"""The training loop behind ``motus train``: stages 1-3, single process or distributed, exact resume.
+
+Order of work (nanoGPT's train.py order, with typed config and safetensors checkpoints):
+setup (accelerate) -> model (preset or previous stage, re-initialised parts, frozen parts) ->
+data (mixture sampler, per-dataset normalisation) -> frozen encoders -> optimiser and lr schedule ->
+resume -> loop (loss, clip, step, log, eval, checkpoint).
+
+Distributed: ``accelerate.Accelerator`` wraps the objective, so the same code runs as one process,
+under ``torchrun`` / ``accelerate launch`` with DDP (tested here with two CPU processes over gloo),
+or with accelerate's FSDP / DeepSpeed plugins from config/training/*.yaml (GPU only, untested here).
+
+Randomness is arranged so that results do not depend on how the global batch is spread:
+- every process draws the *global* batch of sample keys from one seeded sampler (same on all ranks);
+- the global batch is cut into ``world_size * gradient_accumulation`` shards; shard s goes to rank
+  s // accumulation, micro-step s % accumulation, and draws its sigmas and noise from a generator
+  seeded by (seed, step, s).
+So 2 processes x 1 micro-batch and 1 process x 2 micro-batches compute the same gradient (up to
+float summation order), and a resumed run continues bit-exactly: the only state is the sampler's
+generator, the model, the optimiser and the lr schedule, all saved in the checkpoint.
+
+Checkpoint folder (loadable by ``MotusModel.from_pretrained`` / ``MotusEngine.from_pretrained``)::
+
+    output/
+      training_config.json
+      metrics.jsonl                 one JSON object per logged step / evaluation
+      tensorboard/                  when tensorboard is importable
+      checkpoints/step_0000100/
+        config.json  model.safetensors  stats.json      (core's save_pretrained)
+        text_encoder/  vlm/                            frozen encoders used in training
+        training_state/
+          optimizer.pt  scheduler.pt  rng.pt           (torch.save, weights_only-loadable)
+          trainer_state.json                           step, sampler generator state, world size
+      latest                        name of the newest checkpoint folder
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from motus_model.config import MotusConfig
+from motus_model.data.lerobot import ACTION_KEY, STATE_KEY, LeRobotDataset
+from motus_model.data.mixture import MixtureConfig, MixtureSampler
+from motus_model.data.torch_dataset import (
+    ALOHA_CAMERA_MAP,
+    DatasetSource,
+    MotusTrainingDataset,
+    SampleKey,
+    SamplingConfig,
+    collate_samples,
+)
+from motus_model.flow_matching import FlowMatchSchedule, flow_matching_loss
+from motus_model.modeling_motus import MotusModel
+from motus_model.preprocessing import CompositeLayout, Normalizer
+from motus_model.training.config import TrainingConfig
+from motus_model.training.evaluation import evaluate_modes
+from motus_model.training.features import ConditioningEncoders, build_encoders
+from motus_model.training.schedule import LinearWarmupDecay, make_scheduler
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+TRAINING_STATE_DIR = "training_state"
+LATEST_FILE = "latest"
+
+
+class FlowMatchingObjective(nn.Module):
+    """Wraps the model so the distributed wrapper sees the whole loss computation in ``forward``."""
+
+    def __init__(self, model: MotusModel, loss_config: MotusConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_config = loss_config
+        self.schedule = FlowMatchSchedule(loss_config.schedule)
+
+    def forward(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        return flow_matching_loss(self.model, batch, self.loss_config, generator, self.schedule)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    step: int
+    output: Path
+    last_checkpoint: Path | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    eval_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def shard_seed(seed: int, step: int, shard: int) -> int:
+    """Seed of the noise generator of one shard of one step (independent of the process layout)."""
+    return (seed * 1_000_003 + step * 10_007 + shard) % (2**63 - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model set-up per stage
+# ---------------------------------------------------------------------------------------------
+
+
+def build_model(config: TrainingConfig) -> MotusModel:
+    """Model for the stage: the preset from scratch, or the previous stage's checkpoint with
+    ``reinit_prefixes`` re-initialised and keys new to this training mode left at their init."""
+    torch.manual_seed(config.seed)
+    if config.init_from:
+        from motus_model.checkpoint import load_pretrained
+
+        previous, _ = load_pretrained(config.init_from, device="cpu")
+        model_config = copy.deepcopy(previous.config)
+        model_config.training_mode = config.training_mode
+        model_config.__post_init__()
+        model = MotusModel(model_config)
+        load_stage_weights(model, previous.state_dict(), config.reinit_prefixes)
+        logger.info("initialised from %s (re-initialised: %s)", config.init_from, config.reinit_prefixes or "nothing")
+    else:
+        model_config = MotusConfig.preset(config.preset)
+        model_config.training_mode = config.training_mode
+        model_config.__post_init__()
+        model = MotusModel(model_config)
+        logger.info("initialised %s from scratch (random weights)", config.preset)
+    model.gradient_checkpointing = config.gradient_checkpointing
+    return model
+
+
+def load_stage_weights(model: MotusModel, previous: dict[str, torch.Tensor], reinit_prefixes: list[str]) -> dict[str, list[str]]:
+    """Copy the previous stage's weights into ``model`` with an explicit account of every key.
+
+    Keys under ``reinit_prefixes`` keep their fresh initialisation. Keys the new model has and the
+    previous one lacks are allowed only where the training mode adds them (finetune's state encoder
+    and registers, after a pretrain stage); anything else missing, unexpected or mis-shaped raises.
+    Returns {"loaded", "reinitialised", "new"} key lists.
+    """
+    current = model.state_dict()
+    reinit = [key for key in current if any(key.startswith(prefix) for prefix in reinit_prefixes)]
+    mode_keys = ("action_expert.state_encoder.", "action_expert.registers")
+    new = [key for key in current if key not in previous and key not in reinit]
+    bad_new = [key for key in new if not key.startswith(mode_keys)]
+    dropped_by_mode = [key for key in previous if key not in current and key.startswith(mode_keys)]
+    unexpected = [key for key in previous if key not in current and key not in dropped_by_mode]
+    shape_errors = [
+        f"{key}: checkpoint {tuple(previous[key].shape)} vs model {tuple(current[key].shape)}"
+        for key in current
+        if key in previous and key not in reinit and previous[key].shape != current[key].shape
+    ]
+    if bad_new or unexpected or shape_errors:
+        raise ValueError(
+            f"previous-stage checkpoint does not fit the model: missing {bad_new[:10]}, unexpected {unexpected[:10]}, "
+            f"mis-shaped {shape_errors[:10]}"
+        )
+    loaded = [key for key in current if key in previous and key not in reinit]
+    with torch.no_grad():
+        for key in loaded:
+            current[key].copy_(previous[key])
+    return {"loaded": loaded, "reinitialised": reinit, "new": new}
+
+
+def freeze(model: MotusModel, frozen_modules: list[str]) -> list[str]:
+    """Freeze the named submodules and the dead parameters (no gradient can reach them; DDP needs
+    every trainable parameter to get one). Returns the frozen parameter names."""
+    frozen = []
+    for name in frozen_modules:
+        module = model.get_submodule(name)
+        for parameter_name, parameter in module.named_parameters():
+            parameter.requires_grad_(False)
+            frozen.append(f"{name}.{parameter_name}")
+    dead = set(model.dead_parameter_names())
+    for name, parameter in model.named_parameters():
+        if name in dead:
+            parameter.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+def dataset_normalizer(dataset: LeRobotDataset, action_key: str | None, mode: str) -> Normalizer:
+    """The dataset's state/action normaliser (stats from meta/stats.json); the model sees actions under
+    the key ``action_key`` here and ``"action"`` in the checkpoint."""
+    if STATE_KEY not in dataset.stats:
+        raise ValueError(f"{dataset.root}/meta/stats.json has no {STATE_KEY!r} statistics")
+    stats = {"state": dataset.stats[STATE_KEY]}
+    if action_key is not None:
+        if action_key not in dataset.stats:
+            raise ValueError(f"{dataset.root}/meta/stats.json has no {action_key!r} statistics")
+        stats[action_key] = dataset.stats[action_key]
+    return Normalizer(stats, mode=mode)
+
+
+def checkpoint_stats(normalizer: Normalizer, action_key: str | None) -> dict[str, Any]:
+    """Stats saved with the model: {"mode", "eps", "stats": {"state", "action"}} (Normalizer.to_dict)."""
+    data = normalizer.to_dict()
+    if action_key is not None and action_key != ACTION_KEY:
+        data["stats"][ACTION_KEY] = data["stats"].pop(action_key)
+    return data
+
+
+def build_training_data(
+    config: TrainingConfig, model_config: MotusConfig, mixture: MixtureConfig, seed: int
+) -> tuple[MotusTrainingDataset, MixtureSampler, list[Normalizer]]:
+    sources, normalizers = [], []
+    for _, entry in mixture.entries():
+        dataset = LeRobotDataset(entry.path)
+        normalizer = dataset_normalizer(dataset, entry.action_key, config.normalization)
+        sources.append(DatasetSource(dataset, entry.action_key, entry.camera_map or dict(ALOHA_CAMERA_MAP), normalizer))
+        normalizers.append(normalizer)
+    sampling = SamplingConfig.from_model_config(model_config)
+    training = MotusTrainingDataset(
+        sources, sampling, CompositeLayout.from_config(model_config),
+        state_dim=model_config.action.state_dim, action_dim=model_config.action.action_dim,
+    )
+    lengths = [training.episode_lengths(i) for i in range(len(sources))]
+    sampler = MixtureSampler(mixture, lengths, sampling.action_chunk, sampling.downsample_rate, seed=seed)
+    return training, sampler, normalizers
+
+
+def make_mixture(config: TrainingConfig) -> MixtureConfig:
+    if config.mixture:
+        mixture = MixtureConfig.from_yaml(config.mixture)
+    elif config.dataset:
+        mixture = MixtureConfig.single(config.dataset, config.action_key)
+    else:
+        raise ValueError("training needs a dataset (--dataset) or a mixture (--mixture)")
+    has_actions = {entry.action_key is not None for _, entry in mixture.entries()}
+    if len(has_actions) > 1:
+        raise ValueError(
+            "a mixture must be all action-labelled or all video-only (the flow-matching loss has no "
+            "per-sample action mask); put video-only tiers in a stage-1 run"
+        )
+    if False in has_actions and (config.action_loss_weight is None or config.action_loss_weight != 0):
+        raise ValueError("video-only data needs action_loss_weight: 0 (stage 1)")
+    return mixture
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def latest_checkpoint(output: str | Path) -> Path | None:
+    """The newest checkpoint folder of a run, or None."""
+    marker = Path(output) / LATEST_FILE
+    if not marker.is_file():
+        return None
+    path = Path(output) / CHECKPOINT_DIR / marker.read_text().strip()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{marker} names {path}, which does not exist")
+    return path
+
+
+class Trainer:
+    """One training run (see the module docstring). Call ``train()``."""
+
+    def __init__(self, config: TrainingConfig, resume: bool = False) -> None:
+        from accelerate import Accelerator
+
+        self.config = config
+        use_cuda = torch.cuda.is_available()
+        mixed = "bf16" if use_cuda and config.mixed_precision in ("auto", "bf16") else "no"
+        if config.mixed_precision == "bf16" and not use_cuda:
+            logger.warning("mixed_precision bf16 asked for but no GPU: training in fp32 on the CPU")
+        self.accelerator = Accelerator(mixed_precision=mixed, cpu=not use_cuda)
+        self.device = self.accelerator.device
+        self.world_size = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        shards = self.world_size * config.gradient_accumulation
+        if config.batch_size % shards:
+            raise ValueError(
+                f"global batch_size {config.batch_size} must divide into world_size x gradient_accumulation = {shards} shards"
+            )
+        self.shard_size = config.batch_size // shards
+        self.output = Path(config.output)
+        if self.accelerator.is_main_process:
+            self.output.mkdir(parents=True, exist_ok=True)
+            config.save(self.output / "training_config.json")
+
+        # 1. model (on resume: the checkpoint's config and weights)
+        self.resume_from = latest_checkpoint(self.output) if resume else None
+        if resume and self.resume_from is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.output} (no '{LATEST_FILE}' file)")
+        self.model = build_model(config)
+        if self.resume_from is not None:
+            from motus_model.checkpoint import load_pretrained
+
+            saved, _ = load_pretrained(self.resume_from, device="cpu")
+            self.model.load_state_dict(saved.state_dict(), strict=True)
+        self.frozen = freeze(self.model, config.frozen_modules)
+        self.model.to(self.device)
+        loss_config = copy.deepcopy(self.model.config)
+        if config.video_loss_weight is not None:
+            loss_config.loss.video_weight = config.video_loss_weight
+        if config.action_loss_weight is not None:
+            loss_config.loss.action_weight = config.action_loss_weight
+
+        # 2. data
+        mixture = make_mixture(config)
+        self.dataset, self.sampler, normalizers = build_training_data(config, self.model.config, mixture, config.seed)
+        first_key = mixture.entries()[0][1].action_key
+        self.stats = checkpoint_stats(normalizers[0], first_key)
+        self.eval_dataset = None
+        if config.eval_dataset:
+            eval_mixture = MixtureConfig.single(config.eval_dataset, first_key)
+            self.eval_dataset, self.eval_sampler, _ = build_training_data(config, self.model.config, eval_mixture, seed=10_000)
+
+        # 3. frozen encoders (tiny ones are built once, by the main process)
+        if self.accelerator.is_main_process:
+            self.encoders = self._build_encoders()
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            self.encoders = self._build_encoders()
+
+        # 4. optimiser and schedule over the trainable parameters only
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            trainable, lr=config.learning_rate, betas=tuple(config.betas), weight_decay=config.weight_decay
+        )
+        self.scheduler = make_scheduler(
+            self.optimizer,
+            LinearWarmupDecay(config.warmup_steps, config.lr_f_start, config.lr_f_max, config.lr_f_min, config.lr_cycle_steps),
+        )
+        self.objective, self.optimizer = self.accelerator.prepare(FlowMatchingObjective(self.model, loss_config), self.optimizer)
+        self.step = 0
+        if self.resume_from is not None:
+            self._load_training_state(self.resume_from / TRAINING_STATE_DIR)
+        self.tensorboard = self._open_tensorboard()
+        logger.info(
+            "stage %d, %s, %d trainable / %d frozen parameters, world size %d, global batch %d (%d per shard)",
+            config.stage, self.model.config.training_mode, sum(p.numel() for p in trainable),
+            sum(p.numel() for p in self.model.parameters() if not p.requires_grad), self.world_size,
+            config.batch_size, self.shard_size,
+        )
+
+    # -- pieces --------------------------------------------------------------------------------
+    def _build_encoders(self) -> ConditioningEncoders:
+        config = self.config
+        return build_encoders(
+            self.model.config, self.output / "encoders", config.text_encoder_path, config.vlm_path,
+            config.video_vae_path, device=self.device, truncate_instructions=config.truncate_instructions,
+            seed=config.seed,
+        )
+
+    def _open_tensorboard(self) -> Any:
+        if not self.accelerator.is_main_process:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            logger.info("tensorboard not importable: metrics go to metrics.jsonl only")
+            return None
+        return SummaryWriter(str(self.output / "tensorboard"))
+
+    def encode(self, keys: list[SampleKey], dataset: MotusTrainingDataset | None = None) -> dict[str, Any]:
+        """Sample keys -> model batch on this process's device."""
+        dataset = dataset or self.dataset
+        batch = self.encoders.encode_batch(collate_samples([dataset[key] for key in keys]), self.device)
+        if not self.model.config.uses_state:
+            batch["state"] = None
+        return batch
+
+    def _autocast(self):
+        return self.accelerator.autocast() if self.accelerator.mixed_precision != "no" else nullcontext()
+
+    # -- one optimisation step -----------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        """Draw the global batch, run this process's shards, step the optimiser. Returns step metrics
+        (averaged over every shard of every process)."""
+        config = self.config
+        keys = self.sampler.draw_batch(config.batch_size)
+        accumulation = config.gradient_accumulation
+        totals = torch.zeros(3, device=self.device)  # loss, video, action summed over local shards
+        for micro in range(accumulation):
+            shard = self.rank * accumulation + micro
+            shard_keys = keys[shard * self.shard_size : (shard + 1) * self.shard_size]
+            batch = self.encode(shard_keys)
+            generator = torch.Generator(device=self.device).manual_seed(shard_seed(config.seed, self.step, shard))
+            sync = nullcontext() if micro == accumulation - 1 else self.accelerator.no_sync(self.objective)
+            with sync:
+                with self._autocast():
+                    loss, parts = self.objective(batch, generator)
+                self.accelerator.backward(loss / accumulation)
+            totals += torch.tensor([parts["loss"], parts["video"], parts["action"]], device=self.device)
+        grad_norm = self.accelerator.clip_grad_norm_(
+            [p for p in self.objective.parameters() if p.requires_grad], config.grad_clip
+        )
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        totals = self.accelerator.reduce(totals, reduction="sum") / (self.world_size * accumulation)
+        return {
+            "step": self.step,
+            "loss": float(totals[0]),
+            "video": float(totals[1]),
+            "action": float(totals[2]),
+            "grad_norm": float(grad_norm),
+            "lr": float(self.scheduler.get_last_lr()[0]),
+        }
+
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        """Held-out loss per mode on the eval dataset (same samples and noise every time)."""
+        if self.eval_dataset is None:
+            raise ValueError("no eval_dataset configured")
+        self.eval_sampler.load_state_dict({"bit_generator": np.random.default_rng(10_000).bit_generator.state})
+        batch_size = max(1, self.config.batch_size // self.world_size)
+        batches = [self.encode(self.eval_sampler.draw_batch(batch_size), self.eval_dataset) for _ in range(self.config.eval_batches)]
+        with_actions = self.config.action_key is not None and self.config.action_loss_weight != 0
+        return evaluate_modes(self.accelerator.unwrap_model(self.objective).model, batches, with_actions=with_actions)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """Write checkpoints/step_N (model + encoders + training_state) and mark it latest."""
+        self.accelerator.wait_for_everyone()
+        name = f"step_{self.step:07d}"
+        directory = self.output / CHECKPOINT_DIR / name
+        if self.accelerator.is_main_process:
+            model = self.accelerator.unwrap_model(self.objective).model
+            model.save_pretrained(directory, stats=self.stats)
+            self.encoders.save(directory)
+            state_dir = directory / TRAINING_STATE_DIR
+            state_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(self.optimizer.state_dict(), state_dir / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), state_dir / "scheduler.pt")
+            rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1], "python": list(random.getstate()[1])}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state_all()
+            torch.save(rng, state_dir / "rng.pt")
+            trainer_state = {"step": self.step, "sampler": self.sampler.state_dict(), "world_size": self.world_size,
+                             "stage": self.config.stage}
+            (state_dir / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
+            (self.output / LATEST_FILE).write_text(name + "\n")
+            self._prune_checkpoints()
+            logger.info("saved checkpoint %s", directory)
+        self.accelerator.wait_for_everyone()
+        return directory
+
+    def _prune_checkpoints(self) -> None:
+        keep = self.config.keep_checkpoints
+        if keep <= 0:
+            return
+        folders = sorted((self.output / CHECKPOINT_DIR).glob("step_*"))
+        for folder in folders[:-keep]:
+            shutil.rmtree(folder)
+
+    def _load_training_state(self, state_dir: Path) -> None:
+        trainer_state = json.loads((state_dir / "trainer_state.json").read_text())
+        if trainer_state["stage"] != self.config.stage:
+            raise ValueError(f"checkpoint is from stage {trainer_state['stage']}, this run is stage {self.config.stage}")
+        self.optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location=self.device, weights_only=True))
+        self.scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=True))
+        self.sampler.load_state_dict(trainer_state["sampler"])
+        rng = torch.load(state_dir / "rng.pt", weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        self.step = int(trainer_state["step"])
+        logger.info("resumed from %s at step %d", state_dir.parent, self.step)
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        with (self.output / "metrics.jsonl").open("a") as stream:
+            stream.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            for name, value in record.items():
+                if isinstance(value, (int, float)) and name != "step":
+                    self.tensorboard.add_scalar(f"train/{name}", value, record["step"])
+                elif isinstance(value, dict):  # eval: {mode: {video, action}}
+                    for mode, losses in value.items():
+                        for loss_name, loss in losses.items():
+                            self.tensorboard.add_scalar(f"eval/{mode}/{loss_name}", loss, record["step"])
+
+    def train(self) -> TrainResult:
+        config = self.config
+        result = TrainResult(step=self.step, output=self.output, last_checkpoint=self.resume_from)
+        progress = tqdm(
+            total=config.steps, initial=self.step, desc=f"stage {config.stage}",
+            disable=not self.accelerator.is_main_process,
+        )
+        started = time.perf_counter()
+        while self.step < config.steps:
+            metrics = self.train_step()
+            if not math.isfinite(metrics["loss"]):
+                raise FloatingPointError(f"loss is {metrics['loss']} at step {self.step}")
+            result.history.append(metrics)
+            progress.update(1)
+            progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+            if self.step % config.log_every == 0 or self.step == config.steps:
+                self.log(dict(metrics, elapsed_s=time.perf_counter() - started))
+            if self.eval_dataset is not None and config.eval_every and self.step % config.eval_every == 0:
+                evaluation = {"step": self.step, "eval": self.evaluate()}
+                result.eval_history.append(evaluation)
+                self.log(evaluation)
+            if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                result.last_checkpoint = self.save_checkpoint()
+        progress.close()
+        if self.eval_dataset is not None and (not result.eval_history or result.eval_history[-1]["step"] != self.step):
+            evaluation = {"step": self.step, "eval": self.evaluate()}
+            result.eval_history.append(evaluation)
+            self.log(evaluation)
+        if result.last_checkpoint is None or not result.last_checkpoint.name.endswith(f"{self.step:07d}"):
+            result.last_checkpoint = self.save_checkpoint()
+        result.step = self.step
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        return result
+
+
+def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
+    """Run one training job (see ``Trainer``)."""
+    return Trainer(config, resume=resume).train()
