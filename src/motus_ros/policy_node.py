@@ -128,7 +128,7 @@ class PolicyNode(MotusLifecycleNode):
         self.declare_parameter("blending_mode", "temporal_ensemble", text_descriptor("how overlapping chunks combine: temporal_ensemble | replace"))
         self.declare_parameter("ensemble_decay", 0.01, float_descriptor("temporal ensembling weight exp(-decay * i), i = chunk age order (ACT: 0.01)", 0.0, 10.0))
         self.declare_parameter("chunk_request_threshold", 8, int_descriptor("request the next chunk when this many planned control steps remain", 0, 10000))
-        self.declare_parameter("max_skew_s", 0.2, float_descriptor("largest stamp difference between the cameras and joint states of one observation", 0.0, 10.0))
+        self.declare_parameter("max_skew_s", 0.3, float_descriptor("largest stamp difference between the cameras and joint states of one observation", 0.0, 10.0))
         self.declare_parameter("max_age_s", 0.5, float_descriptor("hold when the newest observation is older than this", 0.01, 60.0))
         self.declare_parameter("stamp_source", "receive", text_descriptor("observation time: header (message stamps) | receive (arrival time at this node)"))
         self.declare_parameter("max_instruction_chars", 512, int_descriptor("longest instruction accepted", 1, 100000))

@@ -126,13 +126,21 @@ class FakeSensors:
 
 def server_command(*extra: str, ros_args: tuple[str, ...] = (), **overrides) -> list[str]:
     """Arguments for spawn_process that start motus_server from the source tree with the test parameters
-    (keyword arguments override TEST_PARAMETERS; extra = server options such as --no-autostart)."""
+    (keyword arguments override TEST_PARAMETERS; extra = server options such as --no-autostart).
+
+    The test values go into a second params file with one section per node: node-specific entries of
+    config/motus_server.yaml would win over global `-p` arguments."""
+    import tempfile
+
+    import yaml
+
     parameters = {**TEST_PARAMETERS, **overrides}
-    arguments = ["-m", "motus_ros.server", *extra, "--ros-args", "--params-file", str(SERVER_PARAMS)]
-    for name, value in parameters.items():
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        arguments += ["-p", f"{name}:={text}"]
-    return arguments + list(ros_args)
+    sections = {f"/**/{name}": {"ros__parameters": dict(parameters)} for name in ("policy", "world_model", "idm", "imagination")}
+    # rclpy ignores overrides a node does not declare, so every node can get the whole set.
+    handle = tempfile.NamedTemporaryFile("w", prefix="motus_test_params_", suffix=".yaml", delete=False)
+    with handle:
+        yaml.safe_dump(sections, handle)
+    return ["-m", "motus_ros.server", *extra, "--ros-args", "--params-file", str(SERVER_PARAMS), "--params-file", handle.name, *ros_args]
 
 
 def sim_command(*ros_args: str) -> list[str]:

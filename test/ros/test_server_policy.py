@@ -24,12 +24,14 @@ pytestmark = pytest.mark.timeout(240)
 
 PROFILE = load_profile("aloha_sim")
 COMMAND_TOPIC = PROFILE.command_topics[0]  # forward_command: Float64MultiArray
+SMALL = {"preset": "motus-small", "default_steps": 2, "chunk_request_threshold": 10}
 LOWER, UPPER = np.asarray(PROFILE.lower_limits), np.asarray(PROFILE.upper_limits)
 
 
 @pytest.fixture(scope="module")
 def server():
-    process = start_process(server_command(), "MOTUS SERVER READY")
+    # motus-small: its 16-step chunk (320 ms at 50 Hz) outlasts a 2-step inference here, so chunks arrive in time.
+    process = start_process(server_command(**SMALL), "MOTUS SERVER READY")
     yield process
     stop_process(process)
 
@@ -91,6 +93,7 @@ def test_run_sends_commands_at_the_control_rate_within_limits(rig, server):
     feedback = client.policy_task.feedback
     assert feedback and max(f.control_rate_hz for f in feedback) > 0.5 * PROFILE.control_rate_hz
     assert max(f.last_inference_ms for f in feedback) > 0 and feedback[-1].chunks >= 1
+    assert any(not f.holding for f in feedback), "every chunk arrived too late: the policy only held"
     # Diagnostics at 1 Hz with the control rate and the inference latency.
     statuses = [status for _, message in diagnostics.since(start) for status in message.status if "policy" in status.name]
     assert statuses, "no /diagnostics from the policy node"
@@ -151,7 +154,7 @@ def test_new_goal_preempts_and_estop_stops(rig):
 def test_dry_run_publishes_the_plan_and_no_commands(rig, spawn_process):
     client, sensors, commands, _ = rig
     sensors.reset()
-    spawn_process(server_command(ros_args=("-r", "__ns:=/dry", "-p", "dry_run:=true")), ready_line="MOTUS SERVER READY", timeout=120)
+    spawn_process(server_command(ros_args=("-r", "__ns:=/dry"), dry_run=True, **SMALL), ready_line="MOTUS SERVER READY", timeout=120)
     dry = MotusClient(node_name="dry_run_client", namespace="/dry")
     plans: list[JointTrajectory] = []
     dry.node.create_subscription(JointTrajectory, "/dry/policy/planned_trajectory", plans.append, 10)
