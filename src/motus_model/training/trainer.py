@@ -436,7 +436,14 @@ class Trainer:
             state_dir.mkdir(parents=True, exist_ok=True)
             torch.save(self.optimizer.state_dict(), state_dir / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), state_dir / "scheduler.pt")
-            rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1], "python": list(random.getstate()[1])}
+            numpy_state = np.random.get_state()
+            python_state = random.getstate()
+            rng = {
+                "torch": torch.get_rng_state(),
+                "numpy_keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
+                "numpy_rest": [int(numpy_state[2]), int(numpy_state[3]), float(numpy_state[4])],
+                "python": [python_state[0], list(python_state[1]), python_state[2]],
+            }
             if torch.cuda.is_available():
                 rng["cuda"] = torch.cuda.get_rng_state_all()
             torch.save(rng, state_dir / "rng.pt")
@@ -466,6 +473,12 @@ class Trainer:
         self.sampler.load_state_dict(trainer_state["sampler"])
         rng = torch.load(state_dir / "rng.pt", weights_only=True)
         torch.set_rng_state(rng["torch"])
+        position, has_gauss, cached_gaussian = rng["numpy_rest"]
+        np.random.set_state(("MT19937", rng["numpy_keys"].numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+        version, internal, gauss_next = rng["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+        if torch.cuda.is_available() and "cuda" in rng:
+            torch.cuda.set_rng_state_all(rng["cuda"])
         self.step = int(trainer_state["step"])
         logger.info("resumed from %s at step %d", state_dir.parent, self.step)
 

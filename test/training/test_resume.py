@@ -1,0 +1,64 @@
+"""Exact resume: 2N steps straight == N steps, checkpoint, a fresh process-state resume, N more steps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from motus_model.conditioning import build_tiny_qwen3_vl, build_tiny_umt5
+from motus_model.training.config import TrainingConfig
+from motus_model.training.trainer import Trainer, latest_checkpoint
+
+from conftest import write_tiny_dataset
+
+
+def _config(tmp_path, output: str, steps: int, encoders) -> TrainingConfig:
+    text_dir, vlm_dir = encoders
+    return TrainingConfig.for_stage(
+        3, preset="motus-tiny", dataset=str(tmp_path / "ds"), output=str(tmp_path / output), steps=steps,
+        batch_size=2, learning_rate=1e-3, warmup_steps=2, log_every=1, checkpoint_every=3,
+        text_encoder_path=str(text_dir), vlm_path=str(vlm_dir),
+    )
+
+
+@pytest.mark.timeout(120)
+def test_resume_is_bit_exact(tmp_path):
+    write_tiny_dataset(tmp_path / "ds", num_episodes=2, length=16)
+    encoders = (tmp_path / "text_encoder", tmp_path / "vlm")
+    build_tiny_umt5(24, directory=encoders[0])
+    build_tiny_qwen3_vl(24, directory=encoders[1])
+
+    straight = Trainer(_config(tmp_path, "straight", 6, encoders))
+    straight_result = straight.train()
+
+    first_half = Trainer(_config(tmp_path, "resumed", 3, encoders))
+    first_half.train()
+    assert latest_checkpoint(tmp_path / "resumed").name == "step_0000003"
+    state = json.loads((tmp_path / "resumed/checkpoints/step_0000003/training_state/trainer_state.json").read_text())
+    assert state["step"] == 3
+    torch.manual_seed(999)  # a resumed run must not depend on the process's global RNG
+    second_half = Trainer(_config(tmp_path, "resumed", 6, encoders), resume=True)
+    assert second_half.step == 3
+    resumed_result = second_half.train()
+
+    losses_straight = [h["loss"] for h in straight_result.history]
+    losses_resumed = [h["loss"] for h in first_half_history(tmp_path)] + [h["loss"] for h in resumed_result.history]
+    assert losses_resumed == losses_straight
+    params_straight = straight.accelerator.unwrap_model(straight.objective).model.state_dict()
+    params_resumed = second_half.accelerator.unwrap_model(second_half.objective).model.state_dict()
+    for name, tensor in params_straight.items():
+        assert torch.equal(tensor, params_resumed[name]), name
+    assert second_half.scheduler.get_last_lr() == straight.scheduler.get_last_lr()
+
+
+def first_half_history(tmp_path) -> list[dict]:
+    records = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if "loss" in r and r["step"] <= 3]
+
+
+def test_resume_without_checkpoint_fails(tmp_path):
+    write_tiny_dataset(tmp_path / "ds", num_episodes=1, length=12)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Trainer(_config(tmp_path, "empty", 2, ("", "")), resume=True)
