@@ -67,7 +67,7 @@ def test_inference_grids():
         schedule.inference_sigmas(10, "cosine")
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(240)
 def test_loss_excludes_the_conditioning_frame():
     model = tiny_model()
     config = model.config
@@ -94,7 +94,7 @@ def test_loss_excludes_the_conditioning_frame():
     assert loss.item() == pytest.approx(metrics["video"] + metrics["action"], rel=1e-5)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(240)
 def test_conditioning_frame_prediction_gets_no_gradient():
     model = tiny_model().train()
     batch = make_batch(model.config)
@@ -113,14 +113,14 @@ def test_conditioning_frame_prediction_gets_no_gradient():
     assert torch.count_nonzero(grad[:, :, 1:]) > 0
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("training_mode", ["finetune", "pretrain"])
 def test_small_model_overfits_one_batch(training_mode):
     model = tiny_model(seed=1, training_mode=training_mode).train()
     batch = make_batch(model.config, batch_size=1, seed=1)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(120):
+    for _ in range(100):
         optimizer.zero_grad()
         # Same noise and sigmas every step: a fixed regression problem the model must memorise.
         loss, _ = flow_matching_loss(model, batch, generator=torch.Generator().manual_seed(0))
@@ -138,7 +138,7 @@ def _sampling_inputs(model: MotusModel, batch_size: int = 2, seed: int = 0):
     return batch, conditioning, batch["video_latents"][:, :, :1]
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("mode", list(Mode))
 def test_each_mode_holds_given_and_marginalised_parts(mode):
     model = tiny_model()
@@ -175,7 +175,7 @@ def test_each_mode_holds_given_and_marginalised_parts(mode):
         assert actions is None
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(240)
 def test_sampler_is_deterministic_with_a_seed():
     model = tiny_model()
     batch, conditioning, cond_latent = _sampling_inputs(model)
@@ -186,7 +186,7 @@ def test_sampler_is_deterministic_with_a_seed():
     assert not torch.allclose(first[1], other[1])
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(240)
 def test_progress_and_cancellation_between_steps():
     model = tiny_model()
     batch, conditioning, cond_latent = _sampling_inputs(model)
@@ -216,7 +216,7 @@ def test_modes_that_need_given_data_say_so():
         sample(model, conditioning, cond_latent, batch["state"], "policy", steps=1)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(240)
 def test_pretrain_mode_samples_without_state():
     model = tiny_model(training_mode="pretrain")
     batch, conditioning, cond_latent = _sampling_inputs(model)
