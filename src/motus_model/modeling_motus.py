@@ -360,9 +360,10 @@ class MotusConditioning:
         """Concatenate along the batch, padding understanding/text tokens to the longest and masking."""
         if not items:
             raise ValueError("MotusConditioning.cat needs at least one item, got an empty list")
-        num_layers = {len(item.text_keys) for item in items}
-        if len(num_layers) != 1:
-            raise ValueError(f"cannot concatenate conditionings with different layer counts {sorted(num_layers)}")
+        layer_counts = {len(item.text_keys) for item in items}
+        if len(layer_counts) != 1:
+            raise ValueError(f"cannot concatenate conditionings with different layer counts {sorted(layer_counts)}")
+        num_layers = layer_counts.pop()
         und_len = max(item.und_tokens.shape[1] for item in items)
         text_len = max(item.text_keys[0].shape[1] for item in items)
         device = items[0].und_tokens.device
@@ -376,8 +377,8 @@ class MotusConditioning:
         return MotusConditioning(
             und_tokens=torch.cat([_pad_to(item.und_tokens, und_len) for item in items]),
             und_mask=None if bool(und_mask.all()) else und_mask,
-            text_keys=[torch.cat([_pad_to(item.text_keys[i], text_len) for item in items]) for i in range(num_layers.pop())],
-            text_values=[torch.cat([_pad_to(item.text_values[i], text_len) for item in items]) for i in range(len(items[0].text_values))],
+            text_keys=[torch.cat([_pad_to(item.text_keys[i], text_len) for item in items]) for i in range(num_layers)],
+            text_values=[torch.cat([_pad_to(item.text_values[i], text_len) for item in items]) for i in range(num_layers)],
             text_mask=None if bool(text_mask.all()) else text_mask,
         )
 
@@ -482,8 +483,10 @@ class MotusModel(nn.Module):
         context = _run(self.video.text_embedding, text_context)
         keys, values = [], []
         for block in self.video.blocks:
-            keys.append(_run(block.cross_attn.norm_k, _run(block.cross_attn.k, context)))
-            values.append(_run(block.cross_attn.v, context))
+            # Stored in the attention weights' dtype (bf16 for the 8B model: ~190 MB per request).
+            dtype = block.cross_attn.k.weight.dtype
+            keys.append(_run(block.cross_attn.norm_k, _run(block.cross_attn.k, context)).to(dtype))
+            values.append(_run(block.cross_attn.v, context).to(dtype))
         und_tokens = _run(self.und_expert.adapter, vlm_hidden)
         return MotusConditioning(
             und_tokens=und_tokens,
