@@ -694,11 +694,18 @@ class MotusModel(nn.Module):
         grid = (frames // patch_t, height // patch_h, width // patch_w)
         patch_weight = self.video.patch_embedding.weight
         video_x = self.video.patch_embedding(video_latents.to(patch_weight.dtype)).float().flatten(2).transpose(1, 2)
-        video_t = (video_sigma.float() * 1000.0)[:, None].expand(batch, video_x.shape[1]).clone()
-        if config.clean_condition_timestep:
-            video_t[:, : grid[1] * grid[2]] = 0.0  # latent frame 0 is the clean conditioning frame
-        video_temb = _run(self.video.time_embedding, timestep_sinusoid(video_t, config.video.freq_dim))
-        video_mod = _run(self.video.time_projection, video_temb).unflatten(-1, (6, -1))
+        # Each sample has two distinct timesteps: the conditioning frame's (0, or sigma when
+        # configured as the reference) and the future frames' (sigma). Embed those two, then
+        # spread them over the tokens, rather than running the time MLPs on every token.
+        future_t = video_sigma.float() * 1000.0
+        cond_t = torch.zeros_like(future_t) if config.clean_condition_timestep else future_t
+        two_t = torch.stack([cond_t, future_t], dim=1)  # [B, 2]
+        two_temb = _run(self.video.time_embedding, timestep_sinusoid(two_t, config.video.freq_dim))  # [B, 2, D]
+        two_mod = _run(self.video.time_projection, two_temb)  # [B, 2, 6D]
+        is_future = torch.ones(video_x.shape[1], dtype=torch.long, device=video_x.device)
+        is_future[: grid[1] * grid[2]] = 0  # latent frame 0 is the conditioning frame
+        video_temb = two_temb[:, is_future]  # [B, Lv, D]
+        video_mod = two_mod[:, is_future].unflatten(-1, (6, -1))  # [B, Lv, 6, D]
         rope_cos, rope_sin = video_rope(grid, config.head_dim, config.video.rope_theta, video_x.device)
         return video_x, video_temb, video_mod, grid, rope_cos, rope_sin
 
