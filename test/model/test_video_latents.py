@@ -67,3 +67,16 @@ def test_wan_vae_shapes_and_normalisation(tmp_path):
     assert decoded.min() >= -1 and decoded.max() <= 1
     expected_pixels = vae.decode(raw).sample.clamp(-1, 1).permute(0, 2, 1, 3, 4)
     torch.testing.assert_close(decoded, expected_pixels, rtol=1e-4, atol=1e-4)
+
+
+def test_build_codec_from_config():
+    from motus_model.config import MotusConfig
+    from motus_model.video_latents import build_codec
+
+    config = MotusConfig.preset("motus-small")
+    codec = build_codec(config)
+    assert isinstance(codec, PixelPatchCodec) and codec.latent_channels == config.latents.channels == 192
+    frames = torch.zeros(1, config.temporal.num_pixel_frames, 3, config.latents.image_height, config.latents.image_width)
+    assert codec.encode(frames).shape[2:] == config.latent_grid()
+    with pytest.raises(ValueError, match="needs a VAE folder path"):
+        build_codec(MotusConfig.preset("motus-small-wan-vae"))
