@@ -88,13 +88,24 @@ class WorldModelNode(MotusLifecycleNode):
             self.images = None
 
     def chunk_from_trajectory(self, trajectory) -> np.ndarray:
-        """JointTrajectory -> [chunk, action_dim] model-space actions (gripper mapping applied)."""
+        """JointTrajectory -> [chunk, action_dim] model-space actions (gripper mapping applied).
+
+        The model's chunk has `action_chunk` actions spaced `downsample_rate` control steps apart. A trajectory
+        with that many points is used as is; one with a point per control step (action_chunk * downsample_rate
+        points, as predict_actions and infer_actions return) is subsampled to the model's spacing."""
         try:
             actions_robot = conversions.trajectory_to_actions(trajectory, self.profile.joint_names)
         except ValueError as exc:
             raise RequestError(ErrorCode.INVALID_REQUEST, f"bad action chunk: {exc}") from exc
-        if actions_robot.ndim != 2 or actions_robot.shape[0] == 0:
-            raise RequestError(ErrorCode.INVALID_REQUEST, f"the action chunk has no points (shape {actions_robot.shape})")
+        temporal = self.engine.config.temporal
+        chunk, rate = int(temporal.action_chunk), int(temporal.downsample_rate)
+        if rate > 1 and actions_robot.shape[0] == chunk * rate:
+            actions_robot = actions_robot[rate - 1 :: rate]
+        if actions_robot.shape[0] != chunk:
+            raise RequestError(
+                ErrorCode.INVALID_REQUEST,
+                f"the action chunk must have {chunk} points (the model's chunk)"
+                + (f" or {chunk * rate} (one per control step)" if rate > 1 else "") + f", got {actions_robot.shape[0]}")
         return np.stack([self.profile.robot_to_model(row) for row in actions_robot])
 
     def _execute(self, goal_handle) -> PredictFuture.Result:
