@@ -254,7 +254,8 @@ def load_reference_checkpoint(
     if not file.is_file():
         raise CheckpointError(f"reference checkpoint file not found: {file}")
     logger.info("reading reference checkpoint %s", file)
-    payload = torch.load(file, map_location="cpu", weights_only=True)
+    # mmap: the release file holds the 8B model plus Qwen3-VL (~20 GB); map it instead of reading it all.
+    payload = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     if not isinstance(payload, Mapping) or "module" not in payload:
         raise CheckpointError(f"{file} has no 'module' state dict (keys: {sorted(payload)[:10] if isinstance(payload, Mapping) else type(payload).__name__})")
     module_state = _deduplicate_aliases(dict(payload["module"]))
