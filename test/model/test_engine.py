@@ -339,3 +339,15 @@ def test_save_and_load_pretrained_folder(engine, tmp_path):
     with pytest.raises(FileNotFoundError, match="no VLM"):
         (tmp_path / "ckpt" / "vlm" / "config.json").unlink()
         MotusEngine.from_pretrained(tmp_path / "ckpt")
+
+
+def test_pretrain_mode_engine_takes_no_state():
+    from motus_model.config import MotusConfig
+
+    config = MotusConfig.preset("motus-tiny")
+    config.training_mode = "pretrain"  # latent actions: no state token, no registers
+    with MotusEngine.from_config(config, seed=1) as latent_engine:
+        result = latent_engine.infer(make_request(latent_engine, Mode.VLA, seed=1, state=None, steps=2), timeout=60)
+        assert result.actions.shape == (config.temporal.action_chunk, config.action.action_dim)
+        with pytest.raises(ValueError, match="takes no state"):
+            latent_engine.infer(make_request(latent_engine, Mode.VLA, seed=1, steps=2), timeout=60)
