@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 TEXT_ENCODER_DIR = "text_encoder"
 VLM_DIR = "vlm"
+VAE_DIR = "vae"
 # Published encoder widths: umT5-XXL (4096) and Qwen3-VL-2B (2048); these are never built tiny.
 _PUBLISHED_TEXT_DIM, _PUBLISHED_VLM_DIM = 4096, 2048
 
@@ -49,6 +50,7 @@ class ConditioningEncoders:
     vlm: Qwen3VLFeatureExtractor
     text_encoder_dir: Path
     vlm_dir: Path
+    vae_dir: Path | None = None  # the Wan VAE folder, when latents.kind is "wan_vae"
 
     @torch.no_grad()
     def encode_batch(self, samples: dict[str, Any], device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -74,11 +76,15 @@ class ConditioningEncoders:
         }
 
     def save(self, directory: str | Path) -> None:
-        """Copy the encoder folders into a checkpoint (``text_encoder/``, ``vlm/``)."""
+        """Copy the encoder folders into a checkpoint (``text_encoder/``, ``vlm/``, ``vae/``), where
+        ``MotusEngine.from_pretrained`` looks for them."""
         import shutil
 
         directory = Path(directory)
-        for source, name in ((self.text_encoder_dir, TEXT_ENCODER_DIR), (self.vlm_dir, VLM_DIR)):
+        folders = [(self.text_encoder_dir, TEXT_ENCODER_DIR), (self.vlm_dir, VLM_DIR)]
+        if self.vae_dir is not None:
+            folders.append((self.vae_dir, VAE_DIR))
+        for source, name in folders:
             target = directory / name
             if source.resolve() == target.resolve():
                 continue
@@ -129,4 +135,5 @@ def build_encoders(
         vlm=vlm,
         text_encoder_dir=text_dir,
         vlm_dir=vlm_dir,
+        vae_dir=Path(video_vae_path) if video_vae_path else None,
     )

@@ -1,0 +1,239 @@
+"""The ``motus`` command: a small argparse dispatcher, one function per subcommand.
+
+    motus train --stage 3 --preset motus-tiny --dataset DIR --output DIR --steps N [--resume]
+    motus latent-actions --dataset DIR --vae DIR [--out DIR]      label episodes with latent actions
+    motus train-latent-vae --labelled DIR ... --unlabelled DIR ... --output DIR --steps N
+    motus convert-bag --profile YAML --output DIR --fps 50 --task "..." BAG [BAG ...]
+    motus stats --dataset DIR                                     (re)compute meta/stats.json
+
+Other modules add subcommands with ``register_command(name, help, add_arguments, run)``; ``run``
+gets the parsed ``argparse.Namespace`` and returns an exit status.
+Multi-GPU: ``accelerate launch --config_file config/training/accelerate_multi_gpu.yaml -m motus_model.cli train ...``
+or ``torchrun --nproc_per_node N -m motus_model.cli train ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+_COMMANDS: dict[str, Command] = {}
+
+
+def register_command(
+    name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None], run: Callable[[argparse.Namespace], int]
+) -> None:
+    """Add a subcommand (a name already taken is an error)."""
+    if name in _COMMANDS:
+        raise ValueError(f"motus subcommand {name!r} is already registered")
+    _COMMANDS[name] = Command(name, help, add_arguments, run)
+
+
+# ---------------------------------------------------------------------------------------------
+# motus train
+# ---------------------------------------------------------------------------------------------
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stage", type=int, choices=(1, 2, 3), required=True, help="training stage (config/training/stageN.yaml)")
+    parser.add_argument("--config", help="a training config YAML/JSON used instead of the stage preset")
+    parser.add_argument("--preset", help="model preset when starting from scratch (e.g. motus-tiny, motus-small, motus-8b)")
+    parser.add_argument("--init-from", help="checkpoint of the previous stage to start from")
+    parser.add_argument("--dataset", help="LeRobot dataset folder")
+    parser.add_argument("--mixture", help="data-pyramid mixture YAML (instead of --dataset)")
+    parser.add_argument("--eval-dataset", help="held-out LeRobot dataset for per-mode evaluation")
+    parser.add_argument("--output", required=True, help="run folder (checkpoints, metrics.jsonl)")
+    parser.add_argument("--steps", type=int, help="total optimisation steps")
+    parser.add_argument("--batch-size", type=int, help="global batch size")
+    parser.add_argument("--gradient-accumulation", type=int)
+    parser.add_argument("--lr", type=float, dest="learning_rate")
+    parser.add_argument("--warmup-steps", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--checkpoint-every", type=int)
+    parser.add_argument("--eval-every", type=int)
+    parser.add_argument("--log-every", type=int)
+    parser.add_argument("--text-encoder", dest="text_encoder_path", help="umT5 folder (required for motus-8b)")
+    parser.add_argument("--vlm", dest="vlm_path", help="Qwen3-VL folder (required for motus-8b)")
+    parser.add_argument("--video-vae", dest="video_vae_path", help="Wan2.2 VAE folder (wan_vae latents)")
+    parser.add_argument("--mixed-precision", choices=("auto", "bf16", "no"))
+    parser.add_argument("--truncate-instructions", action="store_true", default=None)
+    parser.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from motus_model.training.config import TrainingConfig
+    from motus_model.training.trainer import train
+
+    overrides = {
+        key: getattr(args, key)
+        for key in (
+            "preset", "dataset", "mixture", "eval_dataset", "output", "steps", "batch_size", "gradient_accumulation",
+            "learning_rate", "warmup_steps", "seed", "checkpoint_every", "eval_every", "log_every",
+            "text_encoder_path", "vlm_path", "video_vae_path", "mixed_precision", "truncate_instructions",
+        )
+    }
+    overrides["init_from"] = args.init_from
+    if args.config:
+        config = TrainingConfig.load(args.config)
+        config = TrainingConfig.from_dict({**config.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})
+        if config.stage != args.stage:
+            raise ValueError(f"--config is a stage {config.stage} config, --stage says {args.stage}")
+    else:
+        config = TrainingConfig.for_stage(args.stage, **overrides)
+    result = train(config, resume=args.resume)
+    print(json.dumps({"step": result.step, "checkpoint": str(result.last_checkpoint),
+                      "final_loss": result.history[-1]["loss"] if result.history else None}))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# latent actions
+# ---------------------------------------------------------------------------------------------
+
+
+def _latent_actions_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="LeRobot dataset to label")
+    parser.add_argument("--vae", required=True, help="latent-action VAE folder (config.json + model.safetensors)")
+    parser.add_argument("--out", help="write a labelled copy here instead of labelling the dataset in place")
+    parser.add_argument("--column", default="latent_action", help="name of the new column")
+    parser.add_argument("--flow", help="flow estimator (default: the VAE config's): opencv, raft, dpflow, ...")
+    parser.add_argument("--flow-weights", help="local weights for a learned flow estimator")
+    parser.add_argument("--batch-size", type=int, default=64)
+
+
+def _latent_actions(args: argparse.Namespace) -> int:
+    from motus_model.latent_actions import LatentActionVAE, label_dataset, make_flow_estimator
+
+    dataset = Path(args.dataset)
+    if args.out:
+        if Path(args.out).exists():
+            raise FileExistsError(f"--out {args.out} already exists")
+        shutil.copytree(dataset, args.out)
+        dataset = Path(args.out)
+    model = LatentActionVAE.from_pretrained(args.vae)
+    estimator = make_flow_estimator(args.flow or model.config.flow_estimator, args.flow_weights)
+    stats = label_dataset(dataset, model, estimator, column=args.column, batch_size=args.batch_size)
+    print(json.dumps({"dataset": str(dataset), "column": args.column, "mean": stats["mean"]}))
+    return 0
+
+
+def _train_latent_vae_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--labelled", nargs="*", default=[], help="datasets whose real actions align the latent space")
+    parser.add_argument("--unlabelled", nargs="*", default=[], help="datasets used for flow reconstruction only")
+    parser.add_argument("--output", required=True, help="VAE folder to write")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--shape", choices=("tiny", "published"), default="published",
+                        help="tiny (tests/CPU) or the paper's 4x512-token DC-AE")
+    parser.add_argument("--config", help="a LatentActionVAEConfig JSON instead of --shape")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _train_latent_vae(args: argparse.Namespace) -> int:
+    import torch
+
+    from motus_model.data.lerobot import LeRobotDataset
+    from motus_model.latent_actions import LatentActionVAE, LatentActionVAEConfig
+    from motus_model.latent_actions.train import FlowPairPool, train_latent_action_vae
+
+    if not args.labelled and not args.unlabelled:
+        raise ValueError("give --labelled and/or --unlabelled datasets")
+    if args.config:
+        config = LatentActionVAEConfig.from_dict(json.loads(Path(args.config).read_text()))
+    else:
+        config = LatentActionVAEConfig() if args.shape == "tiny" else LatentActionVAEConfig.published()
+    torch.manual_seed(args.seed)
+    model = LatentActionVAE(config)
+    labelled = FlowPairPool.from_datasets([LeRobotDataset(p) for p in args.labelled], config, True) if args.labelled else None
+    unlabelled = FlowPairPool.from_datasets([LeRobotDataset(p) for p in args.unlabelled], config, False) if args.unlabelled else None
+    history = train_latent_action_vae(model, labelled, unlabelled, args.steps, args.batch_size, args.lr, args.seed)
+    model.save_pretrained(args.output)
+    print(json.dumps({"output": args.output, "final": history[-1] if history else None}))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# datasets
+# ---------------------------------------------------------------------------------------------
+
+
+def _convert_bag_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bags", nargs="+", help="MCAP files, one episode each")
+    parser.add_argument("--profile", required=True, help="robot profile YAML (config/robots/<name>.yaml) or converter dict YAML")
+    parser.add_argument("--output", required=True, help="new LeRobot dataset folder")
+    parser.add_argument("--fps", type=float, help="control rate (default: the profile's control_rate_hz)")
+    parser.add_argument("--task", required=True, help="instruction for every episode")
+    parser.add_argument("--time-source", choices=("log", "header"), default="log")
+    parser.add_argument("--robot-type", default="aloha")
+
+
+def _convert_bag(args: argparse.Namespace) -> int:
+    from motus_model.data.bag_converter import convert_bags
+
+    profile = yaml.safe_load(Path(args.profile).read_text())
+    fps = args.fps or profile.get("control_rate_hz")
+    if not fps:
+        raise ValueError("--fps not given and the profile has no control_rate_hz")
+    root = convert_bags(args.bags, profile, args.output, float(fps), args.task, args.time_source, args.robot_type)
+    print(json.dumps({"dataset": str(root), "episodes": len(args.bags)}))
+    return 0
+
+
+def _stats_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="LeRobot dataset folder")
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from motus_model.data.lerobot import write_stats
+
+    stats = write_stats(args.dataset)
+    summary = {name: {"mean": values["mean"], "std": values["std"]} for name, values in stats.items()}
+    print(json.dumps(summary))
+    return 0
+
+
+register_command("train", "train Motus (stage 1, 2 or 3)", _train_arguments, _train)
+register_command("latent-actions", "label a dataset with latent actions (stage-2 pseudo-actions)", _latent_actions_arguments, _latent_actions)
+register_command("train-latent-vae", "train the latent-action VAE on flow images", _train_latent_vae_arguments, _train_latent_vae)
+register_command("convert-bag", "convert ROS 2 MCAP bags into a LeRobot dataset", _convert_bag_arguments, _convert_bag)
+register_command("stats", "(re)compute a dataset's meta/stats.json", _stats_arguments, _stats)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="motus", description="Motus training and data tools")
+    parser.add_argument("--log-level", default="INFO")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for command in _COMMANDS.values():
+        command.add_arguments(subparsers.add_parser(command.name, help=command.help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return _COMMANDS[args.command].run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
