@@ -115,7 +115,8 @@ class MotusResult:
         frames: [num_video_frames, H, W, 3] uint8 predicted future composites (the
             conditioning frame excluded), or None.
         timing_ms: queue, preprocess, conditioning, sampling, decode, total (milliseconds);
-            sampling is the whole batch's time.
+            sampling is the whole batch's time. conditioning_text / conditioning_vlm /
+            conditioning_prepare split the conditioning stage.
         steps: Euler steps run.
         mode, seed: as run (seed makes the result reproducible).
         batch_size: requests sampled together with this one (itself included).
@@ -580,6 +581,7 @@ class MotusEngine:
     def _prepare_conditioning(self, job: _Job, use_cache: bool = True) -> None:
         """Text features, VLM features and model.prepare_conditioning for one request."""
         instruction = job.request.instruction
+        started = time.perf_counter()
         if use_cache:
             text_features, text_mask = self.text.encode([instruction])
         else:  # naive path: the encoder itself, no cache
@@ -587,13 +589,19 @@ class MotusEngine:
                 text_features, text_mask = self.text.encode([instruction])
             else:
                 text_features, text_mask = self.text.encoder.encode([instruction])
+        text_done = time.perf_counter()
         vlm_hidden, vlm_mask = self.vlm.extract([instruction], [job.composite])
         self._count("vlm_calls")
+        vlm_done = time.perf_counter()
         with torch.no_grad():
             job.conditioning = self.model.prepare_conditioning(
                 text_features.to(self.device), text_mask.to(self.device), vlm_hidden.to(self.device), vlm_mask.to(self.device)
             )
         self._count("prepare_conditioning_calls")
+        if "conditioning_text" not in job.timing_ms:  # the first (per-request) computation
+            job.timing_ms["conditioning_text"] = (text_done - started) * 1e3
+            job.timing_ms["conditioning_vlm"] = (vlm_done - text_done) * 1e3
+            job.timing_ms["conditioning_prepare"] = (time.perf_counter() - vlm_done) * 1e3
 
     # ------------------------------------------------------------------------------------
     # The worker
