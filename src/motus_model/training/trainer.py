@@ -428,8 +428,8 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         name = f"step_{self.step:07d}"
         directory = self.output / CHECKPOINT_DIR / name
+        model = self._full_model()  # collective under FSDP / DeepSpeed: every rank takes part
         if self.accelerator.is_main_process:
-            model = self.accelerator.unwrap_model(self.objective).model
             model.save_pretrained(directory, stats=self.stats)
             self.encoders.save(directory)
             state_dir = directory / TRAINING_STATE_DIR
@@ -455,6 +455,20 @@ class Trainer:
             logger.info("saved checkpoint %s", directory)
         self.accelerator.wait_for_everyone()
         return directory
+
+    def _full_model(self) -> MotusModel:
+        """The model with full (unsharded) weights, for saving. Under FSDP / DeepSpeed the weights are
+        gathered by accelerate into a CPU copy (untested here: no GPUs); otherwise the model itself."""
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            return self.accelerator.unwrap_model(self.objective).model
+        state = self.accelerator.get_state_dict(self.objective)
+        model = MotusModel(self.model.config)
+        if self.accelerator.is_main_process:
+            prefix = "model."
+            model.load_state_dict({key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}, strict=True)
+        return model
 
     def _prune_checkpoints(self) -> None:
         keep = self.config.keep_checkpoints
