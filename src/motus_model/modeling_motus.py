@@ -524,7 +524,8 @@ class MotusModel(nn.Module):
         video_x, video_temb, video_mod, grid, rope_cos, rope_sin = self._embed_video(video_latents, video_sigma)
         num_video = video_x.shape[1]
 
-        # 2. Action tokens [state | actions | registers] + sin-cos positions; per-sample timestep.
+        # 2. Action tokens [state | actions | registers] + sin-cos positions; one timestep per
+        # sample for the whole stream (state and registers included), as the reference.
         action_x = _run(self.action_expert.action_encoder, actions)
         if config.uses_state:
             state_x = _run(self.action_expert.state_encoder, state[:, None, :])
