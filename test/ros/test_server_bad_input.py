@@ -146,8 +146,25 @@ def test_bad_live_streams_give_no_observation_with_the_reason(robot, server):
     assert server.poll() is None
 
 
-def test_requests_while_unconfigured_get_not_ready(ros_context, spawn_process):
-    """A second server in its own namespace with autostart off: every interface answers NOT_READY."""
+def change_state(client: MotusClient, node: str, transition: int) -> bool:
+    from lifecycle_msgs.srv import ChangeState
+
+    service = client.node.create_client(ChangeState, f"/idle/{node}/change_state")
+    try:
+        assert service.wait_for_service(timeout_sec=30), f"no lifecycle service for {node}"
+        request = ChangeState.Request()
+        request.transition.id = transition
+        return client.spin_until(service.call_async(request), 120).success
+    finally:
+        client.node.destroy_client(service)
+
+
+def test_requests_while_unconfigured_get_not_ready_then_lifecycle_brings_them_up(robot, spawn_process):
+    """A second server in its own namespace with autostart off: every interface answers NOT_READY; configure and
+    activate through the lifecycle services make it serve; deactivate makes it refuse again."""
+    from lifecycle_msgs.msg import Transition
+
+    _, sensors = robot
     spawn_process(server_command("--no-autostart", ros_args=("-r", "__ns:=/idle")), ready_line="MOTUS SERVER READY", timeout=120)
     client = MotusClient(node_name="unconfigured_client", namespace="/idle")
     try:
@@ -160,6 +177,15 @@ def test_requests_while_unconfigured_get_not_ready(ros_context, spawn_process):
         expect_error(client.get_result(30), ErrorCode.NOT_READY)
         response = client.estop(True)
         assert not response.success and "not configured" in response.message
+
+        for node in ("policy", "world_model", "idm", "imagination"):
+            assert change_state(client, node, Transition.TRANSITION_CONFIGURE), f"configure {node} failed"
+            assert change_state(client, node, Transition.TRANSITION_ACTIVATE), f"activate {node} failed"
+        response = client.predict_actions("pick", observation=sensors.observation(), steps=1)
+        assert response.error.code == ErrorCode.NONE, response.error.message
+        assert change_state(client, "policy", Transition.TRANSITION_DEACTIVATE)
+        expect_error(client.predict_actions("pick", observation=sensors.observation(), steps=1), ErrorCode.NOT_READY)
+        assert change_state(client, "policy", Transition.TRANSITION_ACTIVATE)
+        assert client.predict_actions("pick", observation=sensors.observation(), steps=1).error.code == ErrorCode.NONE
     finally:
         client.destroy()
-
