@@ -75,6 +75,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vlm", dest="vlm_path", help="Qwen3-VL folder (required for motus-8b)")
     parser.add_argument("--video-vae", dest="video_vae_path", help="Wan2.2 VAE folder (wan_vae latents)")
     parser.add_argument("--mixed-precision", choices=("auto", "bf16", "no"))
+    parser.add_argument("--num-workers", type=int, help="data-loader workers preparing steps ahead")
     parser.add_argument("--truncate-instructions", action="store_true", default=None)
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
 
@@ -89,6 +90,7 @@ def _train(args: argparse.Namespace) -> int:
             "preset", "dataset", "mixture", "eval_dataset", "output", "steps", "batch_size", "gradient_accumulation",
             "learning_rate", "warmup_steps", "seed", "checkpoint_every", "eval_every", "log_every",
             "text_encoder_path", "vlm_path", "video_vae_path", "mixed_precision", "truncate_instructions",
+            "num_workers",
         )
     }
     overrides["init_from"] = args.init_from

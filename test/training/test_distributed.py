@@ -41,12 +41,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run(tmp_path: Path, name: str, processes: int, accumulation: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
+def _run(
+    tmp_path: Path, name: str, processes: int, accumulation: int, num_workers: int = 0
+) -> tuple[list[dict], dict[str, torch.Tensor]]:
     config = {
         "stage": 3, "training_mode": "finetune", "preset": "motus-tiny", "dataset": str(tmp_path / "ds"),
         "output": str(tmp_path / name), "steps": 2, "batch_size": 4, "gradient_accumulation": accumulation,
         "learning_rate": 1e-3, "warmup_steps": 0, "log_every": 1, "checkpoint_every": 0,
-        "reinit_prefixes": [], "text_encoder_path": str(tmp_path / "text_encoder"), "vlm_path": str(tmp_path / "vlm"),
+        "reinit_prefixes": [], "num_workers": num_workers, "text_encoder_path": str(tmp_path / "text_encoder"), "vlm_path": str(tmp_path / "vlm"),
     }
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
@@ -70,7 +72,8 @@ def test_two_processes_match_one_process_with_accumulation(tmp_path):
     write_tiny_dataset(tmp_path / "ds", num_episodes=2, length=16)
     build_tiny_umt5(24, directory=tmp_path / "text_encoder")
     build_tiny_qwen3_vl(24, directory=tmp_path / "vlm")
-    single_history, single_weights = _run(tmp_path, "single", processes=1, accumulation=2)
+    # the single process also prepares its steps in a data-loader worker: that must not change anything
+    single_history, single_weights = _run(tmp_path, "single", processes=1, accumulation=2, num_workers=1)
     ddp_history, ddp_weights = _run(tmp_path, "ddp", processes=2, accumulation=1)
     assert len(single_history) == len(ddp_history) == 2
     for single, ddp in zip(single_history, ddp_history):

@@ -36,6 +36,7 @@ def test_stage3_lowers_loss_and_writes_loadable_checkpoint(tmp_path):
     # metrics.jsonl holds the logged steps and the evaluation
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [5, 10, 15, 20, 25, 30]
+    assert any((tmp_path / "run" / "tensorboard").iterdir())  # TensorBoard event file
     # the checkpoint loads through core's loader with the normalisation stats and encoders beside it
     checkpoint = result.last_checkpoint
     model, stats = load_pretrained(checkpoint)

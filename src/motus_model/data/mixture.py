@@ -149,6 +149,7 @@ class MixtureSampler:
             weights = np.array([entries[i][1].weight for i in flat], dtype=np.float64)
             self._tier_datasets.append(flat)
             self._dataset_probabilities.append(weights / weights.sum())
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
 
     def dataset_probabilities(self) -> np.ndarray:
@@ -158,15 +159,24 @@ class MixtureSampler:
             probabilities[flat] += self.tier_probabilities[t] * self._dataset_probabilities[t]
         return probabilities
 
-    def draw(self) -> SampleKey:
-        tier = int(self.rng.choice(len(self.tier_probabilities), p=self.tier_probabilities))
-        dataset = int(self.rng.choice(self._tier_datasets[tier], p=self._dataset_probabilities[tier]))
-        episode = int(self.rng.choice(self._usable[dataset]))
-        condition = int(self.rng.integers(0, self._condition_counts[dataset][episode]))
+    def draw(self, rng: np.random.Generator | None = None) -> SampleKey:
+        """One key from ``rng`` (default: the sampler's own generator)."""
+        rng = self.rng if rng is None else rng
+        tier = int(rng.choice(len(self.tier_probabilities), p=self.tier_probabilities))
+        dataset = int(rng.choice(self._tier_datasets[tier], p=self._dataset_probabilities[tier]))
+        episode = int(rng.choice(self._usable[dataset]))
+        condition = int(rng.integers(0, self._condition_counts[dataset][episode]))
         return SampleKey(dataset=dataset, episode=episode, condition=condition)
 
     def draw_batch(self, batch_size: int) -> list[SampleKey]:
+        """Keys from the sampler's running generator (see ``state_dict``)."""
         return [self.draw() for _ in range(batch_size)]
+
+    def keys_for_step(self, step: int, batch_size: int) -> list[SampleKey]:
+        """The global batch of training step ``step``: a pure function of (seed, step), so data
+        loader workers can prepare batches ahead and a resumed run needs no sampler state."""
+        rng = np.random.default_rng([self.seed, step])
+        return [self.draw(rng) for _ in range(batch_size)]
 
     def state_dict(self) -> dict[str, Any]:
         """The generator state (JSON-serialisable), for exact resume."""

@@ -56,6 +56,7 @@ class TrainingConfig:
     action_key: str | None = "action"  # column used as actions; None = video only
     eval_dataset: str = ""  # held-out LeRobot dataset for the evaluation loss ("" = none)
     normalization: str = "mean_std"  # Normalizer mode for state and actions
+    num_workers: int = 0  # data-loader worker processes preparing whole steps ahead (video decoding)
     truncate_instructions: bool = False
 
     # --- conditioning encoders (frozen); "" builds tiny real encoders for the small presets

@@ -10,13 +10,14 @@ under ``torchrun`` / ``accelerate launch`` with DDP (tested here with two CPU pr
 or with accelerate's FSDP / DeepSpeed plugins from config/training/*.yaml (GPU only, untested here).
 
 Randomness is arranged so that results do not depend on how the global batch is spread:
-- every process draws the *global* batch of sample keys from one seeded sampler (same on all ranks);
+- the *global* batch of sample keys of step n is a pure function of (seed, n) (``keys_for_step``), the
+  same on every rank, so data-loader workers can prepare batches ahead;
 - the global batch is cut into ``world_size * gradient_accumulation`` shards; shard s goes to rank
   s // accumulation, micro-step s % accumulation, and draws its sigmas and noise from a generator
   seeded by (seed, step, s).
 So 2 processes x 1 micro-batch and 1 process x 2 micro-batches compute the same gradient (up to
-float summation order), and a resumed run continues bit-exactly: the only state is the sampler's
-generator, the model, the optimiser and the lr schedule, all saved in the checkpoint.
+float summation order), and a resumed run continues bit-exactly: the only state is the step, the
+model, the optimiser and the lr schedule, all saved in the checkpoint.
 
 Checkpoint folder (loadable by ``MotusModel.from_pretrained`` / ``MotusEngine.from_pretrained``)::
 
@@ -29,7 +30,7 @@ Checkpoint folder (loadable by ``MotusModel.from_pretrained`` / ``MotusEngine.fr
         text_encoder/  vlm/                            frozen encoders used in training
         training_state/
           optimizer.pt  scheduler.pt  rng.pt           (torch.save, weights_only-loadable)
-          trainer_state.json                           step, sampler generator state, world size
+          trainer_state.json                           step, stage, world size
       latest                        name of the newest checkpoint folder
 """
 
@@ -59,7 +60,6 @@ from motus_model.data.torch_dataset import (
     ALOHA_CAMERA_MAP,
     DatasetSource,
     MotusTrainingDataset,
-    SampleKey,
     SamplingConfig,
     collate_samples,
 )
@@ -248,6 +248,38 @@ def make_mixture(config: TrainingConfig) -> MixtureConfig:
     return mixture
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Item i = this process's micro-batches (collated samples) for step ``start_step + i``.
+
+    Indexing by step (not by sample) keeps the data order a function of (seed, step) whatever the
+    number of loader workers, so prefetching never changes what a step sees.
+    """
+
+    def __init__(
+        self, dataset: MotusTrainingDataset, sampler: MixtureSampler, batch_size: int, shard_size: int,
+        rank: int, accumulation: int, start_step: int, end_step: int,
+    ) -> None:
+        self.dataset, self.sampler = dataset, sampler
+        self.batch_size, self.shard_size = batch_size, shard_size
+        self.rank, self.accumulation = rank, accumulation
+        self.start_step, self.end_step = start_step, end_step
+
+    def __len__(self) -> int:
+        return max(0, self.end_step - self.start_step)
+
+    def micro_batches(self, step: int) -> list[dict[str, Any]]:
+        keys = self.sampler.keys_for_step(step, self.batch_size)
+        batches = []
+        for micro in range(self.accumulation):
+            shard = self.rank * self.accumulation + micro
+            shard_keys = keys[shard * self.shard_size : (shard + 1) * self.shard_size]
+            batches.append(collate_samples([self.dataset[key] for key in shard_keys]))
+        return batches
+
+    def __getitem__(self, index: int) -> list[dict[str, Any]]:
+        return self.micro_batches(self.start_step + index)
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
@@ -365,29 +397,37 @@ class Trainer:
             return None
         return SummaryWriter(str(self.output / "tensorboard"))
 
-    def encode(self, keys: list[SampleKey], dataset: MotusTrainingDataset | None = None) -> dict[str, Any]:
-        """Sample keys -> model batch on this process's device."""
-        dataset = dataset or self.dataset
-        batch = self.encoders.encode_batch(collate_samples([dataset[key] for key in keys]), self.device)
+    def encode(self, samples: dict[str, Any]) -> dict[str, Any]:
+        """Collated samples -> model batch on this process's device (frozen encoders, no grad)."""
+        batch = self.encoders.encode_batch(samples, self.device)
         if not self.model.config.uses_state:
             batch["state"] = None
         return batch
+
+    def step_batches(self, end_step: int | None = None) -> StepBatches:
+        config = self.config
+        return StepBatches(
+            self.dataset, self.sampler, config.batch_size, self.shard_size, self.rank, config.gradient_accumulation,
+            self.step, config.steps if end_step is None else end_step,
+        )
 
     def _autocast(self):
         return self.accelerator.autocast() if self.accelerator.mixed_precision != "no" else nullcontext()
 
     # -- one optimisation step -----------------------------------------------------------------
-    def train_step(self) -> dict[str, float]:
-        """Draw the global batch, run this process's shards, step the optimiser. Returns step metrics
-        (averaged over every shard of every process)."""
+    def train_step(self, micro_batches: list[dict[str, Any]] | None = None) -> dict[str, float]:
+        """Run this process's shards of the current step (prepared by ``StepBatches``, or loaded here),
+        step the optimiser. Returns step metrics (averaged over every shard of every process)."""
         config = self.config
-        keys = self.sampler.draw_batch(config.batch_size)
+        if micro_batches is None:
+            micro_batches = self.step_batches().micro_batches(self.step)
         accumulation = config.gradient_accumulation
+        if len(micro_batches) != accumulation:
+            raise ValueError(f"expected {accumulation} micro-batches, got {len(micro_batches)}")
         totals = torch.zeros(3, device=self.device)  # loss, video, action summed over local shards
-        for micro in range(accumulation):
+        for micro, samples in enumerate(micro_batches):
             shard = self.rank * accumulation + micro
-            shard_keys = keys[shard * self.shard_size : (shard + 1) * self.shard_size]
-            batch = self.encode(shard_keys)
+            batch = self.encode(samples)
             generator = torch.Generator(device=self.device).manual_seed(shard_seed(config.seed, self.step, shard))
             sync = nullcontext() if micro == accumulation - 1 else self.accelerator.no_sync(self.objective)
             with sync:
@@ -416,9 +456,11 @@ class Trainer:
         """Held-out loss per mode on the eval dataset (same samples and noise every time)."""
         if self.eval_dataset is None:
             raise ValueError("no eval_dataset configured")
-        self.eval_sampler.load_state_dict({"bit_generator": np.random.default_rng(10_000).bit_generator.state})
         batch_size = max(1, self.config.batch_size // self.world_size)
-        batches = [self.encode(self.eval_sampler.draw_batch(batch_size), self.eval_dataset) for _ in range(self.config.eval_batches)]
+        batches = []
+        for index in range(self.config.eval_batches):
+            keys = self.eval_sampler.keys_for_step(index, batch_size)
+            batches.append(self.encode(collate_samples([self.eval_dataset[key] for key in keys])))
         with_actions = self.config.action_key is not None and self.config.action_loss_weight != 0
         return evaluate_modes(self.accelerator.unwrap_model(self.objective).model, batches, with_actions=with_actions)
 
@@ -447,8 +489,7 @@ class Trainer:
             if torch.cuda.is_available():
                 rng["cuda"] = torch.cuda.get_rng_state_all()
             torch.save(rng, state_dir / "rng.pt")
-            trainer_state = {"step": self.step, "sampler": self.sampler.state_dict(), "world_size": self.world_size,
-                             "stage": self.config.stage}
+            trainer_state = {"step": self.step, "world_size": self.world_size, "stage": self.config.stage}
             (state_dir / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
             (self.output / LATEST_FILE).write_text(name + "\n")
             self._prune_checkpoints()
@@ -484,7 +525,6 @@ class Trainer:
             raise ValueError(f"checkpoint is from stage {trainer_state['stage']}, this run is stage {self.config.stage}")
         self.optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location=self.device, weights_only=True))
         self.scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=True))
-        self.sampler.load_state_dict(trainer_state["sampler"])
         rng = torch.load(state_dir / "rng.pt", weights_only=True)
         torch.set_rng_state(rng["torch"])
         position, has_gauss, cached_gaussian = rng["numpy_rest"]
@@ -519,8 +559,12 @@ class Trainer:
             disable=not self.accelerator.is_main_process,
         )
         started = time.perf_counter()
-        while self.step < config.steps:
-            metrics = self.train_step()
+        loader = torch.utils.data.DataLoader(
+            self.step_batches(), batch_size=None, shuffle=False, num_workers=config.num_workers,
+            prefetch_factor=2 if config.num_workers else None, persistent_workers=False,
+        )
+        for micro_batches in loader:
+            metrics = self.train_step(micro_batches)
             if not math.isfinite(metrics["loss"]):
                 raise FloatingPointError(f"loss is {metrics['loss']} at step {self.step}")
             result.history.append(metrics)
