@@ -132,3 +132,69 @@ def test_profile_validation():
     bad = dict(PROFILE, grippers=[{"index": 20, "robot_open": 1, "robot_closed": 0}])
     with pytest.raises(ValueError, match="gripper index"):
         BagProfile.from_dict(bad)
+
+
+def write_per_arm_command_bag(path, duration_s: float = 0.3) -> None:
+    """Joint states as above; commands as two per-arm Float64MultiArray topics of 7 values each."""
+    with open(path, "wb") as stream:
+        writer = Writer(stream)
+        schemas = {name: writer.register_msgdef(name, text) for name, text in MESSAGE_DEFINITIONS.items()}
+        events = []
+        for frame in range(int(duration_s * 25) + 1):
+            t = START_NS + frame * 40_000_000
+            for camera, spec in enumerate(PROFILE["cameras"]):
+                rgb = image_at(camera, frame)
+                data = rgb[:, :, ::-1] if spec["encoding"] == "bgr8" else rgb
+                events.append((t, spec["topic"], "sensor_msgs/msg/Image", {
+                    "header": header(t), "height": HEIGHT, "width": WIDTH, "encoding": spec["encoding"],
+                    "is_bigendian": 0, "step": WIDTH * 3, "data": np.ascontiguousarray(data).tobytes()}))
+        for tick in range(int(duration_s * 100) + 1):
+            t = START_NS + tick * 10_000_000 + 1_000_000
+            q = joints_at(t)
+            for arm, topic in enumerate(PROFILE["joint_state_topics"]):
+                events.append((t, topic, "sensor_msgs/msg/JointState", {
+                    "header": header(t), "name": ARM_JOINTS, "position": q[7 * arm : 7 * arm + 7].tolist(),
+                    "velocity": [], "effort": []}))
+        for tick in range(int(duration_s * 50) + 1):
+            t = START_NS + tick * 20_000_000 + 2_000_000
+            command = command_at(t)
+            for arm, topic in enumerate(["/follower_left/commands", "/follower_right/commands"]):
+                events.append((t + arm * 1000, topic, "std_msgs/msg/Float64MultiArray",
+                               {"layout": {"dim": [], "data_offset": 0}, "data": command[7 * arm : 7 * arm + 7].tolist()}))
+        for t, topic, schema, message in sorted(events, key=lambda e: e[0]):
+            writer.write_message(topic, schemas[schema], message, log_time=t)
+        writer.finish()
+
+
+@pytest.mark.timeout(60)
+def test_cli_converts_with_a_robot_profile_yaml(tmp_path, capsys):
+    import yaml
+
+    from motus_model.cli import main
+
+    # the shape of motus_ros.profiles.RobotProfile.to_dict(): extra keys, per-arm command topics
+    profile = dict(PROFILE)
+    del profile["command_topic"]
+    profile.update({
+        "name": "test_aloha", "control_rate_hz": 50.0,
+        "cameras": [dict(c, height=HEIGHT, width=WIDTH) for c in PROFILE["cameras"]],
+        "command_topics": ["/follower_left/commands", "/follower_right/commands"],
+        "command_joint_groups": [list(range(7)), list(range(7, 14))],
+        "lower_limits": [-3.0] * 14, "upper_limits": [3.0] * 14,
+    })
+    (tmp_path / "profile.yaml").write_text(yaml.safe_dump(profile))
+    bag = tmp_path / "episode.mcap"
+    write_per_arm_command_bag(bag)
+    assert main(["convert-bag", str(bag), "--profile", str(tmp_path / "profile.yaml"),
+                 "--output", str(tmp_path / "dataset"), "--task", "fold"]) == 0
+    dataset = LeRobotDataset(tmp_path / "dataset")
+    assert dataset.fps == 50.0 and dataset.task(0) == "fold"
+    episode = dataset.load_episode(0)
+    # first tick: every stream present = the right arm's first command (2 ms + 1 us)
+    t0 = START_NS + 2_000_000 + 1000
+    bag_profile = BagProfile.from_dict(profile)
+    for i in range(dataset.episode_length(0)):
+        t = t0 + i * 20_000_000
+        command_time = START_NS + 2_000_000 + ((t - START_NS - 2_000_000 - 1000) // 20_000_000) * 20_000_000
+        expected = bag_profile.to_model_space(command_at(command_time)[None])[0]
+        np.testing.assert_allclose(episode["action"][i], expected, rtol=1e-6, atol=1e-6)
