@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,18 @@ import yaml
 
 logger = logging.getLogger(__name__)
 
-STAGE_PRESET_DIR = Path(__file__).resolve().parents[3] / "config" / "training"
+def stage_preset_dir() -> Path:
+    """config/training/ of the source tree, else of the installed package (share/motus_ros/config/training
+    under the install prefix, found from this file's location, sys.prefix or AMENT_PREFIX_PATH)."""
+    here = Path(__file__).resolve()
+    candidates = [here.parents[3] / "config" / "training"]
+    prefixes = [here.parents[k] for k in range(3, min(7, len(here.parents)))] + [Path(sys.prefix)]
+    prefixes += [Path(p) for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    candidates += [prefix / "share" / "motus_ros" / "config" / "training" for prefix in prefixes]
+    for candidate in candidates:
+        if (candidate / "stage3.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"stage presets (stage1-3.yaml) not found; looked in {[str(c) for c in candidates]}")
 
 
 @dataclass
@@ -135,7 +148,7 @@ class TrainingConfig:
     @classmethod
     def for_stage(cls, stage: int, preset_dir: str | Path | None = None, **overrides: Any) -> "TrainingConfig":
         """The stage preset (config/training/stage{N}.yaml) with ``overrides`` (None values are ignored)."""
-        directory = Path(preset_dir) if preset_dir is not None else STAGE_PRESET_DIR
+        directory = Path(preset_dir) if preset_dir is not None else stage_preset_dir()
         path = directory / f"stage{stage}.yaml"
         if not path.is_file():
             raise FileNotFoundError(f"stage preset not found: {path}")

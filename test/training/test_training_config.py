@@ -1,0 +1,55 @@
+"""Stage presets carry the reference optimiser settings; the lr factor has the reference's shape."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from motus_model.training.config import TrainingConfig
+from motus_model.training.schedule import LinearWarmupDecay, make_scheduler
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_stage_presets_use_reference_optimiser(stage):
+    config = TrainingConfig.for_stage(stage)
+    assert (config.learning_rate, tuple(config.betas), config.weight_decay) == (5e-5, (0.9, 0.95), 0.01)
+    assert (config.warmup_steps, config.lr_f_max, config.lr_f_min, config.grad_clip) == (200, 0.99, 0.4, 0.5)
+    assert config.stage == stage
+
+
+def test_stage_specifics():
+    stage1, stage2, stage3 = (TrainingConfig.for_stage(s) for s in (1, 2, 3))
+    assert stage1.action_loss_weight == 0.0 and stage1.action_key is None
+    assert set(stage1.frozen_modules) == {"action_expert", "und_expert"}
+    assert stage2.training_mode == "pretrain" and stage2.action_key == "latent_action" and not stage2.frozen_modules
+    assert stage3.training_mode == "finetune" and stage3.action_key == "action"
+    assert stage3.reinit_prefixes == ["action_expert.action_encoder.", "action_expert.head."]
+
+
+def test_config_json_round_trip_and_errors(tmp_path):
+    config = TrainingConfig.for_stage(3, steps=7, dataset="/data/x")
+    config.save(tmp_path / "c.json")
+    assert TrainingConfig.load(tmp_path / "c.json") == config
+    with pytest.raises(ValueError, match="unknown training config keys"):
+        TrainingConfig.from_dict({"stepz": 3})
+    with pytest.raises(ValueError, match="stage must be"):
+        TrainingConfig(stage=4)
+
+
+def test_lr_factor_shape_and_scheduler_state():
+    factor = LinearWarmupDecay(warmup_steps=200, f_start=1e-6, f_max=0.99, f_min=0.4, cycle_steps=1000)
+    assert factor(0) == pytest.approx(1e-6)
+    assert factor(100) == pytest.approx(1e-6 + (0.99 - 1e-6) / 2)
+    assert factor(200) == pytest.approx(0.4 + 0.59 * 0.8)  # decays over the whole cycle, counted from 0
+    assert factor(1000) == pytest.approx(0.4) and factor(5000) == pytest.approx(0.4)
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([parameter], lr=5e-5)
+    scheduler = make_scheduler(optimizer, factor)
+    for _ in range(150):
+        optimizer.step()
+        scheduler.step()
+    state = scheduler.state_dict()
+    restored = make_scheduler(torch.optim.AdamW([parameter], lr=5e-5), factor)
+    restored.load_state_dict(state)
+    assert restored.get_last_lr() == scheduler.get_last_lr()
+    assert scheduler.get_last_lr()[0] == pytest.approx(5e-5 * factor(150))
