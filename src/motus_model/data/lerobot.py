@@ -253,9 +253,13 @@ class LeRobotDataset:
             raise ValueError(f"only the LeRobot v2.x layout is supported, got codebase_version={version!r}")
         self.fps = float(self.info["fps"])
         features = self.info["features"]
-        video_keys = tuple(k for k, v in features.items() if v["dtype"] in ("video", "image"))
+        video_keys = tuple(k for k, v in features.items() if v["dtype"] == "video")
+        image_keys = tuple(k for k, v in features.items() if v["dtype"] == "image")
         if camera_keys is None:
             camera_keys = video_keys
+        in_parquet = [k for k in camera_keys if k in image_keys]
+        if in_parquet:
+            raise ValueError(f"cameras {in_parquet} are stored as images inside the parquet files; only mp4 video features are read")
         missing = [k for k in camera_keys if k not in video_keys]
         if missing:
             raise ValueError(f"camera keys {missing} not in the dataset; it has {list(video_keys)}")

@@ -131,7 +131,9 @@ class MotusTrainingDataset(Dataset):
         self.action_dim = action_dim
         self._vector_cache: dict[tuple[int, int], dict[str, np.ndarray]] = {}
 
-    def __len__(self) -> int:
+    @property
+    def num_episodes(self) -> int:
+        """Episodes over every source (samples are addressed by SampleKey, so there is no __len__)."""
         return sum(source.dataset.num_episodes for source in self.sources)
 
     def episode_lengths(self, dataset: int) -> list[int]:

@@ -51,6 +51,7 @@ def write_video(
         pix_fmt_in="rgb24",
         pix_fmt_out=pixel_format,
         macro_block_size=1,
+        # keyframe every 2 frames, as LeRobot encodes its datasets (cheap seeking for frame access)
         output_params=["-crf", str(crf), "-g", "2"],
         ffmpeg_log_level="error",
     )
