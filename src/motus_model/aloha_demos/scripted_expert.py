@@ -1,0 +1,552 @@
+"""A scripted expert for gym-aloha's transfer-cube and insertion scenes.
+
+How a demonstration is made (the recipe ACT used for its simulated ALOHA data):
+
+1. **Plan in end-effector space.** The mocap variant of the scene (``gym_aloha.tasks.sim_end_effector``)
+   drives each gripper link with a mocap body, so a policy only has to say where each gripper goes
+   (xyz + quaternion) and how open it is (0 closed, 1 open). ``plan_transfer_cube`` and
+   ``plan_insertion`` turn the object pose into timed waypoints; between waypoints the pose is
+   interpolated linearly (positions) and by normalised lerp (quaternions).
+2. **Roll the plan out in the mocap scene** and keep the resulting arm joint angles (physics qpos)
+   and the commanded gripper openings: that is a 14-d joint trajectory.
+3. **Replay the joint trajectory in the joint-space scene** (``gym_aloha.tasks.sim``, the scene behind
+   ``AlohaTransferCube-v0`` / ``AlohaInsertion-v0``) from the same object pose. Only this replay is
+   recorded: its joint states, the 14-d joint targets it was commanded, its rewards and, optionally,
+   the three ALOHA camera views. Success is judged here, on the replay.
+
+Frame ``t`` of an episode pairs the observation *before* step ``t`` (state, images) with the joint
+target commanded at step ``t`` (the mocap rollout's joint angles after its step ``t``) and the reward
+the scene reports after that step.
+
+Rendering needs an OpenGL backend: ``MUJOCO_GL=egl`` works on the CPU-only machines (set here if unset,
+before dm_control is imported).
+"""
+
+from __future__ import annotations
+
+import os
+
+# dm_control picks its GL backend at import time; EGL renders on CPU-only machines, OSMesa fails there.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import logging  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+from dm_control import mujoco  # noqa: E402
+from dm_control.rl import control  # noqa: E402
+from dm_control.suite import base  # noqa: E402
+from gym_aloha.constants import ASSETS_DIR, DT, normalize_puppet_gripper_position  # noqa: E402
+from gym_aloha.tasks import sim as joint_sim  # noqa: E402
+from gym_aloha.tasks.sim_end_effector import (  # noqa: E402
+    InsertionEndEffectorTask,
+    TransferCubeEndEffectorTask,
+)
+from gym_aloha.utils import sample_box_pose, sample_insertion_pose  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+# LeRobot camera key -> the scene's camera name (the real ALOHA's high camera is `top` in simulation).
+CAMERA_NAMES: dict[str, str] = {
+    "observation.images.cam_high": "top",
+    "observation.images.cam_left_wrist": "left_wrist",
+    "observation.images.cam_right_wrist": "right_wrist",
+}
+# Number of qpos entries of the two arms (6 joints + 2 fingers each) before the free objects.
+_ROBOT_QPOS = 16
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One scripted task: its scenes, instruction, length and how its objects are placed.
+
+    Args:
+        name: task id used on the command line.
+        instruction: the language instruction recorded with each episode.
+        episode_length: control steps per episode (50 Hz), as in ACT's scripted datasets.
+        end_effector_xml, joint_xml: scene files in gym_aloha's assets folder.
+        sample_object_pose: seed -> 7-d pose per free object, concatenated ([7] or [14]); the same
+            sampling as gym_aloha's ``AlohaEnv.reset(seed)``, so seed s here is seed s there.
+    """
+
+    name: str
+    instruction: str
+    episode_length: int
+    end_effector_xml: str
+    joint_xml: str
+    sample_object_pose: Callable[[int], np.ndarray]
+
+
+def _transfer_cube_pose(seed: int) -> np.ndarray:
+    return np.asarray(sample_box_pose(seed), dtype=np.float64)
+
+
+def _insertion_pose(seed: int) -> np.ndarray:
+    peg_pose, socket_pose = sample_insertion_pose(seed)
+    return np.concatenate([peg_pose, socket_pose]).astype(np.float64)
+
+
+TASKS: dict[str, TaskSpec] = {
+    "transfer_cube": TaskSpec(
+        name="transfer_cube",
+        instruction="transfer the cube to the other arm",
+        episode_length=400,
+        end_effector_xml="bimanual_viperx_end_effector_transfer_cube.xml",
+        joint_xml="bimanual_viperx_transfer_cube.xml",
+        sample_object_pose=_transfer_cube_pose,
+    ),
+    "insertion": TaskSpec(
+        name="insertion",
+        instruction="insert the peg into the socket",
+        episode_length=400,
+        end_effector_xml="bimanual_viperx_end_effector_insertion.xml",
+        joint_xml="bimanual_viperx_insertion.xml",
+        sample_object_pose=_insertion_pose,
+    ),
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    """The TaskSpec called ``name``; raises ValueError listing the known tasks otherwise."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
+    return TASKS[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Quaternions (w, x, y, z), MuJoCo's convention.
+# ---------------------------------------------------------------------------------------------
+
+
+def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product a * b of two (w, x, y, z) quaternions."""
+    aw, ax, ay, az = a
+    bw, bx, by, bz = b
+    return np.array(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ]
+    )
+
+
+def quat_from_axis_angle(axis: tuple[float, float, float], degrees: float) -> np.ndarray:
+    """Unit (w, x, y, z) quaternion rotating by ``degrees`` about ``axis``."""
+    axis_array = np.asarray(axis, dtype=np.float64)
+    axis_array = axis_array / np.linalg.norm(axis_array)
+    half = np.deg2rad(degrees) / 2
+    return np.concatenate([[np.cos(half)], np.sin(half) * axis_array])
+
+
+# ---------------------------------------------------------------------------------------------
+# Waypoint plans
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Waypoint:
+    """Where one gripper should be at control step ``step``: xyz [3], quat (w, x, y, z) [4], gripper in [0, 1]."""
+
+    step: int
+    xyz: np.ndarray
+    quat: np.ndarray
+    gripper: float
+
+
+def interpolate_waypoints(waypoints: list[Waypoint], step: int) -> np.ndarray:
+    """The 8-d mocap command [xyz, quat, gripper] at ``step``, between the two surrounding waypoints.
+
+    Positions and gripper are interpolated linearly, the quaternion by normalised lerp (the waypoints'
+    rotations are less than 90 degrees apart, where nlerp is close to slerp). Past the last waypoint
+    the last one holds.
+    """
+    if not waypoints or waypoints[0].step != 0:
+        raise ValueError("a plan needs a first waypoint at step 0")
+    if step >= waypoints[-1].step:
+        last = waypoints[-1]
+        return np.concatenate([last.xyz, last.quat, [last.gripper]])
+    for current, following in zip(waypoints[:-1], waypoints[1:]):
+        if current.step <= step < following.step:
+            fraction = (step - current.step) / (following.step - current.step)
+            xyz = current.xyz + fraction * (following.xyz - current.xyz)
+            quat = current.quat + fraction * (following.quat - current.quat)
+            quat = quat / np.linalg.norm(quat)
+            gripper = current.gripper + fraction * (following.gripper - current.gripper)
+            return np.concatenate([xyz, quat, [gripper]])
+    raise ValueError(f"waypoint steps must increase, got {[w.step for w in waypoints]}")
+
+
+# Where the fingertips' midpoint sits relative to the mocap body, in the mocap body's frame (metres),
+# measured in the mocap scene with the arms at rest. The scene welds each mocap to its gripper link
+# with the link-to-mocap offset of the reference pose qpos0 (MuJoCo's rule when a weld gives no
+# relpose), which puts the mocap point about 13 cm ahead of the link, near but not at the fingertips.
+# For the right arm the mocap frame is the gripper's turned 180 degrees about z, hence the mirrored x.
+TOOL_OFFSET_LEFT = np.array([0.0167, 0.0, 0.021])
+TOOL_OFFSET_RIGHT = np.array([-0.0167, 0.0, 0.021])
+# Grasp geometry, tuned on the mocap scene: the fingertips go 2 cm past the object's centre (so the
+# object sits between the pads, not at the tips) and stop 1.2 cm above the table.
+GRASP_DEPTH = 0.02
+GRASP_TIP_HEIGHT = 0.012
+CUBE_HALF_SIZE = 0.02
+# How far past the cube's centre the left fingertips reach at the hand-over.
+HANDOVER_DEPTH = 0.015
+
+
+def quat_to_matrix(quat: np.ndarray) -> np.ndarray:
+    """3x3 rotation matrix of a unit (w, x, y, z) quaternion."""
+    w, x, y, z = np.asarray(quat, dtype=np.float64) / np.linalg.norm(quat)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def fingertips_to_mocap(fingertips_xyz: np.ndarray, quat: np.ndarray, tool_offset: np.ndarray) -> np.ndarray:
+    """Mocap position that puts the fingertips' midpoint at ``fingertips_xyz`` [3] with mocap orientation ``quat``."""
+    return np.asarray(fingertips_xyz, dtype=np.float64) - quat_to_matrix(quat) @ tool_offset
+
+
+def grasp_waypoints(
+    object_xy: np.ndarray, quat: np.ndarray, tool_offset: np.ndarray, inward: float, steps: tuple[int, int, int]
+) -> list[Waypoint]:
+    """Above the object (open), down around it (open), closed: three waypoints at ``steps``.
+
+    ``inward`` is the unit x direction the gripper reaches in (-1 for the right arm, +1 for the left).
+    """
+    tips = np.array([object_xy[0] + inward * GRASP_DEPTH, object_xy[1], GRASP_TIP_HEIGHT])
+    above = fingertips_to_mocap(tips + [0, 0, 0.08], quat, tool_offset)
+    down = fingertips_to_mocap(tips, quat, tool_offset)
+    return [Waypoint(steps[0], above, quat, 1.0), Waypoint(steps[1], down, quat, 1.0), Waypoint(steps[2], down, quat, 0.0)]
+
+
+def plan_transfer_cube(
+    cube_pose: np.ndarray, left_start: np.ndarray, right_start: np.ndarray
+) -> tuple[list[Waypoint], list[Waypoint]]:
+    """Waypoints for the cube hand-over: the right arm picks the cube, lifts it to the middle, the left takes it.
+
+    Args:
+        cube_pose: [7] cube xyz + quat.
+        left_start, right_start: [7] each gripper's mocap pose (xyz + quat) at reset.
+    Returns:
+        (left waypoints, right waypoints).
+    """
+    cube_xyz = np.asarray(cube_pose[:3], dtype=np.float64)
+    # Right gripper tilted 60 degrees about y so its fingers come down on the cube from above.
+    right_pick_quat = quat_multiply(right_start[3:], quat_from_axis_angle((0, 1, 0), -60))
+    # Left gripper rolled 90 degrees about x so it grasps the cube across the right gripper's fingers.
+    left_meet_quat = quat_from_axis_angle((1, 0, 0), 90)
+    meet_xyz = np.array([0.0, 0.5, 0.25])
+    # Where the cube should be at the hand-over: held by the right fingertips, GRASP_DEPTH behind them.
+    right_meet_tips = meet_xyz + quat_to_matrix(right_pick_quat) @ TOOL_OFFSET_RIGHT
+    cube_at_meet = right_meet_tips + [GRASP_DEPTH, 0.0, CUBE_HALF_SIZE - GRASP_TIP_HEIGHT]
+    # The left fingertips reach HANDOVER_DEPTH past the cube's centre: deeper and the cube hits the palm.
+    left_take = fingertips_to_mocap(cube_at_meet + [HANDOVER_DEPTH, 0.0, 0.0], left_meet_quat, TOOL_OFFSET_LEFT)
+    left_wait = left_take - [0.12, 0.0, 0.0]
+    left = [
+        Waypoint(0, left_start[:3], left_start[3:], 0.0),
+        Waypoint(100, left_wait, left_meet_quat, 1.0),  # wait beside the meeting point, open
+        Waypoint(260, left_take, left_meet_quat, 1.0),  # move in around the cube
+        Waypoint(310, left_take, left_meet_quat, 0.0),  # close on it
+        Waypoint(360, left_wait, left_meet_quat, 0.0),  # pull it away
+        Waypoint(400, left_wait, left_meet_quat, 0.0),  # hold
+    ]
+    right = [
+        Waypoint(0, right_start[:3], right_start[3:], 0.0),
+        # above the cube, open; down around it; close
+        *grasp_waypoints(cube_xyz[:2], right_pick_quat, TOOL_OFFSET_RIGHT, inward=-1.0, steps=(90, 130, 170)),
+        Waypoint(200, meet_xyz + [0.05, 0, 0], right_pick_quat, 0.0),  # lift towards the middle
+        Waypoint(220, meet_xyz, right_pick_quat, 0.0),  # at the meeting point
+        Waypoint(310, meet_xyz, right_pick_quat, 1.0),  # let go once the left has closed
+        Waypoint(360, meet_xyz + [0.1, 0, 0], right_pick_quat, 1.0),  # move away
+        Waypoint(400, meet_xyz + [0.1, 0, 0], right_pick_quat, 1.0),  # hold
+    ]
+    return left, right
+
+
+def plan_insertion(
+    object_pose: np.ndarray, left_start: np.ndarray, right_start: np.ndarray
+) -> tuple[list[Waypoint], list[Waypoint]]:
+    """Waypoints for the insertion: the left arm lifts the socket, the right the peg; they meet and the peg goes in.
+
+    Args:
+        object_pose: [14] peg pose (xyz + quat) then socket pose.
+        left_start, right_start: [7] each gripper's mocap pose (xyz + quat) at reset.
+    Returns:
+        (left waypoints, right waypoints).
+    """
+    peg_xyz = np.asarray(object_pose[:3], dtype=np.float64)
+    socket_xyz = np.asarray(object_pose[7:10], dtype=np.float64)
+    # Both grippers tilted 60 degrees about y (mirrored) to grasp their object from above.
+    left_pick_quat = quat_multiply(left_start[3:], quat_from_axis_angle((0, 1, 0), 60))
+    right_pick_quat = quat_multiply(right_start[3:], quat_from_axis_angle((0, 1, 0), -60))
+    meet_xyz = np.array([0.0, 0.5, 0.15])
+    # The peg is held a little higher than the socket so it lines up with the socket's hole.
+    peg_lift = 0.00715
+    left = [
+        Waypoint(0, left_start[:3], left_start[3:], 0.0),
+        # above the socket, open; down around it; close
+        *grasp_waypoints(socket_xyz[:2], left_pick_quat, TOOL_OFFSET_LEFT, inward=1.0, steps=(120, 170, 220)),
+        Waypoint(285, meet_xyz + [-0.1, 0, 0], left_pick_quat, 0.0),  # carry it to the middle
+        Waypoint(340, meet_xyz + [-0.05, 0, 0], left_pick_quat, 0.0),  # push towards the peg
+        Waypoint(400, meet_xyz + [-0.05, 0, 0], left_pick_quat, 0.0),  # hold
+    ]
+    right = [
+        Waypoint(0, right_start[:3], right_start[3:], 0.0),
+        # above the peg, open; down around it; close
+        *grasp_waypoints(peg_xyz[:2], right_pick_quat, TOOL_OFFSET_RIGHT, inward=-1.0, steps=(120, 170, 220)),
+        Waypoint(285, meet_xyz + [0.1, 0, peg_lift], right_pick_quat, 0.0),  # carry it to the middle
+        Waypoint(340, meet_xyz + [0.05, 0, peg_lift], right_pick_quat, 0.0),  # insert
+        Waypoint(400, meet_xyz + [0.05, 0, peg_lift], right_pick_quat, 0.0),  # hold
+    ]
+    return left, right
+
+
+_PLANNERS = {"transfer_cube": plan_transfer_cube, "insertion": plan_insertion}
+
+
+class ScriptedPolicy:
+    """End-effector policy following a fixed waypoint plan: step -> 16-d mocap action.
+
+    The action is [left xyz (3), left quat (4), left gripper (1), right xyz, right quat, right gripper],
+    the layout of gym_aloha's end-effector tasks.
+    """
+
+    def __init__(self, task: str, object_pose: np.ndarray, left_start: np.ndarray, right_start: np.ndarray) -> None:
+        get_task(task)
+        self.left_plan, self.right_plan = _PLANNERS[task](np.asarray(object_pose), np.asarray(left_start), np.asarray(right_start))
+
+    def __call__(self, step: int) -> np.ndarray:
+        return np.concatenate([interpolate_waypoints(self.left_plan, step), interpolate_waypoints(self.right_plan, step)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenes: gym_aloha's tasks with the object pose injected and no rendering inside step()
+# ---------------------------------------------------------------------------------------------
+
+
+def _set_object_pose(physics: mujoco.Physics, object_pose: np.ndarray) -> None:
+    # Both scenes list the arms' 16 joints first, then one free joint (7 qpos) per object (peg before socket).
+    expected = physics.data.qpos.shape[0] - _ROBOT_QPOS
+    if object_pose.shape != (expected,):
+        raise ValueError(f"object pose must have {expected} entries for this scene, got shape {object_pose.shape}")
+    physics.data.qpos[_ROBOT_QPOS:] = object_pose
+
+
+def _minimal_observation(task: base.Task, physics: mujoco.Physics) -> dict[str, np.ndarray]:
+    # gym_aloha's get_observation renders three 480x640 views every step; the expert only needs qpos.
+    return {"qpos": task.get_qpos(physics), "env_state": physics.data.qpos[_ROBOT_QPOS:].copy()}
+
+
+class _EndEffectorSceneTask(base.Task):
+    """Mixin for the mocap tasks: given object pose, observation = qpos, mocap poses and gripper ctrl."""
+
+    object_pose: np.ndarray
+
+    def initialize_episode(self, physics: mujoco.Physics) -> None:
+        self.initialize_robots(physics)
+        _set_object_pose(physics, self.object_pose)
+        base.Task.initialize_episode(self, physics)
+
+    def get_observation(self, physics: mujoco.Physics) -> dict[str, np.ndarray]:
+        observation = _minimal_observation(self, physics)
+        observation["mocap_pose_left"] = np.concatenate([physics.data.mocap_pos[0], physics.data.mocap_quat[0]])
+        observation["mocap_pose_right"] = np.concatenate([physics.data.mocap_pos[1], physics.data.mocap_quat[1]])
+        observation["gripper_ctrl"] = physics.data.ctrl.copy()
+        return observation
+
+
+class _TransferCubeEndEffector(_EndEffectorSceneTask, TransferCubeEndEffectorTask):
+    pass
+
+
+class _InsertionEndEffector(_EndEffectorSceneTask, InsertionEndEffectorTask):
+    pass
+
+
+class _JointSceneTask(base.Task):
+    """Mixin for gym_aloha's joint-space tasks: their reset, control and reward, object pose given, no rendering."""
+
+    object_pose: np.ndarray
+
+    def initialize_episode(self, physics: mujoco.Physics) -> None:
+        # gym_aloha's joint tasks read the object pose from the module-level BOX_POSE (ACT's convention).
+        joint_sim.BOX_POSE[0] = self.object_pose.copy()
+        super().initialize_episode(physics)
+
+    def get_observation(self, physics: mujoco.Physics) -> dict[str, np.ndarray]:
+        return _minimal_observation(self, physics)
+
+
+class _TransferCubeJoint(_JointSceneTask, joint_sim.TransferCubeTask):
+    pass
+
+
+class _InsertionJoint(_JointSceneTask, joint_sim.InsertionTask):
+    pass
+
+
+_END_EFFECTOR_TASKS = {"transfer_cube": _TransferCubeEndEffector, "insertion": _InsertionEndEffector}
+_JOINT_TASKS = {"transfer_cube": _TransferCubeJoint, "insertion": _InsertionJoint}
+
+
+def _make_environment(xml: str, task_class: type[base.Task], object_pose: np.ndarray) -> control.Environment:
+    physics = mujoco.Physics.from_xml_path(str(ASSETS_DIR / xml))
+    task = task_class()
+    task.object_pose = np.asarray(object_pose, dtype=np.float64)
+    # Same construction as gym_aloha's AlohaEnv: 50 Hz control, time limit handled by the caller.
+    return control.Environment(physics, task, float("inf"), control_timestep=DT, n_sub_steps=None, flat_observation=False)
+
+
+def make_end_effector_environment(task: str, object_pose: np.ndarray) -> control.Environment:
+    """The mocap (end-effector) scene of ``task`` that resets to ``object_pose``."""
+    spec = get_task(task)
+    return _make_environment(spec.end_effector_xml, _END_EFFECTOR_TASKS[task], object_pose)
+
+
+def make_joint_environment(task: str, object_pose: np.ndarray) -> control.Environment:
+    """The joint-space scene of ``task`` (the one AlohaTransferCube-v0 / AlohaInsertion-v0 use) that resets to ``object_pose``."""
+    spec = get_task(task)
+    return _make_environment(spec.joint_xml, _JOINT_TASKS[task], object_pose)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollouts
+# ---------------------------------------------------------------------------------------------
+
+
+def plan_joint_trajectory(task: str, object_pose: np.ndarray, num_steps: int | None = None) -> np.ndarray:
+    """Roll the scripted plan out in the mocap scene; returns the joint targets [T, 14] it produced.
+
+    Row t is the 14-d joint target for step t: the arm joint angles the mocap scene reached after its
+    step t, with each gripper replaced by the normalised opening it was commanded at step t (the
+    finger's own position lags the command, and the command is what the joint scene should be given).
+    """
+    spec = get_task(task)
+    num_steps = spec.episode_length if num_steps is None else num_steps
+    if num_steps <= 0:
+        raise ValueError(f"num_steps must be positive, got {num_steps}")
+    environment = make_end_effector_environment(task, object_pose)
+    first = environment.reset().observation
+    policy = ScriptedPolicy(task, object_pose, first["mocap_pose_left"], first["mocap_pose_right"])
+    targets = np.empty((num_steps, 14), dtype=np.float64)
+    for step in range(num_steps):
+        observation = environment.step(policy(step)).observation
+        targets[step] = observation["qpos"]
+        # ctrl = [left finger, -left finger, right finger, -right finger] in metres.
+        targets[step, 6] = normalize_puppet_gripper_position(observation["gripper_ctrl"][0])
+        targets[step, 13] = normalize_puppet_gripper_position(observation["gripper_ctrl"][2])
+    return targets
+
+
+@dataclass
+class ExpertEpisode:
+    """One replayed demonstration.
+
+    Attributes:
+        task: task id.
+        seed: seed of the object pose.
+        object_pose: [7] (cube) or [14] (peg, socket) initial object poses.
+        states: [T, 14] joint state before each step (gym-aloha qpos layout, grippers normalised).
+        actions: [T, 14] joint targets commanded at each step.
+        rewards: [T] reward after each step.
+        max_reward: the task's top reward (success).
+        frames: camera key -> uint8 [T, H, W, 3], rendered before each step; empty when not rendered.
+    """
+
+    task: str
+    seed: int
+    object_pose: np.ndarray
+    states: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    max_reward: float
+    frames: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def success(self) -> bool:
+        """ACT's criterion: the episode's highest reward reached the task's maximum."""
+        return bool(self.rewards.max() >= self.max_reward)
+
+    @property
+    def length(self) -> int:
+        return int(self.states.shape[0])
+
+
+def render_views(physics: mujoco.Physics, image_size: tuple[int, int], camera_keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Render the named ALOHA views: camera key -> uint8 [H, W, 3]."""
+    height, width = image_size
+    return {key: physics.render(height=height, width=width, camera_id=CAMERA_NAMES[key]) for key in camera_keys}
+
+
+def replay_joint_trajectory(
+    task: str,
+    object_pose: np.ndarray,
+    joint_targets: np.ndarray,
+    image_size: tuple[int, int] | None = None,
+    camera_keys: tuple[str, ...] = tuple(CAMERA_NAMES),
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Command ``joint_targets`` [T, 14] in the joint-space scene.
+
+    Returns:
+        states [T, 14] (before each step), rewards [T] (after each step) and, if ``image_size`` = (H, W)
+        is given, frames: camera key -> uint8 [T, H, W, 3] rendered before each step.
+    """
+    joint_targets = np.asarray(joint_targets, dtype=np.float64)
+    if joint_targets.ndim != 2 or joint_targets.shape[1] != 14:
+        raise ValueError(f"joint_targets must be [T, 14], got {tuple(joint_targets.shape)}")
+    unknown = [key for key in camera_keys if key not in CAMERA_NAMES]
+    if unknown:
+        raise ValueError(f"unknown camera keys {unknown}; expected some of {list(CAMERA_NAMES)}")
+    environment = make_joint_environment(task, object_pose)
+    observation = environment.reset().observation
+    num_steps = joint_targets.shape[0]
+    states = np.empty((num_steps, 14), dtype=np.float64)
+    rewards = np.empty(num_steps, dtype=np.float64)
+    frames: dict[str, list[np.ndarray]] = {key: [] for key in camera_keys} if image_size is not None else {}
+    for step in range(num_steps):
+        states[step] = observation["qpos"]
+        if image_size is not None:
+            for key, image in render_views(environment.physics, image_size, camera_keys).items():
+                frames[key].append(image)
+        time_step = environment.step(joint_targets[step])
+        observation = time_step.observation
+        rewards[step] = time_step.reward
+    return states, rewards, {key: np.stack(images) for key, images in frames.items()}
+
+
+def run_expert_episode(
+    task: str,
+    seed: int,
+    image_size: tuple[int, int] | None = None,
+    num_steps: int | None = None,
+    camera_keys: tuple[str, ...] = tuple(CAMERA_NAMES),
+) -> ExpertEpisode:
+    """Plan in the mocap scene, replay in the joint scene, for the object pose drawn from ``seed``.
+
+    Args:
+        task: "transfer_cube" or "insertion".
+        seed: object-pose seed (gym_aloha's sampling, as ``AlohaEnv.reset(seed=seed)``).
+        image_size: (H, W) of the recorded views; None renders nothing (fast).
+        num_steps: episode length; default the task's (400). Shorter episodes cannot finish the task.
+        camera_keys: which views to render.
+    """
+    spec = get_task(task)
+    object_pose = spec.sample_object_pose(seed)
+    joint_targets = plan_joint_trajectory(task, object_pose, num_steps)
+    states, rewards, frames = replay_joint_trajectory(task, object_pose, joint_targets, image_size, camera_keys)
+    return ExpertEpisode(
+        task=task,
+        seed=seed,
+        object_pose=object_pose,
+        states=states,
+        actions=joint_targets,
+        rewards=rewards,
+        max_reward=float(_JOINT_TASKS[task]().max_reward),
+        frames=frames,
+    )
