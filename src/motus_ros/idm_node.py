@@ -46,7 +46,7 @@ class IdmNode(MotusLifecycleNode):
                 mode=Mode.IDM, images=images, state=self.profile.robot_to_model(state), future_frames=self.future_frames(request.future_observations),
                 steps=self.steps_for(request.steps), seed=self.seed_for(request.seed), decode_video=False,
             )
-            result = self.wait_result(self.engine.submit(engine_request))
+            result = self.run_request(engine_request)
             actions_robot = upsample_chunk(
                 self.actions_to_robot(result.actions), state, int(self.engine.config.temporal.downsample_rate))
             response.trajectory = self.trajectory_of(actions_robot)

@@ -100,8 +100,9 @@ class ImaginationNode(MotusLifecycleNode):
                 mode=Mode.JOINT if goal.with_actions else Mode.VIDEO_GENERATION, images=images, state=self.profile.robot_to_model(state),
                 instruction=goal.instruction, steps=self.steps_for(goal.steps), seed=self.seed_for(goal.seed), decode_video=True,
             )
-            future = self.engine.submit(request, progress=feedback_publisher(goal_handle, Imagine.Feedback, started))
-            output = self.wait_result(future, should_cancel=lambda: goal_handle.is_cancel_requested)
+            output = self.run_request(
+                request, progress=feedback_publisher(goal_handle, Imagine.Feedback, started),
+                should_cancel=lambda: goal_handle.is_cancel_requested)
             result.frames = self.frames_to_observations(output.frames)
             if goal.with_actions and output.actions is not None:
                 actions_robot = upsample_chunk(

@@ -160,6 +160,13 @@ class ServerContext:
     model: SharedModel
     profile: SharedProfile = field(default_factory=SharedProfile)
     observations: SharedObservations = field(default_factory=SharedObservations)
+    # Requests that may wait on the model at once (each holds an executor thread while it waits); more get BUSY,
+    # so the control timer and the sensor callbacks always find a free thread.
+    max_waiting_requests: int = 4
+    request_slots: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.request_slots = threading.BoundedSemaphore(self.max_waiting_requests)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -376,6 +383,18 @@ class MotusLifecycleNode(LifecycleNode):
             except ValueError as exc:
                 raise RequestError(ErrorCode.INVALID_REQUEST, f"{what}: camera {role!r}: {exc}") from exc
         return images
+
+    def run_request(self, request: Any, progress: Callable[[int, int], None] | None = None,
+                    should_cancel: Callable[[], bool] | None = None):
+        """Submit `request` to the engine and wait for it (from a service/action callback); at most
+        `max_waiting_requests` wait at once across the server, the others are answered BUSY."""
+        slots = self.shared.request_slots
+        if not slots.acquire(blocking=False):
+            raise RequestError(ErrorCode.BUSY, f"{self.shared.max_waiting_requests} requests are already waiting for the model; retry later")
+        try:
+            return self.wait_result(self.engine.submit(request, progress=progress), should_cancel)
+        finally:
+            slots.release()
 
     def wait_result(self, future: Future, should_cancel: Callable[[], bool] | None = None, poll_s: float = 0.02):
         """Wait for an engine future from a request callback; cancels it when `should_cancel()` turns true.

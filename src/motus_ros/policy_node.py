@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
@@ -189,7 +190,8 @@ class PolicyNode(MotusLifecycleNode):
             self._resources.append(self.create_subscription(
                 JointState, topic, lambda msg, topic=topic: self._on_joint_state(topic, msg),
                 qos_profile_sensor_data, callback_group=self.sensor_group))
-        self._control_timer = self.create_timer(1.0 / self.control_rate_hz, self._control_tick, callback_group=self.timer_group)
+        # The control tick has a group of its own: nothing else ever delays it.
+        self._control_timer = self.create_timer(1.0 / self.control_rate_hz, self._control_tick, callback_group=MutuallyExclusiveCallbackGroup())
         self._diagnostics_timer = self.create_timer(1.0 / float(self.param("diagnostics_rate_hz")), self._publish_diagnostics, callback_group=self.timer_group)
         self._resources += [self._control_timer, self._diagnostics_timer]
         self.get_logger().info(
@@ -496,7 +498,7 @@ class PolicyNode(MotusLifecycleNode):
                 steps=self.steps_for(request.steps), seed=self.seed_for(request.seed),
                 decode_video=bool(joint and request.return_frames),
             )
-            result = self.wait_result(self.engine.submit(engine_request))
+            result = self.run_request(engine_request)
             actions_robot = upsample_chunk(self.actions_to_robot(result.actions), state, int(self.engine.config.temporal.downsample_rate))
             response.trajectory = self.trajectory_of(actions_robot)
             if joint and request.return_frames and result.frames is not None:

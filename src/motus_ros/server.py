@@ -62,7 +62,7 @@ def parse_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]
     parser.add_argument("--preset", help="model preset with random weights when no checkpoint is given")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
     parser.add_argument("--no-autostart", action="store_true", help="leave the nodes unconfigured (drive them with ros2 lifecycle)")
-    parser.add_argument("--threads", type=int, default=8, help="executor threads (each waiting request holds one)")
+    parser.add_argument("--max-waiting-requests", type=int, default=4, help="requests that may wait on the model at once (more get BUSY)")
     if "--ros-args" in argv:
         split = list(argv).index("--ros-args")
         own, ros = list(argv[:split]), list(argv[split:])
@@ -105,12 +105,13 @@ def main(args: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if args is None else args)
     options, ros_args = parse_arguments(argv)
     rclpy.init(args=["motus_server", *ros_args])
-    context = ServerContext(model=SharedModel(build_engine))
+    context = ServerContext(model=SharedModel(build_engine), max_waiting_requests=max(1, options.max_waiting_requests))
     nodes: list[MotusLifecycleNode] = []
     exit_code = 0
     try:
         nodes = create_nodes(context)
-        executor = MultiThreadedExecutor(num_threads=max(4, options.threads))
+        # Threads: the waiting requests, a running RunPolicy goal, and the timers and sensor callbacks.
+        executor = MultiThreadedExecutor(num_threads=context.max_waiting_requests + 1 + 4)
         for node in nodes:
             executor.add_node(node)
         if bool(nodes[0].param("autostart")):

@@ -124,8 +124,9 @@ class WorldModelNode(MotusLifecycleNode):
                 mode=Mode.WORLD_MODEL, images=images, state=self.profile.robot_to_model(state), actions=actions,
                 steps=self.steps_for(goal.steps), seed=self.seed_for(goal.seed), decode_video=True,
             )
-            future = self.engine.submit(request, progress=feedback_publisher(goal_handle, PredictFuture.Feedback, started))
-            output = self.wait_result(future, should_cancel=lambda: goal_handle.is_cancel_requested)
+            output = self.run_request(
+                request, progress=feedback_publisher(goal_handle, PredictFuture.Feedback, started),
+                should_cancel=lambda: goal_handle.is_cancel_requested)
             result.frames = self.frames_to_observations(output.frames)
             if goal.publish and self.images is not None:
                 for views in self.split_frames(output.frames):

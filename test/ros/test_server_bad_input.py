@@ -137,10 +137,11 @@ def test_bad_live_streams_give_no_observation_with_the_reason(robot, server):
     ]
     for label, break_stream, reason in cases:
         sensors.reset()
-        assert wait_for_code(client, ErrorCode.NONE).error.code == ErrorCode.NONE, f"{label}: no good input to start from"
+        good = wait_for_code(client, ErrorCode.NONE)
+        assert good.error.code == ErrorCode.NONE, f"{label}: no good input to start from: {good.error.message}"
         break_stream()
         response = wait_for_code(client, ErrorCode.NO_OBSERVATION)
-        expect_error(response, ErrorCode.NO_OBSERVATION, reason)
+        expect_error(response, ErrorCode.NO_OBSERVATION, reason)  # the message names the broken stream
     sensors.reset()
     assert wait_for_code(client, ErrorCode.NONE).error.code == ErrorCode.NONE
     assert server.poll() is None
