@@ -71,6 +71,8 @@ def test_three_stages_through_the_cli(tmp_path, capsys):
     assert main(["train", "--stage", "3", "--dataset", str(dataset), "--output", str(tmp_path / "run3"),
                  "--init-from", str(tmp_path / "run2/checkpoints/step_0000002"), *common]) == 0
     checkpoint = tmp_path / "run3/checkpoints/step_0000002"
+    # given encoder folders are linked into the checkpoint, not copied
+    assert (checkpoint / "text_encoder").is_symlink() and (checkpoint / "text_encoder").resolve() == (tmp_path / "te").resolve()
     stage3 = _weights(tmp_path / "run3")
     assert "action_expert.registers" in stage3 and "action_expert.registers" not in stage2
 

@@ -51,6 +51,7 @@ class ConditioningEncoders:
     text_encoder_dir: Path
     vlm_dir: Path
     vae_dir: Path | None = None  # the Wan VAE folder, when latents.kind is "wan_vae"
+    built_dirs: tuple[Path, ...] = ()  # folders built for this run (tiny encoders): copied, not linked
 
     @torch.no_grad()
     def encode_batch(self, samples: dict[str, Any], device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -76,8 +77,9 @@ class ConditioningEncoders:
         }
 
     def save(self, directory: str | Path) -> None:
-        """Copy the encoder folders into a checkpoint (``text_encoder/``, ``vlm/``, ``vae/``), where
-        ``MotusEngine.from_pretrained`` looks for them."""
+        """Put the encoder folders into a checkpoint (``text_encoder/``, ``vlm/``, ``vae/``), where
+        ``MotusEngine.from_pretrained`` looks for them: tiny encoders built for this run are copied;
+        given folders (umT5-XXL is ~11 GB) are linked with an absolute symbolic link."""
         import shutil
 
         directory = Path(directory)
@@ -86,11 +88,16 @@ class ConditioningEncoders:
             folders.append((self.vae_dir, VAE_DIR))
         for source, name in folders:
             target = directory / name
-            if source.resolve() == target.resolve():
-                continue
-            if target.exists():
+            if target.is_symlink():
+                target.unlink()
+            elif target.exists():
+                if source.resolve() == target.resolve():
+                    continue
                 shutil.rmtree(target)
-            shutil.copytree(source, target)
+            if source in self.built_dirs:
+                shutil.copytree(source, target)
+            else:
+                target.symlink_to(source.resolve(), target_is_directory=True)
 
 
 def build_encoders(
@@ -106,10 +113,12 @@ def build_encoders(
     """Load (or, for the small presets only, build and save under ``work_dir``) the frozen encoders."""
     work_dir = Path(work_dir)
     video, understanding = config.video, config.understanding
+    built: list[Path] = []
     if not text_encoder_path:
         if video.text_dim == _PUBLISHED_TEXT_DIM:
             raise ValueError("the published shape needs text_encoder_path (a local umT5-XXL folder)")
         text_dir = work_dir / TEXT_ENCODER_DIR
+        built.append(text_dir)
         if not (text_dir / "config.json").is_file():
             logger.warning("no text encoder given: building a tiny random umT5 (%d wide) in %s", video.text_dim, text_dir)
             build_tiny_umt5(video.text_dim, directory=text_dir, seed=seed)
@@ -119,6 +128,7 @@ def build_encoders(
         if understanding.vlm_dim == _PUBLISHED_VLM_DIM:
             raise ValueError("the published shape needs vlm_path (a local Qwen3-VL-2B-Instruct folder)")
         vlm_dir = work_dir / VLM_DIR
+        built.append(vlm_dir)
         if not (vlm_dir / "config.json").is_file():
             logger.warning("no VLM given: building a tiny random Qwen3-VL (%d wide) in %s", understanding.vlm_dim, vlm_dir)
             build_tiny_qwen3_vl(understanding.vlm_dim, directory=vlm_dir, seed=seed)
@@ -136,4 +146,5 @@ def build_encoders(
         text_encoder_dir=text_dir,
         vlm_dir=vlm_dir,
         vae_dir=Path(video_vae_path) if video_vae_path else None,
+        built_dirs=tuple(built),
     )
