@@ -84,6 +84,16 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def server_config() -> Path:
+    """config/motus_server.yaml from the source tree, else from the installed share/motus_ros."""
+    source = Path(__file__).resolve().parents[2] / "config" / "motus_server.yaml"
+    if source.is_file():
+        return source
+    from ament_index_python.packages import get_package_share_directory
+
+    return Path(get_package_share_directory("motus_ros")) / "config" / "motus_server.yaml"
+
+
 def demo_parameters(options: argparse.Namespace) -> str:
     """A params file with the demo's settings for every node. Node sections (not global `-p`): node-specific
     entries of config/motus_server.yaml would win over global overrides. The simulator renders its cameras on the
@@ -102,13 +112,11 @@ def demo_parameters(options: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_arguments(argv)
-    config = Path(__file__).resolve().parents[2] / "config" / "motus_server.yaml"
+    config = server_config()
     server_args = ["--preset", options.preset, "--profile", options.profile]
     if options.checkpoint:
         server_args += ["--checkpoint", options.checkpoint]
-    ros_args = ["--ros-args"]
-    if config.is_file():  # the source tree; an installed server finds no file here and keeps its defaults
-        ros_args += ["--params-file", str(config)]
+    ros_args = ["--ros-args", "--params-file", str(config)]
     ros_args += ["--params-file", demo_parameters(options)]
     print(f"motus demo: simulated ALOHA ({options.task}) + motus_server ({options.checkpoint or options.preset}), "
           f"policy for {options.duration:g} s", flush=True)

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
 
 from motus_ros.idm_node import IdmNode
 from motus_ros.imagination_node import ImaginationNode
@@ -104,9 +107,15 @@ def main(args: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
     argv = list(sys.argv[1:] if args is None else args)
     options, ros_args = parse_arguments(argv)
-    rclpy.init(args=["motus_server", *ros_args])
+    # Our own SIGINT/SIGTERM handling: rclpy's would shut the context down at once, before the policy node
+    # could publish its hold command. Here a signal only ends the spin loop; the nodes then shut down in order.
+    rclpy.init(args=["motus_server", *ros_args], signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     context = ServerContext(model=SharedModel(build_engine), max_waiting_requests=max(1, options.max_waiting_requests))
     nodes: list[MotusLifecycleNode] = []
+    executor: MultiThreadedExecutor | None = None
     exit_code = 0
     try:
         nodes = create_nodes(context)
@@ -121,7 +130,9 @@ def main(args: Sequence[str] | None = None) -> int:
             print(f"{READY_LINE}: nodes {', '.join(NODE_NAMES)} active", flush=True)
         else:
             print(f"{READY_LINE}: nodes {', '.join(NODE_NAMES)} unconfigured (autostart false)", flush=True)
-        executor.spin()
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+        logger.info("shutting down: deactivating the nodes (the policy node holds the robot)")
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
@@ -134,6 +145,8 @@ def main(args: Sequence[str] | None = None) -> int:
             except Exception as exc:  # the node may already be finalized, or the context gone after a signal
                 logger.debug("shutdown of %s: %s", node.get_name(), exc)
             node.destroy_node()
+        if executor is not None:
+            executor.shutdown(timeout_sec=5.0)
         context.model.close()
         rclpy.try_shutdown()
     return exit_code
