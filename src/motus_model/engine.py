@@ -56,7 +56,7 @@ from motus_model.conditioning import (
     build_tiny_umt5,
 )
 from motus_model.config import MotusConfig
-from motus_model.flow_matching import FlowMatchSchedule, Mode, SamplingCancelled, Treatment
+from motus_model.flow_matching import FlowMatchSchedule, Mode, SamplingCancelled, Treatment, euler_step, initial_latents
 from motus_model.modeling_motus import MotusConditioning, MotusModel
 from motus_model.preprocessing import (
     CAMERA_ROLES,
@@ -659,6 +659,10 @@ class MotusEngine:
             job.future.set_exception(error)
             self._count("cancelled" if isinstance(error, CancelledError) else "failed")
 
+    @staticmethod
+    def _batch_conditioning(jobs: list[_Job]) -> MotusConditioning:
+        return jobs[0].conditioning if len(jobs) == 1 else MotusConditioning.cat([job.conditioning for job in jobs])
+
     def _run_batch(self, jobs: list[_Job]) -> None:
         live: list[_Job] = []
         for job in jobs:
@@ -689,38 +693,23 @@ class MotusEngine:
     def _sample(self, jobs: list[_Job]) -> None:
         """Euler sampling of a batch of same-mode requests, then decoding and results.
 
-        Same maths as `flow_matching.sample` (which takes one generator for the whole batch),
-        but the initial noise is drawn per request from the request's own generator, in the
-        order `sample` draws it for a batch of one, so a batched request equals the same
-        request run alone.
+        The maths is `flow_matching`'s (`initial_latents`, `euler_step`); each request draws its
+        initial noise from its own generator, so a batched request equals the same request run
+        alone. Between steps, cancelled requests leave the batch and the others go on.
         """
         config = self.config
         mode, steps = jobs[0].mode, jobs[0].steps
         started = time.perf_counter()
         grid = self.schedule.inference_sigmas(steps)
-        chunk, action_dim = config.temporal.action_chunk, config.action.action_dim
-
         cond_latent = torch.cat([job.cond_latent for job in jobs])
-        _, channels, _, height, width = cond_latent.shape
-        future_frames = config.latent_grid()[0] - 1
-        future_parts, action_parts = [], []
-        for job in jobs:
-            generator = torch.Generator(device="cpu").manual_seed(job.seed)
-            future_parts.append(torch.randn((1, channels, future_frames, height, width), generator=generator))
-            action_parts.append(torch.randn((1, chunk, action_dim), generator=generator))
-        future = torch.cat(future_parts).to(self.device)
-        actions = torch.cat(action_parts).to(self.device)
-        if mode.video is Treatment.CLEAN:
-            future = torch.cat([job.given_video for job in jobs])
-        if mode.actions is Treatment.CLEAN:
-            actions = torch.cat([job.given_actions for job in jobs])
-        video = torch.cat([cond_latent, future], dim=2)
+        video, actions = initial_latents(
+            config, mode, cond_latent,
+            generator=[torch.Generator(device="cpu").manual_seed(job.seed) for job in jobs],
+            given_video=torch.cat([job.given_video for job in jobs]) if mode.video is Treatment.CLEAN else None,
+            given_actions=torch.cat([job.given_actions for job in jobs]) if mode.actions is Treatment.CLEAN else None,
+        )
         state = torch.cat([job.state for job in jobs]) if config.uses_state else None
-        conditioning = jobs[0].conditioning if len(jobs) == 1 else MotusConditioning.cat([job.conditioning for job in jobs])
-
-        def sigma_for(treatment: Treatment, value: float, batch: int) -> torch.Tensor:
-            fixed = {Treatment.CLEAN: 0.0, Treatment.MARGINALISED: 1.0}.get(treatment, value)
-            return torch.full((batch,), fixed, device=self.device, dtype=torch.float32)
+        conditioning = self._batch_conditioning(jobs)
 
         for step in range(steps):
             # Drop requests cancelled since the last step; the others go on.
@@ -741,20 +730,13 @@ class MotusEngine:
                 for job in jobs:
                     self._encode_frames(job)
                     self._prepare_conditioning(job, use_cache=False)
-                conditioning = jobs[0].conditioning if len(jobs) == 1 else MotusConditioning.cat([job.conditioning for job in jobs])
+                conditioning = self._batch_conditioning(jobs)
                 cond_latent = torch.cat([job.cond_latent for job in jobs])
 
-            batch = len(jobs)
-            sigma, sigma_next = float(grid[step]), float(grid[step + 1])
-            video_velocity, action_velocity = self.model(
-                video, sigma_for(mode.video, sigma, batch), actions, sigma_for(mode.actions, sigma, batch), state, conditioning
+            video, actions = euler_step(
+                self.model, mode, video, actions, float(grid[step]), float(grid[step + 1]), state, conditioning, cond_latent
             )
             self._count("model_forward_calls")
-            if mode.video is Treatment.DENOISED:
-                video = video + (sigma_next - sigma) * video_velocity.float()
-                video[:, :, :1] = cond_latent  # re-impose the clean conditioning frame
-            if mode.actions is Treatment.DENOISED:
-                actions = actions + (sigma_next - sigma) * action_velocity.float()
             for job in jobs:
                 if job.progress is not None:
                     try:

@@ -5,6 +5,8 @@ v = eps - x0, so an Euler step from sigma to sigma' is x + (sigma' - sigma) * v.
 Video and actions carry independent sigmas (UniDiffuser style); at inference each modality
 is CLEAN (given, sigma 0), DENOISED (Euler from 1 to 0) or MARGINALISED (pure noise held at
 sigma 1, never updated), which gives the five modes of the paper from one network.
+``sample`` is ``initial_latents`` followed by ``euler_step`` per step; the serving engine runs
+the same two pieces in its own loop (per-request noise, cancellation between steps).
 
 Batches for ``flow_matching_loss`` are mappings with these keys (B = batch):
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -187,6 +189,105 @@ def _noise(shape: tuple[int, ...], generator: torch.Generator | None, device: to
     return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device)
 
 
+def treatment_sigma(treatment: Treatment, sigma: float, batch_size: int, device: torch.device | str) -> torch.Tensor:
+    """The [B] float32 sigma a modality is fed at grid value ``sigma``: 0 if CLEAN, 1 if MARGINALISED."""
+    fixed = {Treatment.CLEAN: 0.0, Treatment.MARGINALISED: 1.0}.get(treatment, sigma)
+    return torch.full((batch_size,), fixed, device=device, dtype=torch.float32)
+
+
+def initial_latents(
+    config: MotusConfig,
+    mode: Mode | str,
+    cond_latent: torch.Tensor,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    given_video: torch.Tensor | None = None,
+    given_actions: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampler's starting point: noise everywhere, then the clean parts imposed.
+
+    Args:
+        cond_latent: [B, C, 1, H, W] latent of the conditioning frame (becomes video frame 0).
+        generator: one generator for the whole batch (future noise [B, ...] then action noise
+            [B, ...]), or one per sample (each draws its own future then action noise, so a
+            sample's noise does not depend on the batch it is in), or None (global RNG).
+        given_video: [B, C, F - 1, H, W], required when the mode holds video clean (IDM).
+        given_actions: [B, chunk, action_dim], required when the mode holds actions clean (world model).
+    Returns:
+        video [B, C, F, H, W] float32 with the conditioning frame first, actions [B, chunk, action_dim] float32.
+    """
+    mode = Mode(mode)
+    if cond_latent.ndim != 5 or cond_latent.shape[2] != 1 or cond_latent.shape[1] != config.video.latent_channels:
+        raise ValueError(f"cond_latent must be [B, {config.video.latent_channels}, 1, H, W], got {tuple(cond_latent.shape)}")
+    batch, channels, _, height, width = cond_latent.shape
+    device = cond_latent.device
+    future_shape = (batch, channels, config.latent_grid()[0] - 1, height, width)
+    action_shape = (batch, config.temporal.action_chunk, config.action.action_dim)
+
+    if generator is None or isinstance(generator, torch.Generator):
+        future = _noise(future_shape, generator, device)
+        actions = _noise(action_shape, generator, device)
+    else:
+        generators = list(generator)
+        if len(generators) != batch:
+            raise ValueError(f"expected one generator per sample ({batch}), got {len(generators)}")
+        parts = [(_noise((1, *future_shape[1:]), g, device), _noise((1, *action_shape[1:]), g, device)) for g in generators]
+        future = torch.cat([future_part for future_part, _ in parts])
+        actions = torch.cat([action_part for _, action_part in parts])
+
+    if mode.video is Treatment.CLEAN:
+        if given_video is None or tuple(given_video.shape) != future_shape:
+            raise ValueError(f"mode {mode.value} needs given_video {future_shape}, got {None if given_video is None else tuple(given_video.shape)}")
+        future = given_video.float().to(device)
+    if mode.actions is Treatment.CLEAN:
+        if given_actions is None or tuple(given_actions.shape) != action_shape:
+            raise ValueError(f"mode {mode.value} needs given_actions {action_shape}, got {None if given_actions is None else tuple(given_actions.shape)}")
+        actions = given_actions.float().to(device)
+    return torch.cat([cond_latent.float(), future], dim=2), actions
+
+
+def euler_step(
+    model: MotusModel,
+    mode: Mode,
+    video: torch.Tensor,
+    actions: torch.Tensor,
+    sigma: float,
+    sigma_next: float,
+    state: torch.Tensor | None,
+    conditioning: MotusConditioning,
+    cond_latent: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Euler step from ``sigma`` to ``sigma_next`` of the modalities ``mode`` denoises.
+
+    Args:
+        video: [B, C, F, H, W] float32; actions: [B, chunk, action_dim] float32 (as ``initial_latents`` gives).
+        state: [B, state_dim] or None; conditioning: ``model.prepare_conditioning(...)`` for the B samples.
+        cond_latent: [B, C, 1, H, W], re-imposed on video frame 0 after the update.
+    Returns:
+        (video, actions), new tensors for the updated modalities; CLEAN and MARGINALISED ones are returned as given.
+    """
+    batch, device = video.shape[0], video.device
+    video_velocity, action_velocity = model(
+        video, treatment_sigma(mode.video, sigma, batch, device),
+        actions, treatment_sigma(mode.actions, sigma, batch, device), state, conditioning,
+    )
+    if mode.video is Treatment.DENOISED:
+        video = video + (sigma_next - sigma) * video_velocity.float()
+        video[:, :, :1] = cond_latent.float()  # re-impose the clean conditioning frame
+    if mode.actions is Treatment.DENOISED:
+        actions = actions + (sigma_next - sigma) * action_velocity.float()
+    return video, actions
+
+
+def _sigma_grid(schedule: FlowMatchSchedule, steps: int | None, sigmas: str | torch.Tensor | None) -> torch.Tensor:
+    """The [steps + 1] inference grid: a named one from the schedule, or an explicit one checked."""
+    if not isinstance(sigmas, torch.Tensor):
+        return schedule.inference_sigmas(steps, sigmas)
+    grid = sigmas.float().cpu()
+    if grid.ndim != 1 or grid.numel() < 2 or float(grid[0]) != 1.0 or float(grid[-1]) != 0.0 or bool((grid[1:] > grid[:-1]).any()):
+        raise ValueError(f"an explicit sigma grid must be 1-D, non-increasing, from 1 to 0; got {grid.tolist()}")
+    return grid
+
+
 @torch.no_grad()
 def sample(
     model: MotusModel,
@@ -196,7 +297,7 @@ def sample(
     mode: Mode | str,
     steps: int | None = None,
     sigmas: str | torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     given_video: torch.Tensor | None = None,
     given_actions: torch.Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -211,7 +312,8 @@ def sample(
         mode: a ``Mode`` or its value ("vla", "world_model", "idm", "video_generation", "joint").
         steps: Euler steps (default ``config.schedule.inference_steps``).
         sigmas: "linear" (reference), "shifted", or an explicit [steps + 1] grid from 1 to 0.
-        generator: seeds every noise draw (deterministic on CPU).
+        generator: seeds every noise draw (deterministic on CPU): one for the batch, or a
+            sequence of B, one per sample (see ``initial_latents``).
         given_video: [B, C, F - 1, H, W] future latents, required when the mode holds video clean (IDM).
         given_actions: [B, chunk, action_dim], required when the mode holds actions clean (world model).
         progress: called as ``progress(step, num_steps)`` after each step (step from 1).
@@ -220,55 +322,16 @@ def sample(
         (video, actions): video [B, C, F, H, W] including the conditioning frame if the mode
         denoises video, else None; actions [B, chunk, action_dim] if denoised, else None.
     """
-    config = model.config
     mode = Mode(mode)
-    if cond_latent.ndim != 5 or cond_latent.shape[2] != 1 or cond_latent.shape[1] != config.video.latent_channels:
-        raise ValueError(f"cond_latent must be [B, {config.video.latent_channels}, 1, H, W], got {tuple(cond_latent.shape)}")
-    batch, channels, _, height, width = cond_latent.shape
-    device = cond_latent.device
-    future_frames = config.latent_grid()[0] - 1
-    chunk, action_dim = config.temporal.action_chunk, config.action.action_dim
-
-    schedule = FlowMatchSchedule(config.schedule)
-    if isinstance(sigmas, torch.Tensor):
-        grid = sigmas.float().cpu()
-        if grid.ndim != 1 or grid.numel() < 2 or float(grid[0]) != 1.0 or float(grid[-1]) != 0.0 or bool((grid[1:] > grid[:-1]).any()):
-            raise ValueError(f"an explicit sigma grid must be 1-D, non-increasing, from 1 to 0; got {grid.tolist()}")
-    else:
-        grid = schedule.inference_sigmas(steps, sigmas)
+    grid = _sigma_grid(FlowMatchSchedule(model.config.schedule), steps, sigmas)
+    video, actions = initial_latents(model.config, mode, cond_latent, generator, given_video, given_actions)
     num_steps = grid.numel() - 1
-
-    # Initial state: noise everywhere, then clean parts imposed.
-    future = _noise((batch, channels, future_frames, height, width), generator, device)
-    actions = _noise((batch, chunk, action_dim), generator, device)
-    if mode.video is Treatment.CLEAN:
-        expected = (batch, channels, future_frames, height, width)
-        if given_video is None or tuple(given_video.shape) != expected:
-            raise ValueError(f"mode {mode.value} needs given_video {expected}, got {None if given_video is None else tuple(given_video.shape)}")
-        future = given_video.float().to(device)
-    if mode.actions is Treatment.CLEAN:
-        expected = (batch, chunk, action_dim)
-        if given_actions is None or tuple(given_actions.shape) != expected:
-            raise ValueError(f"mode {mode.value} needs given_actions {expected}, got {None if given_actions is None else tuple(given_actions.shape)}")
-        actions = given_actions.float().to(device)
-    video = torch.cat([cond_latent.float(), future], dim=2)
-
-    def sigma_for(treatment: Treatment, value: float) -> torch.Tensor:
-        fixed = {Treatment.CLEAN: 0.0, Treatment.MARGINALISED: 1.0}.get(treatment, value)
-        return torch.full((batch,), fixed, device=device, dtype=torch.float32)
-
     for step in range(num_steps):
         if should_cancel is not None and should_cancel():
             raise SamplingCancelled(f"sampling cancelled before step {step + 1} of {num_steps}")
-        sigma, sigma_next = float(grid[step]), float(grid[step + 1])
-        video_velocity, action_velocity = model(
-            video, sigma_for(mode.video, sigma), actions, sigma_for(mode.actions, sigma), state, conditioning
+        video, actions = euler_step(
+            model, mode, video, actions, float(grid[step]), float(grid[step + 1]), state, conditioning, cond_latent
         )
-        if mode.video is Treatment.DENOISED:
-            video = video + (sigma_next - sigma) * video_velocity.float()
-            video[:, :, :1] = cond_latent.float()  # re-impose the clean conditioning frame
-        if mode.actions is Treatment.DENOISED:
-            actions = actions + (sigma_next - sigma) * action_velocity.float()
         if progress is not None:
             progress(step + 1, num_steps)
 

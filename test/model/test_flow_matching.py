@@ -1,4 +1,4 @@
-"""Rectified flow: the shift-5 table, the loss (conditioning frame excluded), the five-mode sampler."""
+"""Rectified flow: the shift-5 table, the loss (conditioning frame excluded), the five-mode sampler and its pieces."""
 
 import dataclasses
 
@@ -12,8 +12,11 @@ from motus_model.flow_matching import (
     Mode,
     SamplingCancelled,
     Treatment,
+    euler_step,
     flow_matching_loss,
+    initial_latents,
     sample,
+    treatment_sigma,
 )
 from motus_model.modeling_motus import MotusModel
 
@@ -222,3 +225,53 @@ def test_pretrain_mode_samples_without_state():
     batch, conditioning, cond_latent = _sampling_inputs(model)
     video, actions = sample(model, conditioning, cond_latent, None, Mode.JOINT, steps=2)
     assert video is not None and actions.shape == (2, model.config.temporal.action_chunk, 14)
+
+
+def test_per_sample_generators_give_each_sample_its_own_noise():
+    """A sample's initial noise depends only on its own generator, not on the batch it is in."""
+    config = MotusConfig.preset("motus-tiny")
+    frames, height, width = config.latent_grid()
+    cond_latent = torch.randn(3, config.video.latent_channels, 1, height, width)
+    seeds = [4, 9, 4]
+    batched = initial_latents(config, Mode.JOINT, cond_latent, [torch.Generator().manual_seed(s) for s in seeds])
+    for row, seed in enumerate(seeds):
+        alone = initial_latents(config, Mode.JOINT, cond_latent[row:row + 1], torch.Generator().manual_seed(seed))
+        assert torch.equal(batched[0][row:row + 1], alone[0]) and torch.equal(batched[1][row:row + 1], alone[1])
+    assert batched[0].shape == (3, config.video.latent_channels, frames, height, width)
+    assert torch.equal(batched[0][:, :, :1], cond_latent)
+    assert not torch.equal(batched[1][0], batched[1][1]) and torch.equal(batched[1][0], batched[1][2])
+    with pytest.raises(ValueError, match="one generator per sample \\(3\\), got 2"):
+        initial_latents(config, Mode.JOINT, cond_latent, [torch.Generator(), torch.Generator()])
+
+
+def test_treatment_sigma_and_one_euler_step():
+    assert treatment_sigma(Treatment.CLEAN, 0.7, 2, "cpu").tolist() == [0.0, 0.0]
+    assert treatment_sigma(Treatment.MARGINALISED, 0.7, 2, "cpu").tolist() == [1.0, 1.0]
+    assert treatment_sigma(Treatment.DENOISED, 0.5, 3, "cpu").tolist() == [0.5, 0.5, 0.5]
+
+    model = tiny_model()
+    batch, conditioning, cond_latent = _sampling_inputs(model)
+    video, actions = initial_latents(model.config, Mode.VLA, cond_latent, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        _, action_velocity = model(
+            video, torch.ones(2), actions, torch.full((2,), 0.75), batch["state"], conditioning
+        )
+        new_video, new_actions = euler_step(model, Mode.VLA, video, actions, 0.75, 0.5, batch["state"], conditioning, cond_latent)
+    assert torch.equal(new_video, video)  # VLA marginalises the video: never updated
+    torch.testing.assert_close(new_actions, actions - 0.25 * action_velocity)
+    assert not torch.equal(new_actions, actions)  # the step did move the actions
+
+
+@pytest.mark.timeout(240)
+def test_sample_with_per_sample_generators_equals_each_sample_alone():
+    model = tiny_model()
+    batch, conditioning, cond_latent = _sampling_inputs(model)
+    video, actions = sample(model, conditioning, cond_latent, batch["state"], Mode.JOINT, steps=2,
+                            generator=[torch.Generator().manual_seed(seed) for seed in (3, 8)])
+    for row, seed in enumerate((3, 8)):
+        alone_video, alone_actions = sample(
+            model, conditioning.index([row]), cond_latent[row:row + 1], batch["state"][row:row + 1], Mode.JOINT, steps=2,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        torch.testing.assert_close(video[row:row + 1], alone_video, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(actions[row:row + 1], alone_actions, atol=1e-5, rtol=1e-5)
