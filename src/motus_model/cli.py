@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -102,6 +103,8 @@ def _train(args: argparse.Namespace) -> int:
     else:
         config = TrainingConfig.for_stage(args.stage, **overrides)
     result = train(config, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # one summary line per job, from the main process
+        return 0
     print(json.dumps({"step": result.step, "checkpoint": str(result.last_checkpoint),
                       "final_loss": result.history[-1]["loss"] if result.history else None}))
     return 0
@@ -149,6 +152,7 @@ def _train_latent_vae_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tiny (tests/CPU) or the paper's 4x512-token DC-AE")
     parser.add_argument("--config", help="a LatentActionVAEConfig JSON instead of --shape")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--every", type=int, default=1, help="use every n-th row of each episode (flow pairs are kept in memory)")
 
 
 def _train_latent_vae(args: argparse.Namespace) -> int:
@@ -166,8 +170,12 @@ def _train_latent_vae(args: argparse.Namespace) -> int:
         config = LatentActionVAEConfig() if args.shape == "tiny" else LatentActionVAEConfig.published()
     torch.manual_seed(args.seed)
     model = LatentActionVAE(config)
-    labelled = FlowPairPool.from_datasets([LeRobotDataset(p) for p in args.labelled], config, True) if args.labelled else None
-    unlabelled = FlowPairPool.from_datasets([LeRobotDataset(p) for p in args.unlabelled], config, False) if args.unlabelled else None
+    def pool(paths: list[str], labelled: bool) -> FlowPairPool | None:
+        if not paths:
+            return None
+        return FlowPairPool.from_datasets([LeRobotDataset(p) for p in paths], config, labelled, every=args.every)
+
+    labelled, unlabelled = pool(args.labelled, True), pool(args.unlabelled, False)
     history = train_latent_action_vae(model, labelled, unlabelled, args.steps, args.batch_size, args.lr, args.seed)
     model.save_pretrained(args.output)
     print(json.dumps({"output": args.output, "final": history[-1] if history else None}))

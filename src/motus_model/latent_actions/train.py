@@ -36,13 +36,16 @@ def flow_image(estimator: FlowEstimator, frame0: np.ndarray, frame1: np.ndarray,
 
 
 def episode_flow_images(
-    dataset: LeRobotDataset, episode: int, config: LatentActionVAEConfig, estimator: FlowEstimator
+    dataset: LeRobotDataset, episode: int, config: LatentActionVAEConfig, estimator: FlowEstimator, every: int = 1
 ) -> np.ndarray:
-    """uint8 [T, S, S, 3]: row r codes the flow between frames max(r - stride, 0) and r."""
+    """uint8 [ceil(T / every), S, S, 3]: row r (r = 0, every, 2*every, ...) codes the flow between frames
+    max(r - stride, 0) and r."""
     if config.camera_key not in dataset.camera_keys:
         raise ValueError(f"camera {config.camera_key!r} not in {dataset.root}; it has {list(dataset.camera_keys)}")
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
     frames = dataset.frames(episode, config.camera_key)
-    rows = range(frames.shape[0])
+    rows = range(0, frames.shape[0], every)
     return np.stack([flow_image(estimator, frames[max(r - config.frame_stride, 0)], frames[r], config) for r in rows])
 
 
@@ -68,17 +71,18 @@ class FlowPairPool:
         config: LatentActionVAEConfig,
         labelled: bool,
         estimator: FlowEstimator | None = None,
+        every: int = 1,
     ) -> "FlowPairPool":
-        """Compute flow images for every row; labelled pools carry actions normalised with each dataset's
-        mean/std (the alignment target)."""
+        """Compute flow images for every ``every``-th row; labelled pools carry actions normalised with
+        each dataset's mean/std (the alignment target). The pool lives in memory (S*S*3 bytes a row)."""
         estimator = estimator or make_flow_estimator(config.flow_estimator)
         images, actions = [], []
         for dataset in datasets:
             normalizer = Normalizer({ACTION_KEY: dataset.stats[ACTION_KEY]}) if labelled else None
             for episode in tqdm(range(dataset.num_episodes), desc=f"flow {dataset.root.name}", leave=False):
-                images.append(episode_flow_images(dataset, episode, config, estimator))
+                images.append(episode_flow_images(dataset, episode, config, estimator, every))
                 if labelled:
-                    episode_actions = dataset.vectors(episode)[ACTION_KEY]
+                    episode_actions = dataset.vectors(episode)[ACTION_KEY][::every]
                     if episode_actions.shape[1] != config.latent_dim:
                         raise ValueError(
                             f"{dataset.root}: actions are {episode_actions.shape[1]}-d, latent actions {config.latent_dim}-d"
