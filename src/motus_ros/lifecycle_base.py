@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -494,6 +494,3 @@ def check_instruction(instruction: str, max_chars: int) -> str:
         )
     return instruction
 
-
-def names_of(items: Sequence[Any]) -> list[str]:
-    return [str(item) for item in items]

@@ -237,6 +237,7 @@ class PolicyNode(MotusLifecycleNode):
         except ValueError as exc:
             self._reject(camera.topic, str(exc))
             return
+        self.shared.observations.rejected.pop(camera.topic, None)
         buffer.update_image(camera.role, image, self._stamp_s(msg.header))
 
     def _on_joint_state(self, topic: str, msg: JointState) -> None:
@@ -252,6 +253,7 @@ class PolicyNode(MotusLifecycleNode):
         except ValueError as exc:
             self._reject(topic, str(exc))
             return
+        self.shared.observations.rejected.pop(topic, None)
         buffer.update_joint_state(q, self._stamp_s(msg.header))
 
     def _reject(self, topic: str, reason: str) -> None:
@@ -433,6 +435,9 @@ class PolicyNode(MotusLifecycleNode):
         with self._run_lock:
             if self._run is not None:
                 self._run.preempted = True
+            # Delta limits of the first command are taken from the measured position, not from a command of an
+            # earlier run (the robot may have been moved since).
+            self._last_command = None
             self._run = run
         self.get_logger().info(f"run started: {goal.instruction!r} (max {goal.max_steps} steps, {goal.max_duration_s:g} s)")
         period = 1.0 / float(self.param("feedback_rate_hz"))
