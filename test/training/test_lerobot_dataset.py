@@ -68,3 +68,13 @@ def test_writer_rejects_bad_input(tmp_path):
         writer.add_episode({"x": frames[ALOHA_CAMERA_KEYS[0]]}, np.zeros((4, 14)), np.zeros((4, 14)), "t")
     with pytest.raises(ValueError, match="no episodes"):
         writer.finalize()
+
+
+def test_frames_can_be_decoded_smaller(tiny_dataset):
+    root, written = tiny_dataset
+    small = LeRobotDataset(root, max_frame_width=24).frames(0, ALOHA_CAMERA_KEYS[0])
+    assert small.shape == (24, 16, 24, 3)  # 32x48 recorded, aspect kept
+    import cv2
+
+    expected = cv2.resize(written[0]["frames"][ALOHA_CAMERA_KEYS[0]][5], (24, 16), interpolation=cv2.INTER_AREA)
+    assert np.abs(small[5].astype(int) - expected.astype(int)).mean() < 5.0

@@ -232,8 +232,10 @@ class LeRobotDataset:
     Args:
         root: dataset folder.
         camera_keys: which video features to decode; default every video feature in info.json.
-        video_cache_size: decoded episodes kept in memory (decoding is the slow part).
+        video_cache_size: decoded (episode, camera) clips kept in memory (decoding is the slow part).
         load_stats: read meta/stats.json (must exist).
+        max_frame_width: shrink decoded frames wider than this (training needs only the composite's
+            resolution; None keeps the recorded size).
     """
 
     def __init__(
@@ -242,8 +244,10 @@ class LeRobotDataset:
         camera_keys: tuple[str, ...] | None = None,
         video_cache_size: int = 12,
         load_stats: bool = True,
+        max_frame_width: int | None = None,
     ) -> None:
         self.root = Path(root)
+        self.max_frame_width = max_frame_width
         info_path = self.root / "meta" / "info.json"
         if not info_path.is_file():
             raise FileNotFoundError(f"not a LeRobot dataset (no meta/info.json): {self.root}")
@@ -327,7 +331,7 @@ class LeRobotDataset:
         if cache_key in self._video_cache:
             self._video_cache.move_to_end(cache_key)
             return self._video_cache[cache_key]
-        clip = read_video(self.video_path(episode_index, camera_key))
+        clip = read_video(self.video_path(episode_index, camera_key), max_width=self.max_frame_width)
         expected = self.episode_length(episode_index)
         if clip.shape[0] != expected:
             raise ValueError(f"{self.video_path(episode_index, camera_key)} has {clip.shape[0]} frames, episodes.jsonl says {expected}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import cv2
 import imageio_ffmpeg
 import numpy as np
 
@@ -61,9 +62,13 @@ def write_video(
     writer.close()
 
 
-def read_video(path: str | Path) -> np.ndarray:
+def read_video(path: str | Path, max_width: int | None = None) -> np.ndarray:
     """Decode a whole video file.
 
+    Args:
+        path: the video.
+        max_width: shrink wider frames to this width as they are decoded (aspect kept, cv2.INTER_AREA),
+            so a long 640x480 episode needed at model resolution never sits in memory at full size.
     Returns:
         uint8 array [T, H, W, 3] in RGB.
     """
@@ -73,7 +78,13 @@ def read_video(path: str | Path) -> np.ndarray:
     reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
     meta = next(reader)
     width, height = meta["size"]
-    frames = [np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, 3) for buffer in reader]
+    target = None
+    if max_width is not None and width > max_width:
+        target = (int(max_width), max(1, int(round(height * max_width / width))))  # cv2 takes (W, H)
+    frames = []
+    for buffer in reader:
+        frame = np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, 3)
+        frames.append(cv2.resize(frame, target, interpolation=cv2.INTER_AREA) if target else frame)
     if not frames:
         raise ValueError(f"video file holds no frames: {path}")
     return np.stack(frames)

@@ -216,7 +216,8 @@ def build_training_data(
 ) -> tuple[MotusTrainingDataset, MixtureSampler, list[Normalizer]]:
     sources, normalizers = [], []
     for _, entry in mixture.entries():
-        dataset = LeRobotDataset(entry.path)
+        # no view of the composite is wider than the composite: decode at most that wide
+        dataset = LeRobotDataset(entry.path, max_frame_width=model_config.latents.image_width)
         normalizer = dataset_normalizer(dataset, entry.action_key, config.normalization)
         sources.append(DatasetSource(dataset, entry.action_key, entry.camera_map or dict(ALOHA_CAMERA_MAP), normalizer))
         normalizers.append(normalizer)
