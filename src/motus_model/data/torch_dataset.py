@@ -72,8 +72,9 @@ class DatasetSource:
 
     Args:
         dataset: the episodes.
-        action_key: parquet column used as actions ("action" for real actions, "latent_action" for stage-2
-            pseudo-actions), or None for video-only data (no action loss).
+        action_key: parquet column used as actions ("action": the commanded joint targets; "latent_action":
+            stage-2 pseudo-actions; "observation.state": future qpos, exactly what the reference's loaders
+            read as actions), or None for video-only data (no action loss).
         camera_map: composite role -> camera key.
         normalizer: this dataset's own state/action normaliser (per embodiment, as the reference's
             per-embodiment stat.json); None uses the training dataset's shared one.

@@ -66,7 +66,9 @@ class TrainingConfig:
     # --- data
     dataset: str = ""  # one LeRobot dataset folder (or use mixture)
     mixture: str = ""  # a mixture YAML (data pyramid); overrides dataset
-    action_key: str | None = "action"  # column used as actions; None = video only
+    # column used as actions: "action" (commanded targets), "latent_action" (stage 2),
+    # "observation.state" (future qpos, as the reference's loaders); None = video only
+    action_key: str | None = "action"
     eval_dataset: str = ""  # held-out LeRobot dataset for the evaluation loss ("" = none)
     normalization: str = "mean_std"  # Normalizer mode for state and actions
     num_workers: int = 0  # data-loader worker processes preparing whole steps ahead (video decoding)
