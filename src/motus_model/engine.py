@@ -615,18 +615,15 @@ class MotusEngine:
         pending: deque[_Job] = deque()
         stopping = False
         while True:
-            if not pending and not stopping:
-                item = self._queue.get()
-                if item is _STOP:
-                    stopping = True
-                else:
-                    pending.append(item)
-            # Everything already waiting joins the pending list, so it can be batched.
+            # Wait for a request when idle; then everything already waiting joins the pending
+            # list, so it can be batched.
+            wait = not pending and not stopping
             while True:
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(block=wait)
                 except queue.Empty:
                     break
+                wait = False
                 if item is _STOP:
                     stopping = True
                 else:

@@ -235,14 +235,17 @@ def initial_latents(
         actions = torch.cat([action_part for _, action_part in parts])
 
     if mode.video is Treatment.CLEAN:
-        if given_video is None or tuple(given_video.shape) != future_shape:
-            raise ValueError(f"mode {mode.value} needs given_video {future_shape}, got {None if given_video is None else tuple(given_video.shape)}")
-        future = given_video.float().to(device)
+        future = _given(mode, "given_video", given_video, future_shape, device)
     if mode.actions is Treatment.CLEAN:
-        if given_actions is None or tuple(given_actions.shape) != action_shape:
-            raise ValueError(f"mode {mode.value} needs given_actions {action_shape}, got {None if given_actions is None else tuple(given_actions.shape)}")
-        actions = given_actions.float().to(device)
+        actions = _given(mode, "given_actions", given_actions, action_shape, device)
     return torch.cat([cond_latent.float(), future], dim=2), actions
+
+
+def _given(mode: Mode, name: str, given: torch.Tensor | None, expected: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A modality the mode holds clean, checked against its expected shape, as float32 on ``device``."""
+    if given is None or tuple(given.shape) != expected:
+        raise ValueError(f"mode {mode.value} needs {name} {expected}, got {None if given is None else tuple(given.shape)}")
+    return given.float().to(device)
 
 
 def euler_step(

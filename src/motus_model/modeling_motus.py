@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +55,11 @@ def _run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     """LayerNorm without affine parameters, in float32."""
     return F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
+
+
+def _modulate(x: torch.Tensor, eps: float, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """AdaLN: affine-free LayerNorm, then ``* (1 + scale) + shift`` (float32)."""
+    return _layer_norm(x, eps) * (1 + scale) + shift
 
 
 def timestep_sinusoid(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
@@ -236,6 +242,16 @@ class ActionHead(nn.Module):
         nn.init.zeros_(self.head.bias)
 
 
+def _modulated_head(head: WanHead | ActionHead, x: torch.Tensor, temb: torch.Tensor, eps: float) -> torch.Tensor:
+    """An output head: (shift, scale) = head.modulation + time embedding, then Linear of the modulated norm.
+
+    Args:
+        x: [B, L, D] stream; temb: [B, L or 1, D] its time embedding. Returns [B, L, out_dim] float32.
+    """
+    shift, scale = (head.modulation.float()[None] + temb[:, :, None]).unbind(2)
+    return _run(head.head, _modulate(x, eps, shift, scale))
+
+
 class ActionExpert(nn.Module):
     """Action tokens [state | actions | registers] (finetune) or [actions] (pretrain)."""
 
@@ -323,36 +339,25 @@ class MotusConditioning:
 
     def index(self, indices: torch.Tensor | list[int] | slice) -> "MotusConditioning":
         """Select samples (by index list, tensor or slice)."""
-
-        def pick(x: torch.Tensor | None) -> torch.Tensor | None:
-            return None if x is None else x[indices]
-
-        return MotusConditioning(
-            und_tokens=self.und_tokens[indices], und_mask=pick(self.und_mask),
-            text_keys=[k[indices] for k in self.text_keys], text_values=[v[indices] for v in self.text_values],
-            text_mask=pick(self.text_mask),
-        )
+        return self._map(lambda x: x[indices])
 
     def repeat(self, repeats: int) -> "MotusConditioning":
         """Repeat every sample ``repeats`` times in place order (a, a, b, b, ...)."""
-
-        def rep(x: torch.Tensor | None) -> torch.Tensor | None:
-            return None if x is None else x.repeat_interleave(repeats, dim=0)
-
-        return MotusConditioning(
-            und_tokens=rep(self.und_tokens), und_mask=rep(self.und_mask),
-            text_keys=[rep(k) for k in self.text_keys], text_values=[rep(v) for v in self.text_values],
-            text_mask=rep(self.text_mask),
-        )
+        return self._map(lambda x: x.repeat_interleave(repeats, dim=0))
 
     def to(self, device: torch.device | str) -> "MotusConditioning":
-        def move(x: torch.Tensor | None) -> torch.Tensor | None:
-            return None if x is None else x.to(device)
+        return self._map(lambda x: x.to(device))
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "MotusConditioning":
+        """``fn`` applied to every tensor (masks that are None stay None)."""
+
+        def apply(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else fn(x)
 
         return MotusConditioning(
-            und_tokens=move(self.und_tokens), und_mask=move(self.und_mask),
-            text_keys=[move(k) for k in self.text_keys], text_values=[move(v) for v in self.text_values],
-            text_mask=move(self.text_mask),
+            und_tokens=apply(self.und_tokens), und_mask=apply(self.und_mask),
+            text_keys=[apply(k) for k in self.text_keys], text_values=[apply(v) for v in self.text_values],
+            text_mask=apply(self.text_mask),
         )
 
     @staticmethod
@@ -554,8 +559,7 @@ class MotusModel(nn.Module):
 
         # 5. Heads: video (unpatchify) and actions (drop state token and registers).
         video_velocity = self._video_head(video_x, video_temb, grid)
-        shift, scale = (self.action_expert.head.modulation.float()[None] + action_temb[:, :, None]).unbind(2)
-        action_out = _run(self.action_expert.head.head, _layer_norm(action_x, config.action.eps) * (1 + scale) + shift)
+        action_out = _modulated_head(self.action_expert.head, action_x, action_temb, config.action.eps)
         if config.uses_state:
             action_out = action_out[:, 1 : 1 + actions.shape[1]]
         return video_velocity, action_out
@@ -589,9 +593,7 @@ class MotusModel(nn.Module):
             video_latents: [B, C, F, H, W]; video_sigma: [B]. Returns the velocity [B, C, F, H, W].
         """
         config = self.config
-        if video_latents.ndim != 5 or video_latents.shape[1] != config.video.latent_channels:
-            raise ValueError(f"video_latents must be [B, {config.video.latent_channels}, F, H, W], got {tuple(video_latents.shape)}")
-        batch = video_latents.shape[0]
+        batch = self._check_video_latents(video_latents)
         if tuple(video_sigma.shape) != (batch,) or conditioning.batch_size != batch:
             raise ValueError(f"video_sigma must be ({batch},) and conditioning batch {batch}, got {tuple(video_sigma.shape)} and {conditioning.batch_size}")
         video_x, video_temb, video_mod, grid, rope_cos, rope_sin = self._embed_video(video_latents, video_sigma)
@@ -633,7 +635,7 @@ class MotusModel(nn.Module):
 
         # 1. Per-stream norm + QKV into the joint head space.
         attn = video_block.self_attn
-        video_in = _layer_norm(video_x, config.video.eps) * (1 + v_scale) + v_shift
+        video_in = _modulate(video_x, config.video.eps, v_shift, v_scale)
         video_q = _run(attn.norm_q, _run(attn.q, video_in)).unflatten(-1, (heads, head_dim))
         video_k = _run(attn.norm_k, _run(attn.k, video_in)).unflatten(-1, (heads, head_dim))
         video_v = _run(attn.v, video_in).unflatten(-1, (heads, head_dim))
@@ -641,7 +643,7 @@ class MotusModel(nn.Module):
         video_q = apply_rope(video_q, rope_cos, rope_sin)
         video_k = apply_rope(video_k, rope_cos, rope_sin)
 
-        action_in = _layer_norm(action_x, config.action.eps) * (1 + a_scale) + a_shift
+        action_in = _modulate(action_x, config.action.eps, a_shift, a_scale)
         action_q, action_k, action_v = action_block.attn.project(action_in)
         und_in = _run(und_block.norm1, und_x)
         und_q, und_k, und_v = und_block.attn.project(und_in)
@@ -673,9 +675,9 @@ class MotusModel(nn.Module):
         video_x = video_x + _run(cross.o, cross_out.transpose(1, 2).flatten(2))
 
         # 5. Per-stream FFNs.
-        video_ffn_in = _layer_norm(video_x, config.video.eps) * (1 + v_ffn_scale) + v_ffn_shift
+        video_ffn_in = _modulate(video_x, config.video.eps, v_ffn_shift, v_ffn_scale)
         video_x = video_x + _run(video_block.ffn, video_ffn_in) * v_ffn_gate
-        action_ffn_in = _layer_norm(action_x, config.action.eps) * (1 + a_ffn_scale) + a_ffn_shift
+        action_ffn_in = _modulate(action_x, config.action.eps, a_ffn_shift, a_ffn_scale)
         action_x = action_x + _run(action_block.ffn, action_ffn_in) * a_ffn_gate
         if not is_last:
             und_x = und_x + _run(und_block.ffn, _run(und_block.norm2, und_x))
@@ -712,9 +714,7 @@ class MotusModel(nn.Module):
 
     def _video_head(self, video_x: torch.Tensor, video_temb: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """Wan head: LayerNorm, (shift, scale) from modulation + time embedding, Linear, unpatchify."""
-        shift, scale = (self.video.head.modulation.float()[None] + video_temb[:, :, None]).unbind(2)
-        video_out = _run(self.video.head.head, _layer_norm(video_x, self.config.video.eps) * (1 + scale) + shift)
-        return self._unpatchify(video_out, grid)
+        return self._unpatchify(_modulated_head(self.video.head, video_x, video_temb, self.config.video.eps), grid)
 
     def _unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """[B, F'*H'*W', p_t*p_h*p_w*C] -> [B, C, F'*p_t, H'*p_h, W'*p_w] (Wan's channel-last patch order)."""
@@ -723,6 +723,13 @@ class MotusModel(nn.Module):
         x = tokens.reshape(tokens.shape[0], frames, height, width, patch_t, patch_h, patch_w, -1)
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.reshape(x.shape[0], x.shape[1], frames * patch_t, height * patch_h, width * patch_w)
+
+    def _check_video_latents(self, video_latents: torch.Tensor) -> int:
+        """The batch size of [B, C, F, H, W] latents with the configured C."""
+        channels = self.config.video.latent_channels
+        if video_latents.ndim != 5 or video_latents.shape[1] != channels:
+            raise ValueError(f"video_latents must be [B, {channels}, F, H, W], got {tuple(video_latents.shape)}")
+        return video_latents.shape[0]
 
     def _check_inputs(
         self,
@@ -734,9 +741,7 @@ class MotusModel(nn.Module):
         conditioning: MotusConditioning,
     ) -> int:
         config = self.config
-        if video_latents.ndim != 5 or video_latents.shape[1] != config.video.latent_channels:
-            raise ValueError(f"video_latents must be [B, {config.video.latent_channels}, F, H, W], got {tuple(video_latents.shape)}")
-        batch = video_latents.shape[0]
+        batch = self._check_video_latents(video_latents)
         _, _, frames, height, width = video_latents.shape
         patch = config.video.patch_size
         if frames % patch[0] or height % patch[1] or width % patch[2]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -356,18 +356,20 @@ class Normalizer:
 
     def normalize(self, key: str, values: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Raw units -> normalised, for `key` in {"action", "state", ...}; [..., dim] numpy or torch."""
-        if self.mode == "identity":
-            return values
-        offset, scale = self._params(key, values.shape[-1])
-        shift = 1.0 if self.mode == "min_max" else 0.0
-        if isinstance(values, torch.Tensor):
-            offset_t = torch.as_tensor(offset, dtype=values.dtype, device=values.device)
-            scale_t = torch.as_tensor(scale, dtype=values.dtype, device=values.device)
-            return (values - offset_t) / scale_t - shift
-        return ((np.asarray(values, dtype=np.float64) - offset) / scale - shift).astype(np.float32)
+        return self._affine(key, values, lambda x, offset, scale, shift: (x - offset) / scale - shift)
 
     def unnormalize(self, key: str, values: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Normalised -> raw units; inverse of `normalize`."""
+        return self._affine(key, values, lambda x, offset, scale, shift: (x + shift) * scale + offset)
+
+    def _affine(
+        self,
+        key: str,
+        values: np.ndarray | torch.Tensor,
+        formula: Callable[[Any, Any, Any, float], Any],
+    ) -> np.ndarray | torch.Tensor:
+        """``formula(x, offset, scale, shift)`` with `key`'s stats: torch in the values' dtype and
+        device, numpy in float64 then float32. Identity mode returns the values as given."""
         if self.mode == "identity":
             return values
         offset, scale = self._params(key, values.shape[-1])
@@ -375,8 +377,8 @@ class Normalizer:
         if isinstance(values, torch.Tensor):
             offset_t = torch.as_tensor(offset, dtype=values.dtype, device=values.device)
             scale_t = torch.as_tensor(scale, dtype=values.dtype, device=values.device)
-            return (values + shift) * scale_t + offset_t
-        return ((np.asarray(values, dtype=np.float64) + shift) * scale + offset).astype(np.float32)
+            return formula(values, offset_t, scale_t, shift)
+        return formula(np.asarray(values, dtype=np.float64), offset, scale, shift).astype(np.float32)
 
     def __repr__(self) -> str:
         return f"Normalizer(mode={self.mode!r}, keys={sorted(self.stats)})"

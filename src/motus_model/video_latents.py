@@ -199,20 +199,25 @@ class WanVAECodec:
         return pixels.permute(0, 2, 1, 3, 4)
 
 
-def tiny_wan_vae(latents_mean: list[float] | None = None, latents_std: list[float] | None = None) -> Any:
-    """A randomly initialised Wan 2.2-shaped VAE at tiny width (tests and CPU benchmarks only).
-
-    Same structure as the published one (48 channels, residual blocks, patch 2,
-    16x spatial, 4x temporal), base width 8 instead of 160.
-    """
+def _wan22_vae(
+    base_dim: int,
+    decoder_base_dim: int,
+    dim_mult: list[int],
+    num_res_blocks: int,
+    latents_mean: list[float],
+    latents_std: list[float],
+) -> Any:
+    """A randomly initialised ``AutoencoderKLWan`` of the Wan 2.2 structure at the given widths:
+    48 latent channels, residual blocks, patch 2 (12 = 3 channels x 2 x 2 in and out), 16x
+    spatial, 4x temporal."""
     from diffusers import AutoencoderKLWan
 
     return AutoencoderKLWan(
-        base_dim=8,
-        decoder_base_dim=8,
+        base_dim=base_dim,
+        decoder_base_dim=decoder_base_dim,
         z_dim=48,
-        dim_mult=[1, 2, 2, 2],
-        num_res_blocks=1,
+        dim_mult=dim_mult,
+        num_res_blocks=num_res_blocks,
         temperal_downsample=[False, True, True],
         is_residual=True,
         in_channels=12,  # 3 channels x patch 2 x 2
@@ -220,6 +225,22 @@ def tiny_wan_vae(latents_mean: list[float] | None = None, latents_std: list[floa
         patch_size=2,
         scale_factor_spatial=16,
         scale_factor_temporal=4,
+        latents_mean=latents_mean,
+        latents_std=latents_std,
+    )
+
+
+def tiny_wan_vae(latents_mean: list[float] | None = None, latents_std: list[float] | None = None) -> Any:
+    """A randomly initialised Wan 2.2-shaped VAE at tiny width (tests and CPU benchmarks only).
+
+    Same structure as the published one (48 channels, residual blocks, patch 2,
+    16x spatial, 4x temporal), base width 8 instead of 160.
+    """
+    return _wan22_vae(
+        base_dim=8,
+        decoder_base_dim=8,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
         latents_mean=latents_mean if latents_mean is not None else [0.0] * 48,
         latents_std=latents_std if latents_std is not None else [1.0] * 48,
     )
@@ -232,23 +253,9 @@ def random_wan22_vae() -> Any:
     residual blocks, patch 2, 16x spatial, 4x temporal). The 48 per-channel latent
     mean/std values come with the real weights; here they are 0 and 1.
     """
-    from diffusers import AutoencoderKLWan
-
-    return AutoencoderKLWan(
-        base_dim=160,
-        decoder_base_dim=256,
-        z_dim=48,
-        dim_mult=[1, 2, 4, 4],
-        num_res_blocks=2,
-        temperal_downsample=[False, True, True],
-        is_residual=True,
-        in_channels=12,
-        out_channels=12,
-        patch_size=2,
-        scale_factor_spatial=16,
-        scale_factor_temporal=4,
-        latents_mean=[0.0] * 48,
-        latents_std=[1.0] * 48,
+    return _wan22_vae(
+        base_dim=160, decoder_base_dim=256, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+        latents_mean=[0.0] * 48, latents_std=[1.0] * 48,
     )
 
 
