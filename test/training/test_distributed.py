@@ -60,14 +60,14 @@ def _run(
             sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
             f"--master_port={_free_port()}", str(script), json.dumps(config),
         ]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=150)
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert completed.returncode == 0, completed.stderr[-4000:]
     history = json.loads((tmp_path / name / "history.json").read_text())
     weights = load_file(str(tmp_path / name / "checkpoints" / "step_0000002" / "model.safetensors"))
     return history, weights
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(400)
 def test_two_processes_match_one_process_with_accumulation(tmp_path):
     write_tiny_dataset(tmp_path / "ds", num_episodes=2, length=16)
     build_tiny_umt5(24, directory=tmp_path / "text_encoder")

@@ -28,7 +28,7 @@ def _weights(run) -> dict[str, torch.Tensor]:
     return load_file(str(run / "checkpoints" / "step_0000002" / "model.safetensors"))
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_three_stages_through_the_cli(tmp_path, capsys):
     dataset = tmp_path / "ds"
     write_tiny_dataset(dataset, num_episodes=2, length=16)

@@ -23,7 +23,7 @@ def _config(tmp_path, output: str, steps: int, encoders) -> TrainingConfig:
     )
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_resume_is_bit_exact(tmp_path):
     write_tiny_dataset(tmp_path / "ds", num_episodes=2, length=16)
     encoders = (tmp_path / "text_encoder", tmp_path / "vlm")

@@ -14,7 +14,7 @@ from motus_model.training.trainer import Trainer
 from conftest import write_tiny_dataset
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_stage3_lowers_loss_and_writes_loadable_checkpoint(tmp_path):
     root, _ = write_tiny_dataset(tmp_path / "ds", num_episodes=2, length=20)
     config = TrainingConfig.for_stage(
