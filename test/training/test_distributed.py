@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from motus_model.conditioning import build_tiny_qwen3_vl, build_tiny_umt5
 
-from conftest import write_tiny_dataset
+from training_helpers import write_tiny_dataset
 
 SOURCE = Path(__file__).resolve().parents[2] / "src"
 RUNNER = """

@@ -21,7 +21,7 @@ from motus_model.data.lerobot import LeRobotDataset
 from motus_model.modeling_motus import MotusModel
 from motus_model.training.trainer import load_stage_weights
 
-from conftest import write_tiny_dataset
+from training_helpers import write_tiny_dataset
 
 
 def _weights(run) -> dict[str, torch.Tensor]:

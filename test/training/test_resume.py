@@ -11,7 +11,7 @@ from motus_model.conditioning import build_tiny_qwen3_vl, build_tiny_umt5
 from motus_model.training.config import TrainingConfig
 from motus_model.training.trainer import Trainer, latest_checkpoint
 
-from conftest import write_tiny_dataset
+from training_helpers import write_tiny_dataset
 
 
 def _config(tmp_path, output: str, steps: int, encoders) -> TrainingConfig:

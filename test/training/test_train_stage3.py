@@ -11,7 +11,7 @@ from motus_model.checkpoint import load_pretrained
 from motus_model.training.config import TrainingConfig
 from motus_model.training.trainer import Trainer
 
-from conftest import write_tiny_dataset
+from training_helpers import write_tiny_dataset
 
 
 @pytest.mark.timeout(240)
