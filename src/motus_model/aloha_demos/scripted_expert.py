@@ -172,7 +172,9 @@ def interpolate_waypoints(waypoints: list[Waypoint], step: int) -> np.ndarray:
         if current.step <= step < following.step:
             fraction = (step - current.step) / (following.step - current.step)
             xyz = current.xyz + fraction * (following.xyz - current.xyz)
-            quat = current.quat + fraction * (following.quat - current.quat)
+            # q and -q are the same rotation; blend towards the one on the same side, else the gripper spins 360 deg.
+            target_quat = following.quat if np.dot(current.quat, following.quat) >= 0 else -following.quat
+            quat = current.quat + fraction * (target_quat - current.quat)
             quat = quat / np.linalg.norm(quat)
             gripper = current.gripper + fraction * (following.gripper - current.gripper)
             return np.concatenate([xyz, quat, [gripper]])
@@ -184,13 +186,21 @@ def interpolate_waypoints(waypoints: list[Waypoint], step: int) -> np.ndarray:
 # with the link-to-mocap offset of the reference pose qpos0 (MuJoCo's rule when a weld gives no
 # relpose), which puts the mocap point about 13 cm ahead of the link, near but not at the fingertips.
 # For the right arm the mocap frame is the gripper's turned 180 degrees about z, hence the mirrored x.
-TOOL_OFFSET_LEFT = np.array([0.0167, 0.0, 0.021])
-TOOL_OFFSET_RIGHT = np.array([-0.0167, 0.0, 0.021])
+TOOL_OFFSET_LEFT = np.array([0.0187, 0.0, 0.006])
+TOOL_OFFSET_RIGHT = np.array([-0.0187, 0.0, 0.006])
 # Grasp geometry, tuned on the mocap scene: the fingertips go 2 cm past the object's centre (so the
 # object sits between the pads, not at the tips) and stop 1.2 cm above the table.
-GRASP_DEPTH = 0.02
+GRASP_DEPTH = 0.01
 GRASP_TIP_HEIGHT = 0.012
 CUBE_HALF_SIZE = 0.02
+PEG_CENTRE_HEIGHT = 0.01
+# The peg is only 2 cm tall: the fingertips go to the table or the pitched pads squeeze it out upwards.
+PEG_TIP_HEIGHT = 0.002
+SOCKET_CENTRE_HEIGHT = 0.022
+# Peg centre's final x distance from the socket centre (10 cm touches the pin; a little less presses on it).
+INSERTION_REACH = 0.095
+# Step at which the insertion is re-aimed: both objects carried to the middle (270) and settled.
+INSERTION_REPLAN_STEP = 290
 # How far past the cube's centre the left fingertips reach at the hand-over.
 HANDOVER_DEPTH = 0.015
 
@@ -212,14 +222,43 @@ def fingertips_to_mocap(fingertips_xyz: np.ndarray, quat: np.ndarray, tool_offse
     return np.asarray(fingertips_xyz, dtype=np.float64) - quat_to_matrix(quat) @ tool_offset
 
 
+# Arm bases (x, y) on the table, from the scene files; each arm reaches out from its base.
+LEFT_BASE_XY = np.array([-0.469, 0.5])
+RIGHT_BASE_XY = np.array([0.469, 0.5])
+
+
+def yaw_toward(quat: np.ndarray, base_xy: np.ndarray, target_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Turn a grasp orientation about the world z axis so the gripper points from its base at the target.
+
+    ``quat`` points the gripper straight along x towards the table's middle (+x for the left arm, -x for
+    the right). Returns (the yawed quat, the unit horizontal reach direction [3]). Without the yaw, an
+    object 5+ cm off the arm's centre line is approached at a slant and the fingertips tip it over.
+    """
+    reach = np.asarray(target_xy, dtype=np.float64) - base_xy
+    straight = np.array([1.0 if base_xy[0] < 0 else -1.0, 0.0])
+    reach_unit = reach / np.linalg.norm(reach)
+    yaw = np.arctan2(reach_unit[1], reach_unit[0]) - np.arctan2(straight[1], straight[0])
+    yaw = (yaw + np.pi) % (2 * np.pi) - np.pi  # the short way round: -173 deg minus 180 deg is +7 deg
+    yawed = quat_multiply(quat_from_axis_angle((0, 0, 1), np.rad2deg(yaw)), quat)
+    return yawed, np.array([reach_unit[0], reach_unit[1], 0.0])
+
+
 def grasp_waypoints(
-    object_xy: np.ndarray, quat: np.ndarray, tool_offset: np.ndarray, inward: float, steps: tuple[int, int, int]
+    object_xy: np.ndarray,
+    quat: np.ndarray,
+    tool_offset: np.ndarray,
+    base_xy: np.ndarray,
+    steps: tuple[int, int, int],
+    tip_height: float = GRASP_TIP_HEIGHT,
 ) -> list[Waypoint]:
     """Above the object (open), down around it (open), closed: three waypoints at ``steps``.
 
-    ``inward`` is the unit x direction the gripper reaches in (-1 for the right arm, +1 for the left).
+    The gripper keeps ``quat``'s pitch but is yawed to point from its base (``base_xy``) at the object;
+    its fingertips end GRASP_DEPTH past the object's centre along that direction, ``tip_height`` above
+    the table.
     """
-    tips = np.array([object_xy[0] + inward * GRASP_DEPTH, object_xy[1], GRASP_TIP_HEIGHT])
+    quat, reach = yaw_toward(quat, base_xy, object_xy)
+    tips = np.array([object_xy[0], object_xy[1], tip_height]) + GRASP_DEPTH * reach
     above = fingertips_to_mocap(tips + [0, 0, 0.08], quat, tool_offset)
     down = fingertips_to_mocap(tips, quat, tool_offset)
     return [Waypoint(steps[0], above, quat, 1.0), Waypoint(steps[1], down, quat, 1.0), Waypoint(steps[2], down, quat, 0.0)]
@@ -259,7 +298,7 @@ def plan_transfer_cube(
     right = [
         Waypoint(0, right_start[:3], right_start[3:], 0.0),
         # above the cube, open; down around it; close
-        *grasp_waypoints(cube_xyz[:2], right_pick_quat, TOOL_OFFSET_RIGHT, inward=-1.0, steps=(90, 130, 170)),
+        *grasp_waypoints(cube_xyz[:2], right_pick_quat, TOOL_OFFSET_RIGHT, RIGHT_BASE_XY, steps=(90, 130, 170)),
         Waypoint(200, meet_xyz + [0.05, 0, 0], right_pick_quat, 0.0),  # lift towards the middle
         Waypoint(220, meet_xyz, right_pick_quat, 0.0),  # at the meeting point
         Waypoint(310, meet_xyz, right_pick_quat, 1.0),  # let go once the left has closed
@@ -285,41 +324,111 @@ def plan_insertion(
     # Both grippers tilted 60 degrees about y (mirrored) to grasp their object from above.
     left_pick_quat = quat_multiply(left_start[3:], quat_from_axis_angle((0, 1, 0), 60))
     right_pick_quat = quat_multiply(right_start[3:], quat_from_axis_angle((0, 1, 0), -60))
-    meet_xyz = np.array([0.0, 0.5, 0.15])
-    # The peg is held a little higher than the socket so it lines up with the socket's hole.
-    peg_lift = 0.00715
+    # Each gripper keeps the yaw it grasped with, so the peg and the socket stay parallel to x.
+    left_quat, left_reach = yaw_toward(left_pick_quat, LEFT_BASE_XY, socket_xyz[:2])
+    right_quat, right_reach = yaw_toward(right_pick_quat, RIGHT_BASE_XY, peg_xyz[:2])
+    # Where the socket's centre is carried to, and the peg lined up with it along x. Peg (12 cm) and
+    # socket (12 cm tube around an 8 cm pin) lie along x; the peg touches the pin once its -x end is
+    # 4 cm into the socket, i.e. with the peg's centre 10 cm from the socket's. The right arm's last
+    # moves are re-aimed from the observed poses (replan_insertion_alignment); these are the first guess.
+    socket_meet = np.array([-0.05, 0.5, 0.15])
+    peg_ready = socket_meet + [0.16, 0.0, 0.0]
+    # Held objects sit GRASP_DEPTH behind the fingertips, at their resting height above the tips' height.
+    left_tips_from_socket = GRASP_DEPTH * left_reach + [0.0, 0.0, GRASP_TIP_HEIGHT - SOCKET_CENTRE_HEIGHT]
+    right_tips_from_peg = GRASP_DEPTH * right_reach + [0.0, 0.0, PEG_TIP_HEIGHT - PEG_CENTRE_HEIGHT]
+    left_carry = fingertips_to_mocap(socket_meet + left_tips_from_socket, left_quat, TOOL_OFFSET_LEFT)
+    right_ready = fingertips_to_mocap(peg_ready + right_tips_from_peg, right_quat, TOOL_OFFSET_RIGHT)
     left = [
         Waypoint(0, left_start[:3], left_start[3:], 0.0),
         # above the socket, open; down around it; close
-        *grasp_waypoints(socket_xyz[:2], left_pick_quat, TOOL_OFFSET_LEFT, inward=1.0, steps=(120, 170, 220)),
-        Waypoint(285, meet_xyz + [-0.1, 0, 0], left_pick_quat, 0.0),  # carry it to the middle
-        Waypoint(340, meet_xyz + [-0.05, 0, 0], left_pick_quat, 0.0),  # push towards the peg
-        Waypoint(400, meet_xyz + [-0.05, 0, 0], left_pick_quat, 0.0),  # hold
+        *grasp_waypoints(socket_xyz[:2], left_pick_quat, TOOL_OFFSET_LEFT, LEFT_BASE_XY, steps=(120, 170, 220)),
+        Waypoint(270, left_carry, left_quat, 0.0),  # carry it to the middle
+        Waypoint(400, left_carry, left_quat, 0.0),  # hold it there
     ]
     right = [
         Waypoint(0, right_start[:3], right_start[3:], 0.0),
         # above the peg, open; down around it; close
-        *grasp_waypoints(peg_xyz[:2], right_pick_quat, TOOL_OFFSET_RIGHT, inward=-1.0, steps=(120, 170, 220)),
-        Waypoint(285, meet_xyz + [0.1, 0, peg_lift], right_pick_quat, 0.0),  # carry it to the middle
-        Waypoint(340, meet_xyz + [0.05, 0, peg_lift], right_pick_quat, 0.0),  # insert
-        Waypoint(400, meet_xyz + [0.05, 0, peg_lift], right_pick_quat, 0.0),  # hold
+        *grasp_waypoints(
+            peg_xyz[:2], right_pick_quat, TOOL_OFFSET_RIGHT, RIGHT_BASE_XY, steps=(120, 170, 220), tip_height=PEG_TIP_HEIGHT
+        ),
+        Waypoint(270, right_ready, right_quat, 0.0),  # bring the peg near the socket's open end
+        Waypoint(400, right_ready, right_quat, 0.0),  # (re-planned at INSERTION_REPLAN_STEP)
     ]
     return left, right
 
 
+def _replace_from(plan: list[Waypoint], step: int, command: np.ndarray, later: list[Waypoint]) -> list[Waypoint]:
+    """Keep ``plan`` up to ``step``, pin the current ``command`` [8] there, then follow ``later``."""
+    kept = [w for w in plan if w.step < step]
+    return [*kept, Waypoint(step, command[:3], command[3:7], float(command[7])), *later]
+
+
+def replan_transfer_cube_handover(
+    left_plan: list[Waypoint], right_plan: list[Waypoint], step: int, object_state: np.ndarray
+) -> tuple[list[Waypoint], list[Waypoint]]:
+    """Aim the left gripper at where the cube really is, once the right arm holds it at the meeting point.
+
+    Where the cube sits in the right gripper varies by a few centimetres (how it was picked, the soft
+    weld), as much as the left fingers' margin; the expert may look at the scene, so it does.
+    """
+    left_command = interpolate_waypoints(left_plan, step)
+    take_quat = left_plan[-1].quat
+    take = fingertips_to_mocap(object_state[:3] + [HANDOVER_DEPTH, 0.0, 0.0], take_quat, TOOL_OFFSET_LEFT)
+    wait = take - [0.12, 0.0, 0.0]
+    later = [
+        Waypoint(260, take, take_quat, 1.0),  # move in around the cube
+        Waypoint(310, take, take_quat, 0.0),  # close on it
+        Waypoint(360, wait, take_quat, 0.0),  # pull it away
+        Waypoint(400, wait, take_quat, 0.0),  # hold
+    ]
+    return _replace_from(left_plan, step, left_command, later), right_plan
+
+
+def replan_insertion_alignment(
+    left_plan: list[Waypoint], right_plan: list[Waypoint], step: int, object_state: np.ndarray
+) -> tuple[list[Waypoint], list[Waypoint]]:
+    """Line the peg up with where the socket really is, once both are lifted and carried to the middle.
+
+    The right arm's remaining moves are shifted by the observed misalignment (peg centre vs the socket's
+    axis), so it does not depend on where exactly each object sits in its gripper.
+    """
+    peg_xyz, socket_xyz = object_state[:3], object_state[7:10]
+    right_command = interpolate_waypoints(right_plan, step)
+    quat = right_plan[-1].quat
+    ready = right_command[:3] + (socket_xyz + [0.16, 0.0, 0.0] - peg_xyz)
+    inserted = right_command[:3] + (socket_xyz + [INSERTION_REACH, 0.0, 0.0] - peg_xyz)
+    later = [
+        Waypoint(step + 30, ready, quat, 0.0),  # line the peg up with the socket's axis
+        Waypoint(step + 80, inserted, quat, 0.0),  # push it in
+        Waypoint(400, inserted, quat, 0.0),  # hold
+    ]
+    return left_plan, _replace_from(right_plan, step, right_command, later)
+
+
 _PLANNERS = {"transfer_cube": plan_transfer_cube, "insertion": plan_insertion}
+# Task -> (step at which the expert looks at the objects again, the re-planner).
+_REPLANNERS = {"transfer_cube": (235, replan_transfer_cube_handover), "insertion": (INSERTION_REPLAN_STEP, replan_insertion_alignment)}
 
 
 class ScriptedPolicy:
-    """End-effector policy following a fixed waypoint plan: step -> 16-d mocap action.
+    """End-effector policy following a waypoint plan: step -> 16-d mocap action.
 
     The action is [left xyz (3), left quat (4), left gripper (1), right xyz, right quat, right gripper],
-    the layout of gym_aloha's end-effector tasks.
+    the layout of gym_aloha's end-effector tasks. The plan is made from the initial object pose and
+    corrected once mid-episode from the objects' observed pose (``observe``), before the hand-over or the
+    insertion, where a centimetre matters.
     """
 
     def __init__(self, task: str, object_pose: np.ndarray, left_start: np.ndarray, right_start: np.ndarray) -> None:
         get_task(task)
+        self.task = task
         self.left_plan, self.right_plan = _PLANNERS[task](np.asarray(object_pose), np.asarray(left_start), np.asarray(right_start))
+
+    def observe(self, step: int, object_state: np.ndarray) -> None:
+        """See the objects' poses (qpos after the arms, 7 per object) before acting at ``step``."""
+        replan_step, replan = _REPLANNERS[self.task]
+        if step == replan_step:
+            self.left_plan, self.right_plan = replan(self.left_plan, self.right_plan, step, np.asarray(object_state))
 
     def __call__(self, step: int) -> np.ndarray:
         return np.concatenate([interpolate_waypoints(self.left_plan, step), interpolate_waypoints(self.right_plan, step)])
@@ -343,6 +452,31 @@ def _minimal_observation(task: base.Task, physics: mujoco.Physics) -> dict[str, 
     return {"qpos": task.get_qpos(physics), "env_state": physics.data.qpos[_ROBOT_QPOS:].copy()}
 
 
+def _place_mocaps_on_grippers(physics: mujoco.Physics) -> None:
+    """Put each mocap body where its weld already holds the gripper in the start pose.
+
+    gym_aloha resets the mocaps onto the gripper links' positions, which is right only if the welds hold
+    the links *at* the mocaps. Under MuJoCo 3 the welds keep the links' offset of the reference pose
+    qpos0 (about 13 cm), so that reset yanks both arms back against their joint limits and they later
+    snap through, flinging objects in the joint-space replay. Here the mocap goes to link - R(mocap) @ offset.
+    """
+    physics.forward()
+    weld_type = 1  # mjtEq.mjEQ_WELD
+    for mocap_index, side in enumerate(("left", "right")):
+        link_id = physics.model.name2id(f"vx300s_{side}/gripper_link", "body")
+        welds = [
+            i
+            for i in np.flatnonzero(physics.model.eq_type == weld_type)
+            if link_id in (physics.model.eq_obj1id[i], physics.model.eq_obj2id[i])
+        ]
+        if len(welds) != 1:
+            raise ValueError(f"expected one weld on vx300s_{side}/gripper_link in the mocap scene, got {len(welds)}")
+        # eq_data of a weld: anchor [0:3], relative position [3:6], relative quat [6:10], torque scale [10].
+        relative_position = physics.model.eq_data[welds[0], 3:6]
+        rotation = quat_to_matrix(physics.data.mocap_quat[mocap_index])
+        physics.data.mocap_pos[mocap_index] = physics.data.xpos[link_id] - rotation @ relative_position
+
+
 class _EndEffectorSceneTask(base.Task):
     """Mixin for the mocap tasks: given object pose, observation = qpos, mocap poses and gripper ctrl."""
 
@@ -351,6 +485,7 @@ class _EndEffectorSceneTask(base.Task):
     def initialize_episode(self, physics: mujoco.Physics) -> None:
         self.initialize_robots(physics)
         _set_object_pose(physics, self.object_pose)
+        _place_mocaps_on_grippers(physics)
         base.Task.initialize_episode(self, physics)
 
     def get_observation(self, physics: mujoco.Physics) -> dict[str, np.ndarray]:
@@ -435,7 +570,9 @@ def plan_joint_trajectory(task: str, object_pose: np.ndarray, num_steps: int | N
     first = environment.reset().observation
     policy = ScriptedPolicy(task, object_pose, first["mocap_pose_left"], first["mocap_pose_right"])
     targets = np.empty((num_steps, 14), dtype=np.float64)
+    observation = first
     for step in range(num_steps):
+        policy.observe(step, observation["env_state"])
         observation = environment.step(policy(step)).observation
         targets[step] = observation["qpos"]
         # ctrl = [left finger, -left finger, right finger, -right finger] in metres.
