@@ -164,6 +164,8 @@ class ServerContext:
     # so the control timer and the sensor callbacks always find a free thread.
     max_waiting_requests: int = 4
     request_slots: threading.BoundedSemaphore = field(init=False)
+    # Set when the server shuts down: waiting requests cancel their model work and return at once.
+    closing: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.request_slots = threading.BoundedSemaphore(self.max_waiting_requests)
@@ -401,8 +403,11 @@ class MotusLifecycleNode(LifecycleNode):
         Returns the MotusResult or raises RequestError with the matching error code."""
         deadline = time.monotonic() + float(self.param("request_timeout_s"))
         while not future.done():
+            if self.shared.closing.is_set() or not self.is_active:
+                future.cancel()  # MotusFuture: also stops a running request between denoising steps
+                raise RequestError(ErrorCode.NOT_READY, "the node was deactivated or the server is shutting down")
             if should_cancel is not None and should_cancel():
-                self.engine.cancel(future)
+                future.cancel()  # MotusFuture: also stops a running request between denoising steps
                 # The worker stops between denoising steps; wait for it to let go of the request.
                 try:
                     future.result(timeout=float(self.param("request_timeout_s")))
@@ -410,7 +415,7 @@ class MotusLifecycleNode(LifecycleNode):
                     pass
                 raise RequestError(ErrorCode.CANCELLED, "cancelled")
             if time.monotonic() > deadline:
-                self.engine.cancel(future)
+                future.cancel()  # MotusFuture: also stops a running request between denoising steps
                 raise RequestError(ErrorCode.INTERNAL, f"the model did not answer within {self.param('request_timeout_s')} s")
             time.sleep(poll_s)
         return self.result_of(future)

@@ -399,8 +399,8 @@ class PolicyNode(MotusLifecycleNode):
             run.stopped = True
             if current is run:
                 self._run = None
-        if run.pending is not None and self.engine is not None:
-            self.engine.cancel(run.pending)
+        if run.pending is not None:
+            run.pending.cancel()
         self._send_hold("run ended")
 
     def _execute_run(self, goal_handle) -> RunPolicy.Result:
@@ -449,12 +449,14 @@ class PolicyNode(MotusLifecycleNode):
             if goal_handle.is_cancel_requested:
                 self._stop_run(run)
                 return finish(ErrorCode.CANCELLED, "cancelled: holding", TERMINATION_CANCELLED, run)
-            if self.safety is None or self.safety.engaged:
+            if run.error or not self.is_active or self.safety is None:
+                self._stop_run(run)
+                if self.is_active and self.safety is not None:
+                    return finish(ErrorCode.INTERNAL, run.error, TERMINATION_ERROR, run)
+                return finish(ErrorCode.NOT_READY, "the policy node was deactivated: holding", TERMINATION_ERROR, run)
+            if self.safety.engaged:
                 self._stop_run(run)
                 return finish(ErrorCode.ESTOP, "stopped by the e-stop: holding", TERMINATION_ESTOP, run)
-            if run.error or not self.is_active:
-                self._stop_run(run)
-                return finish(ErrorCode.INTERNAL if self.is_active else ErrorCode.NOT_READY, run.error or "node deactivated", TERMINATION_ERROR, run)
             elapsed = time.monotonic() - run.started_s
             if (goal.max_steps and run.step >= goal.max_steps) or (goal.max_duration_s > 0 and elapsed >= goal.max_duration_s):
                 self._stop_run(run)

@@ -20,6 +20,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -139,15 +140,24 @@ def main(args: Sequence[str] | None = None) -> int:
         logger.exception("motus_server failed")
         exit_code = 1
     finally:
+        # Order matters: waiting requests give up, the nodes deactivate (the policy node holds the robot) while
+        # the context still works, the engine stops between denoising steps, then the executor threads end.
+        context.closing.set()
         for node in nodes:
             try:
-                node.trigger_shutdown()  # deactivates (the policy node holds the robot) and releases resources
-            except Exception as exc:  # the node may already be finalized, or the context gone after a signal
+                node.trigger_shutdown()
+            except Exception as exc:  # e.g. the node is already finalized
                 logger.debug("shutdown of %s: %s", node.get_name(), exc)
-            node.destroy_node()
-        if executor is not None:
-            executor.shutdown(timeout_sec=5.0)
+        if executor is not None and rclpy.ok():
+            # Keep spinning a moment so the final results of the goals that just ended reach their clients.
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                executor.spin_once(timeout_sec=0.05)
         context.model.close()
+        if executor is not None:
+            executor.shutdown(timeout_sec=10.0)
+        for node in nodes:
+            node.destroy_node()
         rclpy.try_shutdown()
     return exit_code
 

@@ -171,3 +171,34 @@ def test_dry_run_publishes_the_plan_and_no_commands(rig, spawn_process):
         assert len(commands.since(start)) == 0, "dry run sent commands to the robot"
     finally:
         dry.destroy()
+
+
+def test_sigterm_during_a_run_holds_and_exits_cleanly(rig, spawn_process):
+    """Regression pinned: on SIGTERM the server deactivates its nodes while the middleware still works, so the
+    running goal gets its result, the robot gets a final hold command, waiting requests are cancelled, and the
+    process exits 0 within seconds."""
+    client, sensors, commands, _ = rig
+    sensors.reset()
+    process = spawn_process(server_command(ros_args=("-r", "__ns:=/term")), ready_line="MOTUS SERVER READY", timeout=120)
+    term = MotusClient(node_name="sigterm_client", namespace="/term")
+    try:
+        assert term.wait_for_server(60)
+        deadline = time.monotonic() + 20
+        while term.predict_actions("pick", steps=1).error.code != ErrorCode.NONE and time.monotonic() < deadline:
+            term.spin(0.3)  # the new server needs a moment to receive the sensor streams
+        assert term.run_policy("pick")
+        long_request = term.start_predict_future(np.tile(sensors.position, (4, 1)), PROFILE.joint_names, steps=5000)
+        assert long_request.wait_for_feedback(1, 60)
+        term.spin(1.0)
+        stopped = time.monotonic()
+        process.terminate()
+        result = term.get_result(30)
+        assert result.termination == "error" and result.error.code == ErrorCode.NOT_READY, result.error.message
+        assert long_request.result(30).error.code == ErrorCode.NOT_READY
+        assert process.wait(timeout=30) == 0
+        assert time.monotonic() - stopped < 15
+        last = command_array(commands.since(stopped))
+        assert len(last) >= 1, "no hold command after SIGTERM"
+        assert np.all(last >= LOWER - 1e-9) and np.all(last <= UPPER + 1e-9)
+    finally:
+        term.destroy()

@@ -24,7 +24,7 @@ ROLES = [camera.role for camera in PROFILE.cameras]
 @pytest.fixture(scope="module")
 def server():
     """One server for the module (starting it costs seconds); stopped at the end."""
-    process = start_process(server_command(), "MOTUS SERVER READY")
+    process = start_process(server_command("--max-waiting-requests", "2"), "MOTUS SERVER READY")
     yield process
     stop_process(process)
 
@@ -143,5 +143,23 @@ def test_cancel_mid_denoising(robot, server):
     assert result.error.code == ErrorCode.CANCELLED
     assert task.feedback[-1].step < 400
     # The server keeps serving after the cancel.
+    response = client.predict_actions("again", steps=1)
+    assert response.error.code == ErrorCode.NONE and server.poll() is None
+
+
+def test_requests_beyond_the_waiting_limit_get_busy(robot, server):
+    """The server was started with --max-waiting-requests 2: a third concurrent request is answered BUSY at once
+    (executor threads stay free for the control loop and the sensors); the first two still complete."""
+    client, sensors, _ = robot
+    actions = np.tile(sensors.position, (CHUNK, 1))
+    first = client.start_predict_future(actions, PROFILE.joint_names, steps=300, seed=0)
+    second = client.start_predict_future(actions, PROFILE.joint_names, steps=300, seed=1)
+    assert first.wait_for_feedback(1, 60) and second.wait_for_feedback(1, 60)
+    third = client.start_predict_future(actions, PROFILE.joint_names, steps=2, seed=2)
+    result = third.result(30)
+    assert result.error.code == ErrorCode.BUSY and "already waiting" in result.error.message
+    for task in (first, second):
+        task.cancel()
+        assert task.result(60).error.code == ErrorCode.CANCELLED
     response = client.predict_actions("again", steps=1)
     assert response.error.code == ErrorCode.NONE and server.poll() is None
