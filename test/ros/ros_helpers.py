@@ -222,3 +222,17 @@ def stop_process(process, timeout: float = 20.0) -> int | None:
             process.kill()
             process.wait()
     return process.returncode
+
+
+def wait_until_serving(client, timeout_s: float = 30.0, instruction: str = "pick") -> None:
+    """Block until the server answers predict_actions on its latest observation (its sensor streams arrived)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = client.predict_actions(instruction, steps=1)
+        if response.error.code == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the server never had a usable observation: {response.error.message}")
+        client.spin(0.3)

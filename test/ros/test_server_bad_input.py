@@ -20,7 +20,7 @@ from motus_msgs.srv import PredictActions
 from motus_ros.client import GOAL_STATUS_ABORTED, MotusClient
 from motus_ros.profiles import load_profile
 
-from ros_helpers import SensorThread, server_command, start_process, stop_process
+from ros_helpers import SensorThread, wait_until_serving, server_command, start_process, stop_process
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -41,6 +41,7 @@ def robot(ros_context, server):
     client = MotusClient(node_name="bad_input_client")
     assert client.wait_for_server(60)
     client.spin(10.0, until=lambda: drivers.sensors.step > 15)
+    wait_until_serving(client)
     yield client, drivers.sensors
     client.destroy()
     drivers.close()

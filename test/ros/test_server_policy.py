@@ -18,7 +18,7 @@ from motus_msgs.msg import ErrorCode
 from motus_ros.client import GOAL_STATUS_ABORTED, GOAL_STATUS_CANCELED, GOAL_STATUS_SUCCEEDED, MotusClient
 from motus_ros.profiles import load_profile
 
-from ros_helpers import SensorThread, server_command, start_process, stop_process
+from ros_helpers import SensorThread, wait_until_serving, server_command, start_process, stop_process
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -61,6 +61,7 @@ def rig(ros_context, server):
     client = MotusClient(node_name="policy_test_client")
     assert client.wait_for_server(60)
     client.spin(10.0, until=lambda: drivers.sensors.step > 15)
+    wait_until_serving(client)
     yield client, drivers.sensors, commands, diagnostics
     client.destroy()
     drivers.close()

@@ -13,7 +13,7 @@ from motus_ros.client import GOAL_STATUS_CANCELED, GOAL_STATUS_SUCCEEDED, MotusC
 from motus_ros.conversions import image_to_numpy, trajectory_to_actions
 from motus_ros.profiles import load_profile
 
-from ros_helpers import SensorThread, server_command, start_process, stop_process
+from ros_helpers import SensorThread, wait_until_serving, server_command, start_process, stop_process
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -36,6 +36,7 @@ def robot(ros_context, server):
     node = client.node
     assert client.wait_for_server(60), "the server's services/actions did not appear"
     client.spin(10.0, until=lambda: drivers.sensors.step > 15)
+    wait_until_serving(client)
     yield client, drivers.sensors, node
     client.destroy()
     drivers.close()
@@ -152,9 +153,11 @@ def test_requests_beyond_the_waiting_limit_get_busy(robot, server):
     (executor threads stay free for the control loop and the sensors); the first two still complete."""
     client, sensors, _ = robot
     actions = np.tile(sensors.position, (CHUNK, 1))
-    first = client.start_predict_future(actions, PROFILE.joint_names, steps=300, seed=0)
-    second = client.start_predict_future(actions, PROFILE.joint_names, steps=300, seed=1)
-    assert first.wait_for_feedback(1, 60) and second.wait_for_feedback(1, 60)
+    first = client.start_predict_future(actions, PROFILE.joint_names, steps=20000, seed=0)
+    second = client.start_predict_future(actions, PROFILE.joint_names, steps=20000, seed=1)
+    assert first.wait_for_feedback(1, 60)
+    client.spin(1.0)  # the second is accepted and waits (queued behind the first: the engine has one worker)
+    assert not second.done()
     third = client.start_predict_future(actions, PROFILE.joint_names, steps=2, seed=2)
     result = third.result(30)
     assert result.error.code == ErrorCode.BUSY and "already waiting" in result.error.message
