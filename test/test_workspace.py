@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ROS_FREE_CHECK = r"""
 import importlib, pkgutil, sys
 import motus_model
-names = [m.name for m in pkgutil.walk_packages(motus_model.__path__, "motus_model.")]
+names = [m.name for m in pkgutil.walk_packages(motus_model.__path__, "motus_model.") if not m.name.endswith(".__main__")]
 for name in names:
     importlib.import_module(name)
 ros = sorted(m for m in sys.modules if m.split(".")[0] in {"rclpy", "rosidl_runtime_py", "motus_msgs", "motus_ros", "std_msgs", "sensor_msgs"})
