@@ -1,17 +1,20 @@
 """motus_server: one process, one MotusEngine, four lifecycle nodes (policy, world_model, idm, imagination).
 
-    motus_server [--profile NAME|PATH] [--checkpoint DIR] [--preset NAME] [--no-autostart]
-                 [--ros-args --params-file config/motus_server.yaml -p policy.dry_run:=true ...]
+    motus_server [--profile NAME|PATH] [--checkpoint DIR] [--preset NAME] [--device DEV] [--no-autostart]
+                 [--max-waiting-requests N] [--ros-args --params-file config/motus_server.yaml ...]
 
-The shorthand options become global ROS parameters (`-p profile:=...`), which every node declares; a params
-file sets the rest (config/motus_server.yaml documents every parameter). The model loads once, on the first
-node's `configure`, and the others attach to it. With `autostart` (the default) every node is configured and
-activated at start-up, so the server works without the `ros2 lifecycle` CLI; the line `MOTUS SERVER READY` is
-printed on stdout once all nodes are active (tests and the demo wait for it).
+The shorthand options become global ROS parameters (`-p profile:=...`), which every node declares; params files
+set the rest (config/motus_server.yaml documents every parameter). Note the ROS precedence rule: a node section
+of a params file (`/**/policy: dry_run: true`) wins over a global `-p`, so per-node settings belong in a second
+params file. The model loads once, on the first node's `configure`, and the others attach to it. With
+`autostart` (the default) every node is configured and activated at start-up, so the server works without the
+`ros2 lifecycle` CLI; the line `MOTUS SERVER READY` is printed on stdout once all nodes are active (tests and
+the demo wait for it). SIGINT/SIGTERM deactivate the nodes (the policy node holds the robot) before exiting.
 
 Threads: a MultiThreadedExecutor runs the node callbacks. Sensor callbacks, the control timer and the
 services/actions sit in separate callback groups (see lifecycle_base), and the model runs on the engine's own
-worker thread, so camera and joint-state callbacks never wait on inference.
+worker thread, so camera and joint-state callbacks never wait on inference. At most `--max-waiting-requests`
+service/action callbacks wait on the model at once (more are answered BUSY), so executor threads stay free.
 """
 from __future__ import annotations
 
