@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -118,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_args += ["--checkpoint", options.checkpoint]
     ros_args = ["--ros-args", "--params-file", str(config)]
     ros_args += ["--params-file", demo_parameters(options)]
+    if "ROS_DOMAIN_ID" not in os.environ:
+        # A private DDS domain: two demos (or a demo and a test run) on one machine must not drive each other.
+        os.environ["ROS_DOMAIN_ID"] = str(random.randint(1, 101))
+    print(f"ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']} (export it to watch with rviz2 / ros2 topic)", flush=True)
     print(f"motus demo: simulated ALOHA ({options.task}) + motus_server ({options.checkpoint or options.preset}), "
           f"policy for {options.duration:g} s", flush=True)
     children: list[Child] = []
