@@ -1,12 +1,20 @@
 """Small helpers shared by the ROS tests (owned by the server tests; the edge tests may import them)."""
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import rclpy
 from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+
+from motus_msgs.msg import Observation
 
 
 def spin_until(node: Node, predicate: Callable[[], bool], timeout: float) -> bool:
@@ -29,19 +37,10 @@ def wait_future(node: Node, future: Any, timeout: float) -> Any:
 # A stand-in for the robot's drivers: publishes the profile's cameras and joint states from the test process.
 # ---------------------------------------------------------------------------------------------------------------
 
-import os  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-from rclpy.qos import qos_profile_sensor_data  # noqa: E402
-from sensor_msgs.msg import Image, JointState  # noqa: E402
-
-from motus_msgs.msg import Observation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_PARAMS = ROOT / "config" / "motus_server.yaml"
-# Test settings on top of config/motus_server.yaml (global -p: each node takes those it declares).
+# Test settings on top of config/motus_server.yaml, written as a second params file (see server_command).
 TEST_PARAMETERS = {
     "profile": "aloha_sim", "preset": "motus-tiny", "default_steps": 2, "request_timeout_s": 60.0,
     "max_age_s": 1.0, "max_skew_s": 0.5, "stamp_source": "receive", "max_instruction_chars": 64,
@@ -147,11 +146,6 @@ def sim_command(*ros_args: str) -> list[str]:
     return ["-m", "motus_ros.sim.aloha_sim_node", *(["--ros-args", *ros_args] if ros_args else [])]
 
 
-def child_env_ok() -> bool:
-    """Children find motus_ros/motus_model through PYTHONPATH (the tests run with PYTHONPATH=src)."""
-    return any(Path(entry).resolve() == (ROOT / "src").resolve() for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry) or "motus_ros" in sys.modules
-
-
 class SensorThread:
     """Runs FakeSensors on their own node and executor in a background thread, so the streams keep flowing while
     the test blocks on calls."""
@@ -185,7 +179,6 @@ def start_process(args: list[str], ready_line: str, timeout: float = 120.0):
     conftest's spawn_process is per test). Raises RuntimeError with the child's output when it does not come."""
     import subprocess
     import threading
-    import time
 
     process = subprocess.Popen(
         [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -226,8 +219,6 @@ def stop_process(process, timeout: float = 20.0) -> int | None:
 
 def wait_until_serving(client, timeout_s: float = 30.0, instruction: str = "pick") -> None:
     """Block until the server answers predict_actions on its latest observation (its sensor streams arrived)."""
-    import time
-
     deadline = time.monotonic() + timeout_s
     while True:
         response = client.predict_actions(instruction, steps=1)
