@@ -144,7 +144,6 @@ class PolicyNode(MotusLifecycleNode):
         self._joint_messages: dict[str, JointState] = {}
         self._rate = RateMeter()
         self._last_inference_ms = 0.0
-        self._commands_sent = 0
         self._resources: list[Any] = []
         self.safety: SafetyFilter | None = None
         self.adapter: Any = None
@@ -269,7 +268,6 @@ class PolicyNode(MotusLifecycleNode):
     def _send(self, command: np.ndarray) -> None:
         self.adapter.send(command, self.get_clock().now().to_msg())  # in dry run the adapter withholds it
         self._last_command = command
-        self._commands_sent += 1
 
     def _send_hold(self, reason: str) -> bool:
         """Send one command holding the last commanded (else measured) position; False when neither is known."""
@@ -547,7 +545,8 @@ class PolicyNode(MotusLifecycleNode):
             "input_status": reason,
             "estop": str(bool(self.safety is not None and self.safety.engaged)).lower(),
             "dry_run": str(self.dry_run).lower(),
-            "commands_sent": str(self._commands_sent),
+            "commands_sent": str(self.adapter.published if self.adapter is not None else 0),
+            "commands_withheld_dry_run": str(self.adapter.suppressed if self.adapter is not None else 0),
             "running": str(run is not None).lower(),
         }
         status.values = [KeyValue(key=key, value=value) for key, value in values.items()]
