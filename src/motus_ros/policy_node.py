@@ -114,7 +114,8 @@ class PolicyRun:
     holding: bool = True
     hold_reason: str = "waiting for the first action chunk"
     hold_target: np.ndarray | None = None
-    error: str = ""  # a model failure that ends the run
+    error: str = ""  # a failure that ends the run
+    error_code: int = ErrorCode.INTERNAL  # its ErrorCode (INVALID_REQUEST when the model refused the request)
     preempted: bool = False
     stopped: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -358,8 +359,8 @@ class PolicyNode(MotusLifecycleNode):
         try:
             result = self.result_of(future)
         except RequestError as exc:
-            run.error = exc.message
-            self.get_logger().error(f"policy chunk failed: {exc.message}")
+            run.error, run.error_code = f"chunk request failed: {exc.message}", exc.code
+            self.get_logger().error(run.error)
             return
         actions_robot = self.actions_to_robot(result.actions)
         rate = int(self.engine.config.temporal.downsample_rate)
@@ -450,7 +451,7 @@ class PolicyNode(MotusLifecycleNode):
             if run.error or not self.is_active or self.safety is None:
                 self._stop_run(run)
                 if self.is_active and self.safety is not None:
-                    return finish(ErrorCode.INTERNAL, run.error, TERMINATION_ERROR, run)
+                    return finish(run.error_code, run.error, TERMINATION_ERROR, run)
                 return finish(ErrorCode.NOT_READY, "the policy node was deactivated: holding", TERMINATION_ERROR, run)
             if self.safety.engaged:
                 self._stop_run(run)

@@ -93,6 +93,12 @@ def test_bad_requests_get_clear_errors_and_the_server_stays_up(robot, server):
     expect_error(client.predict_actions("x" * 500), ErrorCode.INVALID_REQUEST, "too long")
     result = client.imagine("y" * 500)
     expect_error(result, ErrorCode.INVALID_REQUEST, "too long")
+    assert client.run_policy("z" * 500)
+    expect_error(client.get_result(30), ErrorCode.INVALID_REQUEST, "too long")
+    # Within the node's character limit but over motus-tiny's 8 text tokens: the engine refuses it, the run ends
+    # with INVALID_REQUEST (not an internal error) and the robot holds.
+    assert client.run_policy("twelve chars")
+    expect_error(client.get_result(60), ErrorCode.INVALID_REQUEST, "too long")
 
     # A mode the service does not have.
     request = PredictActions.Request(instruction="pick", mode=7)
