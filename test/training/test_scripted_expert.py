@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from motus_model.aloha_demos import CAMERA_NAMES, DemoRecordingConfig, main, record_demonstrations, run_expert_episode
-from motus_model.aloha_demos.scripted_expert import interpolate_waypoints, Waypoint
+from motus_model.aloha_demos.scripted_expert import Waypoint, interpolate_waypoints
 from motus_model.data.lerobot import LeRobotDataset
 
 
@@ -22,11 +22,22 @@ def test_transfer_cube_expert_succeeds_in_joint_space_replay(seed):
     assert np.abs(episode.states[-1, :6] - episode.actions[-2, :6]).max() < 0.1
 
 
+@pytest.mark.timeout(120)
+def test_insertion_expert_succeeds_in_joint_space_replay_on_a_known_good_seed():
+    # The insertion expert succeeds on only a minority of seeds (see docs/demonstrations.md); seed 4 is
+    # one of them, so this pins the whole pipeline (grasps, carry, servoed insertion, replay) against regressions.
+    episode = run_expert_episode("insertion", 4)
+    assert episode.success, f"max reward {episode.rewards.max()} < {episode.max_reward}"
+
+
 def test_waypoint_interpolation_is_linear_and_holds_after_the_end():
     quat = np.array([1.0, 0, 0, 0])
     plan = [Waypoint(0, np.zeros(3), quat, 0.0), Waypoint(10, np.array([1.0, 2.0, 3.0]), quat, 1.0)]
     np.testing.assert_allclose(interpolate_waypoints(plan, 5), [0.5, 1.0, 1.5, 1, 0, 0, 0, 0.5])
     np.testing.assert_allclose(interpolate_waypoints(plan, 50), [1.0, 2.0, 3.0, 1, 0, 0, 0, 1.0])
+    # q and -q are one rotation: blending towards -q must not swing through other orientations.
+    flipped = [Waypoint(0, np.zeros(3), quat, 0.0), Waypoint(10, np.zeros(3), -quat, 0.0)]
+    np.testing.assert_allclose(np.abs(interpolate_waypoints(flipped, 5)[3:7]), [1, 0, 0, 0], atol=1e-12)
 
 
 @pytest.mark.timeout(120)

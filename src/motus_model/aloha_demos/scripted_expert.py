@@ -6,7 +6,8 @@ How a demonstration is made (the recipe ACT used for its simulated ALOHA data):
    drives each gripper link with a mocap body, so a policy only has to say where each gripper goes
    (xyz + quaternion) and how open it is (0 closed, 1 open). ``plan_transfer_cube`` and
    ``plan_insertion`` turn the object pose into timed waypoints; between waypoints the pose is
-   interpolated linearly (positions) and by normalised lerp (quaternions).
+   interpolated linearly (positions) and by normalised lerp (quaternions). Where a centimetre matters
+   the expert also looks at the objects (it is privileged; see ``ScriptedPolicy.observe``).
 2. **Roll the plan out in the mocap scene** and keep the resulting arm joint angles (physics qpos)
    and the commanded gripper openings: that is a 14-d joint trajectory.
 3. **Replay the joint trajectory in the joint-space scene** (``gym_aloha.tasks.sim``, the scene behind
@@ -53,6 +54,10 @@ CAMERA_NAMES: dict[str, str] = {
     "observation.images.cam_left_wrist": "left_wrist",
     "observation.images.cam_right_wrist": "right_wrist",
 }
+# forearm_roll and wrist_rotate of both arms (qpos = qvel indices: hinge joints come first).
+_ROLL_JOINTS = np.array([3, 5, 11, 13])
+# Stiffness (N m / rad) of the planning scene's posture spring on those joints; see plan_joint_trajectory.
+POSTURE_STIFFNESS = 5.0
 # Number of qpos entries of the two arms (6 joints + 2 fingers each) before the free objects.
 _ROBOT_QPOS = 16
 
@@ -182,27 +187,49 @@ def interpolate_waypoints(waypoints: list[Waypoint], step: int) -> np.ndarray:
 
 
 # Where the fingertips' midpoint sits relative to the mocap body, in the mocap body's frame (metres),
-# measured in the mocap scene with the arms at rest. The scene welds each mocap to its gripper link
-# with the link-to-mocap offset of the reference pose qpos0 (MuJoCo's rule when a weld gives no
-# relpose), which puts the mocap point about 13 cm ahead of the link, near but not at the fingertips.
-# For the right arm the mocap frame is the gripper's turned 180 degrees about z, hence the mirrored x.
+# measured in the mocap scene with the arms at rest (the finger meshes' far ends, in the gripper link's
+# frame, minus where the weld holds the mocap). The scene welds each mocap to its gripper link with the
+# link-to-mocap offset of the reference pose qpos0 (MuJoCo's rule when a weld gives no relpose): the
+# mocap point is about 13.5 cm ahead of the link, 1.9 cm short of the fingertips. For the right arm the
+# mocap frame is the gripper's turned 180 degrees about z, hence the mirrored x.
 TOOL_OFFSET_LEFT = np.array([0.0187, 0.0, 0.006])
 TOOL_OFFSET_RIGHT = np.array([-0.0187, 0.0, 0.006])
-# Grasp geometry, tuned on the mocap scene: the fingertips go 2 cm past the object's centre (so the
-# object sits between the pads, not at the tips) and stop 1.2 cm above the table.
+
+# Grasps (tuned on seeds 0-15 of the joint-space replay): the fingertips go GRASP_DEPTH past the
+# object's centre along the reach direction and stop GRASP_TIP_HEIGHT above the table.
 GRASP_DEPTH = 0.01
 GRASP_TIP_HEIGHT = 0.012
+# The peg is only 2 cm tall: higher, the pitched pads squeeze it out upwards.
+PEG_TIP_HEIGHT = 0.002
+# Downward pitch of the right gripper picking the peg (degrees); the cube and socket use 60 too.
+PEG_PICK_PITCH = 60.0
+# Object sizes from the scene files.
 CUBE_HALF_SIZE = 0.02
 PEG_CENTRE_HEIGHT = 0.01
-# The peg is only 2 cm tall: the fingertips go to the table or the pitched pads squeeze it out upwards.
-PEG_TIP_HEIGHT = 0.002
+PEG_HALF_LENGTH = 0.06
 SOCKET_CENTRE_HEIGHT = 0.022
-# Peg centre's final x distance from the socket centre (10 cm touches the pin; a little less presses on it).
-INSERTION_REACH = 0.095
-# Step at which the insertion is re-aimed: both objects carried to the middle (270) and settled.
-INSERTION_REPLAN_STEP = 290
-# How far past the cube's centre the left fingertips reach at the hand-over.
+
+# Transfer cube: the left arm's approach is re-aimed at the observed cube once the right arm holds it
+# at the meeting point (reached at 220) and has settled; its fingertips then reach HANDOVER_DEPTH past
+# the cube's centre (deeper and the cube hits the palm, shallower and it slips out).
+HANDOVER_REPLAN_STEP = 235
 HANDOVER_DEPTH = 0.015
+
+# Insertion: both objects are carried to the middle by CARRY_END_STEP, the peg's centre planned
+# PEG_CARRY_DISTANCE from the socket's along x (generous: where each object ends up in its gripper varies
+# by several centimetres). From INSERTION_SERVO_STEP an integral servo (InsertionServo) steers the peg's
+# leading end onto the socket's axis INSERTION_START_DISTANCE out, then pushes it in at INSERTION_SPEED
+# while it stays within INSERTION_LATERAL_TOLERANCE of the axis (the socket's walls leave 8 mm), until
+# the peg's centre is INSERTION_REACH from the socket's (10 cm touches the pin).
+CARRY_END_STEP = 260
+PEG_CARRY_DISTANCE = 0.24
+INSERTION_SERVO_STEP = 270
+INSERTION_SERVO_GAIN = 0.08  # fraction of the position error added to the command per step (50 Hz)
+INSERTION_TURN_GAIN = 0.03  # fraction of the peg's tilt turned away per step
+INSERTION_START_DISTANCE = 0.16
+INSERTION_LATERAL_TOLERANCE = 0.008
+INSERTION_SPEED = 0.003  # metres per step along the socket's axis while aligned
+INSERTION_REACH = 0.095
 
 
 def quat_to_matrix(quat: np.ndarray) -> np.ndarray:
@@ -323,16 +350,16 @@ def plan_insertion(
     socket_xyz = np.asarray(object_pose[7:10], dtype=np.float64)
     # Both grippers tilted 60 degrees about y (mirrored) to grasp their object from above.
     left_pick_quat = quat_multiply(left_start[3:], quat_from_axis_angle((0, 1, 0), 60))
-    right_pick_quat = quat_multiply(right_start[3:], quat_from_axis_angle((0, 1, 0), -60))
+    right_pick_quat = quat_multiply(right_start[3:], quat_from_axis_angle((0, 1, 0), -PEG_PICK_PITCH))
     # Each gripper keeps the yaw it grasped with, so the peg and the socket stay parallel to x.
     left_quat, left_reach = yaw_toward(left_pick_quat, LEFT_BASE_XY, socket_xyz[:2])
     right_quat, right_reach = yaw_toward(right_pick_quat, RIGHT_BASE_XY, peg_xyz[:2])
     # Where the socket's centre is carried to, and the peg lined up with it along x. Peg (12 cm) and
     # socket (12 cm tube around an 8 cm pin) lie along x; the peg touches the pin once its -x end is
     # 4 cm into the socket, i.e. with the peg's centre 10 cm from the socket's. The right arm's last
-    # moves are re-aimed from the observed poses (replan_insertion_alignment); these are the first guess.
+    # moves are steered from the observed poses (InsertionServo); these are the first guess.
     socket_meet = np.array([-0.05, 0.5, 0.15])
-    peg_ready = socket_meet + [0.16, 0.0, 0.0]
+    peg_ready = socket_meet + [PEG_CARRY_DISTANCE, 0.0, 0.0]
     # Held objects sit GRASP_DEPTH behind the fingertips, at their resting height above the tips' height.
     left_tips_from_socket = GRASP_DEPTH * left_reach + [0.0, 0.0, GRASP_TIP_HEIGHT - SOCKET_CENTRE_HEIGHT]
     right_tips_from_peg = GRASP_DEPTH * right_reach + [0.0, 0.0, PEG_TIP_HEIGHT - PEG_CENTRE_HEIGHT]
@@ -342,7 +369,7 @@ def plan_insertion(
         Waypoint(0, left_start[:3], left_start[3:], 0.0),
         # above the socket, open; down around it; close
         *grasp_waypoints(socket_xyz[:2], left_pick_quat, TOOL_OFFSET_LEFT, LEFT_BASE_XY, steps=(120, 170, 220)),
-        Waypoint(270, left_carry, left_quat, 0.0),  # carry it to the middle
+        Waypoint(CARRY_END_STEP, left_carry, left_quat, 0.0),  # carry it to the middle
         Waypoint(400, left_carry, left_quat, 0.0),  # hold it there
     ]
     right = [
@@ -351,8 +378,8 @@ def plan_insertion(
         *grasp_waypoints(
             peg_xyz[:2], right_pick_quat, TOOL_OFFSET_RIGHT, RIGHT_BASE_XY, steps=(120, 170, 220), tip_height=PEG_TIP_HEIGHT
         ),
-        Waypoint(270, right_ready, right_quat, 0.0),  # bring the peg near the socket's open end
-        Waypoint(400, right_ready, right_quat, 0.0),  # (re-planned at INSERTION_REPLAN_STEP)
+        Waypoint(CARRY_END_STEP, right_ready, right_quat, 0.0),  # bring the peg near the socket's open end
+        Waypoint(400, right_ready, right_quat, 0.0),  # from INSERTION_SERVO_STEP on the servo steers the peg
     ]
     return left, right
 
@@ -384,54 +411,83 @@ def replan_transfer_cube_handover(
     return _replace_from(left_plan, step, left_command, later), right_plan
 
 
-def replan_insertion_alignment(
-    left_plan: list[Waypoint], right_plan: list[Waypoint], step: int, object_state: np.ndarray
-) -> tuple[list[Waypoint], list[Waypoint]]:
-    """Line the peg up with where the socket really is, once both are lifted and carried to the middle.
-
-    The right arm's remaining moves are shifted by the observed misalignment (peg centre vs the socket's
-    axis), so it does not depend on where exactly each object sits in its gripper.
-    """
-    peg_xyz, socket_xyz = object_state[:3], object_state[7:10]
-    right_command = interpolate_waypoints(right_plan, step)
-    quat = right_plan[-1].quat
-    ready = right_command[:3] + (socket_xyz + [0.16, 0.0, 0.0] - peg_xyz)
-    inserted = right_command[:3] + (socket_xyz + [INSERTION_REACH, 0.0, 0.0] - peg_xyz)
-    later = [
-        Waypoint(step + 30, ready, quat, 0.0),  # line the peg up with the socket's axis
-        Waypoint(step + 80, inserted, quat, 0.0),  # push it in
-        Waypoint(400, inserted, quat, 0.0),  # hold
-    ]
-    return left_plan, _replace_from(right_plan, step, right_command, later)
-
-
 _PLANNERS = {"transfer_cube": plan_transfer_cube, "insertion": plan_insertion}
-# Task -> (step at which the expert looks at the objects again, the re-planner).
-_REPLANNERS = {"transfer_cube": (235, replan_transfer_cube_handover), "insertion": (INSERTION_REPLAN_STEP, replan_insertion_alignment)}
+
+
+def axis_alignment_rotation(from_axis: np.ndarray, to_axis: np.ndarray, gain: float) -> np.ndarray:
+    """Quaternion turning ``from_axis`` a fraction ``gain`` of the way towards ``to_axis`` (both unit [3])."""
+    cross = np.cross(from_axis, to_axis)
+    sine = np.linalg.norm(cross)
+    if sine < 1e-9:
+        return np.array([1.0, 0.0, 0.0, 0.0])
+    angle = np.arctan2(sine, np.dot(from_axis, to_axis))
+    return quat_from_axis_angle(tuple(cross / sine), np.rad2deg(gain * angle))
+
+
+class InsertionServo:
+    """Steers the right gripper so the held peg slides into the held socket (privileged: sees both poses).
+
+    Each step it nudges the right mocap by a fraction of the peg's position error and turns it so the peg's
+    axis comes towards x (the socket's axis once it has settled in the left gripper). The target is the
+    socket's centre plus ``distance`` along x; ``distance`` starts at INSERTION_START_DISTANCE (the peg's
+    end 4 cm before the socket's open end) and shrinks towards INSERTION_REACH only while the peg is
+    within INSERTION_LATERAL_TOLERANCE of the socket's axis, so the peg never pushes in off-centre.
+    """
+
+    def __init__(self, command: np.ndarray) -> None:
+        self.command = np.asarray(command[:7], dtype=np.float64).copy()  # right mocap xyz + quat
+        self.distance = INSERTION_START_DISTANCE
+
+    def update(self, object_state: np.ndarray) -> np.ndarray:
+        """One control step from the objects' state (peg pose, socket pose); returns the new command [7]."""
+        peg_xyz, peg_axis = object_state[:3], quat_to_matrix(object_state[3:7])[:, 0]
+        socket_xyz = object_state[7:10]
+        # Steer the peg's leading (-x) end, not its centre: a peg tilted by 20 degrees in the grip has
+        # its centre on the axis and its end 2 cm off it, on the socket's rim.
+        peg_end = peg_xyz - PEG_HALF_LENGTH * peg_axis
+        target = socket_xyz + [self.distance - PEG_HALF_LENGTH, 0.0, 0.0]
+        error = target - peg_end
+        if np.linalg.norm(error[1:]) < INSERTION_LATERAL_TOLERANCE:
+            self.distance = max(INSERTION_REACH, self.distance - INSERTION_SPEED)
+        turn = axis_alignment_rotation(peg_axis, np.array([1.0, 0.0, 0.0]), INSERTION_TURN_GAIN)
+        quat = quat_multiply(turn, self.command[3:7])
+        self.command = np.concatenate([self.command[:3] + INSERTION_SERVO_GAIN * error, quat / np.linalg.norm(quat)])
+        return self.command
 
 
 class ScriptedPolicy:
     """End-effector policy following a waypoint plan: step -> 16-d mocap action.
 
     The action is [left xyz (3), left quat (4), left gripper (1), right xyz, right quat, right gripper],
-    the layout of gym_aloha's end-effector tasks. The plan is made from the initial object pose and
-    corrected once mid-episode from the objects' observed pose (``observe``), before the hand-over or the
-    insertion, where a centimetre matters.
+    the layout of gym_aloha's end-effector tasks. The plan is made from the initial object pose; where a
+    centimetre matters the expert also looks at the objects (``observe``, it may: it is privileged):
+    the transfer-cube hand-over is re-aimed once at the cube's observed position, and the insertion is
+    steered by a slow integral servo on the peg's observed position relative to the socket's, because
+    where each object sits in its gripper varies by a few centimetres.
     """
 
     def __init__(self, task: str, object_pose: np.ndarray, left_start: np.ndarray, right_start: np.ndarray) -> None:
         get_task(task)
         self.task = task
         self.left_plan, self.right_plan = _PLANNERS[task](np.asarray(object_pose), np.asarray(left_start), np.asarray(right_start))
+        self._insertion_servo: InsertionServo | None = None
 
     def observe(self, step: int, object_state: np.ndarray) -> None:
         """See the objects' poses (qpos after the arms, 7 per object) before acting at ``step``."""
-        replan_step, replan = _REPLANNERS[self.task]
-        if step == replan_step:
-            self.left_plan, self.right_plan = replan(self.left_plan, self.right_plan, step, np.asarray(object_state))
+        object_state = np.asarray(object_state)
+        if self.task == "transfer_cube" and step == HANDOVER_REPLAN_STEP:
+            self.left_plan, self.right_plan = replan_transfer_cube_handover(self.left_plan, self.right_plan, step, object_state)
+        if self.task == "insertion" and step >= INSERTION_SERVO_STEP:
+            if self._insertion_servo is None:
+                self._insertion_servo = InsertionServo(interpolate_waypoints(self.right_plan, step))
+            self._insertion_servo.update(object_state)
 
     def __call__(self, step: int) -> np.ndarray:
-        return np.concatenate([interpolate_waypoints(self.left_plan, step), interpolate_waypoints(self.right_plan, step)])
+        left = interpolate_waypoints(self.left_plan, step)
+        right = interpolate_waypoints(self.right_plan, step)
+        if self._insertion_servo is not None:
+            right[:7] = self._insertion_servo.command
+        return np.concatenate([left, right])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -571,8 +627,15 @@ def plan_joint_trajectory(task: str, object_pose: np.ndarray, num_steps: int | N
     policy = ScriptedPolicy(task, object_pose, first["mocap_pose_left"], first["mocap_pose_right"])
     targets = np.empty((num_steps, 14), dtype=np.float64)
     observation = first
+    physics = environment.physics
     for step in range(num_steps):
         policy.observe(step, observation["env_state"])
+        # A weak spring pulling forearm roll and wrist rotate towards 0. When the wrist angle passes
+        # through 0 these two joints are coaxial, the weld cannot tell them apart, and they drift to
+        # +-2 rad in opposite directions, then unwind mid-carry and swing the held object. The spring
+        # only picks among poses the weld allows; the joint-space replay is plain gym-aloha physics.
+        roll_joints = physics.data.qpos[_ROLL_JOINTS]
+        physics.data.qfrc_applied[_ROLL_JOINTS] = -POSTURE_STIFFNESS * roll_joints
         observation = environment.step(policy(step)).observation
         targets[step] = observation["qpos"]
         # ctrl = [left finger, -left finger, right finger, -right finger] in metres.
