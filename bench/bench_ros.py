@@ -62,6 +62,7 @@ def start_server(preset: str, steps: int) -> subprocess.Popen:
                 ready.set()
 
     threading.Thread(target=read, daemon=True).start()
+    process.params_file = params.name  # type: ignore[attr-defined]
     if not ready.wait(180) or process.poll() is not None:
         process.kill()
         raise RuntimeError("motus_server did not start:\n" + "".join(lines[-30:]))
@@ -222,6 +223,7 @@ def main() -> None:
         rclpy.try_shutdown()
         server.terminate()
         server.wait(30)
+        Path(server.params_file).unlink(missing_ok=True)
     text = json.dumps(report, indent=2)
     print(text)
     if options.out:

@@ -117,8 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     server_args = ["--preset", options.preset, "--profile", options.profile]
     if options.checkpoint:
         server_args += ["--checkpoint", options.checkpoint]
-    ros_args = ["--ros-args", "--params-file", str(config)]
-    ros_args += ["--params-file", demo_parameters(options)]
+    demo_params = demo_parameters(options)
+    ros_args = ["--ros-args", "--params-file", str(config), "--params-file", demo_params]
     if "ROS_DOMAIN_ID" not in os.environ:
         # A private DDS domain: two demos (or a demo and a test run) on one machine must not drive each other.
         os.environ["ROS_DOMAIN_ID"] = str(random.randint(1, 101))
@@ -144,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         exit_codes = {child.name: child.stop() for child in reversed(children)}
+        Path(demo_params).unlink(missing_ok=True)
         if report:
             report["children_exit_codes"] = exit_codes
             print_report(report)

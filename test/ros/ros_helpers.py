@@ -129,6 +129,7 @@ def server_command(*extra: str, ros_args: tuple[str, ...] = (), **overrides) -> 
 
     The test values go into a second params file with one section per node: node-specific entries of
     config/motus_server.yaml would win over global `-p` arguments."""
+    import hashlib
     import tempfile
 
     import yaml
@@ -136,10 +137,14 @@ def server_command(*extra: str, ros_args: tuple[str, ...] = (), **overrides) -> 
     parameters = {**TEST_PARAMETERS, **overrides}
     sections = {f"/**/{name}": {"ros__parameters": dict(parameters)} for name in ("policy", "world_model", "idm", "imagination")}
     # rclpy ignores overrides a node does not declare, so every node can get the whole set.
-    handle = tempfile.NamedTemporaryFile("w", prefix="motus_test_params_", suffix=".yaml", delete=False)
-    with handle:
-        yaml.safe_dump(sections, handle)
-    return ["-m", "motus_ros.server", *extra, "--ros-args", "--params-file", str(SERVER_PARAMS), "--params-file", handle.name, *ros_args]
+    text = yaml.safe_dump(sections)
+    folder = Path(tempfile.gettempdir()) / "motus_test_params"
+    folder.mkdir(exist_ok=True)
+    params = folder / f"{hashlib.sha1(text.encode()).hexdigest()[:16]}.yaml"  # one file per distinct setting
+    partial = params.with_suffix(f".{os.getpid()}.partial")
+    partial.write_text(text)
+    os.replace(partial, params)  # atomic: a concurrent test run never reads a half-written file
+    return ["-m", "motus_ros.server", *extra, "--ros-args", "--params-file", str(SERVER_PARAMS), "--params-file", str(params), *ros_args]
 
 
 def sim_command(*ros_args: str) -> list[str]:
