@@ -78,3 +78,15 @@ def test_bad_arguments_fail_loudly(tmp_path):
         DemoRecordingConfig(image_height=121, out=str(tmp_path))
     with pytest.raises(SystemExit):
         main(["--task", "transfer_cube", "--out", str(tmp_path), "--image-size", "big"])
+
+
+@pytest.mark.timeout(120)
+def test_command_line_records_and_prints_the_summary(tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(["--task", "insertion", "--episodes", "1", "--seed", "0", "--num-steps", "3", "--image-size", "16x24", "--out", str(out)])
+    assert code == 0
+    assert "insertion: expert success 0/1 (0%), recorded 1 episodes" in capsys.readouterr().out
+    dataset = LeRobotDataset(out)
+    assert dataset.task(0) == "insert the peg into the socket"
+    assert dataset.frames(0, "observation.images.cam_high").shape == (3, 16, 24, 3)
+    assert json.loads((out / "meta" / "demo_generation.json").read_text())["task"] == "insertion"

@@ -4,7 +4,7 @@
 ``record`` writes the episodes and holds the command line (``python -m motus_model.aloha_demos``).
 """
 
-from motus_model.aloha_demos.record import DemoRecordingConfig, build_parser, main, record_demonstrations
+from motus_model.aloha_demos.record import DemoRecordingConfig, build_parser, main, record_demonstrations, run
 from motus_model.aloha_demos.scripted_expert import (
     CAMERA_NAMES,
     TASKS,
@@ -24,5 +24,6 @@ __all__ = [
     "plan_joint_trajectory",
     "record_demonstrations",
     "replay_joint_trajectory",
+    "run",
     "run_expert_episode",
 ]

@@ -138,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m motus_model.aloha_demos`` (and ``motus generate-demos``)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Record from parsed arguments (``build_parser``'s); prints the summary line, returns the exit code 0."""
     config = DemoRecordingConfig(
         task=args.task,
         episodes=args.episodes,
