@@ -201,7 +201,7 @@ COMMON_PARAMETERS = {
     "profile": ("aloha_sim", text_descriptor("robot profile: a name under config/robots/ or a path to a profile YAML", read_only=True)),
     "autostart": (True, text_descriptor("configure and activate the node when the server starts", read_only=True)),
     "checkpoint": ("", text_descriptor("checkpoint folder (config.json + model.safetensors); empty = use `preset` with random weights", read_only=True)),
-    "preset": ("motus-tiny", text_descriptor("model preset used when `checkpoint` is empty (development only: random weights)", read_only=True)),
+    "preset": ("motus-small", text_descriptor("model preset used when `checkpoint` is empty (development only: random weights)", read_only=True)),
     "device": ("cpu", text_descriptor("torch device of the model, e.g. cpu or cuda:0", read_only=True)),
     "seed": (0, int_descriptor("seed of the random initialisation when running a preset", 0, 2**31 - 1, read_only=True)),
     "max_batch": (4, int_descriptor("largest batch of same-mode requests the engine runs at once", 1, 64, read_only=True)),
