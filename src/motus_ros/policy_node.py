@@ -448,12 +448,13 @@ class PolicyNode(MotusLifecycleNode):
             if goal_handle.is_cancel_requested:
                 self._stop_run(run)
                 return finish(ErrorCode.CANCELLED, "cancelled: holding", TERMINATION_CANCELLED, run)
-            if run.error or not self.is_active or self.safety is None:
+            safety = self.safety  # None once the node is cleaned up (read once: teardown runs on another thread)
+            if run.error or not self.is_active or safety is None:
                 self._stop_run(run)
-                if self.is_active and self.safety is not None:
+                if self.is_active and safety is not None:
                     return finish(run.error_code, run.error, TERMINATION_ERROR, run)
                 return finish(ErrorCode.NOT_READY, "the policy node was deactivated: holding", TERMINATION_ERROR, run)
-            if self.safety.engaged:
+            if safety.engaged:
                 self._stop_run(run)
                 return finish(ErrorCode.ESTOP, "stopped by the e-stop: holding", TERMINATION_ESTOP, run)
             elapsed = time.monotonic() - run.started_s
