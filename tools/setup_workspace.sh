@@ -70,9 +70,16 @@ build_package() {  # build_package NAME PATH INPUT...
   log "colcon build $name"
   # colcon does not look inside a folder that is itself a package (the root has package.xml),
   # so each package is named by path.
-  "$VENV/bin/colcon" --log-base log build --paths "$path" \
-    --event-handlers console_direct- console_cohesion+ status- summary+ \
-    --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF -Wno-dev
+  # The build's chatter goes to a log file, shown only when the build fails.
+  mkdir -p log
+  if ! "$VENV/bin/colcon" --log-base log build --paths "$path" \
+      --event-handlers console_direct- console_cohesion+ status- summary+ \
+      --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF -Wno-dev \
+      > "log/colcon-$name.log" 2>&1; then
+    tail -n 60 "log/colcon-$name.log" >&2
+    echo "[setup] error: colcon build of $name failed (full output: log/colcon-$name.log)" >&2
+    exit 1
+  fi
   echo "$hash" > "$stamp"
 }
 build_package motus_msgs src/motus_msgs src/motus_msgs
