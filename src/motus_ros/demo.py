@@ -123,8 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A private DDS domain: two demos (or a demo and a test run) on one machine must not drive each other.
         os.environ["ROS_DOMAIN_ID"] = str(random.randint(1, 101))
     print(f"ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']} (export it to watch with rviz2 / ros2 topic)", flush=True)
-    print(f"motus demo: simulated ALOHA ({options.task}) + motus_server ({options.checkpoint or options.preset}), "
-          f"policy for {options.duration:g} s", flush=True)
+    model = options.checkpoint or f"{options.preset} with RANDOM weights (no trained checkpoint given: the arms move, but not to the task)"
+    print(f"motus demo: simulated ALOHA ({options.task}) + motus_server ({model}), policy for {options.duration:g} s", flush=True)
     children: list[Child] = []
     report: dict = {}
     try:
