@@ -1,4 +1,4 @@
-"""Small helpers shared by the ROS tests (owned by the server tests; the edge tests may import them)."""
+"""Small helpers shared by the ROS tests: spinning until a condition, stand-in sensor drivers, server processes."""
 from __future__ import annotations
 
 import os

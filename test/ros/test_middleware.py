@@ -2,35 +2,21 @@
 
 The peer runs in a separate Python process (test/ros/peers/middleware_peer.py); this process is the client.
 """
-import time
+from pathlib import Path
 
 import pytest
 import rclpy
 from rclpy.action import ActionClient
-from rclpy.node import Node
 from std_msgs.msg import String
 
 from motus_msgs.action import Imagine, PredictFuture, RunPolicy
 from motus_msgs.msg import ErrorCode, Observation, Timing
 from motus_msgs.srv import InferActions, PredictActions
+from ros_helpers import spin_until, wait_future
 
-PEERS = __import__("pathlib").Path(__file__).parent / "peers"
+PEERS = Path(__file__).parent / "peers"
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def spin_until(node: Node, predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        rclpy.spin_once(node, timeout_sec=0.05)
-    return predicate()
-
-
-def wait_future(node: Node, future, timeout: float):
-    assert spin_until(node, future.done, timeout), "timed out waiting for a ROS future"
-    return future.result()
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from motus_ros.command_adapters import make_command_adapter
 from motus_ros.conversions import image_to_numpy, stamp_to_seconds
 from motus_ros.profiles import load_profile
 from motus_ros.sim.aloha_sim_node import PARAMETERS, READY_LINE
+from ros_helpers import spin_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -38,15 +39,6 @@ def have_interbotix() -> bool:
     except ImportError:
         return False
     return True
-
-
-def spin_until(node: Node, predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        rclpy.spin_once(node, timeout_sec=0.02)
-    return predicate()
 
 
 def test_sim_yaml_matches_the_declared_defaults():
