@@ -65,7 +65,8 @@ class DemoRecordingConfig:
 def record_demonstrations(config: DemoRecordingConfig, show_progress: bool = True) -> dict:
     """Run the scripted expert ``config.episodes`` times and write the dataset; returns the summary.
 
-    The summary holds: task, episodes_run, successes, success_rate, episodes_recorded, seconds,
+    The summary holds: task, episodes_run, successes (ACT's criterion: the max reward was reached),
+    success_rate, successes_at_end (still reached on the last frame), episodes_recorded, seconds,
     seconds_per_episode, out.
     """
     spec = get_task(config.task)
@@ -82,7 +83,9 @@ def record_demonstrations(config: DemoRecordingConfig, show_progress: bool = Tru
         record = {
             "seed": seed,
             "success": episode.success,
+            "success_at_end": episode.success_at_end,
             "max_reward": float(episode.rewards.max()),
+            "final_reward": float(episode.rewards[-1]),
             "task_max_reward": episode.max_reward,
             "object_pose": episode.object_pose.tolist(),
             "episode_index": None,
@@ -97,6 +100,7 @@ def record_demonstrations(config: DemoRecordingConfig, show_progress: bool = Tru
     writer.finalize()
     seconds = time.perf_counter() - start
     successes = sum(r["success"] for r in records)
+    successes_at_end = sum(r["success_at_end"] for r in records)
     (root / "meta" / EXPERT_EPISODES_FILE).write_text(json.dumps(records, indent=2))
     (root / "meta" / GENERATION_CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2))
     return {
@@ -104,6 +108,7 @@ def record_demonstrations(config: DemoRecordingConfig, show_progress: bool = Tru
         "episodes_run": config.episodes,
         "successes": successes,
         "success_rate": successes / config.episodes,
+        "successes_at_end": successes_at_end,
         "episodes_recorded": writer.num_episodes,
         "seconds": seconds,
         "seconds_per_episode": seconds / config.episodes,
@@ -156,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     summary = record_demonstrations(config)
     print(
         f"{summary['task']}: expert success {summary['successes']}/{summary['episodes_run']} "
-        f"({100 * summary['success_rate']:.0f}%), recorded {summary['episodes_recorded']} episodes to {summary['out']} "
+        f"({100 * summary['success_rate']:.0f}%; {summary['successes_at_end']} still done at the end), recorded {summary['episodes_recorded']} episodes to {summary['out']} "
         f"in {summary['seconds']:.0f} s ({summary['seconds_per_episode']:.1f} s/episode)"
     )
     return 0

@@ -54,8 +54,9 @@ CAMERA_NAMES: dict[str, str] = {
     "observation.images.cam_left_wrist": "left_wrist",
     "observation.images.cam_right_wrist": "right_wrist",
 }
-# forearm_roll and wrist_rotate of both arms (qpos = qvel indices: hinge joints come first).
-_ROLL_JOINTS = np.array([3, 5, 11, 13])
+# forearm_roll and wrist_rotate (qpos = qvel indices: hinge joints come first) that the planning scene's
+# posture spring holds, per task: not the left arm's in transfer cube, which must roll 90 degrees there.
+_POSTURE_JOINTS = {"transfer_cube": np.array([11, 13]), "insertion": np.array([3, 5, 11, 13])}
 # Stiffness (N m / rad) of the planning scene's posture spring on those joints; see plan_joint_trajectory.
 POSTURE_STIFFNESS = 5.0
 # Number of qpos entries of the two arms (6 joints + 2 fingers each) before the free objects.
@@ -209,11 +210,19 @@ PEG_CENTRE_HEIGHT = 0.01
 PEG_HALF_LENGTH = 0.06
 SOCKET_CENTRE_HEIGHT = 0.022
 
-# Transfer cube: the left arm's approach is re-aimed at the observed cube once the right arm holds it
-# at the meeting point (reached at 220) and has settled; its fingertips then reach HANDOVER_DEPTH past
-# the cube's centre (deeper and the cube hits the palm, shallower and it slips out).
-HANDOVER_REPLAN_STEP = 235
+# Transfer cube hand-over (see HandoverServo): the right arm reaches the meeting point at 220, carrying
+# the cube level (RIGHT_MEET_PITCH; pitched down, the cube slides out of the fingertips); the left
+# fingertips are servoed from HANDOVER_SERVO_STEP, wait HANDOVER_WAIT_DISTANCE before the cube, move in
+# to HANDOVER_DEPTH past its centre between HANDOVER_APPROACH_START and _END, the plan closes the left
+# gripper by 300, the right lets go by 320 (HANDOVER_RELEASE_STEP) and the left pulls the cube away.
+RIGHT_MEET_PITCH = 0.0
+HANDOVER_SERVO_STEP = 225
+HANDOVER_APPROACH_START = 240
+HANDOVER_APPROACH_END = 268
+HANDOVER_RELEASE_STEP = 320
+HANDOVER_WAIT_DISTANCE = 0.12
 HANDOVER_DEPTH = 0.015
+HANDOVER_SERVO_GAIN = 0.1
 
 # Insertion: both objects are carried to the middle by CARRY_END_STEP, the peg's centre planned
 # PEG_CARRY_DISTANCE from the socket's along x (generous: where each object ends up in its gripper varies
@@ -307,18 +316,22 @@ def plan_transfer_cube(
     right_pick_quat = quat_multiply(right_start[3:], quat_from_axis_angle((0, 1, 0), -60))
     # Left gripper rolled 90 degrees about x so it grasps the cube across the right gripper's fingers.
     left_meet_quat = quat_from_axis_angle((1, 0, 0), 90)
+    # Carried level, not pitched: with the fingers pointing down, the cube slides out of the fingertips.
+    right_meet_quat = quat_multiply(right_start[3:], quat_from_axis_angle((0, 1, 0), -RIGHT_MEET_PITCH))
     meet_xyz = np.array([0.0, 0.5, 0.25])
     # Where the cube should be at the hand-over: held by the right fingertips, GRASP_DEPTH behind them.
-    right_meet_tips = meet_xyz + quat_to_matrix(right_pick_quat) @ TOOL_OFFSET_RIGHT
+    right_meet_tips = meet_xyz + quat_to_matrix(right_meet_quat) @ TOOL_OFFSET_RIGHT
     cube_at_meet = right_meet_tips + [GRASP_DEPTH, 0.0, CUBE_HALF_SIZE - GRASP_TIP_HEIGHT]
     # The left fingertips reach HANDOVER_DEPTH past the cube's centre: deeper and the cube hits the palm.
     left_take = fingertips_to_mocap(cube_at_meet + [HANDOVER_DEPTH, 0.0, 0.0], left_meet_quat, TOOL_OFFSET_LEFT)
-    left_wait = left_take - [0.12, 0.0, 0.0]
+    # Wait well clear: the cube arrives up to ~8 cm from this estimate (HandoverServo takes over at 225).
+    left_wait = left_take - [HANDOVER_WAIT_DISTANCE + 0.08, 0.0, 0.0]
     left = [
         Waypoint(0, left_start[:3], left_start[3:], 0.0),
         Waypoint(100, left_wait, left_meet_quat, 1.0),  # wait beside the meeting point, open
-        Waypoint(260, left_take, left_meet_quat, 1.0),  # move in around the cube
-        Waypoint(310, left_take, left_meet_quat, 0.0),  # close on it
+        Waypoint(275, left_take, left_meet_quat, 1.0),  # move in around the cube
+        Waypoint(300, left_take, left_meet_quat, 0.0),  # close on it
+        Waypoint(320, left_take, left_meet_quat, 0.0),  # hold while the right lets go
         Waypoint(360, left_wait, left_meet_quat, 0.0),  # pull it away
         Waypoint(400, left_wait, left_meet_quat, 0.0),  # hold
     ]
@@ -326,11 +339,12 @@ def plan_transfer_cube(
         Waypoint(0, right_start[:3], right_start[3:], 0.0),
         # above the cube, open; down around it; close
         *grasp_waypoints(cube_xyz[:2], right_pick_quat, TOOL_OFFSET_RIGHT, RIGHT_BASE_XY, steps=(90, 130, 170)),
-        Waypoint(200, meet_xyz + [0.05, 0, 0], right_pick_quat, 0.0),  # lift towards the middle
-        Waypoint(220, meet_xyz, right_pick_quat, 0.0),  # at the meeting point
-        Waypoint(310, meet_xyz, right_pick_quat, 1.0),  # let go once the left has closed
-        Waypoint(360, meet_xyz + [0.1, 0, 0], right_pick_quat, 1.0),  # move away
-        Waypoint(400, meet_xyz + [0.1, 0, 0], right_pick_quat, 1.0),  # hold
+        Waypoint(200, meet_xyz + [0.05, 0, 0], right_meet_quat, 0.0),  # lift towards the middle
+        Waypoint(220, meet_xyz, right_meet_quat, 0.0),  # at the meeting point
+        Waypoint(300, meet_xyz, right_meet_quat, 0.0),  # keep holding while the left closes
+        Waypoint(320, meet_xyz, right_meet_quat, 1.0),  # let go
+        Waypoint(360, meet_xyz + [0.1, 0, 0], right_meet_quat, 1.0),  # move away
+        Waypoint(400, meet_xyz + [0.1, 0, 0], right_meet_quat, 1.0),  # hold
     ]
     return left, right
 
@@ -384,33 +398,6 @@ def plan_insertion(
     return left, right
 
 
-def _replace_from(plan: list[Waypoint], step: int, command: np.ndarray, later: list[Waypoint]) -> list[Waypoint]:
-    """Keep ``plan`` up to ``step``, pin the current ``command`` [8] there, then follow ``later``."""
-    kept = [w for w in plan if w.step < step]
-    return [*kept, Waypoint(step, command[:3], command[3:7], float(command[7])), *later]
-
-
-def replan_transfer_cube_handover(
-    left_plan: list[Waypoint], right_plan: list[Waypoint], step: int, object_state: np.ndarray
-) -> tuple[list[Waypoint], list[Waypoint]]:
-    """Aim the left gripper at where the cube really is, once the right arm holds it at the meeting point.
-
-    Where the cube sits in the right gripper varies by a few centimetres (how it was picked, the soft
-    weld), as much as the left fingers' margin; the expert may look at the scene, so it does.
-    """
-    left_command = interpolate_waypoints(left_plan, step)
-    take_quat = left_plan[-1].quat
-    take = fingertips_to_mocap(object_state[:3] + [HANDOVER_DEPTH, 0.0, 0.0], take_quat, TOOL_OFFSET_LEFT)
-    wait = take - [0.12, 0.0, 0.0]
-    later = [
-        Waypoint(260, take, take_quat, 1.0),  # move in around the cube
-        Waypoint(310, take, take_quat, 0.0),  # close on it
-        Waypoint(360, wait, take_quat, 0.0),  # pull it away
-        Waypoint(400, wait, take_quat, 0.0),  # hold
-    ]
-    return _replace_from(left_plan, step, left_command, later), right_plan
-
-
 _PLANNERS = {"transfer_cube": plan_transfer_cube, "insertion": plan_insertion}
 
 
@@ -422,6 +409,29 @@ def axis_alignment_rotation(from_axis: np.ndarray, to_axis: np.ndarray, gain: fl
         return np.array([1.0, 0.0, 0.0, 0.0])
     angle = np.arctan2(sine, np.dot(from_axis, to_axis))
     return quat_from_axis_angle(tuple(cross / sine), np.rad2deg(gain * angle))
+
+
+class HandoverServo:
+    """Steers the left fingertips around the cube the right gripper holds (privileged: sees both).
+
+    Where the cube sits in the right gripper varies by centimetres, and the left arm, stretched to the
+    middle, holds its fingers a few centimetres off where the weld asks; the left fingers' gap leaves
+    only 1.5 cm each side of the cube. So from HANDOVER_SERVO_STEP the left mocap is nudged each step by
+    a fraction of the error between the fingertips' measured midpoint and their target: first
+    HANDOVER_WAIT_DISTANCE before the cube, then (HANDOVER_APPROACH_START to HANDOVER_APPROACH_END)
+    moving in to HANDOVER_DEPTH past its centre, where the plan closes the gripper.
+    """
+
+    def __init__(self, command_xyz: np.ndarray) -> None:
+        self.command = np.asarray(command_xyz, dtype=np.float64).copy()  # left mocap xyz
+
+    def update(self, step: int, cube_xyz: np.ndarray, left_fingertips: np.ndarray) -> np.ndarray:
+        """One control step; returns the new left mocap position [3]."""
+        approach = (step - HANDOVER_APPROACH_START) / (HANDOVER_APPROACH_END - HANDOVER_APPROACH_START)
+        approach = min(1.0, max(0.0, approach))
+        target = cube_xyz + [HANDOVER_DEPTH - (1.0 - approach) * HANDOVER_WAIT_DISTANCE, 0.0, 0.0]
+        self.command = self.command + HANDOVER_SERVO_GAIN * (target - left_fingertips)
+        return self.command
 
 
 class InsertionServo:
@@ -470,13 +480,19 @@ class ScriptedPolicy:
         get_task(task)
         self.task = task
         self.left_plan, self.right_plan = _PLANNERS[task](np.asarray(object_pose), np.asarray(left_start), np.asarray(right_start))
+        self._handover_servo: HandoverServo | None = None
         self._insertion_servo: InsertionServo | None = None
 
-    def observe(self, step: int, object_state: np.ndarray) -> None:
-        """See the objects' poses (qpos after the arms, 7 per object) before acting at ``step``."""
+    def observe(
+        self, step: int, object_state: np.ndarray, left_fingertips: np.ndarray, right_fingertips: np.ndarray
+    ) -> None:
+        """See the objects' poses (qpos after the arms, 7 per object) and each gripper's fingertip
+        midpoint [3] before acting at ``step``."""
         object_state = np.asarray(object_state)
-        if self.task == "transfer_cube" and step == HANDOVER_REPLAN_STEP:
-            self.left_plan, self.right_plan = replan_transfer_cube_handover(self.left_plan, self.right_plan, step, object_state)
+        if self.task == "transfer_cube" and HANDOVER_SERVO_STEP <= step < HANDOVER_RELEASE_STEP:
+            if self._handover_servo is None:
+                self._handover_servo = HandoverServo(interpolate_waypoints(self.left_plan, step)[:3])
+            self._handover_servo.update(step, object_state[:3], left_fingertips)
         if self.task == "insertion" and step >= INSERTION_SERVO_STEP:
             if self._insertion_servo is None:
                 self._insertion_servo = InsertionServo(interpolate_waypoints(self.right_plan, step))
@@ -485,6 +501,10 @@ class ScriptedPolicy:
     def __call__(self, step: int) -> np.ndarray:
         left = interpolate_waypoints(self.left_plan, step)
         right = interpolate_waypoints(self.right_plan, step)
+        if self._handover_servo is not None:
+            # Hold where the servo left the cube, then pull it away along -x as the plan's pull-away does.
+            pull = min(1.0, max(0.0, (step - HANDOVER_RELEASE_STEP) / 40))
+            left[:3] = self._handover_servo.command - [pull * HANDOVER_WAIT_DISTANCE, 0.0, 0.0]
         if self._insertion_servo is not None:
             right[:7] = self._insertion_servo.command
         return np.concatenate([left, right])
@@ -611,6 +631,25 @@ def make_joint_environment(task: str, object_pose: np.ndarray) -> control.Enviro
 # ---------------------------------------------------------------------------------------------
 
 
+def fingertip_midpoint(physics: mujoco.Physics, side: str) -> np.ndarray:
+    """World position [3] midway between the two fingertips of the ``side`` ("left"/"right") gripper.
+
+    A fingertip is the mean of its finger mesh's vertices within 1 cm of the mesh's far end along the
+    gripper's pointing (x) axis.
+    """
+    link_axis = physics.named.data.xmat[f"vx300s_{side}/gripper_link"].reshape(3, 3)[:, 0]
+    tips = []
+    for finger in ("left", "right"):
+        geom = physics.model.name2id(f"vx300s_{side}/10_{finger}_gripper_finger", "geom")
+        mesh = physics.model.geom_dataid[geom]
+        start, count = physics.model.mesh_vertadr[mesh], physics.model.mesh_vertnum[mesh]
+        vertices = physics.model.mesh_vert[start : start + count] @ physics.data.geom_xmat[geom].reshape(3, 3).T
+        vertices = vertices + physics.data.geom_xpos[geom]
+        reach = vertices @ link_axis
+        tips.append(vertices[reach > reach.max() - 0.01].mean(axis=0))
+    return (tips[0] + tips[1]) / 2
+
+
 def plan_joint_trajectory(task: str, object_pose: np.ndarray, num_steps: int | None = None) -> np.ndarray:
     """Roll the scripted plan out in the mocap scene; returns the joint targets [T, 14] it produced.
 
@@ -629,13 +668,13 @@ def plan_joint_trajectory(task: str, object_pose: np.ndarray, num_steps: int | N
     observation = first
     physics = environment.physics
     for step in range(num_steps):
-        policy.observe(step, observation["env_state"])
+        policy.observe(step, observation["env_state"], fingertip_midpoint(physics, "left"), fingertip_midpoint(physics, "right"))
         # A weak spring pulling forearm roll and wrist rotate towards 0. When the wrist angle passes
         # through 0 these two joints are coaxial, the weld cannot tell them apart, and they drift to
         # +-2 rad in opposite directions, then unwind mid-carry and swing the held object. The spring
         # only picks among poses the weld allows; the joint-space replay is plain gym-aloha physics.
-        roll_joints = physics.data.qpos[_ROLL_JOINTS]
-        physics.data.qfrc_applied[_ROLL_JOINTS] = -POSTURE_STIFFNESS * roll_joints
+        posture_joints = _POSTURE_JOINTS[task]
+        physics.data.qfrc_applied[posture_joints] = -POSTURE_STIFFNESS * physics.data.qpos[posture_joints]
         observation = environment.step(policy(step)).observation
         targets[step] = observation["qpos"]
         # ctrl = [left finger, -left finger, right finger, -right finger] in metres.
@@ -672,6 +711,12 @@ class ExpertEpisode:
     def success(self) -> bool:
         """ACT's criterion: the episode's highest reward reached the task's maximum."""
         return bool(self.rewards.max() >= self.max_reward)
+
+    @property
+    def success_at_end(self) -> bool:
+        """Stricter: the task is still done on the last frame (cube held off the table, peg on the pin);
+        ACT's criterion also counts a cube that touched the left fingers in the air and then fell."""
+        return bool(self.rewards[-1] >= self.max_reward)
 
     @property
     def length(self) -> int:
