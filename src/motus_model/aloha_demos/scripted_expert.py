@@ -326,6 +326,8 @@ def plan_transfer_cube(
     left_take = fingertips_to_mocap(cube_at_meet + [HANDOVER_DEPTH, 0.0, 0.0], left_meet_quat, TOOL_OFFSET_LEFT)
     # Wait well clear: the cube arrives up to ~8 cm from this estimate (HandoverServo takes over at 225).
     left_wait = left_take - [HANDOVER_WAIT_DISTANCE + 0.08, 0.0, 0.0]
+    # From HANDOVER_SERVO_STEP on, HandoverServo replaces these positions; the plan keeps the timing of the
+    # gripper (open until 275, closed by 300) and the orientation.
     left = [
         Waypoint(0, left_start[:3], left_start[3:], 0.0),
         Waypoint(100, left_wait, left_meet_quat, 1.0),  # wait beside the meeting point, open
@@ -470,10 +472,10 @@ class ScriptedPolicy:
 
     The action is [left xyz (3), left quat (4), left gripper (1), right xyz, right quat, right gripper],
     the layout of gym_aloha's end-effector tasks. The plan is made from the initial object pose; where a
-    centimetre matters the expert also looks at the objects (``observe``, it may: it is privileged):
-    the transfer-cube hand-over is re-aimed once at the cube's observed position, and the insertion is
-    steered by a slow integral servo on the peg's observed position relative to the socket's, because
-    where each object sits in its gripper varies by a few centimetres.
+    centimetre matters the expert also looks at the scene (``observe``, it may: it is privileged): the
+    left fingertips are servoed onto the cube at the hand-over (HandoverServo) and the peg onto the
+    socket's axis (InsertionServo), because where each object sits in its gripper, and where a stretched
+    arm really holds its fingers, vary by a few centimetres.
     """
 
     def __init__(self, task: str, object_pose: np.ndarray, left_start: np.ndarray, right_start: np.ndarray) -> None:
