@@ -204,6 +204,8 @@ GRASP_TIP_HEIGHT = 0.012
 PEG_TIP_HEIGHT = 0.002
 # Downward pitch of the right gripper picking the peg (degrees); the cube and socket use 60 too.
 PEG_PICK_PITCH = 60.0
+# ... and while carrying it to the socket (level; see plan_insertion).
+PEG_CARRY_PITCH = 0.0
 # Object sizes from the scene files.
 CUBE_HALF_SIZE = 0.02
 PEG_CENTRE_HEIGHT = 0.01
@@ -367,9 +369,12 @@ def plan_insertion(
     # Both grippers tilted 60 degrees about y (mirrored) to grasp their object from above.
     left_pick_quat = quat_multiply(left_start[3:], quat_from_axis_angle((0, 1, 0), 60))
     right_pick_quat = quat_multiply(right_start[3:], quat_from_axis_angle((0, 1, 0), -PEG_PICK_PITCH))
-    # Each gripper keeps the yaw it grasped with, so the peg and the socket stay parallel to x.
+    # Each gripper keeps the yaw it grasped with, so the peg and the socket stay parallel to x. The peg is
+    # carried level (PEG_CARRY_PITCH 0): pitched down, it pivots in the fingertips and drops at the rim.
     left_quat, left_reach = yaw_toward(left_pick_quat, LEFT_BASE_XY, socket_xyz[:2])
-    right_quat, right_reach = yaw_toward(right_pick_quat, RIGHT_BASE_XY, peg_xyz[:2])
+    _, right_reach = yaw_toward(right_pick_quat, RIGHT_BASE_XY, peg_xyz[:2])
+    right_carry_quat = quat_multiply(right_start[3:], quat_from_axis_angle((0, 1, 0), -PEG_CARRY_PITCH))
+    right_quat, _ = yaw_toward(right_carry_quat, RIGHT_BASE_XY, peg_xyz[:2])
     # Where the socket's centre is carried to, and the peg lined up with it along x. Peg (12 cm) and
     # socket (12 cm tube around an 8 cm pin) lie along x; the peg touches the pin once its -x end is
     # 4 cm into the socket, i.e. with the peg's centre 10 cm from the socket's. The right arm's last
