@@ -229,6 +229,23 @@ register_command("convert-bag", "convert ROS 2 MCAP bags into a LeRobot dataset"
 register_command("stats", "(re)compute a dataset's meta/stats.json", _stats_arguments, _stats)
 
 
+def _generate_demos_arguments(parser: argparse.ArgumentParser) -> None:
+    from motus_model.aloha_demos.record import build_parser
+
+    build_parser(parser)
+
+
+def _generate_demos(args: argparse.Namespace) -> int:
+    from motus_model.aloha_demos.record import run
+
+    return run(args)
+
+
+register_command(
+    "generate-demos", "scripted ALOHA demonstrations (gym-aloha) as a LeRobot dataset", _generate_demos_arguments, _generate_demos
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="motus", description="Motus training and data tools")
     parser.add_argument("--log-level", default="INFO")
