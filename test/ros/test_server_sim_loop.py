@@ -24,10 +24,12 @@ PROFILE = load_profile("aloha_sim")
 
 
 def test_policy_drives_the_simulated_aloha(ros_context, spawn_process):
-    spawn_process(sim_command(), ready_line="MOTUS_SIM READY", timeout=120)
-    # motus-small: its 16-step chunk (320 ms at 50 Hz) outlasts a 2-step inference on this CPU; motus-tiny's 4-step
-    # chunk (80 ms) would arrive already in the past and the policy would only ever hold.
-    spawn_process(server_command(preset="motus-small", default_steps=2, chunk_request_threshold=10), ready_line="MOTUS SERVER READY", timeout=120)
+    # Cameras at 4 Hz: rendering three cameras costs ~150 ms of CPU, and at the default rate the render thread
+    # would take a whole core of the two from the server's inference.
+    spawn_process(sim_command("-p", "camera_rate_hz:=4.0"), ready_line="MOTUS_SIM READY", timeout=120)
+    # motus-small: its 16-step chunk (320 ms at 50 Hz) outlasts a 1-step inference even on a loaded 2-core machine;
+    # motus-tiny's 4-step chunk (80 ms) would arrive already in the past and the policy would only ever hold.
+    spawn_process(server_command(preset="motus-small", default_steps=1, chunk_request_threshold=10), ready_line="MOTUS SERVER READY", timeout=120)
     client = MotusClient(node_name="sim_loop_client")
     lock = threading.Lock()
     commands: list[tuple[float, np.ndarray]] = []
