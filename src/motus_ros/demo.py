@@ -80,6 +80,8 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--preset", default="motus-small", help="preset used without a checkpoint")
     parser.add_argument("--steps", type=int, default=2, help="denoising steps per request (few keep CPU inference fast)")
     parser.add_argument("--profile", default="aloha_sim", help="robot profile of the simulated robot")
+    parser.add_argument("--camera-rate", type=float, default=5.0,
+                        help="simulated camera rate (Hz); CPU rendering competes with inference for the 2 cores")
     parser.add_argument("--task", default="transfer_cube", help="gym-aloha task: transfer_cube or insertion")
     parser.add_argument("--verbose", action="store_true", help="echo the children's logs")
     return parser.parse_args(argv)
@@ -98,7 +100,7 @@ def server_config() -> Path:
 def demo_parameters(options: argparse.Namespace) -> str:
     """A params file with the demo's settings for every node. Node sections (not global `-p`): node-specific
     entries of config/motus_server.yaml would win over global overrides. The simulator renders its cameras on the
-    CPU at 10 Hz and falls behind under load, so the demo tolerates older and less synchronised frames."""
+    CPU (~150 ms for the three) and falls behind under load, so the demo tolerates older and less synchronised frames."""
     import tempfile
 
     import yaml
@@ -128,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     children: list[Child] = []
     report: dict = {}
     try:
-        sim = Child("sim", [*executable("motus_sim", "motus_ros.sim.aloha_sim_node"), "--ros-args", "-p", f"profile:={options.profile}", "-p", f"task:={options.task}"], READY_SIM, options.verbose)
+        sim = Child("sim", [*executable("motus_sim", "motus_ros.sim.aloha_sim_node"), "--ros-args", "-p", f"profile:={options.profile}", "-p", f"task:={options.task}",
+                                 "-p", f"camera_rate_hz:={float(options.camera_rate)!r}"], READY_SIM, options.verbose)
         children.append(sim)
         server = Child("server", [*executable("motus_server", "motus_ros.server"), *server_args, *ros_args], READY_SERVER, options.verbose)
         children.append(server)
