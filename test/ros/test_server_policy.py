@@ -73,8 +73,9 @@ def command_array(items) -> np.ndarray:
 
 
 # These two measure timing across processes (command rate, arrival order) on a 2-core machine; in the full
-# suite they failed now and then (13-21 Hz seen) while passing alone and under two CPU hogs. Retried rather than
-# loosened; the cause is not found yet.
+# suite they failed now and then (13-21 Hz seen) while passing alone and under two CPU hogs. The likely cause, a
+# command queue of 100 overflowing while the test process lagged, is fixed above (1000); retried, not loosened,
+# until full-suite runs confirm it.
 TIMING_SENSITIVE = pytest.mark.flaky(reruns=2, reruns_delay=2)
 
 
