@@ -72,10 +72,9 @@ def command_array(items) -> np.ndarray:
     return np.array([message.data for _, message in items], dtype=np.float64).reshape(-1, len(PROFILE.joint_names))
 
 
-# These two measure timing across processes (command rate, arrival order) on a 2-core machine; in the full
-# suite they failed now and then (13-21 Hz seen) while passing alone and under two CPU hogs. The likely cause, a
-# command queue of 100 overflowing while the test process lagged, is fixed above (1000); retried, not loosened,
-# until full-suite runs confirm it.
+# These two measure timing across processes (command rate, arrival order) on a 2-core machine. They failed now
+# and then (13-22 Hz seen, even alone) until the server shortened the GIL switch interval and this test's command
+# queue grew from 100 to 1000; retried, not loosened, until more full-suite runs confirm the fix.
 TIMING_SENSITIVE = pytest.mark.flaky(reruns=2, reruns_delay=2)
 
 
