@@ -5,6 +5,8 @@
     motus train-latent-vae --labelled DIR ... --unlabelled DIR ... --output DIR --steps N
     motus convert-bag --profile YAML --output DIR --fps 50 --task "..." BAG [BAG ...]
     motus stats --dataset DIR                                     (re)compute meta/stats.json
+    motus generate-demos --task transfer_cube --episodes 50 --seed 0 --out DIR   scripted demonstrations
+    motus eval --checkpoint DIR --episodes 50 --out DIR          closed-loop success rate (gym-aloha)
 
 Other modules add subcommands with ``register_command(name, help, add_arguments, run)``; ``run``
 gets the parsed ``argparse.Namespace`` and returns an exit status.
@@ -64,6 +66,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-dataset", help="held-out LeRobot dataset for per-mode evaluation")
     parser.add_argument("--output", required=True, help="run folder (checkpoints, metrics.jsonl)")
     parser.add_argument("--steps", type=int, help="total optimisation steps")
+    parser.add_argument("--max-minutes", type=float, help="stop (and save) after this much training time")
+    parser.add_argument("--video-loss-weight", type=float, help="override the video loss weight (0: action-only)")
+    parser.add_argument("--action-loss-weight", type=float, help="override the action loss weight")
     parser.add_argument("--batch-size", type=int, help="global batch size")
     parser.add_argument("--gradient-accumulation", type=int)
     parser.add_argument("--lr", type=float, dest="learning_rate")
@@ -88,10 +93,10 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {
         key: getattr(args, key)
         for key in (
-            "preset", "dataset", "mixture", "eval_dataset", "output", "steps", "batch_size", "gradient_accumulation",
+            "preset", "dataset", "mixture", "eval_dataset", "output", "steps", "max_minutes", "batch_size", "gradient_accumulation",
             "learning_rate", "warmup_steps", "seed", "checkpoint_every", "eval_every", "log_every",
             "text_encoder_path", "vlm_path", "video_vae_path", "mixed_precision", "truncate_instructions",
-            "num_workers",
+            "num_workers", "video_loss_weight", "action_loss_weight",
         )
     }
     overrides["init_from"] = args.init_from
@@ -244,6 +249,21 @@ def _generate_demos(args: argparse.Namespace) -> int:
 register_command(
     "generate-demos", "scripted ALOHA demonstrations (gym-aloha) as a LeRobot dataset", _generate_demos_arguments, _generate_demos
 )
+
+
+def _eval_arguments(parser: argparse.ArgumentParser) -> None:
+    from motus_model.aloha_demos.closed_loop import add_arguments
+
+    add_arguments(parser)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from motus_model.aloha_demos.closed_loop import run
+
+    return run(args)
+
+
+register_command("eval", "closed-loop success rate in the gym-aloha scenes (in-process)", _eval_arguments, _eval)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -457,6 +457,16 @@ def _motus_small() -> MotusConfig:
     )
 
 
+def _motus_small_aloha() -> MotusConfig:
+    """``motus-small`` timed for the simulated ALOHA (50 Hz): the 16-action chunk takes every second
+    control step, so a chunk spans 0.64 s (a CPU inference fits inside it) and the 4 future frames are
+    0.16 s apart. Trained by ``docs/model_card.md``'s recipe; the embedded default of ``make demo``."""
+    config = _motus_small()
+    config.temporal = TemporalConfig(num_video_frames=4, action_chunk=16, video_action_ratio=4, downsample_rate=2)
+    config.video.text_len = 48  # the demonstrations' instructions, byte-tokenised by the tiny umT5
+    return config
+
+
 def _motus_small_wan_vae() -> MotusConfig:
     """``motus-small`` experts on real Wan2.2-VAE latents (48 ch, 16x/4x) of a 192x160 composite."""
     config = _motus_small()
@@ -475,5 +485,6 @@ _PRESETS: dict[str, Callable[[], MotusConfig]] = {
     "motus-8b-ac-one": _motus_8b_ac_one,
     "motus-tiny": _motus_tiny,
     "motus-small": _motus_small,
+    "motus-small-aloha": _motus_small_aloha,
     "motus-small-wan-vae": _motus_small_wan_vae,
 }

@@ -216,7 +216,7 @@ def actions_to_trajectory(
 ) -> JointTrajectory:
     """Action chunk [N, D] -> JointTrajectory with N points, point i at time_from_start = (i + 1) * dt.
 
-    Action i of a chunk is meant for the control step after the observation plus i (see chunk_blending),
+    Action i of a chunk is meant for the control step after the observation plus i (see motus_model.action_chunks),
     so the first point lies one control period after `stamp` (the observation's time).
     """
     actions = np.asarray(actions, dtype=np.float64)

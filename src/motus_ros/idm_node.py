@@ -14,7 +14,7 @@ from motus_msgs.msg import ErrorCode
 from motus_msgs.srv import InferActions
 
 from motus_ros.lifecycle_base import MotusLifecycleNode, RequestError, ServerContext
-from motus_ros.policy_node import upsample_chunk
+from motus_model.action_chunks import upsample_chunk
 
 
 class IdmNode(MotusLifecycleNode):

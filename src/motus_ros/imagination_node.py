@@ -18,7 +18,7 @@ from motus_msgs.action import Imagine
 from motus_msgs.msg import ErrorCode
 
 from motus_ros.lifecycle_base import MotusLifecycleNode, ServerContext, check_instruction, float_descriptor, int_descriptor, text_descriptor
-from motus_ros.policy_node import upsample_chunk
+from motus_model.action_chunks import upsample_chunk
 from motus_ros.world_model_node import ImagePublishers, feedback_publisher, finish_goal
 
 

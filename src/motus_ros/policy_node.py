@@ -38,7 +38,7 @@ from motus_msgs.msg import ErrorCode
 from motus_msgs.srv import PredictActions
 
 from motus_ros import conversions
-from motus_ros.chunk_blending import ChunkBlender
+from motus_model.action_chunks import ChunkBlender, upsample_chunk
 from motus_ros.command_adapters import make_command_adapter
 from motus_ros.lifecycle_base import (
     MotusLifecycleNode,
@@ -57,21 +57,6 @@ TERMINATION_CANCELLED = "cancelled"
 TERMINATION_ESTOP = "estop"
 TERMINATION_PREEMPTED = "preempted"
 TERMINATION_ERROR = "error"
-
-
-def upsample_chunk(actions: np.ndarray, start: np.ndarray, rate: int) -> np.ndarray:
-    """[N, D] chunk whose action i is for control step (i + 1) * rate -> [N * rate, D] actions, one per control
-    step, linearly interpolated from `start` (the observed state, step 0). rate 1 returns the chunk unchanged."""
-    actions = np.asarray(actions, dtype=np.float64)
-    if rate <= 1:
-        return actions
-    knots = np.vstack([np.asarray(start, dtype=np.float64)[None], actions])  # step 0, rate, 2 rate, ...
-    steps = np.arange(1, actions.shape[0] * rate + 1)
-    positions = steps / rate
-    lower = np.floor(positions).astype(int)
-    upper = np.minimum(lower + 1, knots.shape[0] - 1)
-    fraction = (positions - lower)[:, None]
-    return knots[lower] * (1.0 - fraction) + knots[upper] * fraction
 
 
 class RateMeter:

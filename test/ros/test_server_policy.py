@@ -212,17 +212,3 @@ def test_sigterm_during_a_run_holds_and_exits_cleanly(rig, spawn_process):
         assert np.all(last >= LOWER - 1e-9) and np.all(last <= UPPER + 1e-9)
     finally:
         term.destroy()
-
-
-def test_upsample_chunk_puts_action_i_at_control_step_i_plus_1_times_rate():
-    """The model's action i is for control step (i + 1) * downsample_rate; the steps between are interpolated
-    from the observed state (step 0), so the blender gets one action per control step."""
-    from motus_ros.policy_node import upsample_chunk
-
-    start = np.zeros(2)
-    chunk = np.array([[3.0, -3.0], [6.0, 0.0]])
-    per_step = upsample_chunk(chunk, start, 3)
-    assert per_step.shape == (6, 2)
-    assert np.allclose(per_step[:, 0], [1, 2, 3, 4, 5, 6]) and np.allclose(per_step[:, 1], [-1, -2, -3, -2, -1, 0])
-    assert np.allclose(per_step[[2, 5]], chunk)  # the model's own actions land exactly on their steps
-    assert np.array_equal(upsample_chunk(chunk, start, 1), chunk)

@@ -233,6 +233,8 @@ class LeRobotDataset:
         root: dataset folder.
         camera_keys: which video features to decode; default every video feature in info.json.
         video_cache_size: decoded (episode, camera) clips kept in memory (decoding is the slow part).
+        video_cache_mb: also evict the oldest clips while the cache holds more than this many MB
+            (None: no byte limit), so a training run can keep a whole small-resolution dataset decoded.
         load_stats: read meta/stats.json (must exist).
         max_frame_width: shrink decoded frames wider than this (training needs only the composite's
             resolution; None keeps the recorded size).
@@ -245,6 +247,7 @@ class LeRobotDataset:
         video_cache_size: int = 12,
         load_stats: bool = True,
         max_frame_width: int | None = None,
+        video_cache_mb: float | None = None,
     ) -> None:
         self.root = Path(root)
         self.max_frame_width = max_frame_width
@@ -284,6 +287,7 @@ class LeRobotDataset:
             self.stats = json.loads(stats_path.read_text())
         self._video_cache: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         self._video_cache_size = video_cache_size
+        self._video_cache_bytes = None if video_cache_mb is None else int(video_cache_mb * 2**20)
 
     @property
     def num_episodes(self) -> int:
@@ -336,7 +340,11 @@ class LeRobotDataset:
         if clip.shape[0] != expected:
             raise ValueError(f"{self.video_path(episode_index, camera_key)} has {clip.shape[0]} frames, episodes.jsonl says {expected}")
         self._video_cache[cache_key] = clip
-        while len(self._video_cache) > self._video_cache_size:
+        while len(self._video_cache) > 1 and (
+            len(self._video_cache) > self._video_cache_size
+            or (self._video_cache_bytes is not None
+                and sum(c.nbytes for c in self._video_cache.values()) > self._video_cache_bytes)
+        ):
             self._video_cache.popitem(last=False)
         return clip
 

@@ -72,6 +72,9 @@ class TrainingConfig:
     eval_dataset: str = ""  # held-out LeRobot dataset for the evaluation loss ("" = none)
     normalization: str = "mean_std"  # Normalizer mode for state and actions
     num_workers: int = 0  # data-loader worker processes preparing whole steps ahead (video decoding)
+    # decoded clips kept in memory per process (and per worker); decoding dominates the data time, so a
+    # small-resolution dataset that fits is decoded once
+    video_cache_mb: int = 2048
     truncate_instructions: bool = False
 
     # --- conditioning encoders (frozen); "" builds tiny real encoders for the small presets
@@ -81,6 +84,9 @@ class TrainingConfig:
 
     # --- optimisation (reference defaults)
     steps: int = 1000
+    # stop (and save) once this many minutes of training have passed in this invocation, even before
+    # `steps` (0 = no limit): ablations compared at equal wall-clock
+    max_minutes: float = 0.0
     batch_size: int = 8  # global batch (all processes, all accumulation micro-batches)
     gradient_accumulation: int = 1
     learning_rate: float = 5e-5
@@ -115,6 +121,8 @@ class TrainingConfig:
                 f"need steps >= 0, batch_size >= 1, gradient_accumulation >= 1; got {self.steps}, "
                 f"{self.batch_size}, {self.gradient_accumulation}"
             )
+        if self.max_minutes < 0:
+            raise ValueError(f"max_minutes must be >= 0 (0 = no limit), got {self.max_minutes}")
         if self.mixed_precision not in ("auto", "bf16", "no"):
             raise ValueError(f"mixed_precision must be 'auto', 'bf16' or 'no', got {self.mixed_precision!r}")
         if self.distributed_strategy not in ("ddp", "fsdp"):

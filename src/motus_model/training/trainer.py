@@ -217,7 +217,10 @@ def build_training_data(
     sources, normalizers = [], []
     for _, entry in mixture.entries():
         # no view of the composite is wider than the composite: decode at most that wide
-        dataset = LeRobotDataset(entry.path, max_frame_width=model_config.latents.image_width)
+        dataset = LeRobotDataset(
+            entry.path, max_frame_width=model_config.latents.image_width, video_cache_size=1_000_000,
+            video_cache_mb=config.video_cache_mb,
+        )
         normalizer = dataset_normalizer(dataset, entry.action_key, config.normalization)
         sources.append(DatasetSource(dataset, entry.action_key, entry.camera_map or dict(ALOHA_CAMERA_MAP), normalizer))
         normalizers.append(normalizer)
@@ -579,6 +582,9 @@ class Trainer:
                 self.log(evaluation)
             if config.checkpoint_every and self.step % config.checkpoint_every == 0:
                 result.last_checkpoint = self.save_checkpoint()
+            if config.max_minutes and time.perf_counter() - started >= 60.0 * config.max_minutes:
+                logger.info("stopping at step %d: the %.1f-minute budget is spent", self.step, config.max_minutes)
+                break
         progress.close()
         if self.eval_dataset is not None and (not result.eval_history or result.eval_history[-1]["step"] != self.step):
             evaluation = {"step": self.step, "eval": self.evaluate()}

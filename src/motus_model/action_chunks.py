@@ -1,4 +1,4 @@
-"""Turn a stream of action chunks into one action per control step.
+"""Turn a stream of action chunks into one action per control step (used by the policy node and `motus eval`).
 
 A chunk is predicted from the observation taken at control step `obs_step`; its action i is meant for
 step `obs_step + 1 + i`. The chunk arrives later (inference takes time): the actions whose step has
@@ -113,3 +113,18 @@ class ChunkBlender:
             if chunk.start_step <= end:
                 end = max(end, chunk.end_step)
         return end - int(step)
+
+
+def upsample_chunk(actions: np.ndarray, start: np.ndarray, rate: int) -> np.ndarray:
+    """[N, D] chunk whose action i is for control step (i + 1) * rate -> [N * rate, D] actions, one per control
+    step, linearly interpolated from `start` (the observed state, step 0). rate 1 returns the chunk unchanged."""
+    actions = np.asarray(actions, dtype=np.float64)
+    if rate <= 1:
+        return actions
+    knots = np.vstack([np.asarray(start, dtype=np.float64)[None], actions])  # step 0, rate, 2 rate, ...
+    steps = np.arange(1, actions.shape[0] * rate + 1)
+    positions = steps / rate
+    lower = np.floor(positions).astype(int)
+    upper = np.minimum(lower + 1, knots.shape[0] - 1)
+    fraction = (positions - lower)[:, None]
+    return knots[lower] * (1.0 - fraction) + knots[upper] * fraction

@@ -1,0 +1,333 @@
+"""Closed-loop evaluation in the gym-aloha scenes (``motus eval``), in-process and synchronous.
+
+The physics waits for the model: at each replanning step the three views are rendered (as the
+demonstrations were recorded: ``top`` as the high camera, both wrists, 120x160), the checkpoint predicts a
+chunk in VLA mode, and the chunk is executed step by step (linearly upsampled to the 50 Hz control rate,
+exactly as the policy node does) until the next replanning step. So the success rate measures the model,
+not the CPU's speed; ``motus eval-ros`` measures the same through the ROS suite, in real time.
+
+Episode i uses the object pose of seed ``first_seed + i`` (gym_aloha's sampling). The demonstrations used
+seeds 0..49, so the default evaluation seeds start at 1000. Success is ACT's criterion (the episode's highest
+reward reached the task's maximum); ``success_at_end`` (still done on the last step) is reported too.
+
+Per run, the output folder holds ``results.json`` (config, per-episode results, the summary),
+``rollout_XXX.mp4`` for the first ``videos`` episodes (the three views side by side, 25 fps) and, for the
+first ``imagine`` episodes, the world model's prediction of every executed chunk next to what happened:
+``imagined_vs_actual_XXX.mp4`` (actual | imagined composites) and the per-frame errors in results.json
+(beside the error of the "repeat the last frame" baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from motus_model.action_chunks import upsample_chunk
+from motus_model.aloha_demos.scripted_expert import (
+    CAMERA_NAMES,
+    get_task,
+    make_joint_environment,
+    render_views,
+    run_expert_episode,
+)
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+POLICIES = ("motus", "expert")
+# LeRobot camera key (as the demonstrations are recorded) -> the model's composite role.
+_ROLES = {
+    "observation.images.cam_high": "high",
+    "observation.images.cam_left_wrist": "left_wrist",
+    "observation.images.cam_right_wrist": "right_wrist",
+}
+
+
+@dataclass
+class ClosedLoopConfig:
+    """One evaluation run.
+
+    Args:
+        checkpoint: Motus checkpoint folder (policy "motus").
+        policy: "motus" or "expert" (the scripted expert on the same seeds: the reference row).
+        task: "transfer_cube" or "insertion".
+        episodes: number of episodes; episode i uses seed first_seed + i.
+        first_seed: seed of the first episode's object pose.
+        max_steps: control steps per episode (50 Hz). gym-aloha stops at 300, but the scripted
+            demonstrations finish at steps 279-394, so 400 (ACT's episode length) is the default.
+        execute_steps: control steps executed from each chunk before replanning (None: the whole chunk,
+            action_chunk * downsample_rate steps).
+        inference_steps: Euler steps per chunk (None: the checkpoint's default).
+        image_height, image_width: rendered view size (the demonstrations' 120x160).
+        videos: episodes (the first ones) written as rollout mp4s.
+        imagine: episodes (the first ones) whose executed chunks are also predicted by the world model.
+        noise_seed: base of the per-request noise seeds (request k of episode i uses noise_seed + 1000 i + k).
+        out: output folder.
+    """
+
+    checkpoint: str = ""
+    policy: str = "motus"
+    task: str = "transfer_cube"
+    episodes: int = 50
+    first_seed: int = 1000
+    max_steps: int = 400
+    execute_steps: int | None = None
+    inference_steps: int | None = None
+    image_height: int = 120
+    image_width: int = 160
+    videos: int = 2
+    imagine: int = 2
+    noise_seed: int = 0
+    out: str = "outputs/eval/transfer_cube"
+
+    def __post_init__(self) -> None:
+        get_task(self.task)
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.policy == "motus" and not self.checkpoint:
+            raise ValueError("policy 'motus' needs a checkpoint folder")
+        if self.episodes <= 0 or self.max_steps <= 0:
+            raise ValueError(f"episodes and max_steps must be positive, got {self.episodes}, {self.max_steps}")
+        if self.execute_steps is not None and self.execute_steps <= 0:
+            raise ValueError(f"execute_steps must be positive (or None), got {self.execute_steps}")
+        if min(self.videos, self.imagine) < 0:
+            raise ValueError(f"videos and imagine must be >= 0, got {self.videos}, {self.imagine}")
+
+
+@dataclass
+class EpisodeResult:
+    """One episode: ACT's success, the stricter success at the end, the rewards and the model's timing."""
+
+    seed: int
+    success: bool
+    success_at_end: bool
+    max_reward: float
+    final_reward: float
+    steps: int
+    chunks: int = 0
+    inference_ms_mean: float = 0.0
+    # world model vs what happened (mean squared error of [0, 1] pixels over the composite), per executed chunk
+    imagined_mse: list[float] = field(default_factory=list)
+    repeat_last_frame_mse: list[float] = field(default_factory=list)
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate (sound at 0 and n successes, unlike the normal one)."""
+    if trials <= 0:
+        raise ValueError(f"trials must be positive, got {trials}")
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def summarize(episodes: list[EpisodeResult]) -> dict[str, Any]:
+    """Success rate with its 95% interval, the stricter rate, mean rewards, world-model errors."""
+    count = len(episodes)
+    successes = sum(e.success for e in episodes)
+    low, high = wilson_interval(successes, count)
+    summary: dict[str, Any] = {
+        "episodes": count,
+        "successes": successes,
+        "success_rate": successes / count,
+        "success_rate_ci95": [round(low, 4), round(high, 4)],
+        "success_at_end_rate": sum(e.success_at_end for e in episodes) / count,
+        "mean_max_reward": float(np.mean([e.max_reward for e in episodes])),
+    }
+    timed = [e.inference_ms_mean for e in episodes if e.chunks]
+    if timed:
+        summary["inference_ms_mean"] = float(np.mean(timed))
+    imagined = [x for e in episodes for x in e.imagined_mse]
+    if imagined:
+        summary["world_model_mse"] = float(np.mean(imagined))
+        summary["repeat_last_frame_mse"] = float(np.mean([x for e in episodes for x in e.repeat_last_frame_mse]))
+    return summary
+
+
+def _views(physics: Any, size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """The model's camera roles -> uint8 [H, W, 3], rendered as the demonstrations were."""
+    return {_ROLES[key]: image for key, image in render_views(physics, size, tuple(CAMERA_NAMES)).items()}
+
+
+def _side_by_side(views: dict[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([views["high"], views["left_wrist"], views["right_wrist"]], axis=1)
+
+
+def _mse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean((a.astype(np.float32) / 255.0 - b.astype(np.float32) / 255.0) ** 2))
+
+
+class MotusRollout:
+    """Runs the checkpoint in the joint-space scene (see the module docstring)."""
+
+    def __init__(self, config: ClosedLoopConfig, engine: Any | None = None) -> None:
+        from motus_model.engine import MotusEngine
+        from motus_model.preprocessing import CompositeLayout
+
+        self.config = config
+        self.engine = engine if engine is not None else MotusEngine.from_pretrained(config.checkpoint)
+        temporal = self.engine.config.temporal
+        self.rate = int(temporal.downsample_rate)
+        self.chunk_steps = int(temporal.action_chunk) * self.rate
+        self.frame_steps = int(temporal.video_action_ratio) * self.rate  # control steps between predicted frames
+        self.execute_steps = min(config.execute_steps or self.chunk_steps, self.chunk_steps)
+        self.layout = CompositeLayout.from_config(self.engine.config)
+        self.instruction = get_task(config.task).instruction
+
+    def _request(self, mode: str, views: dict[str, np.ndarray], state: np.ndarray, seed: int, **extra: Any) -> Any:
+        from motus_model.engine import MotusRequest
+
+        request = MotusRequest(
+            mode=mode, images=views, state=state, instruction=self.instruction, steps=self.config.inference_steps,
+            seed=seed, **extra,
+        )
+        return self.engine.infer(request)
+
+    def run(self, index: int) -> tuple[EpisodeResult, np.ndarray | None, np.ndarray | None]:
+        """Episode ``index``: its result, its rollout video frames and its imagined-vs-actual frames (or None)."""
+        from motus_model.preprocessing import compose_views
+
+        config = self.config
+        seed = config.first_seed + index
+        spec = get_task(config.task)
+        environment = make_joint_environment(config.task, spec.sample_object_pose(seed))
+        observation = environment.reset().observation
+        physics = environment.physics
+        size = (config.image_height, config.image_width)
+        record_video, imagine = index < config.videos, index < config.imagine
+        video: list[np.ndarray] = []
+        comparison: list[np.ndarray] = []
+        rewards: list[float] = []
+        result = EpisodeResult(seed, False, False, 0.0, 0.0, 0)
+        latencies: list[float] = []
+        plan: np.ndarray | None = None
+        plan_start = 0
+        pending: list[tuple[int, np.ndarray]] = []  # (control step, imagined composite) still to be compared
+        for step in range(config.max_steps):
+            needs_plan = plan is None or step - plan_start >= self.execute_steps
+            compare_now = bool(pending) and pending[0][0] == step
+            views = _views(physics, size) if needs_plan or compare_now or (record_video and step % 2 == 0) else None
+            if compare_now:
+                _, imagined = pending.pop(0)
+                actual = compose_views(views, self.layout)
+                result.imagined_mse.append(_mse(imagined, actual))
+                result.repeat_last_frame_mse.append(_mse(last_condition, actual))
+                comparison.append(np.concatenate([actual, imagined], axis=1))
+            if needs_plan:
+                state = np.asarray(observation["qpos"], dtype=np.float64)
+                started = time.perf_counter()
+                output = self._request("vla", views, state, config.noise_seed + 1000 * index + result.chunks)
+                latencies.append((time.perf_counter() - started) * 1000.0)
+                plan, plan_start = upsample_chunk(output.actions, state, self.rate), step
+                result.chunks += 1
+                if imagine and self.execute_steps == self.chunk_steps:
+                    # The world model, given the chunk about to be executed: its frames are compared with
+                    # the rendered ones at the same control steps (only when the whole chunk is executed).
+                    predicted = self._request(
+                        "world_model", views, state, config.noise_seed + 1000 * index + 500 + result.chunks,
+                        actions=output.actions,
+                    ).frames
+                    last_condition = compose_views(views, self.layout)
+                    pending = [(step + (k + 1) * self.frame_steps, frame) for k, frame in enumerate(predicted)]
+            if record_video and step % 2 == 0:
+                video.append(_side_by_side(views))
+            time_step = environment.step(plan[step - plan_start])
+            observation = time_step.observation
+            rewards.append(float(time_step.reward or 0.0))
+        max_reward = float(environment.task.max_reward)
+        result.max_reward, result.final_reward, result.steps = max(rewards), rewards[-1], len(rewards)
+        result.success, result.success_at_end = result.max_reward >= max_reward, result.final_reward >= max_reward
+        result.inference_ms_mean = float(np.mean(latencies)) if latencies else 0.0
+        return result, (np.stack(video) if video else None), (np.stack(comparison) if comparison else None)
+
+
+def _expert_episode(config: ClosedLoopConfig, index: int) -> tuple[EpisodeResult, np.ndarray | None, None]:
+    seed = config.first_seed + index
+    size = (config.image_height, config.image_width) if index < config.videos else None
+    episode = run_expert_episode(config.task, seed, image_size=size, num_steps=config.max_steps)
+    result = EpisodeResult(
+        seed, episode.success, episode.success_at_end, float(episode.rewards.max()), float(episode.rewards[-1]), episode.length
+    )
+    video = None
+    if size is not None:
+        views = {_ROLES[key]: frames[::2] for key, frames in episode.frames.items()}
+        video = np.concatenate([views["high"], views["left_wrist"], views["right_wrist"]], axis=2)
+    return result, video, None
+
+
+def evaluate(config: ClosedLoopConfig, engine: Any | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Run every episode; write results.json and the videos into ``config.out``; return the results."""
+    from motus_model.data.video import write_video
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.policy == "motus":
+        rollout = MotusRollout(config, engine)
+        run_episode: Callable[[int], tuple] = rollout.run
+    else:
+        run_episode = lambda index: _expert_episode(config, index)  # noqa: E731
+    episodes: list[EpisodeResult] = []
+    started = time.perf_counter()
+    progress = tqdm(range(config.episodes), desc=f"eval {config.policy} {config.task}", disable=not show_progress)
+    for index in progress:
+        result, video, comparison = run_episode(index)
+        episodes.append(result)
+        if video is not None:
+            write_video(out / f"rollout_{index:03d}.mp4", video, fps=25)
+        if comparison is not None:
+            write_video(out / f"imagined_vs_actual_{index:03d}.mp4", comparison, fps=2)
+        successes = sum(e.success for e in episodes)
+        progress.set_postfix(success=f"{successes}/{len(episodes)}")
+        logger.info("episode %d (seed %d): success=%s max_reward=%g", index, result.seed, result.success, result.max_reward)
+    results = {
+        "config": asdict(config),
+        "summary": summarize(episodes),
+        "wall_clock_s": round(time.perf_counter() - started, 1),
+        "episodes": [asdict(e) for e in episodes],
+    }
+    (out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# motus eval
+# ---------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = argparse.Namespace(**{f.name: f.default for f in fields(ClosedLoopConfig)})
+    parser.add_argument("--checkpoint", default="", help="Motus checkpoint folder (policy motus)")
+    parser.add_argument("--policy", choices=POLICIES, default=defaults.policy, help="motus, or the scripted expert on the same seeds")
+    parser.add_argument("--task", default=defaults.task, help="transfer_cube or insertion")
+    parser.add_argument("--episodes", type=int, default=defaults.episodes)
+    parser.add_argument("--first-seed", type=int, default=defaults.first_seed, help="episode i uses seed first_seed + i")
+    parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="control steps per episode (50 Hz)")
+    parser.add_argument("--execute-steps", type=int, help="control steps executed per chunk (default: the whole chunk)")
+    parser.add_argument("--inference-steps", type=int, help="Euler steps per chunk (default: the checkpoint's)")
+    parser.add_argument("--videos", type=int, default=defaults.videos, help="rollout mp4s for the first N episodes")
+    parser.add_argument("--imagine", type=int, default=defaults.imagine,
+                        help="imagined-vs-actual frames for the first N episodes (a world-model request per chunk)")
+    parser.add_argument("--noise-seed", type=int, default=defaults.noise_seed)
+    parser.add_argument("--out", default=defaults.out, help="output folder (results.json, mp4s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = ClosedLoopConfig(
+        checkpoint=args.checkpoint, policy=args.policy, task=args.task, episodes=args.episodes,
+        first_seed=args.first_seed, max_steps=args.max_steps, execute_steps=args.execute_steps,
+        inference_steps=args.inference_steps, videos=args.videos, imagine=args.imagine,
+        noise_seed=args.noise_seed, out=args.out,
+    )
+    results = evaluate(config)
+    print(json.dumps({"out": config.out, **results["summary"]}, indent=2))
+    return 0
