@@ -265,6 +265,11 @@ def _eval(args: argparse.Namespace) -> int:
 
 register_command("eval", "closed-loop success rate in the gym-aloha scenes (in-process)", _eval_arguments, _eval)
 
+from motus_model.baselines import conv_idm_arguments, idm_eval_arguments, run_conv_idm, run_idm_eval  # noqa: E402
+
+register_command("train-conv-idm", "train the small convolutional IDM baseline", conv_idm_arguments, run_conv_idm)
+register_command("idm-eval", "held-out IDM comparison: Motus IDM mode vs conv IDM vs hold-state", idm_eval_arguments, run_idm_eval)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="motus", description="Motus training and data tools")
