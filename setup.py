@@ -1,4 +1,5 @@
-"""ament_python package motus_ros: installs the motus_ros and motus_model Python packages from src/."""
+"""ament_python package motus_ros: installs the motus_ros and motus_model Python packages from src/, and launch/,
+config/ and the shipped checkpoints of models/ into share/motus_ros/."""
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -31,6 +32,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         *data_tree("launch"),
         *data_tree("config"),
+        *data_tree("models"),  # shipped checkpoints, resolved by name (motus_ros.checkpoints)
     ],
     install_requires=["setuptools"],
     zip_safe=False,
@@ -42,7 +44,8 @@ setup(
         "console_scripts": [
             "motus_server = motus_ros.server:main",
             "motus_sim = motus_ros.sim.aloha_sim_node:main",
-            "motus = motus_model.cli:main",
+            # motus_model.cli's subcommands plus the ROS ones (eval-ros); `python -m motus_model.cli` needs no ROS.
+            "motus = motus_ros.cli:main",
         ],
     },
 )

@@ -1,11 +1,13 @@
 """Bring up Motus on an ALOHA-family robot: the model server, optionally the simulated ALOHA and rviz2.
 
-    ros2 launch motus_ros aloha.launch.py profile:=aloha_sim sim:=true rviz:=true
+    ros2 launch motus_ros aloha.launch.py profile:=aloha_sim sim:=true rviz:=true        # shipped sim checkpoint
     ros2 launch motus_ros aloha.launch.py profile:=interbotix_aloha checkpoint:=/models/motus dry_run:=true
 
 Arguments:
     profile     robot profile: a name under config/robots/ or a path (default aloha_sim)
-    checkpoint  model checkpoint folder; empty = the preset of config/motus_server.yaml with random weights
+    checkpoint  model checkpoint folder or shipped model name (models/<name>); empty = with sim:=true the shipped
+                motus-small-aloha-transfer-cube (trained in gym-aloha), without sim the preset of
+                config/motus_server.yaml with random weights (a sim-trained model is never a real robot's default)
     sim         also start motus_sim, the simulated ALOHA (gym-aloha, MuJoCo) (default false)
     rviz        also start rviz2 with config/motus.rviz: live cameras beside the imagined ones (default false)
     dry_run     true | false | "" (empty = the robot profile's default: true for real robots)
@@ -22,6 +24,8 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from motus_ros.checkpoints import DEFAULT_SIM_CHECKPOINT, launch_checkpoint
+
 PACKAGE = "motus_ros"
 
 
@@ -29,7 +33,9 @@ def _server_and_sim(context, *args, **kwargs):
     """Resolve the arguments that change which parameters are passed (empty means "leave the default")."""
     share = get_package_share_directory(PACKAGE)
     profile = LaunchConfiguration("profile").perform(context)
-    checkpoint = LaunchConfiguration("checkpoint").perform(context)
+    sim = LaunchConfiguration("sim").perform(context).strip().lower() == "true"
+    # Empty checkpoint: the shipped sim model with sim:=true, else the random-weights preset (never a sim model).
+    checkpoint = launch_checkpoint(LaunchConfiguration("checkpoint").perform(context), sim)
     dry_run = LaunchConfiguration("dry_run").perform(context).strip().lower()
     overrides = {"profile": profile}
     if checkpoint:
@@ -47,7 +53,7 @@ def _server_and_sim(context, *args, **kwargs):
             parameters=[os.path.join(share, "config", "motus_server.yaml"), overrides],
         )
     ]
-    if LaunchConfiguration("sim").perform(context).lower() == "true":
+    if sim:
         sim_params = os.path.join(share, "config", "sim.yaml")
         actions.append(
             Node(
@@ -64,7 +70,9 @@ def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory(PACKAGE)
     return LaunchDescription([
         DeclareLaunchArgument("profile", default_value="aloha_sim", description="robot profile name (config/robots/) or path"),
-        DeclareLaunchArgument("checkpoint", default_value="", description="checkpoint folder; empty = preset with random weights"),
+        DeclareLaunchArgument("checkpoint", default_value="", description=(
+            f"checkpoint folder or shipped model name; empty = {DEFAULT_SIM_CHECKPOINT} with sim:=true, "
+            "else the preset with random weights")),
         DeclareLaunchArgument("sim", default_value="false", description="start the simulated ALOHA (motus_sim)"),
         DeclareLaunchArgument("rviz", default_value="false", description="start rviz2 with config/motus.rviz"),
         DeclareLaunchArgument("dry_run", default_value="", description="true | false | empty = the profile's default"),

@@ -1,13 +1,18 @@
 """The Motus demo (`make demo`, `python -m motus_ros.demo`): the simulated ALOHA driven by the Motus server.
 
-1. starts `motus_sim` (gym-aloha transfer cube, MuJoCo) and `motus_server` as child processes;
-2. runs a RunPolicy goal for a bounded time while counting the commands that reach the robot's command topic;
-3. asks the world model to predict the future of the robot holding still, and the imagination node to imagine
+1. starts `motus_sim` (gym-aloha transfer cube, MuJoCo) and `motus_server` with the shipped checkpoint
+   models/motus-small-aloha-transfer-cube (trained on the scripted transfer-cube demonstrations) as child processes;
+2. resets the simulated episode (the cube at the pose of `--seed`, the arms at their start pose), then runs a
+   RunPolicy goal for one episode while counting the commands that reach the robot's command topic;
+3. asks the world model to predict the future of the robot's next chunk, and the imagination node to imagine
    the task (both replayed on ~/imagined/<camera> for rviz);
-4. prints what happened (commands, control rate, inference latency, imagined frames, the episode's outcome) and
-   stops the children.
+4. prints what happened (which checkpoint, commands, control rate, inference latency, imagined frames, the
+   episode's outcome) and stops the children.
 
-Without a checkpoint the server runs a preset with random weights: the arms move, but not towards the cube.
+`--random-weights` runs the preset with random weights instead: the arms move, but not towards the cube.
+
+The process helpers here (Child, executable, server_config, suite_parameters, Suite, SimMonitor, policy_timing)
+are shared with `motus eval-ros` (motus_ros.evaluation).
 """
 from __future__ import annotations
 
@@ -19,13 +24,31 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from motus_ros.checkpoints import DEFAULT_SIM_CHECKPOINT, DEFAULT_SIM_INSTRUCTION, resolve_checkpoint
 
 READY_SERVER = "MOTUS SERVER READY"
 READY_SIM = "MOTUS_SIM READY"
+SIM_NODE = "/aloha_sim"
+
+# Real-time settings of the simulated loop on a small CPU. A motus-small-aloha chunk spans 16 actions x
+# downsample_rate 2 = 32 control steps = 0.64 s at 50 Hz.
+# One request is in flight at a time and a chunk's actions start at its observation, so a chunk arriving L steps
+# after its request covers 32 - L more steps and the next one arrives L steps later at the earliest: the robot never
+# waits when L <= 16 steps (0.32 s). The next chunk is therefore requested when 16 planned steps remain (earlier
+# requests would only add CPU load; with slower inference the policy replans continuously, chunks ensembled).
+DEFAULT_STEPS = 2  # Euler steps per chunk (the model's default is 10): ~0.1 s in-process, 0.2-0.35 s in the server here
+CHUNK_REQUEST_THRESHOLD = 16
+DEFAULT_CAMERA_RATE_HZ = 5.0  # CPU rendering of the three cameras competes with inference for the cores
+# torch intra-op threads of the server: rendering takes most of a core of the 2, and two threads waiting on each
+# other made a chunk take 4.4 s instead of 0.4 s (measured with other jobs running).
+DEFAULT_TORCH_THREADS = 1
 
 
 class Child:
@@ -72,21 +95,6 @@ def executable(console_script: str, module: str) -> list[str]:
     return [found] if found else [sys.executable, "-m", module]
 
 
-def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="motus_ros.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds the policy drives the robot")
-    parser.add_argument("--instruction", default="transfer the cube", help="the policy's task instruction")
-    parser.add_argument("--checkpoint", default="", help="checkpoint folder; empty = a preset with random weights")
-    parser.add_argument("--preset", default="motus-small", help="preset used without a checkpoint")
-    parser.add_argument("--steps", type=int, default=2, help="denoising steps per request (few keep CPU inference fast)")
-    parser.add_argument("--profile", default="aloha_sim", help="robot profile of the simulated robot")
-    parser.add_argument("--camera-rate", type=float, default=5.0,
-                        help="simulated camera rate (Hz); CPU rendering competes with inference for the 2 cores")
-    parser.add_argument("--task", default="transfer_cube", help="gym-aloha task: transfer_cube or insertion")
-    parser.add_argument("--verbose", action="store_true", help="echo the children's logs")
-    return parser.parse_args(argv)
-
-
 def server_config() -> Path:
     """config/motus_server.yaml from the source tree, else from the installed share/motus_ros."""
     source = Path(__file__).resolve().parents[2] / "config" / "motus_server.yaml"
@@ -97,15 +105,15 @@ def server_config() -> Path:
     return Path(get_package_share_directory("motus_ros")) / "config" / "motus_server.yaml"
 
 
-def demo_parameters(options: argparse.Namespace) -> str:
-    """A params file with the demo's settings for every node. Node sections (not global `-p`): node-specific
-    entries of config/motus_server.yaml would win over global overrides. The simulator renders its cameras on the
-    CPU (~150 ms for the three) and falls behind under load, so the demo tolerates older and less synchronised frames."""
-    import tempfile
-
+def suite_parameters(steps: int, chunk_request_threshold: int = CHUNK_REQUEST_THRESHOLD) -> str:
+    """A params file with the simulated loop's settings for every node. Node sections (not global `-p`):
+    node-specific entries of config/motus_server.yaml would win over global overrides. The simulator renders its
+    cameras on the CPU (~150 ms for the three) and falls behind under load, so older and less synchronised frames
+    are tolerated."""
     import yaml
 
-    values = {"default_steps": options.steps, "max_age_s": 1.0, "max_skew_s": 0.6, "chunk_request_threshold": 10}
+    values = {"default_steps": int(steps), "max_age_s": 1.0, "max_skew_s": 0.6,
+              "chunk_request_threshold": int(chunk_request_threshold)}
     sections = {f"/**/{name}": {"ros__parameters": dict(values)} for name in ("policy", "world_model", "idm", "imagination")}
     handle = tempfile.NamedTemporaryFile("w", prefix="motus_demo_", suffix=".yaml", delete=False)
     with handle:
@@ -113,32 +121,236 @@ def demo_parameters(options: argparse.Namespace) -> str:
     return handle.name
 
 
+def use_private_domain() -> str:
+    """A private DDS domain unless ROS_DOMAIN_ID is set: two demos or evaluations (or a test run) on one machine
+    must not drive each other."""
+    if "ROS_DOMAIN_ID" not in os.environ:
+        os.environ["ROS_DOMAIN_ID"] = str(random.randint(1, 101))
+    return os.environ["ROS_DOMAIN_ID"]
+
+
+def model_description(checkpoint: str, preset: str) -> str:
+    return checkpoint or f"{preset} with RANDOM weights (the arms move, but not to the task)"
+
+
+class Suite:
+    """motus_sim + motus_server as child processes (the simulated robot and the model server).
+
+    checkpoint: a resolved checkpoint folder, or "" for `preset` with random weights."""
+
+    def __init__(self, *, checkpoint: str, preset: str, profile: str = "aloha_sim", task: str = "transfer_cube",
+                 seed: int = 0, camera_rate_hz: float = DEFAULT_CAMERA_RATE_HZ, steps: int = DEFAULT_STEPS,
+                 chunk_request_threshold: int = CHUNK_REQUEST_THRESHOLD, torch_threads: int = DEFAULT_TORCH_THREADS,
+                 verbose: bool = False) -> None:
+        self.checkpoint, self.preset, self.profile, self.task, self.seed = checkpoint, preset, profile, task, seed
+        self.camera_rate_hz, self.steps, self.chunk_request_threshold = camera_rate_hz, steps, chunk_request_threshold
+        self.torch_threads, self.verbose = torch_threads, verbose
+        self.children: list[Child] = []
+        self.params_file = ""
+        self.exit_codes: dict[str, int | None] = {}
+
+    def start(self, sim_timeout_s: float = 120.0, server_timeout_s: float = 180.0) -> None:
+        self.params_file = suite_parameters(self.steps, self.chunk_request_threshold)
+        server_args = ["--preset", self.preset, "--profile", self.profile, "--torch-threads", str(int(self.torch_threads))]
+        if self.checkpoint:
+            server_args += ["--checkpoint", self.checkpoint]
+        ros_args = ["--ros-args", "--params-file", str(server_config()), "--params-file", self.params_file]
+        sim = Child("sim", [*executable("motus_sim", "motus_ros.sim.aloha_sim_node"), "--ros-args",
+                            "-p", f"profile:={self.profile}", "-p", f"task:={self.task}", "-p", f"seed:={int(self.seed)}",
+                            "-p", f"camera_rate_hz:={float(self.camera_rate_hz)!r}"], READY_SIM, self.verbose)
+        self.children.append(sim)
+        server = Child("server", [*executable("motus_server", "motus_ros.server"), *server_args, *ros_args], READY_SERVER, self.verbose)
+        self.children.append(server)
+        sim.wait_ready(sim_timeout_s)
+        server.wait_ready(server_timeout_s)
+
+    def stop(self) -> dict[str, int | None]:
+        """Stop the server first (it holds the robot), then the sim; returns their exit codes."""
+        for child in reversed(self.children):
+            self.exit_codes[child.name] = child.stop()
+        self.children.clear()
+        if self.params_file:
+            Path(self.params_file).unlink(missing_ok=True)
+            self.params_file = ""
+        return dict(self.exit_codes)
+
+    def __enter__(self) -> "Suite":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class SimMonitor:
+    """The simulated robot seen from a client node: episode resets (`seed` parameter + ~/reset), fresh camera
+    frames, the reward and success of the current episode, and the high camera's frames kept for a video.
+
+    Rewards and frames count only between begin_episode() and end_episode(); call `client.spin` (or any spin of
+    the client's executor) to receive them."""
+
+    def __init__(self, client: Any, profile: Any, sim_node: str = SIM_NODE, video_role: str = "high") -> None:
+        from rcl_interfaces.srv import SetParameters
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Bool, Float64
+        from std_srvs.srv import Trigger
+
+        self.client, self.node = client, client.node
+        self.video_role = video_role
+        self.roles = [camera.role for camera in profile.cameras]
+        self.latest_stamp: dict[str, float] = {}
+        self.recording = False
+        self.frames: list[Any] = []
+        self.active = False
+        self.rewards: list[float] = []
+        self.success_seen = False
+        for camera in profile.cameras:
+            self.node.create_subscription(Image, camera.topic, lambda m, role=camera.role: self._on_image(role, m), 10)
+        self.node.create_subscription(Float64, f"{sim_node}/reward", self._on_reward, 10)
+        self.node.create_subscription(Bool, f"{sim_node}/success", self._on_success, 10)
+        self._reset = self.node.create_client(Trigger, f"{sim_node}/reset")
+        self._set_parameters = self.node.create_client(SetParameters, f"{sim_node}/set_parameters")
+        self._trigger_type = Trigger
+
+    def _on_image(self, role: str, message: Any) -> None:
+        from motus_ros.conversions import stamp_to_seconds
+
+        self.latest_stamp[role] = stamp_to_seconds(message.header.stamp)
+        if self.recording and role == self.video_role:
+            from motus_ros.conversions import image_to_numpy_fallback
+
+            self.frames.append(image_to_numpy_fallback(message))
+
+    def _on_reward(self, message: Any) -> None:
+        if self.active:
+            self.rewards.append(float(message.data))
+
+    def _on_success(self, message: Any) -> None:
+        if self.active:
+            self.success_seen = self.success_seen or bool(message.data)
+
+    def now_s(self) -> float:
+        return self.node.get_clock().now().nanoseconds * 1e-9
+
+    def wait_for_sim(self, timeout_s: float = 30.0) -> bool:
+        return self._reset.wait_for_service(timeout_sec=timeout_s) and self._set_parameters.wait_for_service(timeout_sec=timeout_s)
+
+    def set_seed(self, seed: int, timeout_s: float = 10.0) -> None:
+        """Set the sim's `seed` parameter (the object pose of the next ~/reset)."""
+        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+        from rcl_interfaces.srv import SetParameters
+
+        value = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=int(seed))
+        request = SetParameters.Request(parameters=[Parameter(name="seed", value=value)])
+        response = self.client.spin_until(self._set_parameters.call_async(request), timeout_s)
+        if not response.results or not response.results[0].successful:
+            reason = response.results[0].reason if response.results else "no result"
+            raise RuntimeError(f"the simulator refused seed {seed}: {reason}")
+
+    def reset(self, seed: int | None = None, timeout_s: float = 10.0, fresh_frames_timeout_s: float = 15.0) -> float:
+        """Start a new episode: optionally set the seed, call ~/reset, then wait until every camera has published a
+        frame rendered after the reset (so the policy's first observation shows the new episode). Returns the
+        reset time (node clock, s)."""
+        if seed is not None:
+            self.set_seed(seed, timeout_s)
+        response = self.client.spin_until(self._reset.call_async(self._trigger_type.Request()), timeout_s)
+        if not response.success:
+            raise RuntimeError(f"the simulator's reset failed: {response.message}")
+        reset_s = self.now_s()
+        fresh = lambda: all(self.latest_stamp.get(role, 0.0) > reset_s for role in self.roles)  # noqa: E731
+        self.client.spin(fresh_frames_timeout_s, until=fresh)
+        if not fresh():
+            raise RuntimeError(f"no camera frames after the reset within {fresh_frames_timeout_s:g} s")
+        return reset_s
+
+    def begin_episode(self, record: bool = False) -> None:
+        self.rewards, self.success_seen, self.frames = [], False, []
+        self.active, self.recording = True, record
+
+    def end_episode(self) -> None:
+        self.active, self.recording = False, False
+
+    @property
+    def max_reward(self) -> float:
+        return max(self.rewards, default=0.0)
+
+    @property
+    def final_reward(self) -> float:
+        return self.rewards[-1] if self.rewards else 0.0
+
+
+def policy_timing(feedback: Sequence[Any]) -> dict[str, Any]:
+    """Medians of a RunPolicy goal's feedback: the measured control rate (after its first second, the rate's
+    window), the inference latency of each chunk (read when the chunk count grows) and the share of feedback
+    messages in which the policy held the robot."""
+    import numpy as np
+
+    rates = [float(f.control_rate_hz) for f in feedback if f.step > 50]
+    latencies, chunks = [], 0
+    for message in feedback:
+        if message.chunks > chunks and message.last_inference_ms > 0:
+            latencies.append(float(message.last_inference_ms))
+        chunks = max(chunks, int(message.chunks))
+    return {
+        "control_rate_hz_median": round(float(np.median(rates)), 1) if rates else None,
+        "inference_ms_median": round(float(np.median(latencies)), 1) if latencies else None,
+        "inference_ms_mean": round(float(np.mean(latencies)), 1) if latencies else None,
+        "inference_samples": len(latencies),
+        "holding_fraction": round(sum(bool(f.holding) for f in feedback) / len(feedback), 3) if feedback else None,
+    }
+
+
+def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="motus_ros.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds the policy drives the robot (one episode)")
+    parser.add_argument("--instruction", default=DEFAULT_SIM_INSTRUCTION, help="the policy's task instruction")
+    parser.add_argument("--checkpoint", default=DEFAULT_SIM_CHECKPOINT,
+                        help="checkpoint folder or shipped model name (default: the shipped transfer-cube model)")
+    parser.add_argument("--random-weights", action="store_true", help="ignore --checkpoint: run --preset with random weights")
+    parser.add_argument("--preset", default="motus-small-aloha", help="preset used with --random-weights")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                        help="Euler steps per request (few keep CPU inference inside a chunk's 0.64 s)")
+    parser.add_argument("--chunk-request-threshold", type=int, default=CHUNK_REQUEST_THRESHOLD,
+                        help="request the next chunk when this many planned control steps remain")
+    parser.add_argument("--torch-threads", type=int, default=DEFAULT_TORCH_THREADS, help="the server's torch threads (0: torch's default)")
+    parser.add_argument("--seed", type=int, default=1000, help="object pose of the episode (the demonstrations used 0-49)")
+    parser.add_argument("--profile", default="aloha_sim", help="robot profile of the simulated robot")
+    parser.add_argument("--camera-rate", type=float, default=DEFAULT_CAMERA_RATE_HZ,
+                        help="simulated camera rate (Hz); CPU rendering competes with inference for the 2 cores")
+    parser.add_argument("--task", default="transfer_cube", help="gym-aloha task: transfer_cube or insertion")
+    parser.add_argument("--verbose", action="store_true", help="echo the children's logs")
+    return parser.parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_arguments(argv)
-    config = server_config()
-    server_args = ["--preset", options.preset, "--profile", options.profile]
-    if options.checkpoint:
-        server_args += ["--checkpoint", options.checkpoint]
-    demo_params = demo_parameters(options)
-    ros_args = ["--ros-args", "--params-file", str(config), "--params-file", demo_params]
-    if "ROS_DOMAIN_ID" not in os.environ:
-        # A private DDS domain: two demos (or a demo and a test run) on one machine must not drive each other.
-        os.environ["ROS_DOMAIN_ID"] = str(random.randint(1, 101))
-    print(f"ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']} (export it to watch with rviz2 / ros2 topic)", flush=True)
-    model = options.checkpoint or f"{options.preset} with RANDOM weights (no trained checkpoint given: the arms move, but not to the task)"
-    print(f"motus demo: simulated ALOHA ({options.task}) + motus_server ({model}), policy for {options.duration:g} s", flush=True)
-    children: list[Child] = []
+    started = time.monotonic()
+    checkpoint = ""
+    if not options.random_weights:
+        try:
+            checkpoint = resolve_checkpoint(options.checkpoint)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"demo failed: {exc}\n(--random-weights runs the preset with random weights instead)", flush=True)
+            return 1
+    print(f"ROS_DOMAIN_ID={use_private_domain()} (export it to watch with rviz2 / ros2 topic)", flush=True)
+    model = model_description(checkpoint, options.preset)
+    print(f"motus demo: simulated ALOHA ({options.task}, seed {options.seed}) + motus_server ({model}), "
+          f"policy for {options.duration:g} s with {options.steps} Euler steps per chunk", flush=True)
+    suite = Suite(checkpoint=checkpoint, preset=options.preset, profile=options.profile, task=options.task,
+                  seed=options.seed, camera_rate_hz=options.camera_rate, steps=options.steps,
+                  chunk_request_threshold=options.chunk_request_threshold, torch_threads=options.torch_threads,
+                  verbose=options.verbose)
     report: dict = {}
     try:
-        sim = Child("sim", [*executable("motus_sim", "motus_ros.sim.aloha_sim_node"), "--ros-args", "-p", f"profile:={options.profile}", "-p", f"task:={options.task}",
-                                 "-p", f"camera_rate_hz:={float(options.camera_rate)!r}"], READY_SIM, options.verbose)
-        children.append(sim)
-        server = Child("server", [*executable("motus_server", "motus_ros.server"), *server_args, *ros_args], READY_SERVER, options.verbose)
-        children.append(server)
-        sim.wait_ready(120)
-        server.wait_ready(180)
+        suite.start()
         print("simulator and server are up", flush=True)
         report = run_demo(options)
+        report["model"] = {"checkpoint": checkpoint or None, "preset": None if checkpoint else options.preset,
+                           "random_weights": not checkpoint, "steps": options.steps}
     except KeyboardInterrupt:
         print("interrupted", flush=True)
         return 130
@@ -146,20 +358,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"demo failed: {exc}", flush=True)
         return 1
     finally:
-        exit_codes = {child.name: child.stop() for child in reversed(children)}
-        Path(demo_params).unlink(missing_ok=True)
+        exit_codes = suite.stop()
         if report:
             report["children_exit_codes"] = exit_codes
+            report["wall_time_s"] = round(time.monotonic() - started, 1)
             print_report(report)
     return 0 if report.get("policy", {}).get("termination") == "completed" else 1
 
 
 def run_demo(options: argparse.Namespace) -> dict:
-    """Drive the robot, query the world model and the imagination node; returns what happened."""
-    import numpy as np
+    """Reset the episode, drive the robot, query the world model and the imagination node; returns what happened."""
     import rclpy
     from sensor_msgs.msg import Image, JointState
-    from std_msgs.msg import Bool, Float64
 
     from motus_ros.client import MotusClient
     from motus_ros.profiles import load_profile
@@ -168,7 +378,6 @@ def run_demo(options: argparse.Namespace) -> dict:
     rclpy.init()
     client = MotusClient(node_name="motus_demo")
     counts = {"commands": 0, "imagined_frames": 0, "predicted_frames": 0}
-    outcome = {"success": False, "max_reward": 0.0}
     latest_state: list = []
     try:
         node = client.node
@@ -177,40 +386,44 @@ def run_demo(options: argparse.Namespace) -> dict:
             node.create_subscription(command_type, topic, lambda _: counts.__setitem__("commands", counts["commands"] + 1), 100)
         node.create_subscription(Image, "/imagination/imagined/high", lambda _: counts.__setitem__("imagined_frames", counts["imagined_frames"] + 1), 10)
         node.create_subscription(Image, "/world_model/imagined/high", lambda _: counts.__setitem__("predicted_frames", counts["predicted_frames"] + 1), 10)
-        node.create_subscription(Bool, "/aloha_sim/success", lambda m: outcome.__setitem__("success", outcome["success"] or m.data), 10)
-        node.create_subscription(Float64, "/aloha_sim/reward", lambda m: outcome.__setitem__("max_reward", max(outcome["max_reward"], m.data)), 10)
         node.create_subscription(JointState, profile.joint_state_topics[0], lambda m: latest_state.append(m), 10)
-        if not client.wait_for_server(60):
-            raise RuntimeError("the server's interfaces did not appear")
+        sim = SimMonitor(client, profile)
+        if not client.wait_for_server(60) or not sim.wait_for_sim(30):
+            raise RuntimeError("the server's or the simulator's interfaces did not appear")
         client.spin(3.0, until=lambda: len(latest_state) > 5)
 
-        # 1. The policy drives the robot.
+        # 1. A fresh episode: the cube at the seed's pose, the arms at their start pose; then the policy drives.
+        sim.reset(options.seed)
+        sim.begin_episode()
         counts["commands"] = 0
         start = time.monotonic()
         if not client.run_policy(options.instruction, max_duration_s=options.duration):
             raise RuntimeError("the RunPolicy goal was rejected")
-        rates, latencies, next_print = [], [], time.monotonic() + 2.0
+        next_print = time.monotonic() + 2.0
         while not client.is_task_complete(0.05):
             feedback = client.get_feedback()
             if feedback is not None and time.monotonic() >= next_print:
                 next_print += 2.0
-                rates.append(feedback.control_rate_hz)
-                latencies.append(feedback.last_inference_ms)
                 hold = f", holding ({feedback.hold_reason})" if feedback.holding else ""
                 print(f"  step {feedback.step:5d}  chunks {feedback.chunks:3d}  rate {feedback.control_rate_hz:5.1f} Hz  "
-                      f"inference {feedback.last_inference_ms:6.1f} ms{hold}", flush=True)
+                      f"inference {feedback.last_inference_ms:6.1f} ms  reward {sim.max_reward:g}{hold}", flush=True)
         elapsed = time.monotonic() - start
+        sim.end_episode()
         result = client.get_result()
         client.spin(0.3)
+        timing = policy_timing(client.policy_task.feedback)
         policy = {
             "termination": result.termination, "error": result.error.message, "steps": int(result.steps),
             "chunks": int(result.chunks), "duration_s": round(float(result.duration_s), 2),
             "commands_received_on_robot_topics": counts["commands"],
             "command_rate_hz": round(counts["commands"] / elapsed, 1),
             "target_control_rate_hz": profile.control_rate_hz,
-            "feedback_control_rate_hz_median": round(float(np.median(rates)), 1) if rates else None,
-            "inference_latency_ms_median": round(float(np.median([x for x in latencies if x > 0] or [0.0])), 1),
+            "feedback_control_rate_hz_median": timing["control_rate_hz_median"],
+            "inference_latency_ms_median": timing["inference_ms_median"],
+            "holding_fraction": timing["holding_fraction"],
         }
+        episode = {"seed": options.seed, "success": bool(sim.success_seen), "max_reward": sim.max_reward,
+                   "final_reward": sim.final_reward}
 
         # 2. The world model: what executing the policy's next chunk would look like.
         plan = _retry(client, lambda: client.predict_actions(options.instruction, steps=options.steps))
@@ -228,7 +441,7 @@ def run_demo(options: argparse.Namespace) -> dict:
             "imagination": {"error": imagined.error.message or "ok", "frames": len(imagined.frames),
                             "trajectory_points": len(imagined.trajectory.points), "total_ms": round(imagined.timing.total_ms, 1),
                             "replayed_frames_seen": counts["imagined_frames"]},
-            "episode": {"success": bool(outcome["success"]), "max_reward": outcome["max_reward"]},
+            "episode": episode,
         }
     finally:
         client.destroy()
@@ -259,18 +472,25 @@ def _command_message_type(profile):
 
 
 def print_report(report: dict) -> None:
-    policy, episode = report["policy"], report["episode"]
+    policy, episode, model = report["policy"], report["episode"], report.get("model", {})
     print("\n=== motus demo report ===")
+    if model:
+        which = model["checkpoint"] or f"preset {model['preset']} with RANDOM weights"
+        print(f"model:         {which} ({model['steps']} Euler steps per chunk)")
     print(f"policy:        {policy['termination']} after {policy['duration_s']} s: {policy['steps']} control steps, "
           f"{policy['chunks']} chunks")
     print(f"commands:      {policy['commands_received_on_robot_topics']} reached the robot at {policy['command_rate_hz']} Hz "
           f"(target {policy['target_control_rate_hz']:g} Hz)")
-    print(f"inference:     {policy['inference_latency_ms_median']} ms median per chunk")
+    print(f"inference:     {policy['inference_latency_ms_median']} ms median per chunk; control rate "
+          f"{policy['feedback_control_rate_hz_median']} Hz median; holding {policy['holding_fraction']} of the time")
     print(f"world model:   {report['world_model']['frames']} predicted frames per camera, "
           f"{report['world_model']['published_frames_seen']} published")
     print(f"imagination:   {report['imagination']['frames']} imagined frames, {report['imagination']['trajectory_points']} "
           f"action points, {report['imagination']['replayed_frames_seen']} replayed on ~/imagined/high")
-    print(f"episode:       success={episode['success']} max_reward={episode['max_reward']}")
+    print(f"episode:       seed {episode['seed']}: success={episode['success']} max_reward={episode['max_reward']} "
+          f"final_reward={episode['final_reward']}")
+    if "wall_time_s" in report:
+        print(f"wall time:     {report['wall_time_s']} s")
     print(json.dumps(report, indent=2), flush=True)
 
 

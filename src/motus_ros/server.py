@@ -1,7 +1,7 @@
 """motus_server: one process, one MotusEngine, four lifecycle nodes (policy, world_model, idm, imagination).
 
-    motus_server [--profile NAME|PATH] [--checkpoint DIR] [--preset NAME] [--device DEV] [--no-autostart]
-                 [--max-waiting-requests N] [--ros-args --params-file config/motus_server.yaml ...]
+    motus_server [--profile NAME|PATH] [--checkpoint DIR|NAME] [--preset NAME] [--device DEV] [--no-autostart]
+                 [--max-waiting-requests N] [--torch-threads N] [--ros-args --params-file config/motus_server.yaml ...]
 
 The shorthand options become global ROS parameters (`-p profile:=...`), which every node declares; params files
 set the rest (config/motus_server.yaml documents every parameter). Note the ROS precedence rule: a node section
@@ -32,6 +32,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
+from motus_ros.checkpoints import resolve_checkpoint, shipped_models
 from motus_ros.idm_node import IdmNode
 from motus_ros.imagination_node import ImaginationNode
 from motus_ros.lifecycle_base import ModelSpec, MotusLifecycleNode, ServerContext, SharedModel
@@ -45,19 +46,21 @@ NODE_NAMES = ("policy", "world_model", "idm", "imagination")
 
 
 def build_engine(spec: ModelSpec) -> Any:
-    """The MotusEngine for `spec`: from a checkpoint folder, or a preset with seeded random weights (with a loud
-    warning: such a model drives the robot with noise and exists for development and tests only)."""
+    """The MotusEngine for `spec`: from a checkpoint folder or a shipped model name (motus_ros.checkpoints), or a
+    preset with seeded random weights (with a loud warning: such a model drives the robot with noise and exists for
+    development and tests only). No checkpoint never means a shipped model: those are trained in simulation."""
     from motus_model.engine import MotusEngine
 
     if spec.checkpoint:
-        path = Path(spec.checkpoint).expanduser()
+        path = Path(resolve_checkpoint(spec.checkpoint))  # a folder, or a shipped model name (models/<name>)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"checkpoint {str(path)!r}: expected a folder with config.json + model.safetensors")
         logger.info("loading the Motus checkpoint %s on %s", path, spec.device)
         return MotusEngine.from_pretrained(str(path), device=spec.device, max_batch=spec.max_batch)
     logging.getLogger("motus_server").warning(
         "NO CHECKPOINT: running preset %r with RANDOM weights (seed %d). The actions and frames are noise; "
-        "set `checkpoint` (or --checkpoint DIR) to a trained model folder.", spec.preset, spec.seed)
+        "set `checkpoint` (or --checkpoint DIR|NAME) to a trained model folder or a shipped model (%s).",
+        spec.preset, spec.seed, ", ".join(shipped_models()) or "none found")
     return MotusEngine.from_preset(spec.preset, seed=spec.seed, device=spec.device, max_batch=spec.max_batch)
 
 
@@ -65,11 +68,15 @@ def parse_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]
     """Split our shorthand options from the ROS arguments; the shorthands become global `-p name:=value`."""
     parser = argparse.ArgumentParser(prog="motus_server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", help="robot profile name (config/robots/<name>.yaml) or path")
-    parser.add_argument("--checkpoint", help="checkpoint folder (config.json + model.safetensors)")
+    parser.add_argument("--checkpoint", help="checkpoint folder (config.json + model.safetensors) or a shipped model name "
+                        "(models/<name>, e.g. motus-small-aloha-transfer-cube); none = --preset with random weights")
     parser.add_argument("--preset", help="model preset with random weights when no checkpoint is given")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
     parser.add_argument("--no-autostart", action="store_true", help="leave the nodes unconfigured (drive them with ros2 lifecycle)")
     parser.add_argument("--max-waiting-requests", type=int, default=4, help="requests that may wait on the model at once (more get BUSY)")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="torch intra-op threads of the model (0 = torch's default, one per core); 1 suits a small "
+                             "CPU shared with the simulator")
     if "--ros-args" in argv:
         split = list(argv).index("--ros-args")
         own, ros = list(argv[:split]), list(argv[split:])
@@ -115,6 +122,12 @@ def main(args: Sequence[str] | None = None) -> int:
     # 5 ms switch interval, each of the several GIL hand-overs of one 20 ms control tick can wait that long while
     # inference runs; 0.5 ms keeps the command rate steady (seen here: 22 Hz instead of 50 Hz during warm-up).
     sys.setswitchinterval(0.0005)
+    if options.torch_threads > 0:
+        # On a CPU shared with other busy processes (the simulator's rendering), intra-op threads that wait on
+        # each other are far slower than one: seen on 2 cores, 4.4 s instead of 0.4 s per chunk.
+        import torch
+
+        torch.set_num_threads(options.torch_threads)
     # Our own SIGINT/SIGTERM handling: rclpy's would shut the context down at once, before the policy node
     # could publish its hold command. Here a signal only ends the spin loop; the nodes then shut down in order.
     rclpy.init(args=["motus_server", *ros_args], signal_handler_options=SignalHandlerOptions.NO)

@@ -47,3 +47,16 @@ def test_launch_file_wraps_the_tested_entry_points_and_configs():
     assert (ROOT / "config" / "motus_server.yaml").is_file() and (ROOT / "config" / "motus.rviz").is_file()
     setup = (ROOT / "setup.py").read_text()
     assert "motus_server = motus_ros.server:main" in setup and "motus_sim = motus_ros.sim.aloha_sim_node:main" in setup
+
+
+def test_sim_launch_defaults_to_the_shipped_checkpoint_and_a_real_robot_does_not():
+    """The launch file's checkpoint choice (motus_ros.checkpoints.launch_checkpoint, called by _server_and_sim)."""
+    from motus_ros.checkpoints import DEFAULT_SIM_CHECKPOINT, launch_checkpoint
+
+    assert launch_checkpoint("", sim=True) == DEFAULT_SIM_CHECKPOINT
+    assert launch_checkpoint("", sim=False) == ""  # a real robot: the random-weights preset, with its warning
+    assert launch_checkpoint("/models/mine", sim=True) == "/models/mine"
+    assert launch_checkpoint("/models/mine", sim=False) == "/models/mine"
+    source = LAUNCH_FILE.read_text()
+    assert 'launch_checkpoint(LaunchConfiguration("checkpoint").perform(context), sim)' in source
+    assert 'overrides["checkpoint"] = checkpoint' in source
