@@ -332,6 +332,15 @@ class MotusConfig:
         patch_t, patch_h, patch_w = self.video.patch_size
         return frames // patch_t, height // patch_h, width // patch_w
 
+    @property
+    def video_token_dim(self) -> int:
+        """Latent values per video token (patch volume x latent channels): 192 < 3072 in the release. Where it
+        exceeds ``video.dim`` the patch embedding and the head are a bottleneck: the velocity the model can
+        output spans only ``video.dim`` of these directions, so the noise in the others is never removed and
+        sampled frames stay noisy whatever the training (pixel_patch presets; see docs/results.md)."""
+        patch_t, patch_h, patch_w = self.video.patch_size
+        return patch_t * patch_h * patch_w * self.latents.channels
+
     def num_video_tokens(self) -> int:
         frames, height, width = self.token_grid()
         return frames * height * width

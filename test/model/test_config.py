@@ -73,3 +73,12 @@ def test_latent_channels_must_agree_between_sections():
     config = MotusConfig.preset("motus-tiny")
     with pytest.raises(ValueError, match="latent_channels"):
         dataclasses.replace(config, video=dataclasses.replace(config.video, latent_channels=12))
+
+
+def test_video_token_dim_flags_the_pixel_patch_bottleneck():
+    # The release: 48 Wan-VAE channels x a 1x2x2 patch = 192 values per token, far under the 3072-wide expert.
+    release = MotusConfig.preset("motus-8b")
+    assert release.video_token_dim == 192 < release.video.dim
+    # motus-small: 192 pixel_patch channels x 2x2 = 768 values per token through a 256-wide expert.
+    small = MotusConfig.preset("motus-small-aloha")
+    assert small.video_token_dim == 768 > small.video.dim

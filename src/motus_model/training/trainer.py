@@ -343,6 +343,13 @@ class Trainer:
             loss_config.loss.video_weight = config.video_loss_weight
         if config.action_loss_weight is not None:
             loss_config.loss.action_weight = config.action_loss_weight
+        model_config = self.model.config
+        if loss_config.loss.video_weight > 0 and model_config.video_token_dim > model_config.video.dim:
+            logger.warning(
+                "a video token holds %d latent values but the video expert is %d wide: sampled frames will keep "
+                "the noise outside the head's %d directions (see MotusConfig.video_token_dim)",
+                model_config.video_token_dim, model_config.video.dim, model_config.video.dim,
+            )
 
         # 2. data
         mixture = make_mixture(config)
