@@ -33,7 +33,6 @@ from motus_ros.demo import CHUNK_REQUEST_THRESHOLD, DEFAULT_CAMERA_RATE_HZ, SimM
 PROFILE = "aloha_sim"
 # gym-aloha's top reward per task (TransferCubeTask / InsertionTask max_reward): the success threshold.
 TASK_MAX_REWARD = {"transfer_cube": 4.0, "insertion": 4.0}
-TASK_INSTRUCTIONS = {"transfer_cube": "transfer the cube to the other arm", "insertion": "insert the peg into the socket"}
 
 
 @dataclass
@@ -74,7 +73,10 @@ class RosEvalConfig:
             raise ValueError(f"episodes and duration must be positive, got {self.episodes}, {self.duration_s}")
         if self.inference_steps < 0 or self.videos < 0 or self.camera_rate_hz <= 0:
             raise ValueError("steps and videos must be >= 0 and the camera rate > 0")
-        self.instruction = self.instruction or TASK_INSTRUCTIONS[self.task]
+        if not self.instruction:  # the demonstrations' instruction (dm_control is imported only here)
+            from motus_model.aloha_demos.scripted_expert import get_task
+
+            self.instruction = get_task(self.task).instruction
 
 
 def evaluate(config: RosEvalConfig, verbose: bool = False) -> dict[str, Any]:
