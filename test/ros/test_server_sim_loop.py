@@ -29,7 +29,10 @@ def test_policy_drives_the_simulated_aloha(ros_context, spawn_process):
     spawn_process(sim_command("-p", "camera_rate_hz:=4.0"), ready_line="MOTUS_SIM READY", timeout=120)
     # motus-small: its 16-step chunk (320 ms at 50 Hz) outlasts a 1-step inference even on a loaded 2-core machine;
     # motus-tiny's 4-step chunk (80 ms) would arrive already in the past and the policy would only ever hold.
-    spawn_process(server_command(preset="motus-small", default_steps=1, chunk_request_threshold=10), ready_line="MOTUS SERVER READY", timeout=120)
+    # One torch thread: the simulator's rendering takes most of a core, and two intra-op threads waiting on each
+    # other made chunks take seconds on a loaded machine.
+    spawn_process(server_command("--torch-threads", "1", preset="motus-small", default_steps=1, chunk_request_threshold=10),
+                  ready_line="MOTUS SERVER READY", timeout=120)
     client = MotusClient(node_name="sim_loop_client")
     lock = threading.Lock()
     commands: list[tuple[float, np.ndarray]] = []
