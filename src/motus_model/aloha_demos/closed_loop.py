@@ -32,6 +32,8 @@ import numpy as np
 from tqdm import tqdm
 
 from motus_model.action_chunks import upsample_chunk
+from motus_model.data.torch_dataset import ALOHA_CAMERA_MAP
+from motus_model.preprocessing import CAMERA_ROLES
 from motus_model.aloha_demos.scripted_expert import (
     CAMERA_NAMES,
     get_task,
@@ -45,11 +47,7 @@ logger = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
 POLICIES = ("motus", "expert")
 # LeRobot camera key (as the demonstrations are recorded) -> the model's composite role.
-_ROLES = {
-    "observation.images.cam_high": "high",
-    "observation.images.cam_left_wrist": "left_wrist",
-    "observation.images.cam_right_wrist": "right_wrist",
-}
+_ROLES = {key: role for role, key in ALOHA_CAMERA_MAP.items()}
 
 
 @dataclass
@@ -160,7 +158,8 @@ def _views(physics: Any, size: tuple[int, int]) -> dict[str, np.ndarray]:
 
 
 def _side_by_side(views: dict[str, np.ndarray]) -> np.ndarray:
-    return np.concatenate([views["high"], views["left_wrist"], views["right_wrist"]], axis=1)
+    """The three views left to right along the width axis: one frame [H, W, 3] or a clip [T, H, W, 3]."""
+    return np.concatenate([views[role] for role in CAMERA_ROLES], axis=-2)
 
 
 def _mse(a: np.ndarray, b: np.ndarray) -> float:
@@ -260,8 +259,7 @@ def _expert_episode(config: ClosedLoopConfig, index: int) -> tuple[EpisodeResult
     )
     video = None
     if size is not None:
-        views = {_ROLES[key]: frames[::2] for key, frames in episode.frames.items()}
-        video = np.concatenate([views["high"], views["left_wrist"], views["right_wrist"]], axis=2)
+        video = _side_by_side({_ROLES[key]: frames[::2] for key, frames in episode.frames.items()})
     return result, video, None
 
 
