@@ -238,3 +238,71 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
+
+
+def keypoint_config(keypoints: int = 3, **overrides) -> MotusConfig:
+    config = tiny_config(**overrides)
+    config.action = dataclasses.replace(config.action, keypoints=keypoints, keypoint_channels=8)
+    return config
+
+
+class _RedBlue(torch.nn.Module):
+    """Stands in for the learned convolutions: heat maps = sharp copies of the red and blue channels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 50.0 * x[:, [0, 2]]
+
+
+def test_keypoints_find_a_pixel_in_the_pixel_patch_latent():
+    from motus_model.modeling_motus import KeypointEncoder
+    from motus_model.video_latents import PixelPatchCodec
+
+    config = keypoint_config(keypoints=2)
+    encoder = KeypointEncoder(config)
+    encoder.convs = _RedBlue()
+    height, width = config.latents.image_height, config.latents.image_width
+    frame = -torch.ones(1, 1, 3, height, width)  # black in [-1, 1]
+    frame[0, 0, 0, 5, 25] = 1.0  # a red pixel at row 5, column 25
+    frame[0, 0, 2, 30, 2] = 1.0  # a blue one at row 30, column 2
+    latent = PixelPatchCodec(config.latents.spatial_compression).encode(frame)[:, :, 0]
+    points = encoder.keypoints(latent)[0]
+    # (x, y) in [-1, 1] over the pixel grid: the space-to-depth is undone before the heat maps.
+    expected = torch.tensor([[25 / (width - 1), 5 / (height - 1)], [2 / (width - 1), 30 / (height - 1)]]) * 2 - 1
+    torch.testing.assert_close(points, expected, atol=0.02, rtol=0)
+
+
+@pytest.mark.timeout(240)
+def test_keypoint_encoder_feeds_the_state_token_and_trains():
+    torch.manual_seed(10)
+    config = keypoint_config()
+    model = MotusModel(config).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.action_expert.head.head.weight, std=0.1)
+    latents, vs, actions, as_, state, text, vlm = make_inputs(config, batch=1)
+    with torch.no_grad():
+        _, before = model.forward_uncached(latents, vs, actions, as_, state, text, vlm)
+        moved = latents.clone()
+        moved[:, :, 0] = torch.roll(moved[:, :, 0], shifts=2, dims=-1)  # the conditioning frame changes
+        _, after = model.forward_uncached(moved, vs, actions, as_, state, text, vlm)
+    assert not torch.allclose(before, after)
+    grads = _train_step_grads(model, config)
+    for name, grad in grads.items():
+        if name.startswith("action_expert.keypoint_encoder."):
+            assert grad is not None and grad.abs().sum() > 0, f"{name} received no gradient"
+    assert any(name.startswith("action_expert.keypoint_encoder.convs.0.") for name in grads)
+
+
+def test_keypoints_exist_only_with_a_state_token_and_work_on_vae_latents():
+    assert MotusModel(keypoint_config(training_mode="pretrain")).action_expert.keypoint_encoder is None
+    vae = MotusConfig.preset("motus-small-wan-vae")
+    vae.action = dataclasses.replace(vae.action, keypoints=4)
+    from motus_model.modeling_motus import KeypointEncoder
+
+    encoder = KeypointEncoder(vae)
+    assert encoder.convs[0].in_channels == vae.latents.channels  # VAE latents are used as they are
+    _, height, width = vae.latents.latent_grid(1)
+    assert encoder(torch.randn(2, vae.latents.channels, height, width)).shape == (2, 1, vae.action.dim)
+    with pytest.raises(ValueError, match="keypoints must be >= 0"):
+        dataclasses.replace(vae.action, keypoints=-1)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        dataclasses.replace(vae.action, keypoint_channels=12)
