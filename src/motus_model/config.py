@@ -91,24 +91,14 @@ class ActionExpertConfig:
     # Learned register tokens appended after the actions (finetune mode only).
     num_registers: int = 4
     eps: float = 1e-5
-    # Spatial-softmax keypoints of the clean conditioning frame, embedded into the state token
-    # (finetune mode only). 0 = none, as the release, whose pretrained VLM and VAE features carry
-    # where things are. Small presets trained from scratch use them instead: see KeypointEncoder.
-    keypoints: int = 0
-    # Width of the keypoint encoder's first convolutions (doubled after its stride-2 layer).
-    keypoint_channels: int = 16
 
     def __post_init__(self) -> None:
         _require_positive(
             "action", dim=self.dim, ffn_dim=self.ffn_dim, action_dim=self.action_dim,
-            state_dim=self.state_dim, eps=self.eps, keypoint_channels=self.keypoint_channels,
+            state_dim=self.state_dim, eps=self.eps,
         )
         if self.num_registers < 0:
             raise ValueError(f"action.num_registers must be >= 0, got {self.num_registers}")
-        if self.keypoints < 0:
-            raise ValueError(f"action.keypoints must be >= 0, got {self.keypoints}")
-        if self.keypoint_channels % 8:
-            raise ValueError(f"action.keypoint_channels must be a multiple of 8 (GroupNorm groups), got {self.keypoint_channels}")
         if self.dim % 2 != 0:
             raise ValueError(f"action.dim must be even for the sin-cos positions, got {self.dim}")
 
@@ -479,13 +469,10 @@ def _motus_small() -> MotusConfig:
 def _motus_small_aloha() -> MotusConfig:
     """``motus-small`` timed for the simulated ALOHA (50 Hz): the 16-action chunk takes every second
     control step, so a chunk spans 0.64 s (a CPU inference fits inside it) and the 4 future frames are
-    0.16 s apart; 32 spatial-softmax keypoints of the conditioning frame feed the state token
-    (``KeypointEncoder``). Trained by the recipe in ``models/motus-small-aloha-transfer-cube/README.md``; the embedded default of ``make demo``."""
+    0.16 s apart. Trained by ``docs/model_card.md``'s recipe; the embedded default of ``make demo``."""
     config = _motus_small()
     config.temporal = TemporalConfig(num_video_frames=4, action_chunk=16, video_action_ratio=4, downsample_rate=2)
     config.video.text_len = 48  # the demonstrations' instructions, byte-tokenised by the tiny umT5
-    # Trained from scratch on 50 demonstrations, the policy must read the object's position off a few pixels.
-    config.action.keypoints = 32
     return config
 
 

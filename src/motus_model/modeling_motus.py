@@ -252,65 +252,6 @@ def _modulated_head(head: WanHead | ActionHead, x: torch.Tensor, temb: torch.Ten
     return _run(head.head, _modulate(x, eps, shift, scale))
 
 
-class KeypointEncoder(nn.Module):
-    """Where things are in the clean conditioning frame, for the state token (``action.keypoints`` > 0).
-
-    A small convolutional net turns the frame into one heat map per keypoint; a spatial softmax
-    reads each map as an expected (x, y) position in [-1, 1] (Levine et al. 2016, as robomimic and
-    Diffusion Policy do), and an MLP embeds the positions into the action expert's width. Positions
-    are linear in the image coordinates, so a policy trained on a few object placements interpolates
-    between them. This is not in the Motus release: there, pretrained Qwen3-VL and Wan-VAE features
-    say where objects are; presets trained from scratch (no pretrained weights are reachable on the
-    CPU machines) would otherwise have to learn that from a few dozen demonstrations.
-
-    pixel_patch latents are exactly invertible, so the net runs on the composite's pixels (a cube a
-    few pixels wide stays resolvable); Wan-VAE latents are used as they are.
-    """
-
-    def __init__(self, config: MotusConfig) -> None:
-        super().__init__()
-        latents, action = config.latents, config.action
-        pixels = latents.kind == "pixel_patch"
-        self.pixel_patch = latents.spatial_compression if pixels else 0
-        in_channels = 3 if pixels else latents.channels
-        width = action.keypoint_channels
-
-        def conv(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
-            return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.GroupNorm(8, c_out), nn.SiLU()]
-
-        # One layer at full resolution, the rest at half: heat maps at half the composite's size.
-        self.convs = nn.Sequential(
-            *conv(in_channels, width), *conv(width, 2 * width, stride=2),
-            *conv(2 * width, 2 * width), *conv(2 * width, 2 * width),
-            nn.Conv2d(2 * width, action.keypoints, 1),
-        )
-        self.log_temperature = nn.Parameter(torch.zeros(()))
-        self.embed = _mlp3(2 * action.keypoints, action.dim)
-
-    def keypoints(self, condition_latent: torch.Tensor) -> torch.Tensor:
-        """[B, C, h, w] latent frame 0 -> [B, K, 2] expected (x, y) in [-1, 1]."""
-        x = condition_latent
-        if self.pixel_patch:  # channels (copy, rgb, py, px): the first copy is the frame, as pixel_shuffle wants
-            x = F.pixel_shuffle(x[:, : 3 * self.pixel_patch**2], self.pixel_patch)
-        heat = self.convs(x.to(self.log_temperature.dtype)).float()  # [B, K, H, W]
-        height, width = heat.shape[-2:]
-        # Standardised over space, a map that singles out a small object (a spike of high z-score) is sharp from
-        # the first step, whatever the scale of the convolutions' outputs; broad maps stay soft.
-        heat = heat.flatten(2)
-        heat = (heat - heat.mean(-1, keepdim=True)) / (heat.std(-1, keepdim=True) + 1e-5)
-        attention = torch.softmax(heat / self.log_temperature.float().exp(), dim=-1)
-        ys = torch.linspace(-1.0, 1.0, height, device=heat.device)
-        xs = torch.linspace(-1.0, 1.0, width, device=heat.device)
-        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-        expected_x = attention @ grid_x.reshape(-1, 1)
-        expected_y = attention @ grid_y.reshape(-1, 1)
-        return torch.cat([expected_x, expected_y], dim=-1)
-
-    def forward(self, condition_latent: torch.Tensor) -> torch.Tensor:
-        """[B, C, h, w] -> [B, 1, action.dim], added to the state token."""
-        return _run(self.embed, self.keypoints(condition_latent).flatten(1))[:, None]
-
-
 class ActionExpert(nn.Module):
     """Action tokens [state | actions | registers] (finetune) or [actions] (pretrain)."""
 
@@ -322,11 +263,9 @@ class ActionExpert(nn.Module):
         if config.uses_state:
             self.state_encoder = _mlp3(action.state_dim, action.dim)
             self.registers = nn.Parameter(torch.randn(1, action.num_registers, action.dim) * 0.02)
-            self.keypoint_encoder = KeypointEncoder(config) if action.keypoints else None
-        else:  # pretrain (latent actions): no state token, no registers, nothing to add keypoints to
+        else:  # pretrain (latent actions): no state token, no registers
             self.state_encoder = None
             self.registers = None
-            self.keypoint_encoder = None
         self.time_embedding = nn.Sequential(nn.Linear(config.video.freq_dim, action.dim), nn.SiLU(), nn.Linear(action.dim, action.dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(action.dim, 6 * action.dim))
         self.blocks = nn.ModuleList(ActionBlock(config) for _ in range(config.num_layers))
@@ -595,8 +534,6 @@ class MotusModel(nn.Module):
         action_x = _run(self.action_expert.action_encoder, actions)
         if config.uses_state:
             state_x = _run(self.action_expert.state_encoder, state[:, None, :])
-            if self.action_expert.keypoint_encoder is not None:
-                state_x = state_x + self.action_expert.keypoint_encoder(video_latents[:, :, 0])
             registers = self.action_expert.registers.float().expand(batch, -1, -1)
             action_x = torch.cat([state_x, action_x, registers], dim=1)
         action_x = action_x + sincos_positions(action_x.shape[1], config.action.dim, action_x.device)

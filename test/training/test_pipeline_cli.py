@@ -7,7 +7,6 @@ loads the stage-3 checkpoint and answers a VLA request in raw units.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -110,13 +109,3 @@ def test_stage3_reinitialises_action_encoder_and_decoder():
     bad["video.blocks.0.self_attn.q.weight"] = torch.zeros(3, 3)
     with pytest.raises(ValueError, match="mis-shaped"):
         load_stage_weights(MotusModel(MotusConfig.preset("motus-tiny")), bad, [])
-
-
-def test_stage3_after_pretraining_adds_the_keypoint_encoder():
-    finetune = MotusConfig.preset("motus-tiny")
-    finetune.action = dataclasses.replace(finetune.action, keypoints=2, keypoint_channels=8)
-    pretrain = MotusConfig.from_dict({**finetune.to_dict(), "training_mode": "pretrain"})
-    previous = MotusModel(pretrain).state_dict()
-    assert not any("keypoint_encoder" in key for key in previous)  # pretrain mode has no state token to feed
-    report = load_stage_weights(MotusModel(finetune), previous, [])
-    assert any(key.startswith("action_expert.keypoint_encoder.convs.") for key in report["new"])

@@ -140,13 +140,13 @@ def load_stage_weights(model: MotusModel, previous: dict[str, torch.Tensor], rei
     """Copy the previous stage's weights into ``model`` with an explicit account of every key.
 
     Keys under ``reinit_prefixes`` keep their fresh initialisation. Keys the new model has and the
-    previous one lacks are allowed only where the training mode adds them (finetune's state encoder,
-    registers and keypoint encoder, after a pretrain stage); anything else missing, unexpected or mis-shaped raises.
+    previous one lacks are allowed only where the training mode adds them (finetune's state encoder
+    and registers, after a pretrain stage); anything else missing, unexpected or mis-shaped raises.
     Returns {"loaded", "reinitialised", "new"} key lists.
     """
     current = model.state_dict()
     reinit = [key for key in current if any(key.startswith(prefix) for prefix in reinit_prefixes)]
-    mode_keys = ("action_expert.state_encoder.", "action_expert.registers", "action_expert.keypoint_encoder.")
+    mode_keys = ("action_expert.state_encoder.", "action_expert.registers")
     new = [key for key in current if key not in previous and key not in reinit]
     bad_new = [key for key in new if not key.startswith(mode_keys)]
     dropped_by_mode = [key for key in previous if key not in current and key.startswith(mode_keys)]
