@@ -73,6 +73,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gradient-accumulation", type=int)
     parser.add_argument("--lr", type=float, dest="learning_rate")
     parser.add_argument("--warmup-steps", type=int)
+    parser.add_argument("--lr-cycle-steps", type=int,
+                        help="steps over which the lr factor decays linearly to --lr-min-factor (counted from step 0)")
+    parser.add_argument("--lr-min-factor", type=float, dest="lr_f_min", help="floor of the lr factor (0.4 in the reference)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--checkpoint-every", type=int)
     parser.add_argument("--eval-every", type=int)
@@ -94,7 +97,7 @@ def _train(args: argparse.Namespace) -> int:
         key: getattr(args, key)
         for key in (
             "preset", "dataset", "mixture", "eval_dataset", "output", "steps", "max_minutes", "batch_size", "gradient_accumulation",
-            "learning_rate", "warmup_steps", "seed", "checkpoint_every", "eval_every", "log_every",
+            "learning_rate", "warmup_steps", "lr_cycle_steps", "lr_f_min", "seed", "checkpoint_every", "eval_every", "log_every",
             "text_encoder_path", "vlm_path", "video_vae_path", "mixed_precision", "truncate_instructions",
             "num_workers", "video_loss_weight", "action_loss_weight",
         )

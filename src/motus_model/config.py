@@ -469,7 +469,7 @@ def _motus_small() -> MotusConfig:
 def _motus_small_aloha() -> MotusConfig:
     """``motus-small`` timed for the simulated ALOHA (50 Hz): the 16-action chunk takes every second
     control step, so a chunk spans 0.64 s (a CPU inference fits inside it) and the 4 future frames are
-    0.16 s apart. Trained by ``docs/model_card.md``'s recipe; the embedded default of ``make demo``."""
+    0.16 s apart. Trained by the recipe in ``models/motus-small-aloha-transfer-cube/README.md``; the embedded default of ``make demo``."""
     config = _motus_small()
     config.temporal = TemporalConfig(num_video_frames=4, action_chunk=16, video_action_ratio=4, downsample_rate=2)
     config.video.text_len = 48  # the demonstrations' instructions, byte-tokenised by the tiny umT5

@@ -62,3 +62,19 @@ def test_resume_without_checkpoint_fails(tmp_path):
     write_tiny_dataset(tmp_path / "ds", num_episodes=1, length=12)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         Trainer(_config(tmp_path, "empty", 2, ("", "")), resume=True)
+
+
+@pytest.mark.timeout(240)
+def test_resume_follows_this_runs_lr_schedule(tmp_path):
+    """Extending a run with an annealing schedule: the step comes from the checkpoint, the schedule from the config."""
+    write_tiny_dataset(tmp_path / "ds", num_episodes=1, length=16)
+    encoders = (tmp_path / "text_encoder", tmp_path / "vlm")
+    build_tiny_umt5(24, directory=encoders[0])
+    build_tiny_qwen3_vl(24, directory=encoders[1])
+    Trainer(_config(tmp_path, "run", 3, encoders)).train()
+    annealed = _config(tmp_path, "run", 5, encoders)
+    annealed.lr_cycle_steps, annealed.lr_f_min = 5, 0.05
+    resumed = Trainer(annealed, resume=True)
+    resumed.train()
+    # Step 5 of a 5-step cycle: the factor has reached f_min (the saved schedule's 1M-step cycle would give ~0.99).
+    assert resumed.scheduler.get_last_lr()[0] == pytest.approx(1e-3 * 0.05)

@@ -535,7 +535,11 @@ class Trainer:
         if trainer_state["stage"] != self.config.stage:
             raise ValueError(f"checkpoint is from stage {trainer_state['stage']}, this run is stage {self.config.stage}")
         self.optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location=self.device, weights_only=True))
-        self.scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=True))
+        scheduler_state = torch.load(state_dir / "scheduler.pt", weights_only=True)
+        # Only the step comes from the checkpoint; the schedule's shape is this run's config, so a resumed run
+        # can extend or anneal the schedule (LambdaLR would otherwise restore the saved factor's fields).
+        scheduler_state["lr_lambdas"] = [None] * len(scheduler_state.get("lr_lambdas", []))
+        self.scheduler.load_state_dict(scheduler_state)
         rng = torch.load(state_dir / "rng.pt", weights_only=True)
         torch.set_rng_state(rng["torch"])
         position, has_gauss, cached_gaussian = rng["numpy_rest"]
