@@ -23,12 +23,18 @@ def _config(tmp_path, output: str, steps: int, encoders) -> TrainingConfig:
     )
 
 
-@pytest.mark.timeout(240)
-def test_resume_is_bit_exact(tmp_path):
-    write_tiny_dataset(tmp_path / "ds", num_episodes=2, length=16)
+def _dataset_and_encoders(tmp_path, num_episodes: int) -> tuple:
+    """A tiny dataset in tmp_path/ds and tiny text/VLM encoder folders; returns the encoder folders."""
+    write_tiny_dataset(tmp_path / "ds", num_episodes=num_episodes, length=16)
     encoders = (tmp_path / "text_encoder", tmp_path / "vlm")
     build_tiny_umt5(24, directory=encoders[0])
     build_tiny_qwen3_vl(24, directory=encoders[1])
+    return encoders
+
+
+@pytest.mark.timeout(240)
+def test_resume_is_bit_exact(tmp_path):
+    encoders = _dataset_and_encoders(tmp_path, num_episodes=2)
 
     straight = Trainer(_config(tmp_path, "straight", 6, encoders))
     straight_result = straight.train()
@@ -67,10 +73,7 @@ def test_resume_without_checkpoint_fails(tmp_path):
 @pytest.mark.timeout(240)
 def test_resume_follows_this_runs_lr_schedule(tmp_path):
     """Extending a run with an annealing schedule: the step comes from the checkpoint, the schedule from the config."""
-    write_tiny_dataset(tmp_path / "ds", num_episodes=1, length=16)
-    encoders = (tmp_path / "text_encoder", tmp_path / "vlm")
-    build_tiny_umt5(24, directory=encoders[0])
-    build_tiny_qwen3_vl(24, directory=encoders[1])
+    encoders = _dataset_and_encoders(tmp_path, num_episodes=1)
     Trainer(_config(tmp_path, "run", 3, encoders)).train()
     annealed = _config(tmp_path, "run", 5, encoders)
     annealed.lr_cycle_steps, annealed.lr_f_min = 5, 0.05
