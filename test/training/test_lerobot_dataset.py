@@ -78,3 +78,28 @@ def test_frames_can_be_decoded_smaller(tiny_dataset):
 
     expected = cv2.resize(written[0]["frames"][ALOHA_CAMERA_KEYS[0]][5], (24, 16), interpolation=cv2.INTER_AREA)
     assert np.abs(small[5].astype(int) - expected.astype(int)).mean() < 5.0
+
+
+def test_writer_appends_episodes_and_refuses_a_dataset_it_cannot_continue(tmp_path):
+    frames = {key: np.full((3, 8, 8, 3), 100, np.uint8) for key in ALOHA_CAMERA_KEYS}
+    first = LeRobotDatasetWriter(tmp_path / "d", fps=10)
+    first.add_episode(frames, np.zeros((3, 14)), np.zeros((3, 14)), "pick")
+    first.finalize()
+
+    more = LeRobotDatasetWriter(tmp_path / "d", fps=10, append=True)
+    assert more.num_episodes == 1 and more.frame_shapes[ALOHA_CAMERA_KEYS[0]] == (8, 8, 3)
+    assert more.add_episode(frames, np.ones((3, 14)), np.ones((3, 14)), "place") == 1
+    more.finalize()
+    dataset = LeRobotDataset(tmp_path / "d")
+    assert [dataset.task(i) for i in range(2)] == ["pick", "place"]
+    assert dataset.read_table(1)["index"].to_pylist() == [3, 4, 5]
+    np.testing.assert_allclose(dataset.stats["action"]["mean"], np.full(14, 0.5))
+
+    with pytest.raises(ValueError, match="fps"):
+        LeRobotDatasetWriter(tmp_path / "d", fps=50, append=True)
+    with pytest.raises(ValueError, match="cameras"):
+        LeRobotDatasetWriter(tmp_path / "d", fps=10, camera_keys=ALOHA_CAMERA_KEYS[:1], append=True)
+    # A column the writer does not fill (latent actions added later) would be missing from new episodes.
+    dataset.add_vector_column("latent_action", [np.zeros((3, 4), np.float32)] * 2)
+    with pytest.raises(ValueError, match="vector columns"):
+        LeRobotDatasetWriter(tmp_path / "d", fps=10, append=True)

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from motus_model.aloha_demos import CAMERA_NAMES, DemoRecordingConfig, main, record_demonstrations, run_expert_episode
-from motus_model.aloha_demos.scripted_expert import Waypoint, interpolate_waypoints
+from motus_model.aloha_demos.scripted_expert import (
+    ARM_COLUMNS,
+    GRIPPER_COLUMNS,
+    CommandNoise,
+    Waypoint,
+    interpolate_waypoints,
+    plan_joint_trajectory,
+)
 from motus_model.data.lerobot import LeRobotDataset
 
 
@@ -91,4 +98,63 @@ def test_command_line_records_and_prints_the_summary(tmp_path, capsys):
     dataset = LeRobotDataset(out)
     assert dataset.task(0) == "insert the peg into the socket"
     assert dataset.frames(0, "observation.images.cam_high").shape == (3, 16, 24, 3)
-    assert json.loads((out / "meta" / "demo_generation.json").read_text())["task"] == "insertion"
+    assert json.loads((out / "meta" / "demo_generation.json").read_text())[0]["task"] == "insertion"
+
+
+def test_command_noise_perturbs_only_the_arms_and_falls_quiet_around_each_grasp():
+    plan = plan_joint_trajectory("transfer_cube", np.array([0.1, 0.5, 0.05, 1, 0, 0, 0]))
+    noise = CommandNoise(std=0.05, quiet_before=40, quiet_after=20)
+    offsets = noise.sample(plan, np.random.default_rng(0))
+    assert offsets.shape == plan.shape
+    assert not offsets[:, list(GRIPPER_COLUMNS)].any()
+    # Quiet from 40 steps before each gripper starts to close until 20 steps after.
+    closing_starts = [np.flatnonzero(np.diff(plan[:, c]) < -1e-4)[0] + 1 for c in GRIPPER_COLUMNS]
+    for start in closing_starts:
+        assert not offsets[start - 40 : start + 20].any()
+    # Before the first grasp window it is a correlated offset of about the asked size, not white noise.
+    arm = offsets[20 : min(closing_starts) - 60][:, ARM_COLUMNS]
+    assert 0.02 < arm.std() < 0.08
+    lag_one = np.mean([np.corrcoef(arm[1:, j], arm[:-1, j])[0, 1] for j in range(arm.shape[1])])
+    assert lag_one > 0.8  # exp(-0.02 s / 0.3 s) = 0.94 for this timescale
+    np.testing.assert_array_equal(offsets, noise.sample(plan, np.random.default_rng(0)))
+    with pytest.raises(ValueError, match="std"):
+        CommandNoise(std=-0.1)
+
+
+@pytest.mark.timeout(120)
+def test_noisy_episode_records_the_clean_plan_as_its_actions():
+    clean = run_expert_episode("transfer_cube", 5, num_steps=80)
+    noisy = run_expert_episode("transfer_cube", 5, num_steps=80, command_noise=CommandNoise(std=0.05))
+    # The labels are the plan: absolute targets that lead back from wherever the noise pushed the arm.
+    np.testing.assert_array_equal(noisy.actions, clean.actions)
+    assert np.abs(noisy.states[40:, ARM_COLUMNS] - clean.states[40:, ARM_COLUMNS]).max() > 0.02
+    np.testing.assert_allclose(noisy.command_offsets, CommandNoise(std=0.05).sample(clean.actions, np.random.default_rng([5, 7])))
+    repeat = run_expert_episode("transfer_cube", 5, num_steps=80, command_noise=CommandNoise(std=0.05))
+    np.testing.assert_array_equal(repeat.states, noisy.states)
+
+
+@pytest.mark.timeout(180)
+def test_noisy_episodes_append_to_a_clean_dataset_with_parallel_workers(tmp_path, capsys):
+    out = tmp_path / "demos"
+    common = ["--episodes", "1", "--num-steps", "6", "--image-size", "16x24", "--out", str(out)]
+    assert main(["--seed", "0", *common]) == 0
+    assert main(["--seed", "10", "--episodes", "2", "--command-noise", "0.05", "--append", "--workers", "2", *common[2:]]) == 0
+    assert "recorded 2 episodes" in capsys.readouterr().out.splitlines()[-1]
+
+    dataset = LeRobotDataset(out)
+    assert dataset.num_episodes == 3 and dataset.info["total_frames"] == 18
+    # Statistics now cover every row, old and new.
+    states = np.concatenate([dataset.vectors(i)["observation.state"] for i in range(3)])
+    np.testing.assert_allclose(dataset.stats["observation.state"]["mean"], states.mean(axis=0), atol=1e-5)
+    assert dataset.read_table(2)["index"].to_pylist() == list(range(12, 18))
+    # The appended episodes are in seed order (the pool keeps it), with the clean plan as actions.
+    np.testing.assert_array_equal(dataset.vectors(2)["action"], run_expert_episode("transfer_cube", 11, num_steps=6).actions.astype(np.float32))
+    records = json.loads((out / "meta" / "expert_episodes.json").read_text())
+    assert [r["seed"] for r in records] == [0, 10, 11]
+    assert records[0]["command_noise_rms"] == 0 and records[1]["command_noise_rms"] > 0
+    assert [c["command_noise"] for c in json.loads((out / "meta" / "demo_generation.json").read_text())] == [0.0, 0.05]
+    # Appending different image sizes, or without --append, fails before anything is simulated.
+    with pytest.raises(ValueError, match="16x24"):
+        main(["--seed", "20", "--append", "--episodes", "1", "--num-steps", "6", "--image-size", "32x48", "--out", str(out)])
+    with pytest.raises(FileExistsError, match="append"):
+        main(["--seed", "20", *common])

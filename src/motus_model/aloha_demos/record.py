@@ -5,7 +5,13 @@
 Episode i uses the object pose drawn from seed + i, so a run is reproducible from (task, seed, episodes).
 Besides the LeRobot files (see ``motus_model.data.lerobot``), the dataset's ``meta/`` holds
 ``expert_episodes.json`` (per-episode seed, object pose, max reward and success; the writer has no
-per-episode metadata field) and ``demo_generation.json`` (the config that produced it).
+per-episode metadata field) and ``demo_generation.json`` (the list of configs that produced it).
+
+DART-style data (``--command-noise``, see ``CommandNoise``) can be appended to a clean dataset, so that
+one dataset, with one set of statistics, holds both::
+
+    python -m motus_model.aloha_demos --episodes 60 --seed 100 --command-noise 0.05 --only-successful \
+        --append --workers 2 --out outputs/demos/transfer_cube_dart
 """
 
 from __future__ import annotations
@@ -13,13 +19,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
-from motus_model.aloha_demos.scripted_expert import CAMERA_NAMES, TASKS, get_task, run_expert_episode
+from motus_model.aloha_demos.scripted_expert import (
+    ARM_COLUMNS,
+    CAMERA_NAMES,
+    TASKS,
+    CommandNoise,
+    ExpertEpisode,
+    get_task,
+    run_expert_episode,
+)
 from motus_model.data.lerobot import LeRobotDatasetWriter
 
 logger = logging.getLogger(__name__)
@@ -36,10 +52,14 @@ class DemoRecordingConfig:
         task: "transfer_cube" or "insertion".
         episodes: number of expert episodes to run (recorded: all, or the successful ones).
         seed: episode i uses the object pose of seed + i.
-        out: dataset folder (must not hold a dataset yet).
+        out: dataset folder (must not hold a dataset yet, unless ``append``).
         image_height, image_width: recorded camera size (even numbers; mp4/yuv420p needs them).
         only_successful: keep only episodes whose replay reached the task's max reward.
         num_steps: steps per episode; None = the task's length (400). Shorter cannot finish the task.
+        command_noise: std (rad) of the DART perturbation of the replayed arm commands; 0 = clean
+            demonstrations. The recorded actions are the clean plan either way.
+        append: add the episodes to the dataset already at ``out`` (same image size).
+        workers: episodes simulated and rendered in parallel processes (rendering is the slow part).
     """
 
     task: str = "transfer_cube"
@@ -50,9 +70,15 @@ class DemoRecordingConfig:
     image_width: int = 160
     only_successful: bool = False
     num_steps: int | None = None
+    command_noise: float = 0.0
+    append: bool = False
+    workers: int = 1
 
     def __post_init__(self) -> None:
         get_task(self.task)
+        CommandNoise(std=self.command_noise)
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.episodes <= 0:
             raise ValueError(f"episodes must be positive, got {self.episodes}")
         for name, value in (("image_height", self.image_height), ("image_width", self.image_width)):
@@ -66,54 +92,79 @@ def record_demonstrations(config: DemoRecordingConfig, show_progress: bool = Tru
     """Run the scripted expert ``config.episodes`` times and write the dataset; returns the summary.
 
     The summary holds: task, episodes_run, successes (ACT's criterion: the max reward was reached),
-    success_rate, successes_at_end (still reached on the last frame), episodes_recorded, seconds,
-    seconds_per_episode, out.
+    success_rate, successes_at_end (still reached on the last frame), episodes_recorded (by this run),
+    dataset_episodes (in the dataset now), seconds, seconds_per_episode, out.
     """
     spec = get_task(config.task)
     root = Path(config.out)
-    writer = LeRobotDatasetWriter(root, fps=50, camera_keys=tuple(CAMERA_NAMES))
+    meta = root / "meta"
+    appending = config.append and (meta / "info.json").exists()
+    writer = LeRobotDatasetWriter(root, fps=50, camera_keys=tuple(CAMERA_NAMES), append=config.append)
+    for key, shape in writer.frame_shapes.items():
+        if shape[:2] != (config.image_height, config.image_width):
+            raise ValueError(f"{root} holds {shape[0]}x{shape[1]} {key} images; record with --image-size {shape[0]}x{shape[1]}")
+    previous_records = json.loads((meta / EXPERT_EPISODES_FILE).read_text()) if appending else []
+    previous_configs = json.loads((meta / GENERATION_CONFIG_FILE).read_text()) if appending else []
+    if isinstance(previous_configs, dict):  # written before appending existed: one config
+        previous_configs = [previous_configs]
     records = []
     start = time.perf_counter()
-    progress = tqdm(range(config.episodes), desc=f"{config.task} demos", unit="ep", disable=not show_progress)
-    for offset in progress:
-        seed = config.seed + offset
-        episode = run_expert_episode(
-            config.task, seed, image_size=(config.image_height, config.image_width), num_steps=config.num_steps
-        )
-        record = {
-            "seed": seed,
-            "success": episode.success,
-            "success_at_end": episode.success_at_end,
-            "max_reward": float(episode.rewards.max()),
-            "final_reward": float(episode.rewards[-1]),
-            "task_max_reward": episode.max_reward,
-            "object_pose": episode.object_pose.tolist(),
-            "episode_index": None,
-        }
-        if episode.success or not config.only_successful:
-            record["episode_index"] = writer.add_episode(episode.frames, episode.states, episode.actions, spec.instruction)
-        records.append(record)
-        successes = sum(r["success"] for r in records)
-        progress.set_postfix(success=f"{successes}/{len(records)}")
-    if writer.num_episodes == 0:
+    seeds = [config.seed + offset for offset in range(config.episodes)]
+    jobs = [(config, seed) for seed in seeds]
+    pool = multiprocessing.get_context("spawn").Pool(config.workers) if config.workers > 1 else None
+    try:
+        episodes = pool.imap(_record_episode, jobs) if pool else map(_record_episode, jobs)
+        progress = tqdm(episodes, total=len(jobs), desc=f"{config.task} demos", unit="ep", disable=not show_progress)
+        for episode in progress:
+            record = {
+                "seed": episode.seed,
+                "success": episode.success,
+                "success_at_end": episode.success_at_end,
+                "max_reward": float(episode.rewards.max()),
+                "final_reward": float(episode.rewards[-1]),
+                "task_max_reward": episode.max_reward,
+                "object_pose": episode.object_pose.tolist(),
+                "command_noise_rms": float(np.sqrt(np.mean(episode.command_offsets[:, ARM_COLUMNS] ** 2))),
+                "episode_index": None,
+            }
+            if episode.success or not config.only_successful:
+                record["episode_index"] = writer.add_episode(episode.frames, episode.states, episode.actions, spec.instruction)
+            records.append(record)
+            successes = sum(r["success"] for r in records)
+            progress.set_postfix(success=f"{successes}/{len(records)}")
+    finally:
+        if pool:
+            pool.terminate()
+    recorded = sum(r["episode_index"] is not None for r in records)
+    if recorded == 0:
         raise RuntimeError(f"no episode succeeded out of {config.episodes}; nothing to write with --only-successful")
     writer.finalize()
     seconds = time.perf_counter() - start
     successes = sum(r["success"] for r in records)
     successes_at_end = sum(r["success_at_end"] for r in records)
-    (root / "meta" / EXPERT_EPISODES_FILE).write_text(json.dumps(records, indent=2))
-    (root / "meta" / GENERATION_CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2))
+    (meta / EXPERT_EPISODES_FILE).write_text(json.dumps(previous_records + records, indent=2))
+    (meta / GENERATION_CONFIG_FILE).write_text(json.dumps(previous_configs + [asdict(config)], indent=2))
     return {
         "task": config.task,
         "episodes_run": config.episodes,
         "successes": successes,
         "success_rate": successes / config.episodes,
         "successes_at_end": successes_at_end,
-        "episodes_recorded": writer.num_episodes,
+        "episodes_recorded": recorded,
+        "dataset_episodes": writer.num_episodes,
         "seconds": seconds,
         "seconds_per_episode": seconds / config.episodes,
         "out": str(root),
     }
+
+
+def _record_episode(job: tuple[DemoRecordingConfig, int]) -> ExpertEpisode:
+    """One rendered expert episode (module level so that worker processes can run it)."""
+    config, seed = job
+    noise = CommandNoise(std=config.command_noise) if config.command_noise > 0 else None
+    return run_expert_episode(
+        config.task, seed, image_size=(config.image_height, config.image_width), num_steps=config.num_steps, command_noise=noise
+    )
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -136,6 +187,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--image-size", type=_image_size, default=(120, 160), help="recorded camera HEIGHTxWIDTH")
     parser.add_argument("--only-successful", action="store_true", help="record only episodes that reach the max reward")
     parser.add_argument("--num-steps", type=int, default=None, help="steps per episode (default: the task's 400)")
+    parser.add_argument(
+        "--command-noise",
+        type=float,
+        default=0.0,
+        help="DART: std (rad) of a smooth offset added to the replayed arm commands; the recorded actions stay the plan",
+    )
+    parser.add_argument("--append", action="store_true", help="add the episodes to the dataset already at --out")
+    parser.add_argument("--workers", type=int, default=1, help="episodes rendered in parallel processes")
     return parser
 
 
@@ -157,11 +216,15 @@ def run(args: argparse.Namespace) -> int:
         image_width=args.image_size[1],
         only_successful=args.only_successful,
         num_steps=args.num_steps,
+        command_noise=args.command_noise,
+        append=args.append,
+        workers=args.workers,
     )
     summary = record_demonstrations(config)
     print(
         f"{summary['task']}: expert success {summary['successes']}/{summary['episodes_run']} "
         f"({100 * summary['success_rate']:.0f}%; {summary['successes_at_end']} still done at the end), recorded {summary['episodes_recorded']} episodes to {summary['out']} "
+        f"(now {summary['dataset_episodes']}) "
         f"in {summary['seconds']:.0f} s ({summary['seconds_per_episode']:.1f} s/episode)"
     )
     return 0

@@ -69,14 +69,16 @@ def feature_stats(values: np.ndarray) -> dict[str, list[float]]:
 
 @dataclass
 class LeRobotDatasetWriter:
-    """Writes episodes into a new LeRobot-format dataset folder.
+    """Writes episodes into a new LeRobot-format dataset folder, or appends them to one it wrote.
 
     Args:
-        root: dataset folder (must not already hold a dataset).
+        root: dataset folder (must not already hold a dataset unless ``append``).
         fps: control rate in Hz (frames and state/action rows share it).
         camera_keys: video feature names, e.g. ``observation.images.cam_high``.
         robot_type: free text recorded in info.json.
         state_dim, action_dim: vector sizes (14 for the bimanual ALOHA).
+        append: add episodes after those already in ``root`` (same fps, cameras, sizes and columns);
+            ``finalize`` then rewrites meta/ and the statistics over old and new rows together.
     """
 
     root: str | Path
@@ -85,6 +87,7 @@ class LeRobotDatasetWriter:
     robot_type: str = "aloha"
     state_dim: int = 14
     action_dim: int = 14
+    append: bool = False
     _tasks: dict[str, int] = field(default_factory=dict, init=False)
     _episodes: list[dict[str, Any]] = field(default_factory=list, init=False)
     _total_frames: int = field(default=0, init=False)
@@ -92,16 +95,40 @@ class LeRobotDatasetWriter:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
-        if (self.root / "meta" / "info.json").exists():
-            raise FileExistsError(f"a dataset already exists at {self.root}")
         if self.fps <= 0:
             raise ValueError(f"fps must be positive, got {self.fps}")
         self.camera_keys = tuple(self.camera_keys)
+        exists = (self.root / "meta" / "info.json").exists()
+        if exists and not self.append:
+            raise FileExistsError(f"a dataset already exists at {self.root} (append=True adds episodes to it)")
+        if self.append and exists:
+            self._load_existing()
         (self.root / "meta").mkdir(parents=True, exist_ok=True)
+
+    def _load_existing(self) -> None:
+        """Continue the episode, frame and task numbering of the dataset at ``root``."""
+        existing = LeRobotDataset(self.root, load_stats=False)
+        features = existing.info["features"]
+        expected = {STATE_KEY: self.state_dim, ACTION_KEY: self.action_dim}
+        if existing.fps != self.fps:
+            raise ValueError(f"cannot append at {self.fps} fps to {self.root}, recorded at {existing.fps} fps")
+        if set(existing.camera_keys) != set(self.camera_keys):
+            raise ValueError(f"cannot append cameras {sorted(self.camera_keys)} to {self.root}, which has {sorted(existing.camera_keys)}")
+        if set(existing.vector_keys) != set(expected) or any(features[k]["shape"] != [d] for k, d in expected.items()):
+            raise ValueError(f"cannot append to {self.root}: its vector columns {list(existing.vector_keys)} are not state [{self.state_dim}] and action [{self.action_dim}] only")
+        self._episodes = [dict(episode) for episode in existing.episodes]
+        self._tasks = {task: index for index, task in existing.tasks.items()}
+        self._total_frames = int(existing.info["total_frames"])
+        self._frame_shapes = {key: tuple(features[key]["shape"]) for key in self.camera_keys}
 
     @property
     def num_episodes(self) -> int:
         return len(self._episodes)
+
+    @property
+    def frame_shapes(self) -> dict[str, tuple[int, int, int]]:
+        """Camera key -> (H, W, 3) of the frames written so far (those of the dataset appended to)."""
+        return dict(self._frame_shapes)
 
     def add_episode(
         self,
