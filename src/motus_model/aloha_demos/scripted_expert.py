@@ -710,7 +710,7 @@ class CommandNoise:
     The grippers are not perturbed, and the offset fades out ``quiet_before`` steps before a gripper
     starts to close until ``quiet_after`` steps after it (ramping over ``ramp`` steps), so that the
     grasp and the handover stay precise: with 0.02 rad of noise everywhere the expert itself dropped
-    from 11/12 to 8/12 on seeds 0-11, with 0.05 rad and these quiet windows it kept 11/12.
+    from 11/12 to 8-9/12 on seeds 0-11, with 0.05 rad and these quiet windows it kept 11/12.
     """
 
     std: float = 0.05
