@@ -9,6 +9,7 @@ import pytest
 
 from motus_model.aloha_demos import CAMERA_NAMES, DemoRecordingConfig, main, record_demonstrations, run_expert_episode
 from motus_model.aloha_demos.scripted_expert import (
+    _COMMAND_NOISE_STREAM,
     ARM_COLUMNS,
     GRIPPER_COLUMNS,
     CommandNoise,
@@ -128,7 +129,7 @@ def test_noisy_episode_records_the_clean_plan_as_its_actions():
     # The labels are the plan: absolute targets that lead back from wherever the noise pushed the arm.
     np.testing.assert_array_equal(noisy.actions, clean.actions)
     assert np.abs(noisy.states[40:, ARM_COLUMNS] - clean.states[40:, ARM_COLUMNS]).max() > 0.02
-    np.testing.assert_allclose(noisy.command_offsets, CommandNoise(std=0.05).sample(clean.actions, np.random.default_rng([5, 7])))
+    np.testing.assert_allclose(noisy.command_offsets, CommandNoise(std=0.05).sample(clean.actions, np.random.default_rng([5, _COMMAND_NOISE_STREAM])))
     repeat = run_expert_episode("transfer_cube", 5, num_steps=80, command_noise=CommandNoise(std=0.05))
     np.testing.assert_array_equal(repeat.states, noisy.states)
 

@@ -98,8 +98,8 @@ def record_demonstrations(config: DemoRecordingConfig, show_progress: bool = Tru
     spec = get_task(config.task)
     root = Path(config.out)
     meta = root / "meta"
-    appending = config.append and (meta / "info.json").exists()
     writer = LeRobotDatasetWriter(root, fps=50, camera_keys=tuple(CAMERA_NAMES), append=config.append)
+    appending = writer.num_episodes > 0  # a finalized dataset always holds at least one episode
     for key, shape in writer.frame_shapes.items():
         if shape[:2] != (config.image_height, config.image_width):
             raise ValueError(f"{root} holds {shape[0]}x{shape[1]} {key} images; record with --image-size {shape[0]}x{shape[1]}")
