@@ -69,6 +69,10 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, help="stop (and save) after this much training time")
     parser.add_argument("--video-loss-weight", type=float, help="override the video loss weight (0: action-only)")
     parser.add_argument("--action-loss-weight", type=float, help="override the action loss weight")
+    parser.add_argument("--state-noise-std", type=float,
+                        help="Gaussian noise on the normalised state during training, in state stds (default 0)")
+    parser.add_argument("--state-dropout", type=float,
+                        help="fraction of training samples whose state is replaced by the mean state (default 0)")
     parser.add_argument("--batch-size", type=int, help="global batch size")
     parser.add_argument("--gradient-accumulation", type=int)
     parser.add_argument("--lr", type=float, dest="learning_rate")
@@ -99,7 +103,7 @@ def _train(args: argparse.Namespace) -> int:
             "preset", "dataset", "mixture", "eval_dataset", "output", "steps", "max_minutes", "batch_size", "gradient_accumulation",
             "learning_rate", "warmup_steps", "lr_cycle_steps", "lr_f_min", "seed", "checkpoint_every", "eval_every", "log_every",
             "text_encoder_path", "vlm_path", "video_vae_path", "mixed_precision", "truncate_instructions",
-            "num_workers", "video_loss_weight", "action_loss_weight",
+            "num_workers", "video_loss_weight", "action_loss_weight", "state_noise_std", "state_dropout",
         )
     }
     overrides["init_from"] = args.init_from

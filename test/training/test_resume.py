@@ -20,6 +20,8 @@ def _config(tmp_path, output: str, steps: int, encoders) -> TrainingConfig:
         3, preset="motus-tiny", dataset=str(tmp_path / "ds"), output=str(tmp_path / output), steps=steps,
         batch_size=2, learning_rate=1e-3, warmup_steps=2, log_every=1, checkpoint_every=3,
         text_encoder_path=str(text_dir), vlm_path=str(vlm_dir),
+        # the state augmentation draws from the per-step generator, so it must resume exactly too
+        state_noise_std=0.3, state_dropout=0.25,
     )
 
 
@@ -81,3 +83,18 @@ def test_resume_follows_this_runs_lr_schedule(tmp_path):
     resumed.train()
     # Step 5 of a 5-step cycle: the factor has reached f_min (the saved schedule's 1M-step cycle would give ~0.99).
     assert resumed.scheduler.get_last_lr()[0] == pytest.approx(1e-3 * 0.05)
+
+
+@pytest.mark.timeout(240)
+def test_state_augmentation_reaches_the_model(tmp_path):
+    """The state the objective receives: the dataset's with the augmentation off, perturbed with it on."""
+    encoders = _dataset_and_encoders(tmp_path, num_episodes=1)
+    seen: dict[str, torch.Tensor] = {}
+    for name, (noise, dropout) in {"plain": (0.0, 0.0), "augmented": (0.3, 0.0)}.items():
+        config = _config(tmp_path, name, 1, encoders)
+        config.state_noise_std, config.state_dropout = noise, dropout
+        trainer = Trainer(config)
+        trainer.objective.register_forward_pre_hook(lambda _, args, name=name: seen.update({name: args[0]["state"].clone()}))
+        trainer.train_step()
+    difference = seen["augmented"] - seen["plain"]  # same step, same samples
+    assert 0.1 < float(difference.std()) < 0.5

@@ -7,6 +7,7 @@ import torch
 
 from motus_model.training.config import TrainingConfig
 from motus_model.training.schedule import LinearWarmupDecay, make_scheduler
+from motus_model.training.trainer import perturb_state
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
@@ -34,6 +35,28 @@ def test_config_json_round_trip_and_errors(tmp_path):
         TrainingConfig.from_dict({"stepz": 3})
     with pytest.raises(ValueError, match="stage must be"):
         TrainingConfig(stage=4)
+    with pytest.raises(ValueError, match="state_noise_std"):
+        TrainingConfig(state_noise_std=-0.1)
+    with pytest.raises(ValueError, match="state_dropout"):
+        TrainingConfig(state_dropout=1.0)
+
+
+def test_state_augmentation_noise_dropout_and_determinism():
+    state = torch.ones(4000, 14)
+    generator = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+
+    assert torch.equal(perturb_state(state, 0.0, 0.0, generator()), state)
+    noisy = perturb_state(state, 0.5, 0.0, generator())
+    assert abs(float((noisy - state).std()) - 0.5) < 0.01 and abs(float((noisy - state).mean())) < 0.01
+
+    dropped = perturb_state(state, 0.0, 0.25, generator())
+    zero_rows = (dropped == 0).all(dim=1)
+    assert torch.equal(dropped[~zero_rows], state[~zero_rows])  # a row is kept whole or replaced whole
+    assert abs(float(zero_rows.float().mean()) - 0.25) < 0.03
+
+    both = perturb_state(state, 0.5, 0.25, generator())
+    assert torch.equal(both, perturb_state(state, 0.5, 0.25, generator()))  # the generator decides everything
+    assert not torch.equal(both, perturb_state(state, 0.5, 0.25, torch.Generator().manual_seed(6)))
 
 
 def test_lr_factor_shape_and_scheduler_state():

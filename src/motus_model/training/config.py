@@ -76,6 +76,13 @@ class TrainingConfig:
     # small-resolution dataset that fits is decoded once
     video_cache_mb: int = 2048
     truncate_instructions: bool = False
+    # Proprioception augmentation (finetune only). Without it a small policy learns to read where the
+    # target is from the arm's own heading in the state, ignores the camera, and drives every episode
+    # towards the average object pose (docs/results.md, "The policy ignored the camera").
+    # state_noise_std: Gaussian noise added to the normalised state, in units of the state's std.
+    # state_dropout: fraction of samples whose state is replaced by the mean state (0 after normalising).
+    state_noise_std: float = 0.0
+    state_dropout: float = 0.0
 
     # --- conditioning encoders (frozen); "" builds tiny real encoders for the small presets
     text_encoder_path: str = ""
@@ -112,6 +119,10 @@ class TrainingConfig:
     keep_checkpoints: int = 3
 
     def __post_init__(self) -> None:
+        if self.state_noise_std < 0 or not 0 <= self.state_dropout < 1:
+            raise ValueError(
+                f"state_noise_std must be >= 0 and state_dropout in [0, 1), got {self.state_noise_std}, {self.state_dropout}"
+            )
         if self.stage not in (1, 2, 3):
             raise ValueError(f"stage must be 1, 2 or 3, got {self.stage}")
         if self.training_mode not in ("finetune", "pretrain"):

@@ -107,6 +107,22 @@ def shard_seed(seed: int, step: int, shard: int) -> int:
     return (seed * 1_000_003 + step * 10_007 + shard) % (2**63 - 1)
 
 
+_STATE_AUGMENTATION_STREAM = 0x5EED  # mixed into the shard seed for the state augmentation's generator
+
+
+def perturb_state(state: torch.Tensor, noise_std: float, dropout: float, generator: torch.Generator) -> torch.Tensor:
+    """Training-time augmentation of the normalised state [B, S] (``TrainingConfig.state_noise_std``,
+    ``state_dropout``): Gaussian noise of ``noise_std`` state stds, then a ``dropout`` fraction of the rows
+    set to 0 (the mean state under mean_std normalisation). Draws from ``generator`` so a resumed run repeats it exactly."""
+    if noise_std > 0:
+        noise = torch.randn(state.shape, generator=generator, device=generator.device, dtype=torch.float32)
+        state = state + noise_std * noise.to(state.device, state.dtype)
+    if dropout > 0:
+        keep = torch.rand(state.shape[0], generator=generator, device=generator.device) >= dropout
+        state = state * keep.to(state.device, state.dtype).unsqueeze(-1)
+    return state
+
+
 # ---------------------------------------------------------------------------------------------
 # Model set-up per stage
 # ---------------------------------------------------------------------------------------------
@@ -440,6 +456,12 @@ class Trainer:
             shard = self.rank * accumulation + micro
             batch = self.encode(samples)
             generator = torch.Generator(device=self.device).manual_seed(shard_seed(config.seed, self.step, shard))
+            if batch.get("state") is not None and (config.state_noise_std > 0 or config.state_dropout > 0):
+                # its own generator: switching the augmentation on leaves the loss's noise draws unchanged
+                augmentation = torch.Generator(device=self.device).manual_seed(
+                    shard_seed(config.seed, self.step, shard) ^ _STATE_AUGMENTATION_STREAM
+                )
+                batch["state"] = perturb_state(batch["state"], config.state_noise_std, config.state_dropout, augmentation)
             sync = nullcontext() if micro == accumulation - 1 else self.accelerator.no_sync(self.objective)
             with sync:
                 with self._autocast():
