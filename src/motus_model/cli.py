@@ -73,6 +73,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Gaussian noise on the normalised state during training, in state stds (default 0)")
     parser.add_argument("--state-dropout", type=float,
                         help="fraction of training samples whose state is replaced by the mean state (default 0)")
+    parser.add_argument("--episode-start-fraction", type=float,
+                        help="fraction of samples drawn from the first --episode-start-rows rows of an episode (default 0)")
+    parser.add_argument("--episode-start-rows", type=int, help="rows counted as an episode's start (default 64)")
     parser.add_argument("--batch-size", type=int, help="global batch size")
     parser.add_argument("--gradient-accumulation", type=int)
     parser.add_argument("--lr", type=float, dest="learning_rate")
@@ -104,6 +107,7 @@ def _train(args: argparse.Namespace) -> int:
             "learning_rate", "warmup_steps", "lr_cycle_steps", "lr_f_min", "seed", "checkpoint_every", "eval_every", "log_every",
             "text_encoder_path", "vlm_path", "video_vae_path", "mixed_precision", "truncate_instructions",
             "num_workers", "video_loss_weight", "action_loss_weight", "state_noise_std", "state_dropout",
+            "episode_start_fraction", "episode_start_rows",
         )
     }
     overrides["init_from"] = args.init_from

@@ -70,9 +70,11 @@ def test_three_stages_through_the_cli(tmp_path, capsys):
     # stage 3: real actions, finetune mode, from stage 2
     assert main(["train", "--stage", "3", "--dataset", str(dataset), "--output", str(tmp_path / "run3"),
                  "--init-from", str(tmp_path / "run2/checkpoints/step_0000002"), "--lr-cycle-steps", "2",
-                 "--lr-min-factor", "0.05", *common]) == 0
+                 "--lr-min-factor", "0.05", "--state-noise-std", "0.5", "--episode-start-fraction", "0.5",
+                 "--episode-start-rows", "4", *common]) == 0
     run3_config = json.loads((tmp_path / "run3/training_config.json").read_text())
     assert (run3_config["lr_cycle_steps"], run3_config["lr_f_min"]) == (2, 0.05)
+    assert (run3_config["state_noise_std"], run3_config["episode_start_fraction"], run3_config["episode_start_rows"]) == (0.5, 0.5, 4)
     checkpoint = tmp_path / "run3/checkpoints/step_0000002"
     # given encoder folders are linked into the checkpoint, not copied
     assert (checkpoint / "text_encoder").is_symlink() and (checkpoint / "text_encoder").resolve() == (tmp_path / "te").resolve()

@@ -116,6 +116,10 @@ class MixtureSampler:
         action_chunk, downsample_rate: the sample's temporal extent (episodes too short are skipped;
             a dataset with no usable episode is an error).
         seed: generator seed.
+        episode_start_fraction, episode_start_rows: draw this fraction of the condition rows from an
+            episode's first ``episode_start_rows`` rows instead of uniformly. The start is where a policy
+            must read the scene from the camera: later, the arm's own heading already says where the
+            object is, so uniformly drawn samples rarely punish a policy that ignores the camera.
     """
 
     def __init__(
@@ -125,7 +129,16 @@ class MixtureSampler:
         action_chunk: int,
         downsample_rate: int,
         seed: int = 0,
+        episode_start_fraction: float = 0.0,
+        episode_start_rows: int = 0,
     ) -> None:
+        if not 0 <= episode_start_fraction <= 1 or (episode_start_fraction > 0 and episode_start_rows < 1):
+            raise ValueError(
+                f"episode_start_fraction must be in [0, 1] and episode_start_rows >= 1 when it is used, got "
+                f"{episode_start_fraction}, {episode_start_rows}"
+            )
+        self.episode_start_fraction = float(episode_start_fraction)
+        self.episode_start_rows = int(episode_start_rows)
         entries = mixture.entries()
         if len(episode_lengths) != len(entries):
             raise ValueError(f"need episode lengths for {len(entries)} datasets, got {len(episode_lengths)}")
@@ -165,7 +178,11 @@ class MixtureSampler:
         tier = int(rng.choice(len(self.tier_probabilities), p=self.tier_probabilities))
         dataset = int(rng.choice(self._tier_datasets[tier], p=self._dataset_probabilities[tier]))
         episode = int(rng.choice(self._usable[dataset]))
-        condition = int(rng.integers(0, self._condition_counts[dataset][episode]))
+        count = int(self._condition_counts[dataset][episode])
+        # the extra draw only when the option is on, so runs without it keep their exact batches
+        if self.episode_start_fraction > 0 and rng.random() < self.episode_start_fraction:
+            count = min(count, self.episode_start_rows)
+        condition = int(rng.integers(0, count))
         return SampleKey(dataset=dataset, episode=episode, condition=condition)
 
     def draw_batch(self, batch_size: int) -> list[SampleKey]:

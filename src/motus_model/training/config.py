@@ -83,6 +83,10 @@ class TrainingConfig:
     # state_dropout: fraction of samples whose state is replaced by the mean state (0 after normalising).
     state_noise_std: float = 0.0
     state_dropout: float = 0.0
+    # Draw this fraction of the samples from the first episode_start_rows rows of an episode (MixtureSampler):
+    # at the start only the camera tells where the object is.
+    episode_start_fraction: float = 0.0
+    episode_start_rows: int = 64
 
     # --- conditioning encoders (frozen); "" builds tiny real encoders for the small presets
     text_encoder_path: str = ""

@@ -37,6 +37,7 @@ Checkpoint folder (loadable by ``MotusModel.from_pretrained`` / ``MotusEngine.fr
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -246,7 +247,10 @@ def build_training_data(
         state_dim=model_config.action.state_dim, action_dim=model_config.action.action_dim,
     )
     lengths = [training.episode_lengths(i) for i in range(len(sources))]
-    sampler = MixtureSampler(mixture, lengths, sampling.action_chunk, sampling.downsample_rate, seed=seed)
+    sampler = MixtureSampler(
+        mixture, lengths, sampling.action_chunk, sampling.downsample_rate, seed=seed,
+        episode_start_fraction=config.episode_start_fraction, episode_start_rows=config.episode_start_rows,
+    )
     return training, sampler, normalizers
 
 
@@ -375,7 +379,9 @@ class Trainer:
         self.eval_dataset = None
         if config.eval_dataset:
             eval_mixture = MixtureConfig.single(config.eval_dataset, first_key)
-            self.eval_dataset, self.eval_sampler, _ = build_training_data(config, self.model.config, eval_mixture, seed=10_000)
+            self.eval_dataset, self.eval_sampler, _ = build_training_data(
+                dataclasses.replace(config, episode_start_fraction=0.0), self.model.config, eval_mixture, seed=10_000
+            )
 
         # 3. frozen encoders (tiny ones are built once, by the main process)
         if self.accelerator.is_main_process:
