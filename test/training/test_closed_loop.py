@@ -68,6 +68,16 @@ def test_motus_eval_runs_a_short_episode_end_to_end_with_the_shipped_checkpoint(
     assert comparison.shape[0] == 4 and comparison.shape[2] == 2 * 80  # actual | imagined composites
 
 
+@pytest.mark.timeout(240)
+def test_expert_can_drive_the_start_then_hand_over(tmp_path):
+    config = ClosedLoopConfig(checkpoint=str(SHIPPED), episodes=1, max_steps=40, expert_steps=33, videos=0, imagine=0,
+                              inference_steps=2, out=str(tmp_path))
+    episode = evaluate(config, show_progress=False)["episodes"][0]
+    assert episode["steps"] == 40 and episode["chunks"] == 1  # the policy planned once, at step 33
+    with pytest.raises(ValueError, match="expert_steps"):
+        ClosedLoopConfig(checkpoint="x", max_steps=40, expert_steps=41)
+
+
 @pytest.mark.timeout(120)
 def test_expert_policy_succeeds_on_the_evaluation_seeds(tmp_path):
     results = evaluate(ClosedLoopConfig(policy="expert", episodes=2, videos=0, out=str(tmp_path)), show_progress=False)

@@ -38,6 +38,7 @@ from motus_model.aloha_demos.scripted_expert import (
     CAMERA_NAMES,
     get_task,
     make_joint_environment,
+    plan_joint_trajectory,
     render_views,
     run_expert_episode,
 )
@@ -69,6 +70,8 @@ class ClosedLoopConfig:
         videos: episodes (the first ones) written as rollout mp4s.
         imagine: episodes (the first ones) whose executed chunks are also predicted by the world model.
         noise_seed: base of the per-request noise seeds (request k of episode i uses noise_seed + 1000 i + k).
+        expert_steps: the scripted expert drives the first N control steps, then the policy takes over
+            (a diagnostic: how much of the failure lies in the start; 0 = the policy drives throughout).
         out: output folder.
     """
 
@@ -85,6 +88,7 @@ class ClosedLoopConfig:
     videos: int = 2
     imagine: int = 2
     noise_seed: int = 0
+    expert_steps: int = 0
     out: str = "outputs/eval/transfer_cube"
 
     def __post_init__(self) -> None:
@@ -97,6 +101,8 @@ class ClosedLoopConfig:
             raise ValueError(f"episodes and max_steps must be positive, got {self.episodes}, {self.max_steps}")
         if self.execute_steps is not None and self.execute_steps <= 0:
             raise ValueError(f"execute_steps must be positive (or None), got {self.execute_steps}")
+        if not 0 <= self.expert_steps <= self.max_steps:
+            raise ValueError(f"expert_steps must be in [0, max_steps={self.max_steps}], got {self.expert_steps}")
         if min(self.videos, self.imagine) < 0:
             raise ValueError(f"videos and imagine must be >= 0, got {self.videos}, {self.imagine}")
 
@@ -199,7 +205,9 @@ class MotusRollout:
         config = self.config
         seed = config.first_seed + index
         spec = get_task(config.task)
-        environment = make_joint_environment(config.task, spec.sample_object_pose(seed))
+        object_pose = spec.sample_object_pose(seed)
+        environment = make_joint_environment(config.task, object_pose)
+        expert_plan = plan_joint_trajectory(config.task, object_pose, config.expert_steps) if config.expert_steps else None
         observation = environment.reset().observation
         physics = environment.physics
         size = (config.image_height, config.image_width)
@@ -213,7 +221,8 @@ class MotusRollout:
         plan_start = 0
         pending: list[tuple[int, np.ndarray]] = []  # (control step, imagined composite) still to be compared
         for step in range(config.max_steps):
-            needs_plan = plan is None or step - plan_start >= self.execute_steps
+            expert_drives = step < config.expert_steps
+            needs_plan = not expert_drives and (plan is None or step - plan_start >= self.execute_steps)
             compare_now = bool(pending) and pending[0][0] == step
             views = _views(physics, size) if needs_plan or compare_now or (record_video and step % 2 == 0) else None
             if compare_now:
@@ -240,7 +249,7 @@ class MotusRollout:
                     pending = [(step + (k + 1) * self.frame_steps, frame) for k, frame in enumerate(predicted)]
             if record_video and step % 2 == 0:
                 video.append(_side_by_side(views))
-            time_step = environment.step(plan[step - plan_start])
+            time_step = environment.step(expert_plan[step] if expert_drives else plan[step - plan_start])
             observation = time_step.observation
             rewards.append(float(time_step.reward or 0.0))
         max_reward = float(environment.task.max_reward)
@@ -316,6 +325,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--imagine", type=int, default=defaults.imagine,
                         help="imagined-vs-actual frames for the first N episodes (a world-model request per chunk)")
     parser.add_argument("--noise-seed", type=int, default=defaults.noise_seed)
+    parser.add_argument("--expert-steps", type=int, default=defaults.expert_steps,
+                        help="the scripted expert drives the first N control steps (diagnostic; default 0)")
     parser.add_argument("--out", default=defaults.out, help="output folder (results.json, mp4s)")
 
 
@@ -324,7 +335,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, policy=args.policy, task=args.task, episodes=args.episodes,
         first_seed=args.first_seed, max_steps=args.max_steps, execute_steps=args.execute_steps,
         inference_steps=args.inference_steps, videos=args.videos, imagine=args.imagine,
-        noise_seed=args.noise_seed, out=args.out,
+        noise_seed=args.noise_seed, expert_steps=args.expert_steps, out=args.out,
     )
     results = evaluate(config)
     print(json.dumps({"out": config.out, **results["summary"]}, indent=2))
