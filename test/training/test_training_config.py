@@ -39,6 +39,8 @@ def test_config_json_round_trip_and_errors(tmp_path):
         TrainingConfig(state_noise_std=-0.1)
     with pytest.raises(ValueError, match="state_dropout"):
         TrainingConfig(state_dropout=1.0)
+    with pytest.raises(ValueError, match="episode_start_fraction"):
+        TrainingConfig(episode_start_fraction=1.5)
 
 
 def test_state_augmentation_noise_dropout_and_determinism():

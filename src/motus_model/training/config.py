@@ -127,6 +127,11 @@ class TrainingConfig:
             raise ValueError(
                 f"state_noise_std must be >= 0 and state_dropout in [0, 1), got {self.state_noise_std}, {self.state_dropout}"
             )
+        if not 0 <= self.episode_start_fraction <= 1 or self.episode_start_rows < 1:
+            raise ValueError(
+                f"episode_start_fraction must be in [0, 1] and episode_start_rows >= 1, got "
+                f"{self.episode_start_fraction}, {self.episode_start_rows}"
+            )
         if self.stage not in (1, 2, 3):
             raise ValueError(f"stage must be 1, 2 or 3, got {self.stage}")
         if self.training_mode not in ("finetune", "pretrain"):
