@@ -461,12 +461,11 @@ class Trainer:
         for micro, samples in enumerate(micro_batches):
             shard = self.rank * accumulation + micro
             batch = self.encode(samples)
-            generator = torch.Generator(device=self.device).manual_seed(shard_seed(config.seed, self.step, shard))
+            seed = shard_seed(config.seed, self.step, shard)
+            generator = torch.Generator(device=self.device).manual_seed(seed)
             if batch.get("state") is not None and (config.state_noise_std > 0 or config.state_dropout > 0):
                 # its own generator: switching the augmentation on leaves the loss's noise draws unchanged
-                augmentation = torch.Generator(device=self.device).manual_seed(
-                    shard_seed(config.seed, self.step, shard) ^ _STATE_AUGMENTATION_STREAM
-                )
+                augmentation = torch.Generator(device=self.device).manual_seed(seed ^ _STATE_AUGMENTATION_STREAM)
                 batch["state"] = perturb_state(batch["state"], config.state_noise_std, config.state_dropout, augmentation)
             sync = nullcontext() if micro == accumulation - 1 else self.accelerator.no_sync(self.objective)
             with sync:
