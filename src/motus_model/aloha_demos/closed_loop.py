@@ -31,7 +31,8 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from motus_model.action_chunks import upsample_chunk
+from motus_model.action_chunks import MODES as BLENDING_MODES
+from motus_model.action_chunks import ChunkBlender, upsample_chunk
 from motus_model.data.torch_dataset import ALOHA_CAMERA_MAP
 from motus_model.preprocessing import CAMERA_ROLES
 from motus_model.aloha_demos.scripted_expert import (
@@ -65,6 +66,10 @@ class ClosedLoopConfig:
             demonstrations finish at steps 279-394, so 400 (ACT's episode length) is the default.
         execute_steps: control steps executed from each chunk before replanning (None: the whole chunk,
             action_chunk * downsample_rate steps).
+        blending: how overlapping chunks combine, as in the policy node: "replace" (the newest chunk alone)
+            or "temporal_ensemble" (ACT's: every chunk covering the step votes, weighted exp(-decay * age
+            order)). Chunks overlap only when execute_steps is shorter than the chunk.
+        ensemble_decay: the temporal-ensembling weight decay (ACT's 0.01).
         inference_steps: Euler steps per chunk (None: the checkpoint's default).
         image_height, image_width: rendered view size (the demonstrations' 120x160).
         videos: episodes (the first ones) written as rollout mp4s.
@@ -82,6 +87,8 @@ class ClosedLoopConfig:
     first_seed: int = 1000
     max_steps: int = 400
     execute_steps: int | None = None
+    blending: str = "replace"
+    ensemble_decay: float = 0.01
     inference_steps: int | None = None
     image_height: int = 120
     image_width: int = 160
@@ -101,6 +108,10 @@ class ClosedLoopConfig:
             raise ValueError(f"episodes and max_steps must be positive, got {self.episodes}, {self.max_steps}")
         if self.execute_steps is not None and self.execute_steps <= 0:
             raise ValueError(f"execute_steps must be positive (or None), got {self.execute_steps}")
+        if self.blending not in BLENDING_MODES:
+            raise ValueError(f"blending must be one of {BLENDING_MODES}, got {self.blending!r}")
+        if not self.ensemble_decay >= 0:
+            raise ValueError(f"ensemble_decay must be >= 0, got {self.ensemble_decay}")
         if not 0 <= self.expert_steps <= self.max_steps:
             raise ValueError(f"expert_steps must be in [0, max_steps={self.max_steps}], got {self.expert_steps}")
         if min(self.videos, self.imagine) < 0:
@@ -217,12 +228,12 @@ class MotusRollout:
         rewards: list[float] = []
         result = EpisodeResult(seed, False, False, 0.0, 0.0, 0)
         latencies: list[float] = []
-        plan: np.ndarray | None = None
-        plan_start = 0
+        blender = ChunkBlender(config.blending, config.ensemble_decay)
+        plan_start: int | None = None
         pending: list[tuple[int, np.ndarray]] = []  # (control step, imagined composite) still to be compared
         for step in range(config.max_steps):
             expert_drives = step < config.expert_steps
-            needs_plan = not expert_drives and (plan is None or step - plan_start >= self.execute_steps)
+            needs_plan = not expert_drives and (plan_start is None or step - plan_start >= self.execute_steps)
             compare_now = bool(pending) and pending[0][0] == step
             views = _views(physics, size) if needs_plan or compare_now or (record_video and step % 2 == 0) else None
             if compare_now:
@@ -236,7 +247,9 @@ class MotusRollout:
                 started = time.perf_counter()
                 output = self._request("vla", views, state, config.noise_seed + 1000 * index + result.chunks)
                 latencies.append((time.perf_counter() - started) * 1000.0)
-                plan, plan_start = upsample_chunk(output.actions, state, self.rate), step
+                # Its first action is executed now, at this step (the blender's "observation step" is the one before).
+                blender.add_chunk(upsample_chunk(output.actions, state, self.rate), obs_step=step - 1)
+                plan_start = step
                 result.chunks += 1
                 if imagine and self.execute_steps == self.chunk_steps:
                     # The world model, given the chunk about to be executed: its frames are compared with
@@ -249,7 +262,7 @@ class MotusRollout:
                     pending = [(step + (k + 1) * self.frame_steps, frame) for k, frame in enumerate(predicted)]
             if record_video and step % 2 == 0:
                 video.append(_side_by_side(views))
-            time_step = environment.step(expert_plan[step] if expert_drives else plan[step - plan_start])
+            time_step = environment.step(expert_plan[step] if expert_drives else blender.action_for(step))
             observation = time_step.observation
             rewards.append(float(time_step.reward or 0.0))
         max_reward = float(environment.task.max_reward)
@@ -320,6 +333,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--first-seed", type=int, default=defaults.first_seed, help="episode i uses seed first_seed + i")
     parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="control steps per episode (50 Hz)")
     parser.add_argument("--execute-steps", type=int, help="control steps executed per chunk (default: the whole chunk)")
+    parser.add_argument("--blending", choices=BLENDING_MODES, default=defaults.blending,
+                        help="how overlapping chunks combine (they overlap when --execute-steps is shorter than a chunk)")
+    parser.add_argument("--ensemble-decay", type=float, default=defaults.ensemble_decay,
+                        help="temporal-ensembling weight decay exp(-decay * age order) (ACT: 0.01)")
     parser.add_argument("--inference-steps", type=int, help="Euler steps per chunk (default: the checkpoint's)")
     parser.add_argument("--videos", type=int, default=defaults.videos, help="rollout mp4s for the first N episodes")
     parser.add_argument("--imagine", type=int, default=defaults.imagine,
@@ -334,6 +351,7 @@ def run(args: argparse.Namespace) -> int:
     config = ClosedLoopConfig(
         checkpoint=args.checkpoint, policy=args.policy, task=args.task, episodes=args.episodes,
         first_seed=args.first_seed, max_steps=args.max_steps, execute_steps=args.execute_steps,
+        blending=args.blending, ensemble_decay=args.ensemble_decay,
         inference_steps=args.inference_steps, videos=args.videos, imagine=args.imagine,
         noise_seed=args.noise_seed, expert_steps=args.expert_steps, out=args.out,
     )
