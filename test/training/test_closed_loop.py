@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import motus_model.aloha_demos.closed_loop as closed_loop
+from motus_model.action_chunks import upsample_chunk
 from motus_model.aloha_demos.closed_loop import ClosedLoopConfig, EpisodeResult, evaluate, summarize, wilson_interval
 from motus_model.cli import main as motus_main
 from motus_model.data.video import read_video
@@ -76,6 +78,43 @@ def test_expert_can_drive_the_start_then_hand_over(tmp_path):
     assert episode["steps"] == 40 and episode["chunks"] == 1  # the policy planned once, at step 33
     with pytest.raises(ValueError, match="expert_steps"):
         ClosedLoopConfig(checkpoint="x", max_steps=40, expert_steps=41)
+
+
+@pytest.mark.timeout(240)
+def test_temporal_ensembling_executes_the_weighted_vote_of_overlapping_chunks(tmp_path, monkeypatch):
+    from motus_model.engine import MotusEngine
+
+    engine = MotusEngine.from_pretrained(SHIPPED)
+    planned: list[np.ndarray] = []  # each chunk, upsampled to control steps from the state it was planned at
+    infer = engine.infer
+
+    def recording_infer(request, *args, **kwargs):
+        result = infer(request, *args, **kwargs)
+        planned.append(upsample_chunk(result.actions, request.state, engine.config.temporal.downsample_rate))
+        return result
+
+    executed: list[np.ndarray] = []
+    make_environment = closed_loop.make_joint_environment
+
+    def recording_environment(*args, **kwargs):
+        environment = make_environment(*args, **kwargs)
+        step = environment.step
+        environment.step = lambda action: (executed.append(np.array(action)), step(action))[1]
+        return environment
+
+    monkeypatch.setattr(engine, "infer", recording_infer)
+    monkeypatch.setattr(closed_loop, "make_joint_environment", recording_environment)
+    config = ClosedLoopConfig(checkpoint=str(SHIPPED), episodes=1, max_steps=20, execute_steps=8, blending="temporal_ensemble",
+                              ensemble_decay=0.5, videos=0, imagine=0, inference_steps=2, out=str(tmp_path))
+    episode = evaluate(config, engine=engine, show_progress=False)["episodes"][0]
+    assert episode["chunks"] == len(planned) == 3 and len(executed) == 20  # planned at steps 0, 8 and 16
+    weights = np.exp(-0.5 * np.arange(3))  # the oldest chunk weighs most (ACT)
+    np.testing.assert_allclose(executed[5], planned[0][5])  # one chunk covers step 5
+    np.testing.assert_allclose(executed[12], (weights[0] * planned[0][12] + weights[1] * planned[1][4]) / weights[:2].sum())
+    vote = weights[0] * planned[0][17] + weights[1] * planned[1][9] + weights[2] * planned[2][1]
+    np.testing.assert_allclose(executed[17], vote / weights.sum())
+    with pytest.raises(ValueError, match="blending"):
+        ClosedLoopConfig(checkpoint="x", blending="average")
 
 
 @pytest.mark.timeout(120)
