@@ -64,7 +64,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="LeRobot dataset folder")
     parser.add_argument("--mixture", help="data-pyramid mixture YAML (instead of --dataset)")
     parser.add_argument("--eval-dataset", help="held-out LeRobot dataset for per-mode evaluation")
-    parser.add_argument("--output", required=True, help="run folder (checkpoints, metrics.jsonl)")
+    parser.add_argument("--output", help="run folder (checkpoints, metrics.jsonl); default: the --config's output")
     parser.add_argument("--steps", type=int, help="total optimisation steps")
     parser.add_argument("--max-minutes", type=float, help="stop (and save) after this much training time")
     parser.add_argument("--video-loss-weight", type=float, help="override the video loss weight (0: action-only)")
@@ -116,8 +116,10 @@ def _train(args: argparse.Namespace) -> int:
         config = TrainingConfig.from_dict({**config.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})
         if config.stage != args.stage:
             raise ValueError(f"--config is a stage {config.stage} config, --stage says {args.stage}")
-    else:
+    elif args.output:
         config = TrainingConfig.for_stage(args.stage, **overrides)
+    else:
+        raise ValueError("motus train needs --output (or a --config that names its output folder)")
     result = train(config, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:  # one summary line per job, from the main process
         return 0

@@ -80,6 +80,12 @@ def test_three_stages_through_the_cli(tmp_path, capsys):
     assert (checkpoint / "text_encoder").is_symlink() and (checkpoint / "text_encoder").resolve() == (tmp_path / "te").resolve()
     stage3 = _weights(tmp_path / "run3")
     assert "action_expert.registers" in stage3 and "action_expert.registers" not in stage2
+    # A run continues from its saved config (which names the output folder); the flags given override it.
+    assert main(["train", "--stage", "3", "--config", str(tmp_path / "run3/training_config.json"), "--steps", "3", "--resume"]) == 0
+    assert (tmp_path / "run3/checkpoints/step_0000003").is_dir()
+    assert json.loads((tmp_path / "run3/training_config.json").read_text())["steps"] == 3
+    with pytest.raises(ValueError, match="--output"):
+        main(["train", "--stage", "3", "--dataset", str(dataset), *common])
 
     from motus_model.engine import MotusEngine, MotusRequest
 
