@@ -106,7 +106,10 @@ def test_temporal_ensembling_executes_the_weighted_vote_of_overlapping_chunks(tm
     monkeypatch.setattr(closed_loop, "make_joint_environment", recording_environment)
     config = ClosedLoopConfig(checkpoint=str(SHIPPED), episodes=1, max_steps=20, execute_steps=8, blending="temporal_ensemble",
                               ensemble_decay=0.5, videos=0, imagine=0, inference_steps=2, out=str(tmp_path))
-    episode = evaluate(config, engine=engine, show_progress=False)["episodes"][0]
+    try:
+        episode = evaluate(config, engine=engine, show_progress=False)["episodes"][0]
+    finally:
+        engine.close()
     assert episode["chunks"] == len(planned) == 3 and len(executed) == 20  # planned at steps 0, 8 and 16
     weights = np.exp(-0.5 * np.arange(3))  # the oldest chunk weighs most (ACT)
     np.testing.assert_allclose(executed[5], planned[0][5])  # one chunk covers step 5
