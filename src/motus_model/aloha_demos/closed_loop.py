@@ -108,10 +108,7 @@ class ClosedLoopConfig:
             raise ValueError(f"episodes and max_steps must be positive, got {self.episodes}, {self.max_steps}")
         if self.execute_steps is not None and self.execute_steps <= 0:
             raise ValueError(f"execute_steps must be positive (or None), got {self.execute_steps}")
-        if self.blending not in BLENDING_MODES:
-            raise ValueError(f"blending must be one of {BLENDING_MODES}, got {self.blending!r}")
-        if not self.ensemble_decay >= 0:
-            raise ValueError(f"ensemble_decay must be >= 0, got {self.ensemble_decay}")
+        ChunkBlender(self.blending, self.ensemble_decay)  # checks both (the blender the rollout will build)
         if not 0 <= self.expert_steps <= self.max_steps:
             raise ValueError(f"expert_steps must be in [0, max_steps={self.max_steps}], got {self.expert_steps}")
         if min(self.videos, self.imagine) < 0:
