@@ -38,12 +38,13 @@ def summary_ms(values_s: list[float]) -> dict:
 
 
 def start_server(preset: str, steps: int) -> subprocess.Popen:
+    from motus_ros.server import PARAMETER_SECTIONS
     import tempfile
 
     import yaml
 
     values = {"preset": preset, "default_steps": steps, "max_age_s": 1.0, "max_skew_s": 0.5, "chunk_request_threshold": 10}
-    sections = {f"/**/{name}": {"ros__parameters": dict(values)} for name in ("policy", "world_model", "idm", "imagination")}
+    sections = {f"/**/{name}": {"ros__parameters": dict(values)} for name in PARAMETER_SECTIONS}
     params = tempfile.NamedTemporaryFile("w", prefix="motus_bench_", suffix=".yaml", delete=False)
     with params:
         yaml.safe_dump(sections, params)

@@ -12,12 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
-
-from motus_model.action_chunks import upsample_chunk
-from motus_model.aloha_demos.closed_loop import _views
-from motus_model.aloha_demos.scripted_expert import get_task, make_joint_environment, plan_joint_trajectory
-from motus_model.engine import MotusEngine, MotusRequest
+from motus_model.engine import MotusEngine
+from motus_model.policy import MotusPolicy, PolicyConfig
+from motus_sim.closed_loop import model_views
+from motus_sim.scripted_expert import get_task, make_joint_environment, plan_joint_trajectory
 
 FINGERS = ("vx300s_right/left_finger_link", "vx300s_right/right_finger_link")
 CUBE_QPOS = slice(16, 19)  # the free cube's position, after the two arms' 16 qpos entries
@@ -30,25 +28,27 @@ def gripper_minus_cube_cm(environment) -> list[float]:
 
 
 def run(engine: MotusEngine | None, seed: int, check_steps: list[int], inference_steps: int) -> tuple[dict[int, list[float]], float]:
-    """One episode driven by the policy (engine) or the expert (None): offsets at check_steps, highest reward."""
+    """One episode driven by the policy runtime (engine) or the expert (None): offsets at check_steps, highest reward."""
     spec = get_task("transfer_cube")
     pose = spec.sample_object_pose(seed)
     environment = make_joint_environment("transfer_cube", pose)
     observation = environment.reset().observation
     last = max(check_steps)
     expert_plan = plan_joint_trajectory("transfer_cube", pose) if engine is None else None
-    rate = int(engine.config.temporal.downsample_rate) if engine is not None else 1
-    chunk_steps = int(engine.config.temporal.action_chunk) * rate if engine is not None else 1
-    offsets, highest, plan = {}, 0.0, None
+    policy = None
+    if engine is not None:  # whole chunks, as `motus eval` runs them
+        policy = MotusPolicy(engine, PolicyConfig(chunk_request_threshold=0, steps=inference_steps, synchronous=True))
+        policy.reset(spec.instruction, seed=1000 * seed)
+    offsets, highest = {}, 0.0
     for step in range(last + 1):
         if step in check_steps:
             offsets[step] = gripper_minus_cube_cm(environment)
-        if engine is not None and step % chunk_steps == 0:
-            state = np.asarray(observation["qpos"], dtype=np.float64)
-            request = MotusRequest(mode="vla", images=_views(environment.physics, (120, 160)), state=state,
-                                   instruction=spec.instruction, steps=inference_steps, seed=1000 * seed + step)
-            plan = upsample_chunk(engine.infer(request).actions, state, rate)
-        action = expert_plan[step] if engine is None else plan[step % chunk_steps]
+        if policy is None:
+            action = expert_plan[step]
+        else:
+            if policy.wants_observation(step):
+                policy.observe(step, model_views(environment.physics, (120, 160)), observation["qpos"])
+            action = policy.action_for(step).action
         time_step = environment.step(action)
         observation, highest = time_step.observation, max(highest, float(time_step.reward or 0.0))
     return offsets, highest

@@ -248,13 +248,13 @@ register_command("stats", "(re)compute a dataset's meta/stats.json", _stats_argu
 
 
 def _generate_demos_arguments(parser: argparse.ArgumentParser) -> None:
-    from motus_model.aloha_demos.record import build_parser
+    from motus_sim.record import build_parser
 
     build_parser(parser)
 
 
 def _generate_demos(args: argparse.Namespace) -> int:
-    from motus_model.aloha_demos.record import run
+    from motus_sim.record import run
 
     return run(args)
 
@@ -265,13 +265,13 @@ register_command(
 
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
-    from motus_model.aloha_demos.closed_loop import add_arguments
+    from motus_sim.closed_loop import add_arguments
 
     add_arguments(parser)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from motus_model.aloha_demos.closed_loop import run
+    from motus_sim.closed_loop import run
 
     return run(args)
 

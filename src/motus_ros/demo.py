@@ -113,11 +113,12 @@ def suite_parameters(steps: int, chunk_request_threshold: int = CHUNK_REQUEST_TH
     node-specific entries of config/motus_server.yaml would win over global overrides. The simulator renders its
     cameras on the CPU (~150 ms for the three) and falls behind under load, so older and less synchronised frames
     are tolerated."""
+    from motus_ros.server import PARAMETER_SECTIONS
     import yaml
 
     values = {"default_steps": int(steps), "max_age_s": 1.0, "max_skew_s": 0.6,
               "chunk_request_threshold": int(chunk_request_threshold)}
-    sections = {f"/**/{name}": {"ros__parameters": dict(values)} for name in ("policy", "world_model", "idm", "imagination")}
+    sections = {f"/**/{name}": {"ros__parameters": dict(values)} for name in PARAMETER_SECTIONS}
     handle = tempfile.NamedTemporaryFile("w", prefix="motus_demo_", suffix=".yaml", delete=False)
     with handle:
         yaml.safe_dump(sections, handle)

@@ -1,6 +1,6 @@
 """Closed-loop evaluation through the ROS suite, in real time (`motus eval-ros`).
 
-`motus eval` (motus_model.aloha_demos.closed_loop) runs the checkpoint in-process: the physics waits for the model,
+`motus eval` (motus_sim.closed_loop) runs the checkpoint in-process: the physics waits for the model,
 so it measures the model. This command measures the deployed system instead: `motus_sim` steps gym-aloha's physics
 at wall-clock 50 Hz while `motus_server`'s policy node infers chunks asynchronously from the sim's camera and joint
 state topics and streams commands back, exactly as on a robot. On a small CPU, inference latency, the cameras' rate
@@ -74,7 +74,7 @@ class RosEvalConfig:
         if self.inference_steps < 0 or self.videos < 0 or self.camera_rate_hz <= 0:
             raise ValueError("steps and videos must be >= 0 and the camera rate > 0")
         if not self.instruction:  # the demonstrations' instruction (dm_control is imported only here)
-            from motus_model.aloha_demos.scripted_expert import get_task
+            from motus_sim.scripted_expert import get_task
 
             self.instruction = get_task(self.task).instruction
 
@@ -95,7 +95,7 @@ def evaluate(config: RosEvalConfig, verbose: bool = False) -> dict[str, Any]:
                chunk_request_threshold=config.chunk_request_threshold, verbose=verbose):
         print(f"simulator and server are up ({time.perf_counter() - started:.0f} s)", flush=True)
         episodes, timings = _run_episodes(config, out)
-    from motus_model.aloha_demos.closed_loop import summarize
+    from motus_sim.closed_loop import summarize
 
     summary = summarize(episodes)
     summary.update(_timing_summary(timings))
@@ -106,7 +106,7 @@ def evaluate(config: RosEvalConfig, verbose: bool = False) -> dict[str, Any]:
         "episodes": [asdict(e) for e in episodes],
         "ros": {"episodes": timings},
     }
-    from motus_model.aloha_demos.closed_loop import RESULTS_FILE
+    from motus_sim.closed_loop import RESULTS_FILE
 
     (out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     return results
@@ -116,7 +116,7 @@ def _run_episodes(config: RosEvalConfig, out: Path) -> tuple[list[Any], list[dic
     import numpy as np
     import rclpy
 
-    from motus_model.aloha_demos.closed_loop import EpisodeResult
+    from motus_sim.closed_loop import EpisodeResult
     from motus_model.data.video import write_video
     from motus_ros.client import MotusClient
     from motus_ros.profiles import load_profile

@@ -14,7 +14,6 @@ from motus_msgs.msg import ErrorCode
 from motus_msgs.srv import InferActions
 
 from motus_ros.lifecycle_base import MotusLifecycleNode, RequestError, ServerContext
-from motus_model.action_chunks import upsample_chunk
 
 
 class IdmNode(MotusLifecycleNode):
@@ -47,8 +46,7 @@ class IdmNode(MotusLifecycleNode):
                 steps=self.steps_for(request.steps), seed=self.seed_for(request.seed), decode_video=False,
             )
             result = self.run_request(engine_request)
-            actions_robot = upsample_chunk(
-                self.actions_to_robot(result.actions), state, int(self.engine.config.temporal.downsample_rate))
+            actions_robot = self.chunk_to_robot(result.actions, state)
             response.trajectory = self.trajectory_of(actions_robot)
             response.timing = self.timing_of(result, (time.monotonic() - started) * 1e3)
             response.error = ErrorCode(code=ErrorCode.NONE, message="")

@@ -18,7 +18,6 @@ from motus_msgs.action import Imagine
 from motus_msgs.msg import ErrorCode
 
 from motus_ros.lifecycle_base import MotusLifecycleNode, ServerContext, check_instruction, float_descriptor, int_descriptor, text_descriptor
-from motus_model.action_chunks import upsample_chunk
 from motus_ros.world_model_node import ImagePublishers, feedback_publisher, finish_goal
 
 
@@ -105,8 +104,7 @@ class ImaginationNode(MotusLifecycleNode):
                 should_cancel=lambda: goal_handle.is_cancel_requested)
             result.frames = self.frames_to_observations(output.frames)
             if goal.with_actions and output.actions is not None:
-                actions_robot = upsample_chunk(
-                    self.actions_to_robot(output.actions), state, int(self.engine.config.temporal.downsample_rate))
+                actions_robot = self.chunk_to_robot(output.actions, state)
                 result.trajectory = self.trajectory_of(actions_robot)
             if goal.publish:
                 clip = self.split_frames(output.frames)

@@ -3,8 +3,9 @@
 What lives here:
 - `SharedModel`: the one `MotusEngine` of the process, loaded on the first `configure` of any node and reused by
   the others (the model loads once); closed by the server at exit.
-- `SharedObservations`: the latest synchronised camera + joint-state observation of the robot, fed by the policy
-  node's subscriptions and read by every node when a request leaves its observation empty ("use the latest").
+- `SharedObservations`: the latest synchronised camera + joint-state observation of the robot, fed by the server's
+  one set of subscriptions (`server_context.SensorIntake`) and read by every node when a request leaves its
+  observation empty ("use the latest").
 - `MotusLifecycleNode`: a `LifecycleNode` that asks subclasses for `_setup()` (raises on failure), `_teardown()`
   (copes with partial state), `_on_activated()` / `_on_deactivated()`; it logs tracebacks itself because rclpy
   swallows exceptions raised in transition callbacks, and it provides the helpers every node needs (parameter
@@ -103,7 +104,7 @@ class SharedModel:
 
 
 class SharedObservations:
-    """The latest robot observation, written by the policy node's sensor callbacks, read by every node."""
+    """The latest robot observation, written by the server's SensorIntake, read by every node."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -123,7 +124,7 @@ class SharedObservations:
         """(SyncedObservation, "") or (None, reason) when there is no usable observation."""
         buffer = self._buffer
         if buffer is None:
-            return None, "no camera subscriptions: the policy node is not configured"
+            return None, "no sensor intake: the server has not subscribed the robot's sensors"
         ok, reason = buffer.status(now_s)
         if not ok:
             return None, reason
@@ -423,15 +424,8 @@ class MotusLifecycleNode(LifecycleNode):
     def result_of(self, future: Future):
         try:
             return future.result()
-        except CancelledError as exc:
-            raise RequestError(ErrorCode.CANCELLED, "cancelled") from exc
-        except ValueError as exc:
-            raise RequestError(ErrorCode.INVALID_REQUEST, str(exc)) from exc
         except Exception as exc:
-            if type(exc).__name__ == "SamplingCancelled":
-                raise RequestError(ErrorCode.CANCELLED, "cancelled between denoising steps") from exc
-            self.get_logger().error(f"model failure: {exc!r}\n{''.join(traceback.format_exception(exc))}")
-            raise RequestError(ErrorCode.INTERNAL, f"model failure: {exc!r} (see the server log)") from exc
+            raise request_error_of(exc, self.get_logger()) from exc
 
     def error_of(self, exc: BaseException) -> ErrorCode:
         """The ErrorCode message for an exception raised while serving a request (never re-raised: the node stays up)."""
@@ -455,9 +449,11 @@ class MotusLifecycleNode(LifecycleNode):
 
     # --- model outputs -> messages -------------------------------------------------------------------------------
 
-    def actions_to_robot(self, actions: np.ndarray) -> np.ndarray:
-        """[N, 14] model-space actions -> robot units (gripper mapping), row by row."""
-        return np.stack([self.profile.model_to_robot(row) for row in np.asarray(actions, dtype=np.float64)])
+    def chunk_to_robot(self, actions_model: np.ndarray, state_robot: np.ndarray) -> np.ndarray:
+        """[N, D] model-space chunk -> robot units, one action per control step (motus_model.policy.chunk_to_robot)."""
+        from motus_model.policy import chunk_to_robot
+
+        return chunk_to_robot(actions_model, state_robot, self.profile, int(self.engine.config.temporal.downsample_rate))
 
     def trajectory_of(self, actions_robot: np.ndarray):
         return conversions.actions_to_trajectory(
@@ -489,6 +485,20 @@ class MotusLifecycleNode(LifecycleNode):
     def composite_images(self, frames: np.ndarray) -> list[Image]:
         stamp = self.get_clock().now().to_msg()
         return [conversions.numpy_to_image(np.ascontiguousarray(frame), stamp, "motus_composite") for frame in np.asarray(frames)]
+
+
+def request_error_of(exc: BaseException, log: Any) -> RequestError:
+    """The RequestError that answers a failed engine request (`log`: where an unexpected failure is reported)."""
+    if isinstance(exc, RequestError):
+        return exc
+    if isinstance(exc, CancelledError):
+        return RequestError(ErrorCode.CANCELLED, "cancelled")
+    if isinstance(exc, ValueError):
+        return RequestError(ErrorCode.INVALID_REQUEST, str(exc))
+    if type(exc).__name__ == "SamplingCancelled":
+        return RequestError(ErrorCode.CANCELLED, "cancelled between denoising steps")
+    log.error(f"model failure: {exc!r}\n{''.join(traceback.format_exception(exc))}")
+    return RequestError(ErrorCode.INTERNAL, f"model failure: {exc!r} (see the server log)")
 
 
 def check_instruction(instruction: str, max_chars: int) -> str:

@@ -1,16 +1,14 @@
 """The policy node: drives the robot with the VLA mode p(a | o, l) at the control rate.
 
 Data flow:
-  cameras + joint states (sensor group) -> ObservationBuffer (shared with the other nodes)
-  control timer (control rate, its own group): latest observation -> async chunk request to the engine (mode VLA)
-      when the blender runs low -> ChunkBlender (temporal ensembling or replace) -> SafetyFilter -> command adapter
+  cameras + joint states -> the server's SensorIntake (server_context.py) -> ObservationBuffer (shared by all nodes)
+  control timer (control rate, its own group): latest observation -> MotusPolicy (motus_model.policy: chunk
+      requests, upsampling, blending, late chunks; the runtime `motus eval` drives too) -> SafetyFilter
+      -> command adapter
   RunPolicy action (request group): starts/stops a run, publishes feedback, terminates on limits/cancel/e-stop.
 
 The robot never waits for the model: commands (or hold commands) go out every control tick while the next chunk
-is being computed on the engine's worker thread. A chunk's action i is meant for control step
-obs_step + (i + 1) * downsample_rate (the model's chunk is sparser than the control loop when downsample_rate > 1;
-it is linearly upsampled from the observed state); actions already in the past when the chunk arrives are dropped
-by the blender, which is how the inference delay is accounted for.
+is being computed on the engine's worker thread (the runtime's timing rule is in motus_model/policy.py).
 
 Safety: the SafetyFilter clamps every command to the joint limits and per-step deltas; stale or missing input,
 the e-stop, cancel and deactivate all hold the robot at the last commanded (or measured) position.
@@ -28,8 +26,6 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
@@ -38,7 +34,7 @@ from motus_msgs.msg import ErrorCode
 from motus_msgs.srv import PredictActions
 
 from motus_ros import conversions
-from motus_model.action_chunks import ChunkBlender, upsample_chunk
+from motus_model.policy import HOLD_FIRST_CHUNK, MotusPolicy, PolicyChunk, PolicyConfig
 from motus_ros.command_adapters import make_command_adapter
 from motus_ros.lifecycle_base import (
     MotusLifecycleNode,
@@ -47,9 +43,9 @@ from motus_ros.lifecycle_base import (
     check_instruction,
     float_descriptor,
     int_descriptor,
+    request_error_of,
     text_descriptor,
 )
-from motus_ros.observation_buffer import make_observation_buffer
 from motus_ros.safety import SafetyFilter
 
 TERMINATION_COMPLETED = "completed"
@@ -85,25 +81,23 @@ class PolicyRun:
     """The state of one RunPolicy goal. Written by the control timer, read by the action's execute loop."""
 
     instruction: str
-    blender: ChunkBlender
+    policy: MotusPolicy  # the runtime: chunk requests, upsampling, blending, late chunks, timings
     started_s: float
     max_steps: int = 0  # 0 = no limit
     step: int = 0  # control ticks since the run started
     published: int = 0  # commands computed (sent, or planned in dry run)
-    chunks: int = 0
-    pending: Any = None  # engine future of the chunk being computed
-    pending_obs_step: int = 0
-    pending_state: np.ndarray | None = None
-    pending_submitted_s: float = 0.0
-    last_inference_ms: float = 0.0
     holding: bool = True
-    hold_reason: str = "waiting for the first action chunk"
+    hold_reason: str = HOLD_FIRST_CHUNK
     hold_target: np.ndarray | None = None
     error: str = ""  # a failure that ends the run
     error_code: int = ErrorCode.INTERNAL  # its ErrorCode (INVALID_REQUEST when the model refused the request)
     preempted: bool = False
     stopped: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def chunks(self) -> int:
+        return self.policy.stats.chunks
 
 
 class PolicyNode(MotusLifecycleNode):
@@ -115,9 +109,6 @@ class PolicyNode(MotusLifecycleNode):
         self.declare_parameter("blending_mode", "temporal_ensemble", text_descriptor("how overlapping chunks combine: temporal_ensemble | replace"))
         self.declare_parameter("ensemble_decay", 0.01, float_descriptor("temporal ensembling weight exp(-decay * i), i = chunk age order (ACT: 0.01)", 0.0, 10.0))
         self.declare_parameter("chunk_request_threshold", 8, int_descriptor("request the next chunk when this many planned control steps remain", 0, 10000))
-        self.declare_parameter("max_skew_s", 0.3, float_descriptor("largest stamp difference between the cameras and joint states of one observation", 0.0, 10.0))
-        self.declare_parameter("max_age_s", 0.5, float_descriptor("hold when the newest observation is older than this", 0.01, 60.0))
-        self.declare_parameter("stamp_source", "receive", text_descriptor("observation time: header (message stamps) | receive (arrival time at this node)"))
         self.declare_parameter("max_instruction_chars", 512, int_descriptor("longest instruction accepted", 1, 100000))
         self.declare_parameter("feedback_rate_hz", 10.0, float_descriptor("RunPolicy feedback rate", 0.1, 100.0))
         self.declare_parameter("diagnostics_rate_hz", 1.0, float_descriptor("rate of /diagnostics messages", 0.1, 50.0))
@@ -127,7 +118,6 @@ class PolicyNode(MotusLifecycleNode):
         self._run: PolicyRun | None = None
         self._run_lock = threading.Lock()
         self._last_command: np.ndarray | None = None
-        self._joint_messages: dict[str, JointState] = {}
         self._rate = RateMeter()
         self._last_inference_ms = 0.0
         self._resources: list[Any] = []
@@ -158,23 +148,11 @@ class PolicyNode(MotusLifecycleNode):
         mode = str(self.param("blending_mode"))
         if mode not in ("temporal_ensemble", "replace"):
             raise ValueError(f"blending_mode must be temporal_ensemble or replace, got {mode!r}")
-        if self.param("stamp_source") not in ("header", "receive"):
-            raise ValueError(f"stamp_source must be header or receive, got {self.param('stamp_source')!r}")
         self.control_rate_hz = float(self.param("control_rate_hz")) or float(profile.control_rate_hz)
         self.dry_run = bool(self.optional_param("dry_run", profile.dry_run_default))
         self.safety = SafetyFilter(profile)
         self.adapter = make_command_adapter(self, profile, dry_run=self.dry_run)
 
-        buffer = make_observation_buffer([camera.role for camera in profile.cameras], float(self.param("max_skew_s")), float(self.param("max_age_s")))
-        self.shared.observations.set_buffer(buffer)
-        for camera in profile.cameras:
-            self._resources.append(self.create_subscription(
-                Image, camera.topic, lambda msg, camera=camera: self._on_image(camera, msg),
-                qos_profile_sensor_data, callback_group=self.sensor_group))
-        for topic in profile.joint_state_topics:
-            self._resources.append(self.create_subscription(
-                JointState, topic, lambda msg, topic=topic: self._on_joint_state(topic, msg),
-                qos_profile_sensor_data, callback_group=self.sensor_group))
         # The control tick has a group of its own: nothing else ever delays it.
         self._control_timer = self.create_timer(1.0 / self.control_rate_hz, self._control_tick, callback_group=MutuallyExclusiveCallbackGroup())
         self._diagnostics_timer = self.create_timer(1.0 / float(self.param("diagnostics_rate_hz")), self._publish_diagnostics, callback_group=self.timer_group)
@@ -192,7 +170,6 @@ class PolicyNode(MotusLifecycleNode):
             else:
                 self.destroy_subscription(resource)
         self._resources = []
-        self.shared.observations.set_buffer(None)
         if self.adapter is not None:
             self.adapter.destroy()
         self.adapter = None
@@ -205,45 +182,6 @@ class PolicyNode(MotusLifecycleNode):
             run.error = "node deactivated"
         self._stop_run(run)
         self._send_hold("deactivated")
-
-    # --- sensors ---------------------------------------------------------------------------------------------
-
-    def _stamp_s(self, header) -> float:
-        if self.param("stamp_source") == "header":
-            return header.stamp.sec + header.stamp.nanosec * 1e-9
-        return self.now_s()
-
-    def _on_image(self, camera, msg: Image) -> None:
-        buffer = self.shared.observations.buffer
-        if buffer is None:
-            return
-        try:
-            image = conversions.image_to_numpy(msg, expected_encoding=camera.encoding, expected_shape=(int(camera.height), int(camera.width)))
-        except ValueError as exc:
-            self._reject(camera.topic, str(exc))
-            return
-        self.shared.observations.rejected.pop(camera.topic, None)
-        buffer.update_image(camera.role, image, self._stamp_s(msg.header))
-
-    def _on_joint_state(self, topic: str, msg: JointState) -> None:
-        buffer = self.shared.observations.buffer
-        if buffer is None:
-            return
-        self._joint_messages[topic] = msg
-        if len(self._joint_messages) < len(self.profile.joint_state_topics):
-            return  # per-arm topics: wait until every arm has reported once
-        messages = [self._joint_messages[name] for name in self.profile.joint_state_topics]
-        try:
-            q = conversions.joint_state_to_vector(messages, self.profile.joint_names, prefixes=self.profile.joint_name_prefixes)
-        except ValueError as exc:
-            self._reject(topic, str(exc))
-            return
-        self.shared.observations.rejected.pop(topic, None)
-        buffer.update_joint_state(q, self._stamp_s(msg.header))
-
-    def _reject(self, topic: str, reason: str) -> None:
-        self.shared.observations.rejected[topic] = reason
-        self.get_logger().warning(f"rejected a message on {topic}: {reason}", throttle_duration_sec=2.0)
 
     # --- control loop --------------------------------------------------------------------------------------------
 
@@ -285,7 +223,6 @@ class PolicyNode(MotusLifecycleNode):
                 return  # the execute loop ends the run at its next check
             self._rate.tick(now)
             run.step += 1
-            self._collect_chunk(run)
             observation, reason = self.shared.observations.latest(now)
             if self.safety.engaged:
                 reason = "e-stop engaged"
@@ -293,21 +230,36 @@ class PolicyNode(MotusLifecycleNode):
                 rejected = "; ".join(f"{topic}: {why}" for topic, why in self.shared.observations.rejected.items())
                 reason = f"{reason} (rejected: {rejected})" if rejected else reason
             if observation is None or self.safety.engaged:
+                run.policy.poll()
+                self._check_policy_error(run)
                 self._hold(run, reason)
                 return
-            if run.pending is None and run.blender.remaining(run.step) <= int(self.param("chunk_request_threshold")):
-                self._request_chunk(run, observation)
-            target = run.blender.action_for(run.step)
-            if target is None:
-                self._hold(run, "waiting for the first action chunk" if run.chunks == 0 else "waiting for the next action chunk (inference slower than the chunk)")
+            run.policy.observe(run.step, observation.images, observation.state)
+            decision = run.policy.action_for(run.step)
+            if self._check_policy_error(run):
+                self._hold(run, run.error)
+                return
+            if decision.action is None:
+                self._hold(run, decision.hold_reason)
                 return
             current = self._last_command if self._last_command is not None else np.asarray(observation.state, dtype=np.float64)
-            command, clamped = self.safety.apply(target, current)
+            command, clamped = self.safety.apply(decision.action, current)
             if clamped:
                 self.get_logger().warning("command clamped to the joint/delta limits", throttle_duration_sec=2.0)
             run.holding, run.hold_reason, run.hold_target = False, "", None
             self._send(command)
             run.published += 1
+
+    def _check_policy_error(self, run: PolicyRun) -> bool:
+        """A failed chunk request ends the run (the execute loop reports it); True when it did."""
+        exc = run.policy.error
+        if exc is None:
+            return False
+        if not run.error:
+            error = request_error_of(exc, self.get_logger())
+            run.error, run.error_code = f"chunk request failed: {error.message}", error.code
+            self.get_logger().error(run.error)
+        return True
 
     def _hold(self, run: PolicyRun, reason: str) -> None:
         if not run.holding or run.hold_reason != reason:
@@ -319,40 +271,9 @@ class PolicyNode(MotusLifecycleNode):
             self._send(self.safety.hold(run.hold_target))
             run.published += 1
 
-    def _request_chunk(self, run: PolicyRun, observation) -> None:
-        from motus_model.engine import MotusRequest
-        from motus_model.flow_matching import Mode
-
-        state_robot = np.asarray(observation.state, dtype=np.float64)
-        request = MotusRequest(
-            mode=Mode.VLA, images=dict(observation.images), state=self.profile.robot_to_model(state_robot),
-            instruction=run.instruction, steps=self.steps_for(0), seed=self.seed_for(int(self.param("policy_seed"))),
-            decode_video=False,
-        )
-        run.pending = self.engine.submit(request)
-        run.pending_obs_step = run.step
-        run.pending_state = state_robot
-        run.pending_submitted_s = time.monotonic()
-
-    def _collect_chunk(self, run: PolicyRun) -> None:
-        """Move a finished chunk from the engine into the blender (called with run.lock held)."""
-        future = run.pending
-        if future is None or not future.done():
-            return
-        run.pending = None
-        run.last_inference_ms = self._last_inference_ms = (time.monotonic() - run.pending_submitted_s) * 1e3
-        try:
-            result = self.result_of(future)
-        except RequestError as exc:
-            run.error, run.error_code = f"chunk request failed: {exc.message}", exc.code
-            self.get_logger().error(run.error)
-            return
-        actions_robot = self.actions_to_robot(result.actions)
-        rate = int(self.engine.config.temporal.downsample_rate)
-        per_step = upsample_chunk(actions_robot, run.pending_state, rate)
-        run.blender.add_chunk(per_step, run.pending_obs_step)
-        run.chunks += 1
-        self._publish_plan(per_step)
+    def _on_chunk(self, chunk: PolicyChunk) -> None:
+        self._last_inference_ms = chunk.inference_ms
+        self._publish_plan(chunk.actions_robot)
 
     def _publish_plan(self, actions_robot: np.ndarray) -> None:
         trajectory = conversions.actions_to_trajectory(
@@ -368,9 +289,18 @@ class PolicyNode(MotusLifecycleNode):
                 self._run.preempted = True
         goal_handle.execute()
 
+    def _policy_config(self) -> PolicyConfig:
+        seed = int(self.param("policy_seed"))
+        return PolicyConfig(
+            blending=str(self.param("blending_mode")), ensemble_decay=float(self.param("ensemble_decay")),
+            chunk_request_threshold=int(self.param("chunk_request_threshold")), steps=self.steps_for(0),
+            seed=None if seed < 0 else seed,
+        )
+
     def _new_run(self, instruction: str, max_steps: int) -> PolicyRun:
-        blender = ChunkBlender(mode=str(self.param("blending_mode")), ensemble_decay=float(self.param("ensemble_decay")))
-        return PolicyRun(instruction=instruction, blender=blender, started_s=time.monotonic(), max_steps=int(max_steps))
+        policy = MotusPolicy(self.engine, self._policy_config(), transforms=self.profile, on_chunk=self._on_chunk)
+        policy.reset(instruction)
+        return PolicyRun(instruction=instruction, policy=policy, started_s=time.monotonic(), max_steps=int(max_steps))
 
     def _stop_run(self, run: PolicyRun | None) -> None:
         """End `run` (or whatever runs when None): drop its pending chunk, send one hold command."""
@@ -383,8 +313,8 @@ class PolicyNode(MotusLifecycleNode):
             run.stopped = True
             if current is run:
                 self._run = None
-        if run.pending is not None:
-            run.pending.cancel()
+        with run.lock:
+            run.policy.cancel()
         self._send_hold("run ended")
 
     def _execute_run(self, goal_handle) -> RunPolicy.Result:
@@ -447,7 +377,7 @@ class PolicyNode(MotusLifecycleNode):
                 self._stop_run(run)
                 return finish(ErrorCode.NONE, "", TERMINATION_COMPLETED, run)
             feedback.step, feedback.chunks = run.step, run.chunks
-            feedback.last_inference_ms = float(run.last_inference_ms)
+            feedback.last_inference_ms = float(run.policy.stats.last_inference_ms)
             feedback.control_rate_hz = float(self._rate.rate(self.now_s()))
             feedback.holding, feedback.hold_reason = bool(run.holding), str(run.hold_reason)
             goal_handle.publish_feedback(feedback)
@@ -473,10 +403,7 @@ class PolicyNode(MotusLifecycleNode):
         return response
 
     def _predict_actions(self, request: PredictActions.Request, response: PredictActions.Response) -> PredictActions.Response:
-        """One-shot VLA (or joint) query on the given or latest observation."""
-        from motus_model.engine import MotusRequest
-        from motus_model.flow_matching import Mode
-
+        """One-shot VLA (or joint) query on the given or latest observation, through the policy runtime's transforms."""
         started = time.monotonic()
         try:
             self.require_active()
@@ -485,13 +412,14 @@ class PolicyNode(MotusLifecycleNode):
             check_instruction(request.instruction, int(self.param("max_instruction_chars")))
             images, state = self.observation_inputs(request.observation)
             joint = request.mode == PredictActions.Request.MODE_JOINT
-            engine_request = MotusRequest(
-                mode=Mode.JOINT if joint else Mode.VLA, images=images, state=self.profile.robot_to_model(state), instruction=request.instruction,
-                steps=self.steps_for(request.steps), seed=self.seed_for(request.seed),
-                decode_video=bool(joint and request.return_frames),
+            policy = MotusPolicy(self.engine, self._policy_config(), transforms=self.profile)
+            policy.reset(request.instruction)
+            engine_request = policy.chunk_request(
+                images, state, mode="joint" if joint else "vla", steps=self.steps_for(request.steps),
+                seed=self.seed_for(request.seed), decode_video=bool(joint and request.return_frames),
             )
             result = self.run_request(engine_request)
-            actions_robot = upsample_chunk(self.actions_to_robot(result.actions), state, int(self.engine.config.temporal.downsample_rate))
+            actions_robot = policy.chunk_to_robot(result.actions, state)
             response.trajectory = self.trajectory_of(actions_robot)
             if joint and request.return_frames and result.frames is not None:
                 response.imagined_frames = self.composite_images(result.frames)

@@ -1,4 +1,5 @@
-"""motus_server: one process, one MotusEngine, four lifecycle nodes (policy, world_model, idm, imagination).
+"""motus_server: one process, one MotusEngine, four lifecycle nodes (policy, world_model, idm, imagination) and one
+sensor intake (node `sensors`, server_context.py) that subscribes the robot's cameras and joint states for all.
 
     motus_server [--profile NAME|PATH] [--checkpoint DIR|NAME] [--preset NAME] [--device DEV] [--no-autostart]
                  [--max-waiting-requests N] [--torch-threads N] [--ros-args --params-file config/motus_server.yaml ...]
@@ -37,12 +38,15 @@ from motus_ros.idm_node import IdmNode
 from motus_ros.imagination_node import ImaginationNode
 from motus_ros.lifecycle_base import ModelSpec, MotusLifecycleNode, ServerContext, SharedModel
 from motus_ros.policy_node import PolicyNode
+from motus_ros.server_context import SensorIntake
 from motus_ros.world_model_node import WorldModelNode
 
 logger = logging.getLogger(__name__)
 
 READY_LINE = "MOTUS SERVER READY"
 NODE_NAMES = ("policy", "world_model", "idm", "imagination")
+# Every node of the server, for params files with one section per node.
+PARAMETER_SECTIONS = ("sensors", *NODE_NAMES)
 
 
 def build_engine(spec: ModelSpec) -> Any:
@@ -100,7 +104,7 @@ def create_nodes(context: ServerContext) -> list[MotusLifecycleNode]:
 
 
 def start_nodes(nodes: Sequence[MotusLifecycleNode]) -> bool:
-    """Configure then activate every node (the policy node first: it owns the sensor subscriptions)."""
+    """Configure then activate every node."""
     from rclpy.lifecycle import TransitionCallbackReturn
 
     for node in nodes:
@@ -136,12 +140,16 @@ def main(args: Sequence[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     context = ServerContext(model=SharedModel(build_engine), max_waiting_requests=max(1, options.max_waiting_requests))
     nodes: list[MotusLifecycleNode] = []
+    sensors: SensorIntake | None = None
     executor: MultiThreadedExecutor | None = None
     exit_code = 0
     try:
+        # The sensors first: they load the robot profile and feed every node's observation.
+        sensors = SensorIntake(context)
         nodes = create_nodes(context)
         # Threads: the waiting requests, a running RunPolicy goal, and the timers and sensor callbacks.
         executor = MultiThreadedExecutor(num_threads=context.max_waiting_requests + 1 + 4)
+        executor.add_node(sensors)
         for node in nodes:
             executor.add_node(node)
         if bool(nodes[0].param("autostart")):
@@ -178,6 +186,8 @@ def main(args: Sequence[str] | None = None) -> int:
             executor.shutdown(timeout_sec=10.0)
         for node in nodes:
             node.destroy_node()
+        if sensors is not None:
+            sensors.destroy_node()
         rclpy.try_shutdown()
     return exit_code
 

@@ -129,13 +129,14 @@ def server_command(*extra: str, ros_args: tuple[str, ...] = (), **overrides) -> 
 
     The test values go into a second params file with one section per node: node-specific entries of
     config/motus_server.yaml would win over global `-p` arguments."""
+    from motus_ros.server import PARAMETER_SECTIONS
     import hashlib
     import tempfile
 
     import yaml
 
     parameters = {**TEST_PARAMETERS, **overrides}
-    sections = {f"/**/{name}": {"ros__parameters": dict(parameters)} for name in ("policy", "world_model", "idm", "imagination")}
+    sections = {f"/**/{name}": {"ros__parameters": dict(parameters)} for name in PARAMETER_SECTIONS}
     # rclpy ignores overrides a node does not declare, so every node can get the whole set.
     text = yaml.safe_dump(sections)
     folder = Path(tempfile.gettempdir()) / "motus_test_params"

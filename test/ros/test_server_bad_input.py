@@ -169,7 +169,8 @@ def change_state(client: MotusClient, node: str, transition: int) -> bool:
 
 def test_requests_while_unconfigured_get_not_ready_then_lifecycle_brings_them_up(robot, spawn_process):
     """A second server in its own namespace with autostart off: every interface answers NOT_READY; configure and
-    activate through the lifecycle services make it serve; deactivate makes it refuse again."""
+    activate through the lifecycle services make it serve (the world model alone first: it needs no other node);
+    deactivate makes it refuse again."""
     from lifecycle_msgs.msg import Transition
 
     _, sensors = robot
@@ -186,7 +187,13 @@ def test_requests_while_unconfigured_get_not_ready_then_lifecycle_brings_them_up
         response = client.estop(True)
         assert not response.success and "not configured" in response.message
 
-        for node in ("policy", "world_model", "idm", "imagination"):
+        # Any node works alone: the server's sensor intake feeds the world model's "latest observation"
+        # although the policy node is still unconfigured.
+        assert change_state(client, "world_model", Transition.TRANSITION_CONFIGURE)
+        assert change_state(client, "world_model", Transition.TRANSITION_ACTIVATE)
+        alone = client.predict_future(np.zeros((4, 14)), PROFILE.joint_names, steps=1)
+        assert alone.error.code == ErrorCode.NONE, alone.error.message
+        for node in ("policy", "idm", "imagination"):
             assert change_state(client, node, Transition.TRANSITION_CONFIGURE), f"configure {node} failed"
             assert change_state(client, node, Transition.TRANSITION_ACTIVATE), f"activate {node} failed"
         response = client.predict_actions("pick", observation=sensors.observation(), steps=1)

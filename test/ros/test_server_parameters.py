@@ -1,5 +1,5 @@
 """config/motus_server.yaml is the documented source of truth: every parameter the four nodes declare appears
-there with the node's own default, and every entry there is a declared parameter (no typos that ROS would
+there with the node's own default (the sensor intake's too), and every entry there is a declared parameter (no typos that ROS would
 silently ignore). Every parameter has a description."""
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import yaml
 
 from motus_ros.lifecycle_base import ServerContext, SharedModel
 from motus_ros.server import create_nodes
+from motus_ros.server_context import SensorIntake
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "motus_server.yaml"
 OPTIONAL = {"dry_run"}  # unset on purpose: the robot profile's default applies
@@ -23,7 +24,8 @@ def never_built(spec):
 def test_yaml_defaults_match_the_declared_parameters(ros_context):
     config = yaml.safe_load(CONFIG.read_text())
     shared = config["/**"]["ros__parameters"]
-    nodes = create_nodes(ServerContext(model=SharedModel(never_built)))
+    context = ServerContext(model=SharedModel(never_built))
+    nodes = [SensorIntake(context), *create_nodes(context)]
     try:
         for node in nodes:
             section = config[f"/**/{node.get_name()}"]["ros__parameters"] or {}

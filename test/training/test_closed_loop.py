@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import motus_model.aloha_demos.closed_loop as closed_loop
+import motus_sim.closed_loop as closed_loop
 from motus_model.action_chunks import upsample_chunk
-from motus_model.aloha_demos.closed_loop import ClosedLoopConfig, EpisodeResult, evaluate, summarize, wilson_interval
+from motus_sim.closed_loop import ClosedLoopConfig, EpisodeResult, evaluate, summarize, wilson_interval
 from motus_model.cli import main as motus_main
 from motus_model.data.video import read_video
 
@@ -86,12 +86,13 @@ def test_temporal_ensembling_executes_the_weighted_vote_of_overlapping_chunks(tm
 
     engine = MotusEngine.from_pretrained(SHIPPED)
     planned: list[np.ndarray] = []  # each chunk, upsampled to control steps from the state it was planned at
-    infer = engine.infer
+    submit = engine.submit
 
-    def recording_infer(request, *args, **kwargs):
-        result = infer(request, *args, **kwargs)
-        planned.append(upsample_chunk(result.actions, request.state, engine.config.temporal.downsample_rate))
-        return result
+    def recording_submit(request, *args, **kwargs):
+        future = submit(request, *args, **kwargs)
+        rate = engine.config.temporal.downsample_rate
+        future.add_done_callback(lambda done: planned.append(upsample_chunk(done.result().actions, request.state, rate)))
+        return future
 
     executed: list[np.ndarray] = []
     make_environment = closed_loop.make_joint_environment
@@ -102,7 +103,7 @@ def test_temporal_ensembling_executes_the_weighted_vote_of_overlapping_chunks(tm
         environment.step = lambda action: (executed.append(np.array(action)), step(action))[1]
         return environment
 
-    monkeypatch.setattr(engine, "infer", recording_infer)
+    monkeypatch.setattr(engine, "submit", recording_submit)
     monkeypatch.setattr(closed_loop, "make_joint_environment", recording_environment)
     config = ClosedLoopConfig(checkpoint=str(SHIPPED), episodes=1, max_steps=20, execute_steps=8, blending="temporal_ensemble",
                               ensemble_decay=0.5, videos=0, imagine=0, inference_steps=2, out=str(tmp_path))

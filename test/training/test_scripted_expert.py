@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from motus_model.aloha_demos import CAMERA_NAMES, DemoRecordingConfig, main, record_demonstrations, run_expert_episode
-from motus_model.aloha_demos.scripted_expert import (
+from motus_sim import CAMERA_NAMES, DemoRecordingConfig, main, record_demonstrations, run_expert_episode
+from motus_sim.scripted_expert import (
     _COMMAND_NOISE_STREAM,
     ARM_COLUMNS,
     GRIPPER_COLUMNS,

@@ -186,15 +186,13 @@ class AlohaSimNode(Node):
     def reset_episode(self, seed: int) -> None:
         """gym-aloha's AlohaEnv.reset, minus its rendering: seed, sample the object pose, initialise."""
         from gym_aloha.tasks.sim import BOX_POSE
-        from gym_aloha.utils import sample_box_pose, sample_insertion_pose
+
+        from motus_sim.scripted_expert import get_task
 
         with self._lock:
             self.task.random.seed(seed)
             self.task._random = np.random.RandomState(seed)
-            if self.env.task == "transfer_cube":
-                BOX_POSE[0] = sample_box_pose(seed)
-            else:
-                BOX_POSE[0] = np.concatenate(sample_insertion_pose(seed))
+            BOX_POSE[0] = get_task(self.env.task).sample_object_pose(seed)  # the one home of the pose sampling
             self.task.initialize_episode(self.physics)
             self.target = np.clip(self.task.get_qpos(self.physics), self.lower, self.upper)  # hold the start pose
             self._trajectories.clear()

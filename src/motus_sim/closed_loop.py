@@ -3,8 +3,8 @@
 The physics waits for the model: at each replanning step the three views are rendered (as the
 demonstrations were recorded: ``top`` as the high camera, both wrists, 120x160), the checkpoint predicts a
 chunk in VLA mode, and the chunk is executed step by step (linearly upsampled to the 50 Hz control rate,
-exactly as the policy node does) until the next replanning step. So the success rate measures the model,
-not the CPU's speed; ``motus eval-ros`` measures the same through the ROS suite, in real time.
+by the policy runtime the policy node drives, `motus_model.policy.MotusPolicy`) until the next replanning
+step. So the success rate measures the model, not the CPU's speed; ``motus eval-ros`` measures the same through the ROS suite, in real time.
 
 Episode i uses the object pose of seed ``first_seed + i`` (gym_aloha's sampling). The demonstrations used
 seeds 0..49, so the default evaluation seeds start at 1000. Success is ACT's criterion (the episode's highest
@@ -32,10 +32,10 @@ import numpy as np
 from tqdm import tqdm
 
 from motus_model.action_chunks import MODES as BLENDING_MODES
-from motus_model.action_chunks import ChunkBlender, upsample_chunk
+from motus_model.action_chunks import ChunkBlender
 from motus_model.data.torch_dataset import ALOHA_CAMERA_MAP
 from motus_model.preprocessing import CAMERA_ROLES
-from motus_model.aloha_demos.scripted_expert import (
+from motus_sim.scripted_expert import (
     CAMERA_NAMES,
     get_task,
     make_joint_environment,
@@ -166,7 +166,7 @@ def summarize(episodes: list[EpisodeResult]) -> dict[str, Any]:
     return summary
 
 
-def _views(physics: Any, size: tuple[int, int]) -> dict[str, np.ndarray]:
+def model_views(physics: Any, size: tuple[int, int]) -> dict[str, np.ndarray]:
     """The model's camera roles -> uint8 [H, W, 3], rendered as the demonstrations were."""
     return {_ROLES[key]: image for key, image in render_views(physics, size, tuple(CAMERA_NAMES)).items()}
 
@@ -181,36 +181,47 @@ def _mse(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class MotusRollout:
-    """Runs the checkpoint in the joint-space scene (see the module docstring)."""
+    """Runs the checkpoint in the joint-space scene through the policy runtime the robot uses (`MotusPolicy`),
+    synchronously: the physics waits for each chunk (see the module docstring)."""
 
     def __init__(self, config: ClosedLoopConfig, engine: Any | None = None) -> None:
         from motus_model.engine import MotusEngine
+        from motus_model.policy import MotusPolicy, PolicyConfig
         from motus_model.preprocessing import CompositeLayout
 
         self.config = config
         self.engine = engine if engine is not None else MotusEngine.from_pretrained(config.checkpoint)
         temporal = self.engine.config.temporal
-        self.rate = int(temporal.downsample_rate)
-        self.chunk_steps = int(temporal.action_chunk) * self.rate
-        self.frame_steps = int(temporal.video_action_ratio) * self.rate  # control steps between predicted frames
-        self.execute_steps = min(config.execute_steps or self.chunk_steps, self.chunk_steps)
+        rate = int(temporal.downsample_rate)
+        chunk_steps = int(temporal.action_chunk) * rate
+        self.frame_steps = int(temporal.video_action_ratio) * rate  # control steps between predicted frames
+        self.execute_steps = min(config.execute_steps or chunk_steps, chunk_steps)
+        self.whole_chunks = self.execute_steps == chunk_steps
         self.layout = CompositeLayout.from_config(self.engine.config)
         self.instruction = get_task(config.task).instruction
+        # Re-plan after execute_steps: request when chunk_steps - execute_steps planned steps remain.
+        self.policy = MotusPolicy(self.engine, PolicyConfig(
+            blending=config.blending, ensemble_decay=config.ensemble_decay,
+            chunk_request_threshold=chunk_steps - self.execute_steps, steps=config.inference_steps,
+            synchronous=True,
+        ))
 
-    def _request(self, mode: str, views: dict[str, np.ndarray], state: np.ndarray, seed: int, **extra: Any) -> Any:
+    def _imagine(self, views: dict[str, np.ndarray], state: np.ndarray, actions: np.ndarray, seed: int) -> np.ndarray:
+        """The world model's frames for the chunk about to be executed."""
         from motus_model.engine import MotusRequest
 
         request = MotusRequest(
-            mode=mode, images=views, state=state, instruction=self.instruction, steps=self.config.inference_steps,
-            seed=seed, **extra,
+            mode="world_model", images=views, state=state, instruction=self.instruction, actions=actions,
+            steps=self.config.inference_steps, seed=seed,
         )
-        return self.engine.infer(request)
+        return self.engine.infer(request).frames
 
     def run(self, index: int) -> tuple[EpisodeResult, np.ndarray | None, np.ndarray | None]:
         """Episode ``index``: its result, its rollout video frames and its imagined-vs-actual frames (or None)."""
         from motus_model.preprocessing import compose_views
 
         config = self.config
+        policy = self.policy
         seed = config.first_seed + index
         spec = get_task(config.task)
         object_pose = spec.sample_object_pose(seed)
@@ -224,15 +235,14 @@ class MotusRollout:
         comparison: list[np.ndarray] = []
         rewards: list[float] = []
         result = EpisodeResult(seed, False, False, 0.0, 0.0, 0)
-        latencies: list[float] = []
-        blender = ChunkBlender(config.blending, config.ensemble_decay)
-        plan_start: int | None = None
+        policy.reset(self.instruction, seed=config.noise_seed + 1000 * index)
         pending: list[tuple[int, np.ndarray]] = []  # (control step, imagined composite) still to be compared
+        last_condition: np.ndarray | None = None
         for step in range(config.max_steps):
             expert_drives = step < config.expert_steps
-            needs_plan = not expert_drives and (plan_start is None or step - plan_start >= self.execute_steps)
+            needs_plan = not expert_drives and policy.wants_observation(step)
             compare_now = bool(pending) and pending[0][0] == step
-            views = _views(physics, size) if needs_plan or compare_now or (record_video and step % 2 == 0) else None
+            views = model_views(physics, size) if needs_plan or compare_now or (record_video and step % 2 == 0) else None
             if compare_now:
                 _, imagined = pending.pop(0)
                 actual = compose_views(views, self.layout)
@@ -241,30 +251,31 @@ class MotusRollout:
                 comparison.append(np.concatenate([actual, imagined], axis=1))
             if needs_plan:
                 state = np.asarray(observation["qpos"], dtype=np.float64)
-                started = time.perf_counter()
-                output = self._request("vla", views, state, config.noise_seed + 1000 * index + result.chunks)
-                latencies.append((time.perf_counter() - started) * 1000.0)
-                # Its first action is executed now, at this step (the blender's "observation step" is the one before).
-                blender.add_chunk(upsample_chunk(output.actions, state, self.rate), obs_step=step - 1)
-                plan_start = step
-                result.chunks += 1
-                if imagine and self.execute_steps == self.chunk_steps:
-                    # The world model, given the chunk about to be executed: its frames are compared with
-                    # the rendered ones at the same control steps (only when the whole chunk is executed).
-                    predicted = self._request(
-                        "world_model", views, state, config.noise_seed + 1000 * index + 500 + result.chunks,
-                        actions=output.actions,
-                    ).frames
+                policy.observe(step, views, state)  # synchronous: the chunk is in the blender on return
+                if imagine and self.whole_chunks:
+                    # The world model, given the chunk about to be executed: its frames are compared with the
+                    # rendered ones at the same control steps (only when whole chunks are executed).
+                    seed_wm = config.noise_seed + 1000 * index + 500 + policy.stats.chunks
+                    predicted = self._imagine(views, state, policy.last_chunk.actions_model, seed_wm)
                     last_condition = compose_views(views, self.layout)
                     pending = [(step + (k + 1) * self.frame_steps, frame) for k, frame in enumerate(predicted)]
             if record_video and step % 2 == 0:
                 video.append(_side_by_side(views))
-            time_step = environment.step(expert_plan[step] if expert_drives else blender.action_for(step))
+            if expert_drives:
+                command = expert_plan[step]
+            else:
+                decision = policy.action_for(step)
+                if decision.action is None:  # cannot happen synchronously; never step the physics with a guess
+                    raise RuntimeError(f"episode {index}, step {step}: no action ({decision.hold_reason})")
+                command = decision.action
+            time_step = environment.step(command)
             observation = time_step.observation
             rewards.append(float(time_step.reward or 0.0))
         max_reward = float(environment.task.max_reward)
         result.max_reward, result.final_reward, result.steps = max(rewards), rewards[-1], len(rewards)
         result.success, result.success_at_end = result.max_reward >= max_reward, result.final_reward >= max_reward
+        result.chunks = policy.stats.chunks
+        latencies = policy.stats.inference_ms
         result.inference_ms_mean = float(np.mean(latencies)) if latencies else 0.0
         return result, (np.stack(video) if video else None), (np.stack(comparison) if comparison else None)
 

@@ -1,6 +1,6 @@
 """Record scripted ALOHA demonstrations as a LeRobot-format dataset, and the command line that does it.
 
-    python -m motus_model.aloha_demos --task transfer_cube --episodes 50 --seed 0 --out outputs/demos/transfer_cube
+    python -m motus_sim --task transfer_cube --episodes 50 --seed 0 --out outputs/demos/transfer_cube
 
 Episode i uses the object pose drawn from seed + i, so a run is reproducible from (task, seed, episodes).
 Besides the LeRobot files (see ``motus_model.data.lerobot``), the dataset's ``meta/`` holds
@@ -10,7 +10,7 @@ per-episode metadata field) and ``demo_generation.json`` (the list of configs th
 DART-style data (``--command-noise``, see ``CommandNoise``) can be appended to a clean dataset, so that
 one dataset, with one set of statistics, holds both::
 
-    python -m motus_model.aloha_demos --episodes 60 --seed 100 --command-noise 0.05 --only-successful \
+    python -m motus_sim --episodes 60 --seed 100 --command-noise 0.05 --only-successful \
         --append --workers 2 --out outputs/demos/transfer_cube_dart
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from motus_model.aloha_demos.scripted_expert import (
+from motus_sim.scripted_expert import (
     ARM_COLUMNS,
     CAMERA_NAMES,
     TASKS,
@@ -178,7 +178,7 @@ def _image_size(text: str) -> tuple[int, int]:
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """The command's arguments (added to ``parser`` if given, e.g. a ``motus`` subcommand parser)."""
     parser = parser or argparse.ArgumentParser(
-        prog="python -m motus_model.aloha_demos", description="Record scripted gym-aloha demonstrations as a LeRobot dataset."
+        prog="python -m motus_sim", description="Record scripted gym-aloha demonstrations as a LeRobot dataset."
     )
     parser.add_argument("--task", choices=sorted(TASKS), default="transfer_cube")
     parser.add_argument("--episodes", type=int, default=50, help="expert episodes to run")
@@ -199,7 +199,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m motus_model.aloha_demos`` (and ``motus generate-demos``)."""
+    """Entry point of ``python -m motus_sim`` (and ``motus generate-demos``)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run(args)

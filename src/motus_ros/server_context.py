@@ -1,0 +1,93 @@
+"""The server's shared sensor intake: one set of camera and joint-state subscriptions for all four nodes.
+
+`SensorIntake` is a plain node (`sensors`) that the server creates before the lifecycle nodes. It loads the robot
+profile into the server context, subscribes the profile's cameras and joint-state topics once, checks and converts
+each message (encoding, size, joint names, NaN) and keeps the latest synchronised observation in the shared
+`ObservationBuffer`. The policy, world-model, IDM and imagination nodes only read that buffer, so any of them works
+alone (none has to be configured for another to see the robot).
+
+Parameters (node `sensors`; config/motus_server.yaml): `max_skew_s`, `max_age_s`, `stamp_source`, and the global
+`profile`. Its callbacks run in their own mutually exclusive group: they never wait on inference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+
+from motus_ros import conversions
+from motus_ros.lifecycle_base import COMMON_PARAMETERS, ServerContext, float_descriptor, text_descriptor
+from motus_ros.observation_buffer import make_observation_buffer
+
+STAMP_SOURCES = ("header", "receive")
+
+
+class SensorIntake(Node):
+    """Node `sensors`: subscribes the robot profile's sensors once and feeds the server's shared observation."""
+
+    def __init__(self, context: ServerContext, node_name: str = "sensors", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self.shared = context
+        default, descriptor = COMMON_PARAMETERS["profile"]
+        self.declare_parameter("profile", default, descriptor)
+        self.declare_parameter("max_skew_s", 0.3, float_descriptor(
+            "largest stamp difference between the cameras and joint states of one observation", 0.0, 10.0))
+        self.declare_parameter("max_age_s", 0.5, float_descriptor("hold when the newest observation is older than this", 0.01, 60.0))
+        self.declare_parameter("stamp_source", "receive", text_descriptor(
+            "observation time: header (message stamps) | receive (arrival time at this node)", read_only=True))
+        self.stamp_source = str(self.get_parameter("stamp_source").value)
+        if self.stamp_source not in STAMP_SOURCES:
+            raise ValueError(f"parameter sensors.stamp_source must be one of {STAMP_SOURCES}, got {self.stamp_source!r}")
+        self.profile = context.profile.attach(str(self.get_parameter("profile").value))
+        self._joint_messages: dict[str, JointState] = {}
+        self.buffer = make_observation_buffer(
+            self.profile.camera_roles, float(self.get_parameter("max_skew_s").value), float(self.get_parameter("max_age_s").value))
+        context.observations.set_buffer(self.buffer)
+        group = MutuallyExclusiveCallbackGroup()
+        for camera in self.profile.cameras:
+            self.create_subscription(Image, camera.topic, lambda msg, camera=camera: self._on_image(camera, msg),
+                                     qos_profile_sensor_data, callback_group=group)
+        for topic in self.profile.joint_state_topics:
+            self.create_subscription(JointState, topic, lambda msg, topic=topic: self._on_joint_state(topic, msg),
+                                     qos_profile_sensor_data, callback_group=group)
+        self.get_logger().info(
+            f"robot {self.profile.name!r}: subscribed {len(self.profile.cameras)} cameras "
+            f"({', '.join(camera.topic for camera in self.profile.cameras)}) and {', '.join(self.profile.joint_state_topics)}")
+
+    def now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _stamp_s(self, header: Any) -> float:
+        if self.stamp_source == "header":
+            return header.stamp.sec + header.stamp.nanosec * 1e-9
+        return self.now_s()
+
+    def _on_image(self, camera: Any, msg: Image) -> None:
+        try:
+            image = conversions.image_to_numpy(msg, expected_encoding=camera.encoding, expected_shape=(int(camera.height), int(camera.width)))
+        except ValueError as exc:
+            self._reject(camera.topic, str(exc))
+            return
+        self.shared.observations.rejected.pop(camera.topic, None)
+        self.buffer.update_image(camera.role, image, self._stamp_s(msg.header))
+
+    def _on_joint_state(self, topic: str, msg: JointState) -> None:
+        self._joint_messages[topic] = msg
+        if len(self._joint_messages) < len(self.profile.joint_state_topics):
+            return  # per-arm topics: wait until every arm has reported once
+        messages = [self._joint_messages[name] for name in self.profile.joint_state_topics]
+        try:
+            q = conversions.joint_state_to_vector(messages, self.profile.joint_names, prefixes=self.profile.joint_name_prefixes)
+        except ValueError as exc:
+            self._reject(topic, str(exc))
+            return
+        self.shared.observations.rejected.pop(topic, None)
+        self.buffer.update_joint_state(q, self._stamp_s(msg.header))
+
+    def _reject(self, topic: str, reason: str) -> None:
+        self.shared.observations.rejected[topic] = reason
+        self.get_logger().warning(f"rejected a message on {topic}: {reason}", throttle_duration_sec=2.0)
