@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -38,6 +39,7 @@ from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray
 from std_srvs.srv import Trigger
@@ -382,7 +384,13 @@ def main(args: list[str] | None = None) -> None:
     config = default_config_path()
     if config is not None:  # defaults first: later --params-file / -p on the command line win
         argv = argv[:1] + ["--ros-args", "--params-file", str(config)] + argv[1:]
-    rclpy.init(args=argv)
+    # Our own SIGINT/SIGTERM handling: a signal only ends the spin loop, and a second one (launch forwards SIGINT on
+    # top of the one a terminal sends to the process group) cannot interrupt the shutdown half-way, while the render
+    # thread still publishes through a context rclpy's handler would already have torn down.
+    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     node = None
     try:
         node = AlohaSimNode()
@@ -390,12 +398,13 @@ def main(args: list[str] | None = None) -> None:
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         print(READY_LINE, flush=True)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except ExternalShutdownException:
         pass
     finally:
         if node is not None:
-            node.destroy_node()
+            node.destroy_node()  # stops and joins the render thread before the publishers go
         rclpy.try_shutdown()
 
 
