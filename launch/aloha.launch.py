@@ -1,88 +1,108 @@
 """Bring up Motus on an ALOHA-family robot: the model server, optionally the simulated ALOHA and rviz2.
 
-    ros2 launch motus_ros aloha.launch.py profile:=aloha_sim sim:=true rviz:=true        # shipped sim checkpoint
-    ros2 launch motus_ros aloha.launch.py profile:=interbotix_aloha checkpoint:=/models/motus dry_run:=true
+    ros2 launch motus_ros aloha.launch.py sim:=true rviz:=true                  # simulated robot, shipped model, real time
+    ros2 launch motus_ros aloha.launch.py profile:=interbotix_aloha checkpoint:=/models/motus   # real robot, dry run
+    ros2 launch motus_ros aloha.launch.py profile:=interbotix_aloha checkpoint:=/models/motus dry_run:=false
 
-Arguments:
-    profile     robot profile: a name under config/robots/ or a path (default aloha_sim)
-    checkpoint  model checkpoint folder or shipped model name (models/<name>); empty = with sim:=true the shipped
-                motus-small-aloha-transfer-cube (trained in gym-aloha), without sim the preset of
-                config/motus_server.yaml with random weights (a sim-trained model is never a real robot's default)
-    sim         also start motus_sim, the simulated ALOHA (gym-aloha, MuJoCo) (default false)
-    rviz        also start rviz2 with config/motus.rviz: live cameras beside the imagined ones (default false)
-    dry_run     true | false | "" (empty = the robot profile's default: true for real robots)
+Arguments (motus_ros/launch_config.py parses them; a bad value stops the launch with a message naming it):
+    profile        robot profile: a name under config/robots/ or a path (default aloha_sim)
+    checkpoint     model folder or shipped model name; auto (default) = motus-small-aloha-transfer-cube with
+                   sim:=true, the preset with random weights without (a sim-trained model never drives a real robot
+                   by default)
+    sim            true | false: also start motus_sim, the simulated ALOHA, with the real-time settings of
+                   config/sim_realtime.yaml (default false)
+    rviz           true | false: also start rviz2 with config/motus.rviz, its live panes following the profile's
+                   cameras, and a static `world` frame (default false)
+    dry_run        true | false | profile (default: the robot profile's dry_run_default, true for real robots)
+    steps          Euler steps per chunk, or auto (default: 2 with sim:=true, else the model's)
+    torch_threads  torch threads of the model, or auto (default: 1 with sim:=true, else torch's)
+    camera_rate    simulated cameras' rate in Hz, or auto (default: 25 from config/sim_realtime.yaml); sim only
+    params_file    a params file applied last to the server and the simulator, or none (default)
 
-This file is a thin wrapper over the tested entry points: `motus_server` with config/motus_server.yaml and
-`motus_sim` with config/sim.yaml, the same executables `python -m motus_ros.demo` and the tests start.
+The launch ends when motus_server exits, with a non-zero status when the server failed. This file only wraps the
+tested entry points: `motus_server` with config/motus_server.yaml and `motus_sim` with config/sim.yaml.
 """
-import os
 
+import tempfile
+from pathlib import Path
+
+import yaml
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
-from launch.conditions import IfCondition
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
+from launch.event_handlers import OnProcessExit
+from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from motus_ros.checkpoints import DEFAULT_SIM_CHECKPOINT, launch_checkpoint
+from motus_ros.launch_config import ARGUMENTS, make_plan
+from motus_ros.profiles import load_profile
 
 PACKAGE = "motus_ros"
 
 
-def _server_and_sim(context, *args, **kwargs):
-    """Resolve the arguments that change which parameters are passed (empty means "leave the default")."""
+def _parameter_files(entries):
+    """Paths as they are; {section: {"ros__parameters": ...}} written to a temporary params file."""
+    files = []
+    for entry in entries:
+        if isinstance(entry, dict):
+            handle = tempfile.NamedTemporaryFile("w", prefix="motus_launch_", suffix=".yaml", delete=False)
+            with handle:
+                yaml.safe_dump(entry, handle)
+            entry = handle.name
+        files.append(entry)
+    return files
+
+
+def _rviz_config(share: str, profile_name: str) -> str:
+    """config/motus.rviz with its live panes on the profile's camera topics (it is written for aloha_sim's)."""
+    text = Path(share, "config", "motus.rviz").read_text()
+    sim_topics = {camera.role: camera.topic for camera in load_profile("aloha_sim").cameras}
+    for camera in load_profile(profile_name).cameras:
+        if camera.role in sim_topics:
+            text = text.replace(f"Value: {sim_topics[camera.role]}\n", f"Value: {camera.topic}\n")
+    handle = tempfile.NamedTemporaryFile("w", prefix="motus_", suffix=".rviz", delete=False)
+    with handle:
+        handle.write(text)
+    return handle.name
+
+
+def _on_server_exit(event, context):
+    if event.returncode:  # an exception in an event handler ends `ros2 launch` with status 1
+        raise RuntimeError(f"motus_server exited with status {event.returncode} (see its log above)")
+    return [EmitEvent(event=Shutdown(reason="motus_server exited"))]
+
+
+def _actions(context, *args, **kwargs):
     share = get_package_share_directory(PACKAGE)
-    profile = LaunchConfiguration("profile").perform(context)
-    sim = LaunchConfiguration("sim").perform(context).strip().lower() == "true"
-    # Empty checkpoint: the shipped sim model with sim:=true, else the random-weights preset (never a sim model).
-    checkpoint = launch_checkpoint(LaunchConfiguration("checkpoint").perform(context), sim)
-    dry_run = LaunchConfiguration("dry_run").perform(context).strip().lower()
-    overrides = {"profile": profile}
-    if checkpoint:
-        overrides["checkpoint"] = checkpoint
-    if dry_run:
-        if dry_run not in ("true", "false"):
-            raise ValueError(f"dry_run must be true, false or empty, got {dry_run!r}")
-        overrides["dry_run"] = dry_run == "true"  # declared by the policy node only; the others ignore it
-    actions = [
-        Node(
-            package=PACKAGE,
-            executable="motus_server",
-            # No `name`: a node-name remap would rename all four nodes of the process.
-            output="screen",
-            parameters=[os.path.join(share, "config", "motus_server.yaml"), overrides],
-        )
-    ]
-    if sim:
-        sim_params = os.path.join(share, "config", "sim.yaml")
-        actions.append(
-            Node(
-                package=PACKAGE,
-                executable="motus_sim",
-                output="screen",
-                parameters=[sim_params, {"profile": profile}] if os.path.exists(sim_params) else [{"profile": profile}],
-            )
-        )
+    plan = make_plan({name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}, Path(share, "config"))
+    server = Node(
+        package=PACKAGE,
+        executable="motus_server",
+        # No `name`: a node-name remap would rename every node of the process.
+        output="screen",
+        arguments=plan.server_arguments,
+        parameters=_parameter_files(plan.server_parameters),
+    )
+    actions = [server, RegisterEventHandler(OnProcessExit(target_action=server, on_exit=_on_server_exit))]
+    if plan.sim:
+        actions.append(Node(package=PACKAGE, executable="motus_sim", output="screen",
+                            parameters=_parameter_files(plan.sim_parameters)))
+    if plan.rviz:
+        actions += [
+            # rviz needs its fixed frame to exist; the image panes need no other transform.
+            Node(package="tf2_ros", executable="static_transform_publisher", output="log",
+                 arguments=["--frame-id", "world", "--child-frame-id", "motus_base"]),
+            Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
+                 arguments=["-d", _rviz_config(share, plan.profile)]),
+        ]
     return actions
 
 
 def generate_launch_description() -> LaunchDescription:
-    share = get_package_share_directory(PACKAGE)
     return LaunchDescription([
-        DeclareLaunchArgument("profile", default_value="aloha_sim", description="robot profile name (config/robots/) or path"),
-        DeclareLaunchArgument("checkpoint", default_value="", description=(
-            f"checkpoint folder or shipped model name; empty = {DEFAULT_SIM_CHECKPOINT} with sim:=true, "
-            "else the preset with random weights")),
-        DeclareLaunchArgument("sim", default_value="false", description="start the simulated ALOHA (motus_sim)"),
-        DeclareLaunchArgument("rviz", default_value="false", description="start rviz2 with config/motus.rviz"),
-        DeclareLaunchArgument("dry_run", default_value="", description="true | false | empty = the profile's default"),
-        OpaqueFunction(function=_server_and_sim),
-        Node(
-            package="rviz2",
-            executable="rviz2",
-            name="rviz2",
-            arguments=["-d", os.path.join(share, "config", "motus.rviz")],
-            condition=IfCondition(LaunchConfiguration("rviz")),
-            output="screen",
-        ),
+        *[DeclareLaunchArgument(name, default_value=default, description=description)
+          for name, (default, description) in ARGUMENTS.items()],
+        OpaqueFunction(function=_actions),
     ])
+
