@@ -148,7 +148,9 @@ def _deduplicate_aliases(module_state: dict[str, torch.Tensor]) -> dict[str, tor
         else:
             result[canonical] = value
     if conflicts:
-        raise CheckpointError("alias keys hold tensors different from their canonical keys: " + ", ".join(conflicts[:20]))
+        raise CheckpointError(
+            "alias keys hold tensors different from their canonical keys: " + ", ".join(conflicts[:20])
+        )
     if dropped:
         logger.info("dropped %d duplicate alias keys (%s)", dropped, ", ".join(_ALIASES))
     return result

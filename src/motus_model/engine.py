@@ -122,12 +122,15 @@ class MotusEngine:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if not isinstance(pipeline, MotusPipeline):
             pipeline = MotusPipeline(
-                pipeline, codec, normalizer, text_encoder, vlm, device=device, max_instruction_chars=max_instruction_chars
+                pipeline, codec, normalizer, text_encoder, vlm, device=device,
+                max_instruction_chars=max_instruction_chars,
             )
         self.pipeline = pipeline
         self.max_batch = int(max_batch)
         self.naive = naive
-        self._counters = {"requests": 0, "completed": 0, "failed": 0, "cancelled": 0, "batches": 0, "batched_requests": 0}
+        self._counters = {
+            "requests": 0, "completed": 0, "failed": 0, "cancelled": 0, "batches": 0, "batched_requests": 0,
+        }
         self._stats_lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue()
         self._closed = False
@@ -227,7 +230,9 @@ class MotusEngine:
             self._queue.put(_Job(request, future, progress, submitted=time.perf_counter()))
         return future
 
-    def infer(self, request: MotusRequest, progress: ProgressCallback | None = None, timeout: float | None = None) -> MotusResult:
+    def infer(
+        self, request: MotusRequest, progress: ProgressCallback | None = None, timeout: float | None = None
+    ) -> MotusResult:
         """`submit` and wait for the result (raises what the request raised)."""
         return self.submit(request, progress).result(timeout=timeout)
 

@@ -80,14 +80,17 @@ def check_finite(source: str, state_dict: Mapping[str, torch.Tensor]) -> None:
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise CheckpointError(
-            f"{source}: {len(bad)} tensor(s) hold NaN or Inf ({shown}); the file is corrupt: re-export or re-download it"
+            f"{source}: {len(bad)} tensor(s) hold NaN or Inf ({shown}); "
+            "the file is corrupt: re-export or re-download it"
         )
 
 
 def require_files(directory: Path, names: tuple[str, ...], what: str) -> None:
     """One-line refusal when the folder or a required file is absent."""
     if not directory.is_dir():
-        raise MissingCheckpointFileError(f"{what} folder not found: {directory} does not exist; pass a checkpoint folder")
+        raise MissingCheckpointFileError(
+            f"{what} folder not found: {directory} does not exist; pass a checkpoint folder"
+        )
     for name in names:
         if not (directory / name).is_file():
             raise MissingCheckpointFileError(
@@ -130,7 +133,9 @@ def save_stats(directory: str | Path, stats: Mapping[str, Any] | None) -> None:
         path.unlink()
 
 
-def target_dtype(name: str, dtype: torch.dtype | None, stored: torch.dtype, keep_fp32: re.Pattern | None) -> torch.dtype:
+def target_dtype(
+    name: str, dtype: torch.dtype | None, stored: torch.dtype, keep_fp32: re.Pattern | None
+) -> torch.dtype:
     """The dtype a tensor is loaded in: ``dtype``, except names matching ``keep_fp32`` stay float32 under fp16/bf16."""
     if dtype is None or not stored.is_floating_point:
         return stored
