@@ -112,6 +112,9 @@ class UnderstandingExpertConfig:
     # Hidden size of the frozen VLM (2048 for Qwen3-VL-2B-Instruct).
     vlm_dim: int = 2048
     eps: float = 1e-5
+    # The reference release's understanding LayerNorms have no parameters; ours (and the shipped
+    # checkpoint's) are affine. False builds parameter-free norms, as needed to load a release file.
+    norm_affine: bool = True
 
     def __post_init__(self) -> None:
         _require_positive("understanding", dim=self.dim, ffn_dim=self.ffn_dim, vlm_dim=self.vlm_dim, eps=self.eps)

@@ -2,14 +2,15 @@
 
 Three streams run in lock-step for ``config.num_layers`` layers and share ONE attention per
 layer over the concatenated sequence ``[video | action | understanding]`` in the video
-expert's head space (24 x 128 = 3072 in the published shape). See
-``shared/reference/motus_architecture.md`` section 1 for the reference wiring.
+expert's head space (24 x 128 = 3072 in the published shape). Each expert's block projects
+its own stream (``attention_inputs``) and finishes it (``forward``); ``JointAttnProcessor`` runs
+the one attention in between (diffusers' SD3 joint attention is the precedent).
 
 Module names of the video expert follow the ORIGINAL Wan layout (``WanModel`` of
 Wan-Video/Wan2.2: ``patch_embedding``, ``text_embedding.0/.2``, ``time_embedding.0/.2``,
 ``time_projection.1``, ``blocks.N.{modulation, norm1, self_attn.{q,k,v,o,norm_q,norm_k},
 norm3, cross_attn.*, norm2, ffn.0, ffn.2}``, ``head.{head, modulation}``) so that the
-reference checkpoint maps 1:1 (see ``checkpoint.py``). Note the original Wan naming:
+reference checkpoint maps 1:1 (see ``convert_checkpoints.py``). Note the original Wan naming:
 ``norm3`` is the (affine) cross-attention norm and ``norm2`` the FFN norm (diffusers swaps them).
 
 Improvements over the reference:
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +39,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from motus_model.config import MotusConfig
+from motus_model.modeling_utils import PretrainedMixin
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +50,9 @@ logger = logging.getLogger(__name__)
 
 
 def _run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Run ``module`` with ``x`` cast to the module's parameter dtype; return float32."""
-    weight = next(module.parameters())
-    return module(x.to(weight.dtype)).float()
+    """Run ``module`` with ``x`` cast to the module's parameter dtype (float32 without parameters); return float32."""
+    weight = next(module.parameters(), None)
+    return module(x.to(weight.dtype if weight is not None else torch.float32)).float()
 
 
 def _layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -141,11 +144,79 @@ def _key_padding_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
 # ----------------------------------------------------------------------------------------
 
 
+class JointAttnProcessor:
+    """Scaled dot-product attention over the concatenation of several streams (one call, one place).
+
+    Diffusers' SD3 ``JointAttnProcessor2_0`` is the precedent: each stream brings its own
+    projections, the processor concatenates along the sequence, attends once and splits the
+    output back per query stream. Motus uses it for the tri-modal joint attention
+    ``[video | action | understanding]`` and, with one stream each, for the video cross-attention
+    to the text. Swap it with ``MotusModel.set_attn_processor`` (e.g. a flash-attention kernel).
+    """
+
+    def __call__(
+        self,
+        queries: list[torch.Tensor],
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        attn_mask: torch.Tensor | None,
+        dtype: torch.dtype,
+    ) -> list[torch.Tensor]:
+        """Attend every query stream to all key/value streams.
+
+        Args:
+            queries: per stream [B, L_i, heads, head_dim]; may hold fewer streams than ``keys``
+                (the last layer drops the understanding queries: they feed nothing).
+            keys, values: per stream [B, L_j, heads, head_dim].
+            attn_mask: key-padding mask broadcastable to [B, heads, sum L_i, sum L_j] (True = keep), or None.
+            dtype: the compute dtype (the attention weights' dtype).
+        Returns:
+            per query stream [B, L_i, heads * head_dim], in ``dtype``.
+        """
+        lengths = [query.shape[1] for query in queries]
+        query = torch.cat(queries, dim=1).transpose(1, 2).to(dtype)
+        key = torch.cat(keys, dim=1).transpose(1, 2).to(dtype)
+        value = torch.cat(values, dim=1).transpose(1, 2).to(dtype)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask)
+        return list(out.transpose(1, 2).flatten(2).split(lengths, dim=1))
+
+
+@dataclass
+class LayerContext:
+    """What every lock-step layer shares besides the three streams (one per forward call).
+
+    Attributes:
+        video_mod: [B, Lv, 6, Dv] video AdaLN modulation from the time embedding.
+        action_mod: [B, 1, 6, Da] action AdaLN modulation.
+        rope_cos, rope_sin: [Lv, head_dim / 2] video RoPE.
+        joint_mask: key-padding mask of the joint attention, or None.
+        text_keys, text_values: per layer [B, L_t, Dv] cached text K/V.
+        text_mask: key-padding mask of the text cross-attention, or None.
+        processor: the attention processor.
+    """
+
+    video_mod: torch.Tensor
+    action_mod: torch.Tensor
+    rope_cos: torch.Tensor
+    rope_sin: torch.Tensor
+    joint_mask: torch.Tensor | None
+    text_keys: list[torch.Tensor]
+    text_values: list[torch.Tensor]
+    text_mask: torch.Tensor | None
+    processor: JointAttnProcessor
+
+
+def _adaln_chunks(modulation: nn.Parameter, mod: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """shift, scale, gate (attention), shift, scale, gate (FFN): block table + time modulation, fp32."""
+    return (modulation.float()[None] + mod).unbind(2)
+
+
 class WanAttention(nn.Module):
     """Wan ``WanSelfAttention`` / ``WanCrossAttention`` parameters: q, k, v, o (bias) + RMSNorm q/k."""
 
-    def __init__(self, dim: int, eps: float) -> None:
+    def __init__(self, dim: int, eps: float, num_heads: int = 1) -> None:
         super().__init__()
+        self.num_heads = num_heads
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
@@ -154,20 +225,71 @@ class WanAttention(nn.Module):
         self.norm_q = nn.RMSNorm(dim, eps=eps)
         self.norm_k = nn.RMSNorm(dim, eps=eps)
 
+    def project(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, L, D] -> q, k, v each [B, L, heads, head_dim]; q/k RMS-normed, then rotated when ``rope`` is given."""
+        heads = (self.num_heads, -1)
+        query = _run(self.norm_q, _run(self.q, x)).unflatten(-1, heads)
+        key = _run(self.norm_k, _run(self.k, x)).unflatten(-1, heads)
+        value = _run(self.v, x).unflatten(-1, heads)
+        if rope is not None:
+            query, key = apply_rope(query, *rope), apply_rope(key, *rope)
+        return query, key, value
+
+    def cross(
+        self,
+        x: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor | None,
+        processor: JointAttnProcessor,
+    ) -> torch.Tensor:
+        """Cross-attention of x [B, L, D] to cached (already normed) keys/values [B, L_t, D]; returns o(attn) fp32."""
+        heads = (self.num_heads, -1)
+        query = _run(self.norm_q, _run(self.q, x)).unflatten(-1, heads)
+        (out,) = processor([query], [keys.unflatten(-1, heads)], [values.unflatten(-1, heads)], mask, self.q.weight.dtype)
+        return _run(self.o, out)
+
 
 class WanBlock(nn.Module):
-    """One Wan DiT block. Its self-attention is replaced by the joint attention in MotusModel."""
+    """One Wan DiT block. Its self-attention runs as part of the joint attention (``attention_inputs``)."""
 
-    def __init__(self, dim: int, ffn_dim: int, eps: float, cross_attn_norm: bool) -> None:
+    def __init__(self, dim: int, ffn_dim: int, eps: float, cross_attn_norm: bool, num_heads: int = 1) -> None:
         super().__init__()
         self.eps = eps
+        self.cross_attn_norm = cross_attn_norm
         # shift/scale/gate for attention, then for the FFN (added to the time projection).
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
-        self.self_attn = WanAttention(dim, eps)
-        self.cross_attn = WanAttention(dim, eps)
+        self.self_attn = WanAttention(dim, eps, num_heads)
+        self.cross_attn = WanAttention(dim, eps, num_heads)
         # Original Wan: norm3 = affine cross-attention norm, norm2 = FFN norm (no params).
         self.norm3 = nn.LayerNorm(dim, eps=eps, elementwise_affine=True) if cross_attn_norm else nn.Identity()
         self.ffn = _ffn(dim, ffn_dim)
+
+    def attention_inputs(
+        self, x: torch.Tensor, chunks: tuple[torch.Tensor, ...], rope: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """AdaLN-modulated norm, then q/k/v in the joint head space with RoPE on q/k."""
+        shift, scale = chunks[0], chunks[1]
+        return self.self_attn.project(_modulate(x, self.eps, shift, scale), rope)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_out: torch.Tensor,
+        chunks: tuple[torch.Tensor, ...],
+        text_keys: torch.Tensor,
+        text_values: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        processor: JointAttnProcessor,
+    ) -> torch.Tensor:
+        """After the joint attention: gated residual, text cross-attention, gated FFN. x float32 [B, Lv, D]."""
+        _, _, gate, ffn_shift, ffn_scale, ffn_gate = chunks
+        x = x + _run(self.self_attn.o, attn_out) * gate
+        cross_in = _run(self.norm3, x) if self.cross_attn_norm else x
+        x = x + self.cross_attn.cross(cross_in, text_keys, text_values, text_mask, processor)
+        return x + _run(self.ffn, _modulate(x, self.eps, ffn_shift, ffn_scale)) * ffn_gate
 
 
 class WanHead(nn.Module):
@@ -192,7 +314,8 @@ class VideoExpert(nn.Module):
         self.time_embedding = nn.Sequential(nn.Linear(video.freq_dim, video.dim), nn.SiLU(), nn.Linear(video.dim, video.dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(video.dim, 6 * video.dim))
         self.blocks = nn.ModuleList(
-            WanBlock(video.dim, video.ffn_dim, video.eps, video.cross_attn_norm) for _ in range(config.num_layers)
+            WanBlock(video.dim, video.ffn_dim, video.eps, video.cross_attn_norm, config.num_heads)
+            for _ in range(config.num_layers)
         )
         self.head = WanHead(video.dim, video.latent_channels * math.prod(video.patch_size), video.eps)
 
@@ -222,13 +345,27 @@ class JointQKV(nn.Module):
 
 
 class ActionBlock(nn.Module):
+    """One action-expert layer: AdaLN (6-way), projections into the joint head space, gated FFN."""
+
     def __init__(self, config: MotusConfig) -> None:
         super().__init__()
         action = config.action
+        self.eps = action.eps
         self.modulation = nn.Parameter(torch.randn(1, 6, action.dim) / action.dim**0.5)
         self.attn = JointQKV(action.dim, config.num_heads, config.head_dim, action.eps)
         self.o = nn.Linear(config.attention_dim, action.dim, bias=False)
         self.ffn = _ffn(action.dim, action.ffn_dim)
+
+    def attention_inputs(
+        self, x: torch.Tensor, chunks: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.attn.project(_modulate(x, self.eps, chunks[0], chunks[1]))
+
+    def forward(self, x: torch.Tensor, attn_out: torch.Tensor, chunks: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Gated residual of the joint attention's output, then the gated FFN. x float32 [B, La, Da]."""
+        _, _, gate, ffn_shift, ffn_scale, ffn_gate = chunks
+        x = x + _run(self.o, attn_out) * gate
+        return x + _run(self.ffn, _modulate(x, self.eps, ffn_shift, ffn_scale)) * ffn_gate
 
 
 class ActionHead(nn.Module):
@@ -273,14 +410,24 @@ class ActionExpert(nn.Module):
 
 
 class UnderstandingBlock(nn.Module):
+    """One understanding-expert layer: plain pre-norms (no timestep), plain residuals."""
+
     def __init__(self, config: MotusConfig) -> None:
         super().__init__()
         und = config.understanding
-        self.norm1 = nn.LayerNorm(und.dim, eps=und.eps)
+        # Affine in our checkpoints; parameter-free in the reference release (config.understanding.norm_affine).
+        self.norm1 = nn.LayerNorm(und.dim, eps=und.eps, elementwise_affine=und.norm_affine)
         self.attn = JointQKV(und.dim, config.num_heads, config.head_dim, und.eps)
         self.o = nn.Linear(config.attention_dim, und.dim, bias=False)
-        self.norm2 = nn.LayerNorm(und.dim, eps=und.eps)
+        self.norm2 = nn.LayerNorm(und.dim, eps=und.eps, elementwise_affine=und.norm_affine)
         self.ffn = _ffn(und.dim, und.ffn_dim)
+
+    def attention_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.attn.project(_run(self.norm1, x))
+
+    def forward(self, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        x = x + _run(self.o, attn_out)
+        return x + _run(self.ffn, _run(self.norm2, x))
 
 
 class UnderstandingExpert(nn.Module):
@@ -393,7 +540,7 @@ class MotusConditioning:
 # ----------------------------------------------------------------------------------------
 
 
-class MotusModel(nn.Module):
+class MotusModel(PretrainedMixin, nn.Module):
     """Motus: video expert + action expert + understanding expert with tri-modal joint attention.
 
     Usage::
@@ -402,12 +549,19 @@ class MotusModel(nn.Module):
         conditioning = model.prepare_conditioning(text_context, text_mask, vlm_hidden, vlm_mask)
         video_velocity, action_velocity = model(latents, video_sigma, actions, action_sigma, state, conditioning)
 
-    Parameters are grouped per expert (``video``, ``action_expert``, ``und_expert``).
+    Parameters are grouped per expert (``video``, ``action_expert``, ``und_expert``). Folder I/O
+    (``save_pretrained`` / ``from_pretrained``) comes from ``modeling_utils.PretrainedMixin``.
     """
+
+    config_class = MotusConfig
+    # Kept float32 when loaded in fp16/bf16 (as diffusers' ``_keep_in_fp32_modules`` for Wan):
+    # AdaLN modulation, time embeddings and norms.
+    keep_fp32 = re.compile(r"(modulation|time_embedding|time_projection|norm)")
 
     def __init__(self, config: MotusConfig) -> None:
         super().__init__()
         self.config = config
+        self.attn_processor = JointAttnProcessor()
         self.video = VideoExpert(config)
         self.action_expert = ActionExpert(config)
         self.und_expert = UnderstandingExpert(config)
@@ -454,6 +608,10 @@ class MotusModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def set_attn_processor(self, processor: JointAttnProcessor) -> None:
+        """Replace the attention processor (joint and cross attention), as diffusers' ``set_attn_processor``."""
+        self.attn_processor = processor
 
     # -- conditioning ---------------------------------------------------------------------
     def prepare_conditioning(
@@ -546,16 +704,20 @@ class MotusModel(nn.Module):
         if conditioning.und_mask is not None:
             keep = torch.ones(batch, num_video + action_x.shape[1], dtype=torch.bool, device=und_x.device)
             joint_mask = _key_padding_mask(torch.cat([keep, conditioning.und_mask], dim=1))
-        text_mask = _key_padding_mask(conditioning.text_mask)
+        context = LayerContext(
+            video_mod=video_mod, action_mod=action_mod, rope_cos=rope_cos, rope_sin=rope_sin, joint_mask=joint_mask,
+            text_keys=conditioning.text_keys, text_values=conditioning.text_values,
+            text_mask=_key_padding_mask(conditioning.text_mask), processor=self.attn_processor,
+        )
 
         # 4. The lock-step layers.
         for index in range(config.num_layers):
-            args = (index, video_x, action_x, und_x, video_mod, action_mod, rope_cos, rope_sin, joint_mask,
-                    conditioning.text_keys[index], conditioning.text_values[index], text_mask)
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                video_x, action_x, und_x = activation_checkpoint(self._layer, *args, use_reentrant=False)
+                video_x, action_x, und_x = activation_checkpoint(
+                    self._layer, index, video_x, action_x, und_x, context, use_reentrant=False
+                )
             else:
-                video_x, action_x, und_x = self._layer(*args)
+                video_x, action_x, und_x = self._layer(index, video_x, action_x, und_x, context)
 
         # 5. Heads: video (unpatchify) and actions (drop state token and registers).
         video_velocity = self._video_head(video_x, video_temb, grid)
@@ -600,87 +762,45 @@ class MotusModel(nn.Module):
         action_x = video_x.new_zeros(batch, 0, config.action.dim)
         action_mod = video_x.new_zeros(batch, 1, 6, config.action.dim)
         und_x = video_x.new_zeros(batch, 0, config.understanding.dim)
-        text_mask = _key_padding_mask(conditioning.text_mask)
+        context = LayerContext(
+            video_mod=video_mod, action_mod=action_mod, rope_cos=rope_cos, rope_sin=rope_sin, joint_mask=None,
+            text_keys=conditioning.text_keys, text_values=conditioning.text_values,
+            text_mask=_key_padding_mask(conditioning.text_mask), processor=self.attn_processor,
+        )
         for index in range(config.num_layers):
-            video_x, _, _ = self._layer(index, video_x, action_x, und_x, video_mod, action_mod, rope_cos, rope_sin,
-                                        None, conditioning.text_keys[index], conditioning.text_values[index], text_mask)
+            video_x, _, _ = self._layer(index, video_x, action_x, und_x, context)
         return self._video_head(video_x, video_temb, grid)
 
     def _layer(
-        self,
-        index: int,
-        video_x: torch.Tensor,
-        action_x: torch.Tensor,
-        und_x: torch.Tensor,
-        video_mod: torch.Tensor,
-        action_mod: torch.Tensor,
-        rope_cos: torch.Tensor,
-        rope_sin: torch.Tensor,
-        joint_mask: torch.Tensor | None,
-        text_keys: torch.Tensor,
-        text_values: torch.Tensor,
-        text_mask: torch.Tensor | None,
+        self, index: int, video_x: torch.Tensor, action_x: torch.Tensor, und_x: torch.Tensor, context: LayerContext
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One MoT layer (reference ``Motus._process_mot_layer``). Streams are float32 [B, L, D]."""
-        config = self.config
-        heads, head_dim = config.num_heads, config.head_dim
+        """One MoT layer (reference ``Motus._process_mot_layer``): each block projects its stream, ONE
+        joint attention over ``[video | action | understanding]``, then each block's own ``forward``.
+        Streams are float32 [B, L, D]."""
         video_block = self.video.blocks[index]
         action_block = self.action_expert.blocks[index]
         und_block = self.und_expert.blocks[index]
-        is_last = index == config.num_layers - 1
+        # In the last layer the understanding queries are skipped: their output feeds nothing (no head).
+        is_last = index == self.config.num_layers - 1
 
-        # AdaLN chunks: shift, scale, gate (attention), shift, scale, gate (FFN); fp32, per token.
-        v_shift, v_scale, v_gate, v_ffn_shift, v_ffn_scale, v_ffn_gate = (video_block.modulation.float()[None] + video_mod).unbind(2)
-        a_shift, a_scale, a_gate, a_ffn_shift, a_ffn_scale, a_ffn_gate = (action_block.modulation.float()[None] + action_mod).unbind(2)
+        video_chunks = _adaln_chunks(video_block.modulation, context.video_mod)
+        action_chunks = _adaln_chunks(action_block.modulation, context.action_mod)
+        video_q, video_k, video_v = video_block.attention_inputs(video_x, video_chunks, (context.rope_cos, context.rope_sin))
+        action_q, action_k, action_v = action_block.attention_inputs(action_x, action_chunks)
+        und_q, und_k, und_v = und_block.attention_inputs(und_x)
 
-        # 1. Per-stream norm + QKV into the joint head space.
-        attn = video_block.self_attn
-        video_in = _modulate(video_x, config.video.eps, v_shift, v_scale)
-        video_q = _run(attn.norm_q, _run(attn.q, video_in)).unflatten(-1, (heads, head_dim))
-        video_k = _run(attn.norm_k, _run(attn.k, video_in)).unflatten(-1, (heads, head_dim))
-        video_v = _run(attn.v, video_in).unflatten(-1, (heads, head_dim))
-        # RoPE on video q/k only.
-        video_q = apply_rope(video_q, rope_cos, rope_sin)
-        video_k = apply_rope(video_k, rope_cos, rope_sin)
-
-        action_in = _modulate(action_x, config.action.eps, a_shift, a_scale)
-        action_q, action_k, action_v = action_block.attn.project(action_in)
-        und_in = _run(und_block.norm1, und_x)
-        und_q, und_k, und_v = und_block.attn.project(und_in)
-
-        # 2. ONE attention over [video | action | understanding]. In the last layer the
-        # understanding queries are skipped: their output feeds nothing (no head).
         queries = [video_q, action_q] if is_last else [video_q, action_q, und_q]
-        lengths = [video_x.shape[1], action_x.shape[1]] + ([] if is_last else [und_x.shape[1]])
-        dtype = attn.q.weight.dtype
-        query = torch.cat(queries, dim=1).transpose(1, 2).to(dtype)
-        key = torch.cat([video_k, action_k, und_k], dim=1).transpose(1, 2).to(dtype)
-        value = torch.cat([video_v, action_v, und_v], dim=1).transpose(1, 2).to(dtype)
-        joint = F.scaled_dot_product_attention(query, key, value, attn_mask=joint_mask)
-        video_o, action_o, *und_o = joint.transpose(1, 2).flatten(2).split(lengths, dim=1)
-
-        # 3. Output projections: gated residuals (video, action), plain residual (understanding).
-        video_x = video_x + _run(attn.o, video_o) * v_gate
-        action_x = action_x + _run(action_block.o, action_o) * a_gate
-        if not is_last:  # the last layer's understanding output feeds nothing (no head)
-            und_x = und_x + _run(und_block.o, und_o[0])
-
-        # 4. Video-only cross-attention to the text (keys/values cached per request).
-        cross = video_block.cross_attn
-        cross_in = _run(video_block.norm3, video_x) if config.video.cross_attn_norm else video_x
-        cross_q = _run(cross.norm_q, _run(cross.q, cross_in)).unflatten(-1, (heads, head_dim)).transpose(1, 2)
-        cross_k = text_keys.unflatten(-1, (heads, head_dim)).transpose(1, 2).to(cross_q.dtype)
-        cross_v = text_values.unflatten(-1, (heads, head_dim)).transpose(1, 2).to(cross_q.dtype)
-        cross_out = F.scaled_dot_product_attention(cross_q.to(dtype), cross_k.to(dtype), cross_v.to(dtype), attn_mask=text_mask)
-        video_x = video_x + _run(cross.o, cross_out.transpose(1, 2).flatten(2))
-
-        # 5. Per-stream FFNs.
-        video_ffn_in = _modulate(video_x, config.video.eps, v_ffn_shift, v_ffn_scale)
-        video_x = video_x + _run(video_block.ffn, video_ffn_in) * v_ffn_gate
-        action_ffn_in = _modulate(action_x, config.action.eps, a_ffn_shift, a_ffn_scale)
-        action_x = action_x + _run(action_block.ffn, action_ffn_in) * a_ffn_gate
+        video_o, action_o, *und_o = context.processor(
+            queries, [video_k, action_k, und_k], [video_v, action_v, und_v], context.joint_mask,
+            video_block.self_attn.q.weight.dtype,
+        )
+        video_x = video_block(
+            video_x, video_o, video_chunks, context.text_keys[index], context.text_values[index], context.text_mask,
+            context.processor,
+        )
+        action_x = action_block(action_x, action_o, action_chunks)
         if not is_last:
-            und_x = und_x + _run(und_block.ffn, _run(und_block.norm2, und_x))
+            und_x = und_block(und_x, und_o[0])
         return video_x, action_x, und_x
 
     def _embed_video(
@@ -762,18 +882,3 @@ class MotusModel(nn.Module):
         if len(conditioning.text_keys) != config.num_layers:
             raise ValueError(f"conditioning has {len(conditioning.text_keys)} layers of text K/V, model has {config.num_layers}")
         return batch
-
-    # -- checkpoints (implemented in checkpoint.py) -----------------------------------------------
-    def save_pretrained(self, directory, stats: dict | None = None) -> None:
-        """Write ``config.json`` + ``model.safetensors`` (+ ``stats.json``); see ``checkpoint.save_pretrained``."""
-        from motus_model.checkpoint import save_pretrained
-
-        save_pretrained(self, directory, stats=stats)
-
-    @classmethod
-    def from_pretrained(cls, directory, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> "MotusModel":
-        """Strictly load a folder written by ``save_pretrained``; see ``checkpoint.load_pretrained``."""
-        from motus_model.checkpoint import load_pretrained
-
-        model, _ = load_pretrained(directory, device=device, dtype=dtype)
-        return model

@@ -2,8 +2,10 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from motus_model.checkpoint import (
     CheckpointError,
@@ -101,62 +103,237 @@ def test_mis_shaped_key_is_named(tmp_path):
         load_pretrained(path)
 
 
-def _write_reference(model: MotusModel, path, vlm_state=None, alias=True):
-    inverse = {ours: ref for ref, ours in reference_key_map(model.config).items()}
-    module = {inverse[name]: tensor.clone() for name, tensor in model.state_dict().items()}
-    if alias:  # the wrapper module's duplicate view of the same Wan weights
-        for key in [k for k in module if k.startswith("video_model.")]:
-            module["video_module." + key] = module[key].clone()
-    module.update({"vlm_model." + k: v for k, v in (vlm_state or {}).items()})
-    path.mkdir(parents=True, exist_ok=True)
-    torch.save({"module": module, "global_steps": 5}, path / "mp_rank_00_model_states.pt")
-    return module
+# -- corrupt weights and missing files (issue 15 item 5) -------------------------------------
 
 
 @pytest.mark.timeout(240)
-def test_reference_checkpoint_loads_bit_exactly_and_routes_vlm(tmp_path):
-    model = random_model(1)
+def test_non_finite_weights_are_refused_at_load(tmp_path):
+    def poison(tensors):
+        tensors["action_expert.blocks.0.o.weight"][0, 0] = float("nan")
+
+    path = _corrupt(tmp_path, poison)
+    with pytest.raises(CheckpointError, match=r"model.safetensors: 1 tensor\(s\) hold NaN or Inf "
+                                              r"\(action_expert.blocks.0.o.weight\).*re-export"):
+        MotusModel.from_pretrained(path)
+
+
+def test_missing_files_are_named_with_the_fix(tmp_path):
+    save_pretrained(random_model(), tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"ckpt/model.safetensors is missing: .*save_pretrained"):
+        MotusModel.from_pretrained(tmp_path / "ckpt")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        MotusModel.from_pretrained(tmp_path / "nowhere")
+
+
+# -- the reference release ---------------------------------------------------------------------
+# A tiny module tree named and shaped as the reference's own modules (thu-ml/Motus
+# models/action_expert.py, models/und_expert.py, models/motus.py), written from the facts of that
+# code, NOT from our key map: state/action encoders under ``input_encoder`` with a sin-cos
+# ``pos_embedding`` buffer, ``wan_action_*`` / ``wan_und_*`` projections, ``decoder.action_head.0``,
+# ``und_expert.vlm_adapter``, parameter-free LayerNorms (Wan's WanLayerNorm default), and wrapper
+# modules that register the same experts twice. The Wan video expert keeps Wan's own names (checked
+# against diffusers' Wan below), so its part is taken from our VideoExpert as is.
+
+
+class _RefRMSNorm(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+
+def _ref_mlp3(in_dim: int, dim: int) -> nn.Sequential:  # the reference's build_mlp("mlp3x_silu")
+    return nn.Sequential(nn.Linear(in_dim, dim), nn.SiLU(), nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+
+def _ref_ffn(dim: int, ffn_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
+
+
+def _ref_sincos(dim: int, length: int) -> torch.Tensor:  # get_1d_sincos_pos_embed_from_grid, in numpy
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    out = np.einsum("m,d->md", np.arange(length, dtype=np.float64), omega)
+    return torch.from_numpy(np.concatenate([np.sin(out), np.cos(out)], axis=1)).float()
+
+
+class _RefStateActionEncoder(nn.Module):
+    def __init__(self, config: MotusConfig, chunk_size: int) -> None:
+        super().__init__()
+        action = config.action
+        self.state_encoder = _ref_mlp3(action.state_dim, action.dim)
+        self.action_encoder = _ref_mlp3(action.action_dim, action.dim)
+        self.register_buffer("pos_embedding", _ref_sincos(action.dim, chunk_size + 1 + action.num_registers)[None])
+
+
+class _RefActionBlock(nn.Module):
+    def __init__(self, config: MotusConfig) -> None:
+        super().__init__()
+        dim, wan_dim = config.action.dim, config.attention_dim
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.wan_action_qkv = nn.Parameter(torch.randn(3, config.num_heads, dim, config.head_dim))
+        self.wan_action_o = nn.Linear(wan_dim, dim, bias=False)
+        self.wan_action_norm_q = _RefRMSNorm(wan_dim)
+        self.wan_action_norm_k = _RefRMSNorm(wan_dim)
+        self.ffn = _ref_ffn(dim, config.action.ffn_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim))
+
+
+class _RefActionDecoder(nn.Module):
+    def __init__(self, config: MotusConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(config.action.dim, elementwise_affine=False)
+        self.action_head = nn.Sequential(nn.Linear(config.action.dim, config.action.action_dim))  # "mlp1x_silu"
+        self.modulation = nn.Parameter(torch.randn(1, 2, config.action.dim))
+
+
+class _RefActionExpert(nn.Module):
+    def __init__(self, config: MotusConfig) -> None:
+        super().__init__()
+        dim = config.action.dim
+        # The reference's chunk_size counts the state token too: 1 + action_chunk.
+        self.input_encoder = _RefStateActionEncoder(config, chunk_size=1 + config.temporal.action_chunk)
+        self.time_embedding = nn.Sequential(nn.Linear(config.video.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.blocks = nn.ModuleList(_RefActionBlock(config) for _ in range(config.num_layers))
+        self.registers = nn.Parameter(torch.randn(1, config.action.num_registers, dim))
+        self.decoder = _RefActionDecoder(config)
+
+
+class _RefUndBlock(nn.Module):
+    def __init__(self, config: MotusConfig) -> None:
+        super().__init__()
+        dim, wan_dim = config.understanding.dim, config.attention_dim
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)  # WanLayerNorm: no parameters
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.wan_und_qkv = nn.Parameter(torch.randn(3, config.num_heads, dim, config.head_dim))
+        self.wan_und_o = nn.Linear(wan_dim, dim, bias=False)
+        self.wan_und_norm_q = _RefRMSNorm(wan_dim)
+        self.wan_und_norm_k = _RefRMSNorm(wan_dim)
+        self.ffn = _ref_ffn(dim, config.understanding.ffn_dim)
+
+
+class _RefUndExpert(nn.Module):
+    def __init__(self, config: MotusConfig) -> None:
+        super().__init__()
+        self.vlm_adapter = _ref_mlp3(config.understanding.vlm_dim, config.understanding.dim)
+        self.blocks = nn.ModuleList(_RefUndBlock(config) for _ in range(config.num_layers))
+
+
+class _RefWrapper(nn.Module):
+    """VideoModule / UndModule: hold the same submodules again, so their keys repeat in the state dict."""
+
+
+class _RefMotus(nn.Module):
+    def __init__(self, config: MotusConfig, with_wrappers: bool = True) -> None:
+        super().__init__()
+        from motus_model.modeling_motus import VideoExpert
+
+        self.video_model = _RefWrapper()
+        self.video_model.wan_model = VideoExpert(config)
+        self.action_expert = _RefActionExpert(config)
+        self.und_expert = _RefUndExpert(config)
+        if with_wrappers:
+            self.video_module = _RefWrapper()
+            self.video_module.video_model = self.video_model
+            self.und_module = _RefWrapper()
+            self.und_module.und_expert = self.und_expert
+
+
+def _write_reference(config: MotusConfig, path, vlm_state=None, seed: int = 0, wrappers: bool = True):
+    torch.manual_seed(seed)
+    reference = _RefMotus(config, with_wrappers=wrappers)
+    with torch.no_grad():  # distinct random values everywhere, so a crossed mapping cannot hide
+        for parameter in reference.parameters():
+            parameter.copy_(torch.randn_like(parameter) * 0.02)
+    module = {key: tensor.clone() for key, tensor in reference.state_dict().items()}
+    module.update({"vlm_model." + k: v for k, v in (vlm_state or {}).items()})
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save({"module": module, "global_steps": 5}, path / "mp_rank_00_model_states.pt")
+    return reference, module
+
+
+@pytest.mark.timeout(240)
+def test_reference_checkpoint_loads_from_the_reference_module_layout(tmp_path):
+    config = MotusConfig.preset("motus-tiny")
     vlm_state = {"model.language_model.embed_tokens.weight": torch.randn(10, 4)}
-    _write_reference(model, tmp_path / "ref", vlm_state)
-    loaded, vlm = load_reference_checkpoint(tmp_path / "ref", model.config)
-    assert_same_weights(model, loaded)
+    reference, module = _write_reference(config, tmp_path / "ref", vlm_state)
+    assert "und_module.und_expert.blocks.0.wan_und_qkv" in module  # the wrappers' duplicates are there
+    loaded, vlm = load_reference_checkpoint(tmp_path / "ref", config)
+
+    # Parameter-free understanding norms, as the reference's; the shipped config keeps affine ones.
+    assert loaded.config.understanding.norm_affine is False and config.understanding.norm_affine is True
+    assert loaded.und_expert.blocks[0].norm1.weight is None
+    ref_action, ref_und = reference.action_expert, reference.und_expert
+    pairs = {
+        "video.blocks.1.self_attn.norm_q.weight": reference.video_model.wan_model.blocks[1].self_attn.norm_q.weight,
+        "action_expert.state_encoder.0.weight": ref_action.input_encoder.state_encoder[0].weight,
+        "action_expert.action_encoder.4.bias": ref_action.input_encoder.action_encoder[4].bias,
+        "action_expert.registers": ref_action.registers,
+        "action_expert.time_projection.1.weight": ref_action.time_projection[1].weight,
+        "action_expert.blocks.1.attn.qkv": ref_action.blocks[1].wan_action_qkv,
+        "action_expert.blocks.0.attn.norm_q.weight": ref_action.blocks[0].wan_action_norm_q.weight,
+        "action_expert.blocks.0.attn.norm_k.weight": ref_action.blocks[0].wan_action_norm_k.weight,
+        "action_expert.blocks.1.o.weight": ref_action.blocks[1].wan_action_o.weight,
+        "action_expert.blocks.0.modulation": ref_action.blocks[0].modulation,
+        "action_expert.head.head.weight": ref_action.decoder.action_head[0].weight,
+        "action_expert.head.modulation": ref_action.decoder.modulation,
+        "und_expert.adapter.2.weight": ref_und.vlm_adapter[2].weight,
+        "und_expert.blocks.1.attn.qkv": ref_und.blocks[1].wan_und_qkv,
+        "und_expert.blocks.0.attn.norm_k.weight": ref_und.blocks[0].wan_und_norm_k.weight,
+        "und_expert.blocks.0.o.weight": ref_und.blocks[0].wan_und_o.weight,
+        "und_expert.blocks.1.ffn.2.bias": ref_und.blocks[1].ffn[2].bias,
+    }
+    ours = loaded.state_dict()
+    for name, tensor in pairs.items():
+        assert torch.equal(ours[name], tensor), name
+    # Every reference parameter lands in exactly one of ours (the counts match, the values are distinct).
+    assert len(ours) == sum(1 for _ in reference.parameters())
     assert vlm.keys() == vlm_state.keys()
     assert torch.equal(vlm["model.language_model.embed_tokens.weight"], vlm_state["model.language_model.embed_tokens.weight"])
 
 
-def test_reference_key_map_uses_wan_names_for_the_video_expert():
+def test_reference_key_map_uses_the_reference_module_names():
     key_map = reference_key_map(MotusConfig.preset("motus-tiny"))
     assert key_map["video_model.wan_model.blocks.1.self_attn.norm_q.weight"] == "video.blocks.1.self_attn.norm_q.weight"
     assert key_map["video_model.wan_model.time_projection.1.weight"] == "video.time_projection.1.weight"
-    assert key_map["action_expert.blocks.0.qkv"] == "action_expert.blocks.0.attn.qkv"
-    assert key_map["action_expert.decoder.head.weight"] == "action_expert.head.head.weight"
-    assert key_map["und_expert.adapter.4.bias"] == "und_expert.adapter.4.bias"
+    assert key_map["action_expert.blocks.0.wan_action_qkv"] == "action_expert.blocks.0.attn.qkv"
+    assert key_map["action_expert.input_encoder.state_encoder.0.weight"] == "action_expert.state_encoder.0.weight"
+    assert key_map["action_expert.decoder.action_head.0.weight"] == "action_expert.head.head.weight"
+    assert key_map["und_expert.vlm_adapter.4.bias"] == "und_expert.adapter.4.bias"
+    assert key_map["und_expert.blocks.1.wan_und_norm_q.weight"] == "und_expert.blocks.1.attn.norm_q.weight"
+    assert not any("norm1" in key or "norm2" in key for key in key_map if key.startswith("und_expert."))
 
 
 @pytest.mark.timeout(240)
 def test_reference_checkpoint_errors_list_every_problem(tmp_path):
-    model = random_model(2)
-    module = _write_reference(model, tmp_path / "ref", alias=False)
-    module.pop("und_expert.blocks.0.qkv")
-    module["action_expert.blocks.0.o.weight"] = torch.zeros(3, 3)
+    config = MotusConfig.preset("motus-tiny")
+    _, module = _write_reference(config, tmp_path / "ref", seed=2, wrappers=False)
+    module.pop("und_expert.blocks.0.wan_und_qkv")
+    module["action_expert.blocks.0.wan_action_o.weight"] = torch.zeros(3, 3)
     module["mystery.weight"] = torch.zeros(1)
     torch.save({"module": module}, tmp_path / "ref" / "mp_rank_00_model_states.pt")
     with pytest.raises(CheckpointError) as error:
-        load_reference_checkpoint(tmp_path / "ref", model.config)
+        load_reference_checkpoint(tmp_path / "ref", config)
     message = str(error.value)
-    assert "missing (1): und_expert.blocks.0.qkv" in message
+    assert "missing (1): und_expert.blocks.0.wan_und_qkv" in message
     assert "unexpected (1): mystery.weight" in message
-    assert "mis-shaped (1): action_expert.blocks.0.o.weight" in message
+    assert "mis-shaped (1): action_expert.blocks.0.wan_action_o.weight" in message
 
 
 @pytest.mark.timeout(240)
-def test_reference_alias_that_differs_is_an_error(tmp_path):
-    model = random_model(3)
-    module = _write_reference(model, tmp_path / "ref")
+def test_reference_alias_or_position_table_that_differs_is_an_error(tmp_path):
+    config = MotusConfig.preset("motus-tiny")
+    _, module = _write_reference(config, tmp_path / "ref", seed=3)
     module["video_module.video_model.wan_model.head.modulation"] += 1
     torch.save({"module": module}, tmp_path / "ref" / "mp_rank_00_model_states.pt")
     with pytest.raises(CheckpointError, match="video_module.video_model.wan_model.head.modulation differs"):
-        load_reference_checkpoint(tmp_path / "ref", model.config)
+        load_reference_checkpoint(tmp_path / "ref", config)
+    _, module = _write_reference(config, tmp_path / "ref", seed=3, wrappers=False)
+    module["action_expert.input_encoder.pos_embedding"] = module["action_expert.input_encoder.pos_embedding"].flip(1)
+    torch.save({"module": module}, tmp_path / "ref" / "mp_rank_00_model_states.pt")
+    with pytest.raises(CheckpointError, match="pos_embedding is not the 1-D sin-cos table"):
+        load_reference_checkpoint(tmp_path / "ref", config)
 
 
 def _tiny_diffusers_wan(config: MotusConfig):

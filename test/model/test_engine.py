@@ -5,7 +5,11 @@ Regressions pinned:
   latents) runs once per request, not once per denoising step;
 - a request batched with others gets exactly the answer it gets alone (per-request noise);
 - VLA and IDM never decode video;
-- a bad request fails alone and the worker keeps serving.
+- a bad request fails alone and the worker keeps serving;
+- every input reaches the output: a different instruction, image, state or given action chunk
+  changes the answer (the preset's video and action heads are zero-initialised, so the fixture
+  re-initialises them with seeded random weights; with zero heads the engine returns its
+  initial noise whatever the inputs and none of these tests could fail).
 """
 
 import threading
@@ -21,9 +25,19 @@ from motus_model.preprocessing import CompositeLayout, compose_views, image_to_t
 pytestmark = pytest.mark.timeout(120)
 
 
+def randomise_heads(model: torch.nn.Module, seed: int = 1234) -> None:
+    """Seeded non-zero output heads (the preset zero-initialises them, as Wan and the reference do)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for head in (model.video.head.head, model.action_expert.head.head):
+            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * head.weight.shape[1] ** -0.5)
+            head.bias.copy_(torch.randn(head.bias.shape, generator=generator) * 0.1)
+
+
 @pytest.fixture(scope="module")
 def engine():
     engine = MotusEngine.from_preset("motus-tiny", seed=0, max_batch=4)
+    randomise_heads(engine.model)
     yield engine
     engine.close()
 
@@ -89,6 +103,25 @@ def test_same_seed_same_answer_and_mode_names(engine):
     other = engine.infer(make_request(engine, "vla", seed=6, steps=2, images=views(5)), timeout=60)
     np.testing.assert_array_equal(first.actions, second.actions)
     assert not np.allclose(first.actions, other.actions)
+
+
+def test_every_input_changes_the_output(engine):
+    """Instruction, camera image, state and given actions all reach the answer (same seed each time)."""
+    base = engine.infer(make_request(engine, Mode.VLA, seed=40, steps=2), timeout=60)
+    variants = {
+        "instruction": dict(instruction="place"),
+        "image": dict(images=views(41)),
+        "state": dict(state=np.linspace(1, -1, engine.config.action.state_dim)),
+    }
+    for name, overrides in variants.items():
+        other = engine.infer(make_request(engine, Mode.VLA, seed=40, steps=2, **overrides), timeout=60)
+        assert np.abs(other.actions - base.actions).max() > 1e-3, f"the {name} does not change the actions"
+    chunk = (engine.config.temporal.action_chunk, engine.config.action.action_dim)
+    world = engine.infer(make_request(engine, Mode.WORLD_MODEL, seed=40, steps=2), timeout=60)
+    moved = engine.infer(
+        make_request(engine, Mode.WORLD_MODEL, seed=40, steps=2, actions=np.full(chunk, 3.0)), timeout=60
+    )
+    assert np.abs(world.frames.astype(int) - moved.frames.astype(int)).max() > 0, "given actions do not change the video"
 
 
 def test_single_request_matches_flow_matching_sample(engine):
@@ -220,13 +253,16 @@ def test_cancelling_one_batched_request_leaves_the_others(engine):
         if step == 1:
             holder["future"].cancel()
 
-    keep = engine.submit(make_request(engine, Mode.VLA, seed=21, steps=3))
+    # The cancelled request is row 0 and the kept one row 1, so the kept one must carry its own
+    # conditioning and noise through the row removal.
     holder["future"] = engine.submit(make_request(engine, Mode.VLA, seed=22, steps=3), progress=cancel_at_first_step)
+    keep = engine.submit(make_request(engine, Mode.VLA, seed=21, steps=3, instruction="go", state=np.zeros(14)))
     blocker.release.set()
     with pytest.raises(RequestCancelled):
         holder["future"].result(timeout=60)
     kept = keep.result(timeout=60)
-    alone = engine.infer(make_request(engine, Mode.VLA, seed=21, steps=3), timeout=60)
+    assert kept.batch_size == 1  # the batch shrank to the kept request
+    alone = engine.infer(make_request(engine, Mode.VLA, seed=21, steps=3, instruction="go", state=np.zeros(14)), timeout=60)
     np.testing.assert_allclose(kept.actions, alone.actions, atol=1e-4)
 
 
@@ -276,8 +312,13 @@ def test_bad_requests_fail_alone_with_clear_errors(engine):
 def test_concurrent_submitters(engine):
     results = {}
 
+    def request(index: int) -> MotusRequest:  # each client its own instruction, images, state and seed
+        state = np.linspace(-1, 1, engine.config.action.state_dim) * (index + 1) / 4
+        return make_request(engine, Mode.VLA, seed=30 + index, steps=2, instruction=["a", "go", "b c", "up"][index],
+                            state=state)
+
     def client(index: int) -> None:
-        results[index] = engine.infer(make_request(engine, Mode.VLA, seed=30 + index, steps=2), timeout=60)
+        results[index] = engine.infer(request(index), timeout=60)
 
     threads = [threading.Thread(target=client, args=(index,)) for index in range(4)]
     for thread in threads:
@@ -286,7 +327,7 @@ def test_concurrent_submitters(engine):
         thread.join(60)
     assert sorted(results) == [0, 1, 2, 3]
     for index, result in results.items():
-        alone = engine.infer(make_request(engine, Mode.VLA, seed=30 + index, steps=2), timeout=60)
+        alone = engine.infer(request(index), timeout=60)
         np.testing.assert_allclose(result.actions, alone.actions, atol=1e-4)
 
 
@@ -336,9 +377,25 @@ def test_save_and_load_pretrained_folder(engine, tmp_path):
             loaded.close()
     finally:
         original.close()
+    # A policy checkpoint without its normalisation stats is refused, not served in raw units.
+    (tmp_path / "ckpt" / "stats.json").rename(tmp_path / "stats.json")
+    with pytest.raises(FileNotFoundError, match="stats.json is missing: a policy checkpoint needs its normalisation stats"):
+        MotusEngine.from_pretrained(tmp_path / "ckpt")
+    (tmp_path / "stats.json").rename(tmp_path / "ckpt" / "stats.json")
     with pytest.raises(FileNotFoundError, match="no VLM"):
         (tmp_path / "ckpt" / "vlm" / "config.json").unlink()
         MotusEngine.from_pretrained(tmp_path / "ckpt")
+
+
+def test_pipeline_alone_answers_like_the_engine(engine):
+    """The synchronous pipeline (no queue, no thread) and the engine over it give the same answer."""
+    request = make_request(engine, Mode.JOINT, seed=9, steps=2)
+    steps_seen = []
+    direct = engine.pipeline(request, callback_on_step_end=lambda step, total, state: steps_seen.append(step))
+    served = engine.infer(request, timeout=60)
+    assert steps_seen == [1, 2] and direct.batch_size == 1
+    np.testing.assert_allclose(direct.actions, served.actions, atol=1e-6)
+    np.testing.assert_array_equal(direct.frames, served.frames)
 
 
 def test_pretrain_mode_engine_takes_no_state():

@@ -25,6 +25,7 @@ from motus_model.data.lerobot import LeRobotDataset
 from motus_model.data.mixture import MixtureConfig, MixtureSampler
 from motus_model.data.sampling import sample_indices
 from motus_model.data.torch_dataset import SampleKey, collate_samples
+from motus_model.modeling_utils import load_stats
 from motus_model.preprocessing import Normalizer
 
 from training_helpers import write_tiny_dataset
@@ -115,7 +116,7 @@ def test_train_command_writes_a_loadable_folder(dataset, tmp_path, capsys):
     source = LeRobotDataset(dataset).stats
     np.testing.assert_allclose(stats["stats"]["action"]["mean"], source["action"]["mean"])
     np.testing.assert_allclose(stats["stats"]["state"]["std"], source["observation.state"]["std"])
-    model, loaded_stats = ConvIDM.from_pretrained(output)
+    model, loaded_stats = ConvIDM.from_pretrained(output), load_stats(output)
     assert loaded_stats == stats and model.config.preset == PRESET
 
     # a wall-clock budget without --steps stops the run (here: at once) and still saves
@@ -133,7 +134,7 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     stats = {"mode": "mean_std", "eps": 1e-6, "stats": {
         "state": {"mean": [0.1] * 14, "std": [2.0] * 14}, "action": {"mean": [-0.2] * 14, "std": [0.5] * 14}}}
     model.save_pretrained(tmp_path / "m", stats=stats)
-    loaded, loaded_stats = ConvIDM.from_pretrained(tmp_path / "m")
+    loaded, loaded_stats = ConvIDM.from_pretrained(tmp_path / "m"), load_stats(tmp_path / "m")
     assert loaded_stats == stats
     generator = torch.Generator().manual_seed(0)
     inputs = (torch.rand(3, 3, 32, 32, generator=generator) * 2 - 1,

@@ -41,16 +41,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from motus_model.modeling_utils import CONFIG_NAME, STATS_NAME, WEIGHTS_NAME, PretrainedMixin, load_stats  # noqa: F401
 from motus_model.preprocessing import CompositeLayout, Normalizer, preprocess_images
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-STATS_NAME = "stats.json"
 TRAINING_CONFIG_NAME = "training_config.json"
 METRICS_NAME = "metrics.jsonl"
 MODEL_TYPE = "conv_idm"
@@ -170,8 +167,11 @@ def _conv_out(size: int, kernel: int, stride: int = 2) -> int:
     return (size + 2 * (kernel // 2) - kernel) // stride + 1
 
 
-class ConvIDM(nn.Module):
+class ConvIDM(PretrainedMixin, nn.Module):
     """(condition composite, future composites, normalised state) -> normalised action chunk."""
+
+    config_class = ConvIDMConfig
+    model_type = MODEL_TYPE
 
     def __init__(self, config: ConvIDMConfig) -> None:
         super().__init__()
@@ -225,39 +225,7 @@ class ConvIDM(nn.Module):
         out = self.head(torch.cat([features, state], dim=1))
         return out.view(batch, config.action_chunk, config.action_dim)
 
-    # -- folders ---------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, stats: Mapping[str, Any] | None = None) -> Path:
-        """Write config.json, model.safetensors and (given) stats.json (``Normalizer.to_dict()``)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.config.save(directory / CONFIG_NAME)
-        tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
-        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "model_type": MODEL_TYPE})
-        if stats is not None:
-            (directory / STATS_NAME).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
-        elif (directory / STATS_NAME).exists():
-            (directory / STATS_NAME).unlink()  # a stale stats file would silently mis-normalise
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu") -> tuple["ConvIDM", dict | None]:
-        """Strictly load a folder written by ``save_pretrained``: (model in eval mode, stats dict or None)."""
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise FileNotFoundError(f"ConvIDM folder not found: {directory}")
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory} is not a ConvIDM folder: {name} is missing")
-        data = json.loads((directory / CONFIG_NAME).read_text())
-        if data.get("model_type") != MODEL_TYPE:
-            raise ValueError(
-                f"{directory}/{CONFIG_NAME} is not a ConvIDM config (model_type {data.get('model_type')!r}); "
-                "is this a Motus checkpoint?"
-            )
-        model = cls(ConvIDMConfig.from_dict(data))
-        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)), strict=True)
-        stats = json.loads((directory / STATS_NAME).read_text()) if (directory / STATS_NAME).is_file() else None
-        return model.to(device).eval(), stats
+    # Folder I/O (config.json + model.safetensors + stats.json): modeling_utils.PretrainedMixin.
 
 
 class ConvIDMPredictor:
@@ -277,7 +245,7 @@ class ConvIDMPredictor:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu") -> "ConvIDMPredictor":
-        model, stats = ConvIDM.from_pretrained(directory, device=device)
+        model, stats = ConvIDM.from_pretrained(directory, device=device), load_stats(directory)
         if stats is None:
             logger.warning("ConvIDM folder %s has no stats.json: state and actions are in raw units", directory)
         normalizer = Normalizer.from_dict(stats) if stats else Normalizer.identity()

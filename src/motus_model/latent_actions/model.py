@@ -19,21 +19,17 @@ choices here are ours and are stated:
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoencoderDC
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from motus_model.modeling_utils import PretrainedMixin
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+logger = logging.getLogger(__name__)
 
 
 def _tiny_dcae() -> dict[str, Any]:
@@ -143,8 +139,10 @@ def _dcae_kwargs(dcae: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-class LatentActionVAE(nn.Module):
+class LatentActionVAE(PretrainedMixin, nn.Module):
     """See the module docstring. Inputs are flow images [B, 3, S, S] in [-1, 1]."""
+
+    config_class = LatentActionVAEConfig
 
     def __init__(self, config: LatentActionVAEConfig) -> None:
         super().__init__()
@@ -222,27 +220,4 @@ class LatentActionVAE(nn.Module):
         loss = config.reconstruction_weight * reconstruction_loss + config.alignment_weight * alignment + config.kl_weight * kl
         return {"loss": loss, "reconstruction": reconstruction_loss, "alignment": alignment, "kl": kl, "mean": mean}
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``directory/config.json`` + ``directory/model.safetensors``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
-        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_NAME))
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "LatentActionVAE":
-        """Load a folder written by ``save_pretrained``; every key must match (no silent partial load)."""
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        if not config_path.is_file() or not weights_path.is_file():
-            raise FileNotFoundError(f"{directory} must hold {CONFIG_NAME} and {WEIGHTS_NAME}")
-        model = cls(LatentActionVAEConfig.from_dict(json.loads(config_path.read_text())))
-        state = load_file(str(weights_path), device="cpu")
-        expected = set(model.state_dict())
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        if missing or unexpected:
-            raise ValueError(f"{weights_path}: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}")
-        model.load_state_dict(state, strict=True)
-        return model.to(device)
+    # Folder I/O (config.json + model.safetensors): modeling_utils.PretrainedMixin.
