@@ -28,8 +28,8 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from motus_model.embodiment import RobotProfile
 from motus_ros.conversions import seconds_to_duration, to_stamp
-from motus_ros.profiles import RobotProfile
 
 logger = logging.getLogger(__name__)
 

@@ -1,13 +1,27 @@
-"""Robot profiles: every shipped profile loads and validates, bad profiles fail loudly, grippers map both ways."""
+"""The robot-profile schema (motus_model.embodiment, no ROS): every shipped profile loads and validates, bad profiles
+fail loudly, grippers map both ways, unknown names list the folders searched."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from motus_ros.profiles import COMMAND_INTERFACES, RobotProfile, available_profiles, load_profile
+from motus_model import embodiment
+from motus_model.embodiment import COMMAND_INTERFACES, RobotProfile
 
 pytestmark = pytest.mark.timeout(60)
+
+# The repository's profiles, named explicitly: the tests may import an installed motus_model, which has no
+# config/robots beside it (motus_ros.profiles adds the installed share folder; test/ros/test_profiles.py).
+CONFIG_ROBOTS = Path(__file__).resolve().parents[2] / "config" / "robots"
+
+
+def load_profile(name_or_path, search_dirs=(CONFIG_ROBOTS,)) -> RobotProfile:
+    return embodiment.load_profile(name_or_path, search_dirs)
+
+
+def available_profiles() -> list[str]:
+    return embodiment.available_profiles([CONFIG_ROBOTS])
 
 SHIPPED = ["aloha_sim", "interbotix_aloha", "agilex_aloha2", "ac_one"]
 
@@ -54,12 +68,12 @@ def test_gripper_mapping_round_trips_and_is_open_one_closed_zero():
         profile.robot_to_model(np.zeros(13))
 
 
-def test_to_dict_has_the_bag_converter_keys_and_round_trips(tmp_path: Path):
+def test_to_dict_is_plain_data_and_round_trips(tmp_path: Path):
     profile = load_profile("agilex_aloha2")
     data = profile.to_dict()
     assert data["cameras"][0] == {"role": "high", "topic": "/camera_f/color/image_raw", "encoding": "rgb8",
                                   "height": 480, "width": 640}
-    assert data["command_topic"] == "/joint_left_states"
+    assert data["command_topics"] == ["/joint_left_states", "/joint_right_states"]
     assert data["joint_state_topics"] == ["/puppet/joint_left", "/puppet/joint_right"]
     path = tmp_path / "copy.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -78,7 +92,7 @@ def _sim_dict() -> dict:
         (lambda d: d["joint_names"].__setitem__(1, d["joint_names"][0]), "unique"),
         (lambda d: d.update(upper_limits=d["lower_limits"]), "lower_limits must be < upper_limits"),
         (lambda d: d.update(command_joint_groups=[list(range(13))]), "cover each action index"),
-        (lambda d: d["cameras"][0].update(encoding="rgba8"), "encoding must be one of"),
+        (lambda d: d["cameras"][0].update(encoding="yuv422"), "encoding must be one of"),
         (lambda d: d["grippers"][0].update(robot_open=0.0), "divide by zero"),
         (lambda d: d.update(control_rate=50), "unknown profile keys"),
     ],
@@ -101,9 +115,24 @@ def test_interbotix_command_topics_must_be_joint_group_topics(tmp_path: Path):
         load_profile(path)
 
 
-def test_unknown_profile_name_suggests_the_closest():
-    with pytest.raises(ValueError, match="did you mean 'aloha_sim'"):
+def test_unknown_profile_name_suggests_the_closest_and_lists_the_folders_searched(tmp_path: Path):
+    with pytest.raises(ValueError, match="did you mean 'aloha_sim'") as error:
         load_profile("aloha_sin")
+    assert str(CONFIG_ROBOTS) in str(error.value)
+    (tmp_path / "my_arm.yaml").write_text(yaml.safe_dump(load_profile("aloha_sim").to_dict()))
+    assert load_profile("my_arm", [tmp_path]).camera_roles == ["high", "left_wrist", "right_wrist"]
+    with pytest.raises(ValueError) as error:
+        load_profile("aloha_sim", [tmp_path])
+    assert f"available: ['my_arm']; searched: [{str(tmp_path)!r}]" in str(error.value)
+
+
+def test_every_image_encoding_the_decoder_takes_is_a_valid_camera_encoding():
+    from motus_model.images import IMAGE_ENCODINGS
+
+    data = load_profile("aloha_sim").to_dict()
+    for encoding in IMAGE_ENCODINGS:  # one encoding set for profiles, serving and training
+        data["cameras"][0]["encoding"] = encoding
+        assert RobotProfile.from_dict(data).cameras[0].encoding == encoding
 
 
 def test_profile_from_dict_requires_the_core_keys():

@@ -43,8 +43,9 @@ from std_msgs.msg import Bool, Float64, Float64MultiArray
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from motus_model.embodiment import RobotProfile
 from motus_ros.conversions import duration_to_seconds, numpy_to_image, stamp_to_seconds
-from motus_ros.profiles import RobotProfile, load_profile
+from motus_ros.profiles import load_profile
 
 logger = logging.getLogger(__name__)
 
