@@ -36,16 +36,20 @@ def check_image_layout(encoding: str, height: int, width: int, step: int, num_by
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     if step < width * channels:
-        raise ValueError(f"image step must be >= width * channels = {width * channels} for "
-                         f"{width} px of {encoding}, got {step}")
+        raise ValueError(
+            f"image step must be >= width * channels = {width * channels} for {width} px of {encoding}, got {step}"
+        )
     if num_bytes != step * height:
-        raise ValueError(f"image data must hold step * height = {step} * {height} = {step * height} bytes for a "
-                         f"{height}x{width} {encoding} image, got {num_bytes}")
+        raise ValueError(
+            f"image data must hold step * height = {step} * {height} = {step * height} bytes for a "
+            f"{height}x{width} {encoding} image, got {num_bytes}"
+        )
     return channels
 
 
-def decode_image(data: bytes | bytearray | memoryview | np.ndarray, encoding: str, height: int, width: int,
-                 step: int) -> np.ndarray:
+def decode_image(
+    data: bytes | bytearray | memoryview | np.ndarray, encoding: str, height: int, width: int, step: int
+) -> np.ndarray:
     """Raw image bytes -> a new uint8 RGB array [height, width, 3].
 
     Row padding (step > width * channels) is dropped, BGR(A) is reordered to RGB, alpha is dropped and

@@ -14,6 +14,7 @@
 The processes, the episode resets and the timing summary come from motus_ros.harness (shared with
 `motus eval-ros`); this script only strings them together and reports.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,21 +41,47 @@ from motus_ros.harness import (
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="motus_ros.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds the policy drives the robot (one episode)")
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="seconds the policy drives the robot (one episode)"
+    )
     parser.add_argument("--instruction", default=DEFAULT_SIM_INSTRUCTION, help="the policy's task instruction")
-    parser.add_argument("--checkpoint", default=DEFAULT_SIM_CHECKPOINT,
-                        help="checkpoint folder or shipped model name (default: the shipped transfer-cube model)")
-    parser.add_argument("--random-weights", action="store_true", help="ignore --checkpoint: run --preset with random weights")
+    parser.add_argument(
+        "--checkpoint",
+        default=DEFAULT_SIM_CHECKPOINT,
+        help="checkpoint folder or shipped model name (default: the shipped transfer-cube model)",
+    )
+    parser.add_argument(
+        "--random-weights", action="store_true", help="ignore --checkpoint: run --preset with random weights"
+    )
     parser.add_argument("--preset", default="motus-small-aloha", help="preset used with --random-weights")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                        help="Euler steps per request (few keep CPU inference inside a chunk's 0.64 s)")
-    parser.add_argument("--chunk-request-threshold", type=int, default=CHUNK_REQUEST_THRESHOLD,
-                        help="request the next chunk when this many planned control steps remain")
-    parser.add_argument("--torch-threads", type=int, default=DEFAULT_TORCH_THREADS, help="the server's torch threads (0: torch's default)")
-    parser.add_argument("--seed", type=int, default=1000, help="object pose of the episode (the demonstrations used 0-49)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=DEFAULT_STEPS,
+        help="Euler steps per request (few keep CPU inference inside a chunk's 0.64 s)",
+    )
+    parser.add_argument(
+        "--chunk-request-threshold",
+        type=int,
+        default=CHUNK_REQUEST_THRESHOLD,
+        help="request the next chunk when this many planned control steps remain",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=DEFAULT_TORCH_THREADS,
+        help="the server's torch threads (0: torch's default)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=1000, help="object pose of the episode (the demonstrations used 0-49)"
+    )
     parser.add_argument("--profile", default="aloha_sim", help="robot profile of the simulated robot")
-    parser.add_argument("--camera-rate", type=float, default=DEFAULT_CAMERA_RATE_HZ,
-                        help="simulated camera rate (Hz); CPU rendering competes with inference for the 2 cores")
+    parser.add_argument(
+        "--camera-rate",
+        type=float,
+        default=DEFAULT_CAMERA_RATE_HZ,
+        help="simulated camera rate (Hz); CPU rendering competes with inference for the 2 cores",
+    )
     parser.add_argument("--task", default="transfer_cube", help="gym-aloha task: transfer_cube or insertion")
     parser.add_argument("--verbose", action="store_true", help="echo the children's logs")
     return parser.parse_args(argv)
@@ -72,19 +99,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     print(f"ROS_DOMAIN_ID={use_private_domain()} (export it to watch with rviz2 / ros2 topic)", flush=True)
     model = model_description(checkpoint, options.preset)
-    print(f"motus demo: simulated ALOHA ({options.task}, seed {options.seed}) + motus_server ({model}), "
-          f"policy for {options.duration:g} s with {options.steps} Euler steps per chunk", flush=True)
-    suite = Suite(checkpoint=checkpoint, preset=options.preset, profile=options.profile, task=options.task,
-                  seed=options.seed, camera_rate_hz=options.camera_rate, steps=options.steps,
-                  chunk_request_threshold=options.chunk_request_threshold, torch_threads=options.torch_threads,
-                  verbose=options.verbose)
+    print(
+        f"motus demo: simulated ALOHA ({options.task}, seed {options.seed}) + motus_server ({model}), "
+        f"policy for {options.duration:g} s with {options.steps} Euler steps per chunk",
+        flush=True,
+    )
+    suite = Suite(
+        checkpoint=checkpoint,
+        preset=options.preset,
+        profile=options.profile,
+        task=options.task,
+        seed=options.seed,
+        camera_rate_hz=options.camera_rate,
+        steps=options.steps,
+        chunk_request_threshold=options.chunk_request_threshold,
+        torch_threads=options.torch_threads,
+        verbose=options.verbose,
+    )
     report: dict = {}
     try:
         suite.start()
         print("simulator and server are up", flush=True)
         report = run_demo(options)
-        report["model"] = {"checkpoint": checkpoint or None, "preset": None if checkpoint else options.preset,
-                           "random_weights": not checkpoint, "steps": options.steps}
+        report["model"] = {
+            "checkpoint": checkpoint or None,
+            "preset": None if checkpoint else options.preset,
+            "random_weights": not checkpoint,
+            "steps": options.steps,
+        }
     except KeyboardInterrupt:
         print("interrupted", flush=True)
         return 130
@@ -117,9 +159,21 @@ def run_demo(options: argparse.Namespace) -> dict:
         node = client.node
         command_type = command_message_type(profile)
         for topic in profile.command_topics:
-            node.create_subscription(command_type, topic, lambda _: counts.__setitem__("commands", counts["commands"] + 1), 100)
-        node.create_subscription(Image, "/imagination/imagined/high", lambda _: counts.__setitem__("imagined_frames", counts["imagined_frames"] + 1), 10)
-        node.create_subscription(Image, "/world_model/imagined/high", lambda _: counts.__setitem__("predicted_frames", counts["predicted_frames"] + 1), 10)
+            node.create_subscription(
+                command_type, topic, lambda _: counts.__setitem__("commands", counts["commands"] + 1), 100
+            )
+        node.create_subscription(
+            Image,
+            "/imagination/imagined/high",
+            lambda _: counts.__setitem__("imagined_frames", counts["imagined_frames"] + 1),
+            10,
+        )
+        node.create_subscription(
+            Image,
+            "/world_model/imagined/high",
+            lambda _: counts.__setitem__("predicted_frames", counts["predicted_frames"] + 1),
+            10,
+        )
         node.create_subscription(JointState, profile.joint_state_topics[0], lambda m: latest_state.append(m), 10)
         sim = SimMonitor(client, profile)
         if not client.wait_for_server(60) or not sim.wait_for_sim(30):
@@ -139,16 +193,22 @@ def run_demo(options: argparse.Namespace) -> dict:
             if feedback is not None and time.monotonic() >= next_print:
                 next_print += 2.0
                 hold = f", holding ({feedback.hold_reason})" if feedback.holding else ""
-                print(f"  step {feedback.step:5d}  chunks {feedback.chunks:3d}  rate {feedback.control_rate_hz:5.1f} Hz  "
-                      f"inference {feedback.last_inference_ms:6.1f} ms  reward {sim.max_reward:g}{hold}", flush=True)
+                print(
+                    f"  step {feedback.step:5d}  chunks {feedback.chunks:3d}  rate {feedback.control_rate_hz:5.1f} Hz  "
+                    f"inference {feedback.last_inference_ms:6.1f} ms  reward {sim.max_reward:g}{hold}",
+                    flush=True,
+                )
         elapsed = time.monotonic() - start
         sim.end_episode()
         result = client.get_result()
         client.spin(0.3)
         timing = policy_timing(client.policy_task.feedback)
         policy = {
-            "termination": result.termination, "error": result.error.message, "steps": int(result.steps),
-            "chunks": int(result.chunks), "duration_s": round(float(result.duration_s), 2),
+            "termination": result.termination,
+            "error": result.error.message,
+            "steps": int(result.steps),
+            "chunks": int(result.chunks),
+            "duration_s": round(float(result.duration_s), 2),
             "commands_received_on_robot_topics": counts["commands"],
             "command_rate_hz": round(counts["commands"] / elapsed, 1),
             "target_control_rate_hz": profile.control_rate_hz,
@@ -156,25 +216,48 @@ def run_demo(options: argparse.Namespace) -> dict:
             "inference_latency_ms_median": timing["inference_ms_median"],
             "holding_fraction": timing["holding_fraction"],
         }
-        episode = {"seed": options.seed, "success": bool(sim.success_seen), "max_reward": sim.max_reward,
-                   "final_reward": sim.final_reward}
+        episode = {
+            "seed": options.seed,
+            "success": bool(sim.success_seen),
+            "max_reward": sim.max_reward,
+            "final_reward": sim.final_reward,
+        }
 
         # 2. The world model: what executing the policy's next chunk would look like.
-        plan = retry_without_observation(client, lambda: client.predict_actions(options.instruction, steps=options.steps))
+        plan = retry_without_observation(
+            client, lambda: client.predict_actions(options.instruction, steps=options.steps)
+        )
         if plan.error.code != 0:
             raise RuntimeError(f"predict_actions failed: {plan.error.message}")
-        future = retry_without_observation(client, lambda: client.predict_future(plan.trajectory, steps=options.steps, publish=True))
+        future = retry_without_observation(
+            client, lambda: client.predict_future(plan.trajectory, steps=options.steps, publish=True)
+        )
         # 3. Imagination (joint mode: frames and actions).
-        imagined = retry_without_observation(client, lambda: client.imagine(options.instruction, with_actions=True, steps=options.steps, publish=True))
-        client.spin(3.0, until=lambda: counts["imagined_frames"] >= len(imagined.frames) and counts["predicted_frames"] >= len(future.frames))
+        imagined = retry_without_observation(
+            client, lambda: client.imagine(options.instruction, with_actions=True, steps=options.steps, publish=True)
+        )
+        client.spin(
+            3.0,
+            until=lambda: (
+                counts["imagined_frames"] >= len(imagined.frames) and counts["predicted_frames"] >= len(future.frames)
+            ),
+        )
         return {
             "policy": policy,
-            "world_model": {"error": future.error.message or "ok", "frames": len(future.frames),
-                            "cameras": list(future.frames[0].camera_names) if future.frames else [],
-                            "total_ms": round(future.timing.total_ms, 1), "published_frames_seen": counts["predicted_frames"]},
-            "imagination": {"error": imagined.error.message or "ok", "frames": len(imagined.frames),
-                            "trajectory_points": len(imagined.trajectory.points), "total_ms": round(imagined.timing.total_ms, 1),
-                            "replayed_frames_seen": counts["imagined_frames"]},
+            "world_model": {
+                "error": future.error.message or "ok",
+                "frames": len(future.frames),
+                "cameras": list(future.frames[0].camera_names) if future.frames else [],
+                "total_ms": round(future.timing.total_ms, 1),
+                "published_frames_seen": counts["predicted_frames"],
+            },
+            "imagination": {
+                "error": imagined.error.message or "ok",
+                "frames": len(imagined.frames),
+                "trajectory_points": len(imagined.trajectory.points),
+                "total_ms": round(imagined.timing.total_ms, 1),
+                "replayed_frames_seen": counts["imagined_frames"],
+            },
             "episode": episode,
         }
     finally:
@@ -188,18 +271,31 @@ def print_report(report: dict) -> None:
     if model:
         which = model["checkpoint"] or f"preset {model['preset']} with RANDOM weights"
         print(f"model:         {which} ({model['steps']} Euler steps per chunk)")
-    print(f"policy:        {policy['termination']} after {policy['duration_s']} s: {policy['steps']} control steps, "
-          f"{policy['chunks']} chunks")
-    print(f"commands:      {policy['commands_received_on_robot_topics']} reached the robot at {policy['command_rate_hz']} Hz "
-          f"(target {policy['target_control_rate_hz']:g} Hz)")
-    print(f"inference:     {policy['inference_latency_ms_median']} ms median per chunk; control rate "
-          f"{policy['feedback_control_rate_hz_median']} Hz median; holding {policy['holding_fraction']} of the time")
-    print(f"world model:   {report['world_model']['frames']} predicted frames per camera, "
-          f"{report['world_model']['published_frames_seen']} published")
-    print(f"imagination:   {report['imagination']['frames']} imagined frames, {report['imagination']['trajectory_points']} "
-          f"action points, {report['imagination']['replayed_frames_seen']} replayed on ~/imagined/high")
-    print(f"episode:       seed {episode['seed']}: success={episode['success']} max_reward={episode['max_reward']} "
-          f"final_reward={episode['final_reward']}")
+    print(
+        f"policy:        {policy['termination']} after {policy['duration_s']} s: {policy['steps']} control steps, "
+        f"{policy['chunks']} chunks"
+    )
+    print(
+        f"commands:      {policy['commands_received_on_robot_topics']} reached the robot at "
+        f"{policy['command_rate_hz']} Hz (target {policy['target_control_rate_hz']:g} Hz)"
+    )
+    print(
+        f"inference:     {policy['inference_latency_ms_median']} ms median per chunk; control rate "
+        f"{policy['feedback_control_rate_hz_median']} Hz median; holding {policy['holding_fraction']} of the time"
+    )
+    print(
+        f"world model:   {report['world_model']['frames']} predicted frames per camera, "
+        f"{report['world_model']['published_frames_seen']} published"
+    )
+    print(
+        f"imagination:   {report['imagination']['frames']} imagined frames, "
+        f"{report['imagination']['trajectory_points']} action points, "
+        f"{report['imagination']['replayed_frames_seen']} replayed on ~/imagined/high"
+    )
+    print(
+        f"episode:       seed {episode['seed']}: success={episode['success']} max_reward={episode['max_reward']} "
+        f"final_reward={episode['final_reward']}"
+    )
     if "wall_time_s" in report:
         print(f"wall time:     {report['wall_time_s']} s")
     print(json.dumps(report, indent=2), flush=True)

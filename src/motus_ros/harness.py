@@ -8,6 +8,7 @@ view of the simulated robot. Used by the demo (motus_ros.demo) and by `motus eva
   keeps the high camera's frames for a video;
 - `policy_timing` summarises a RunPolicy goal's feedback (control rate, inference latency, holding share).
 """
+
 from __future__ import annotations
 
 import os
@@ -54,7 +55,11 @@ class Child:
         self.lines: list[str] = []
         self.ready = threading.Event()
         self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
         self._reader = threading.Thread(target=self._read, args=(verbose,), daemon=True)
         self._reader.start()
@@ -110,9 +115,15 @@ def suite_parameters(steps: int, chunk_request_threshold: int = CHUNK_REQUEST_TH
     are tolerated."""
     import yaml
 
-    values = {"default_steps": int(steps), "max_age_s": 1.0, "max_skew_s": 0.6,
-              "chunk_request_threshold": int(chunk_request_threshold)}
-    sections = {f"/**/{name}": {"ros__parameters": dict(values)} for name in ("policy", "world_model", "idm", "imagination")}
+    values = {
+        "default_steps": int(steps),
+        "max_age_s": 1.0,
+        "max_skew_s": 0.6,
+        "chunk_request_threshold": int(chunk_request_threshold),
+    }
+    sections = {
+        f"/**/{name}": {"ros__parameters": dict(values)} for name in ("policy", "world_model", "idm", "imagination")
+    }
     handle = tempfile.NamedTemporaryFile("w", prefix="motus_demo_", suffix=".yaml", delete=False)
     with handle:
         yaml.safe_dump(sections, handle)
@@ -136,10 +147,20 @@ class Suite:
 
     checkpoint: a resolved checkpoint folder, or "" for `preset` with random weights."""
 
-    def __init__(self, *, checkpoint: str, preset: str, profile: str = "aloha_sim", task: str = "transfer_cube",
-                 seed: int = 0, camera_rate_hz: float = DEFAULT_CAMERA_RATE_HZ, steps: int = DEFAULT_STEPS,
-                 chunk_request_threshold: int = CHUNK_REQUEST_THRESHOLD, torch_threads: int = DEFAULT_TORCH_THREADS,
-                 verbose: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        checkpoint: str,
+        preset: str,
+        profile: str = "aloha_sim",
+        task: str = "transfer_cube",
+        seed: int = 0,
+        camera_rate_hz: float = DEFAULT_CAMERA_RATE_HZ,
+        steps: int = DEFAULT_STEPS,
+        chunk_request_threshold: int = CHUNK_REQUEST_THRESHOLD,
+        torch_threads: int = DEFAULT_TORCH_THREADS,
+        verbose: bool = False,
+    ) -> None:
         self.checkpoint, self.preset, self.profile, self.task, self.seed = checkpoint, preset, profile, task, seed
         self.camera_rate_hz, self.steps, self.chunk_request_threshold = camera_rate_hz, steps, chunk_request_threshold
         self.torch_threads, self.verbose = torch_threads, verbose
@@ -149,15 +170,41 @@ class Suite:
 
     def start(self, sim_timeout_s: float = 120.0, server_timeout_s: float = 180.0) -> None:
         self.params_file = suite_parameters(self.steps, self.chunk_request_threshold)
-        server_args = ["--preset", self.preset, "--profile", self.profile, "--torch-threads", str(int(self.torch_threads))]
+        server_args = [
+            "--preset",
+            self.preset,
+            "--profile",
+            self.profile,
+            "--torch-threads",
+            str(int(self.torch_threads)),
+        ]
         if self.checkpoint:
             server_args += ["--checkpoint", self.checkpoint]
         ros_args = ["--ros-args", "--params-file", str(server_config()), "--params-file", self.params_file]
-        sim = Child("sim", [*executable("motus_sim", "motus_ros.sim.aloha_sim_node"), "--ros-args",
-                            "-p", f"profile:={self.profile}", "-p", f"task:={self.task}", "-p", f"seed:={int(self.seed)}",
-                            "-p", f"camera_rate_hz:={float(self.camera_rate_hz)!r}"], READY_SIM, self.verbose)
+        sim = Child(
+            "sim",
+            [
+                *executable("motus_sim", "motus_ros.sim.aloha_sim_node"),
+                "--ros-args",
+                "-p",
+                f"profile:={self.profile}",
+                "-p",
+                f"task:={self.task}",
+                "-p",
+                f"seed:={int(self.seed)}",
+                "-p",
+                f"camera_rate_hz:={float(self.camera_rate_hz)!r}",
+            ],
+            READY_SIM,
+            self.verbose,
+        )
         self.children.append(sim)
-        server = Child("server", [*executable("motus_server", "motus_ros.server"), *server_args, *ros_args], READY_SERVER, self.verbose)
+        server = Child(
+            "server",
+            [*executable("motus_server", "motus_ros.server"), *server_args, *ros_args],
+            READY_SERVER,
+            self.verbose,
+        )
         self.children.append(server)
         sim.wait_ready(sim_timeout_s)
         server.wait_ready(server_timeout_s)
@@ -172,7 +219,7 @@ class Suite:
             self.params_file = ""
         return dict(self.exit_codes)
 
-    def __enter__(self) -> "Suite":
+    def __enter__(self) -> Suite:
         try:
             self.start()
         except BaseException:
@@ -235,7 +282,9 @@ class SimMonitor:
         return self.node.get_clock().now().nanoseconds * 1e-9
 
     def wait_for_sim(self, timeout_s: float = 30.0) -> bool:
-        return self._reset.wait_for_service(timeout_sec=timeout_s) and self._set_parameters.wait_for_service(timeout_sec=timeout_s)
+        return self._reset.wait_for_service(timeout_sec=timeout_s) and self._set_parameters.wait_for_service(
+            timeout_sec=timeout_s
+        )
 
     def set_seed(self, seed: int, timeout_s: float = 10.0) -> None:
         """Set the sim's `seed` parameter (the object pose of the next ~/reset)."""
@@ -319,7 +368,11 @@ def command_message_type(profile: Any) -> type:
     from std_msgs.msg import Float64MultiArray
     from trajectory_msgs.msg import JointTrajectory
 
-    types = {"forward_command": Float64MultiArray, "joint_trajectory": JointTrajectory, "joint_state_per_arm": JointState}
+    types = {
+        "forward_command": Float64MultiArray,
+        "joint_trajectory": JointTrajectory,
+        "joint_state_per_arm": JointState,
+    }
     if profile.command_interface not in types:
         raise ValueError(f"the harness counts commands of {sorted(types)}, not {profile.command_interface!r}")
     return types[profile.command_interface]

@@ -1,4 +1,5 @@
 """motus_model.images: the one image decoder of serving and training, checked per encoding against hand-built bytes."""
+
 import numpy as np
 import pytest
 

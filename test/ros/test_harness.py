@@ -1,5 +1,6 @@
 """motus_ros.harness: child processes (READY line, failure output, SIGINT stop), the suite's parameter file, and the
 import layering (`motus eval-ros` and the demo stand on the harness; evaluation never imports the demo script)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -56,6 +57,8 @@ def test_suite_parameters_give_every_node_the_loop_settings():
 
 
 def test_evaluation_stands_on_the_harness_not_on_the_demo_script():
-    code = "import sys, motus_ros.evaluation; print('motus_ros.demo' in sys.modules, 'motus_ros.harness' in sys.modules)"
+    code = (
+        "import sys, motus_ros.evaluation; print('motus_ros.demo' in sys.modules, 'motus_ros.harness' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50, check=True)
     assert out.stdout.split() == ["False", "True"]
