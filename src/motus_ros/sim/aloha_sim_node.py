@@ -379,7 +379,7 @@ def main(args: list[str] | None = None) -> None:
 
     args: the command-line arguments without the program name (None = sys.argv[1:]).
     """
-    os.environ.setdefault("MUJOCO_GL", "egl")  # headless; osmesa failed on these machines (ENVIRONMENT.md)
+    os.environ.setdefault("MUJOCO_GL", "egl")  # headless; osmesa failed on the project's CPU machines
     logging.basicConfig(level=logging.INFO)
     argv = ["motus_sim", *(sys.argv[1:] if args is None else args)]
     config = default_config_path()
