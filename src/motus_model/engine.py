@@ -12,7 +12,7 @@ The engine owns everything between raw robot inputs and raw robot outputs:
       -> result       actions un-normalised to raw units, frames as uint8 composites
 
 Everything that does not depend on the noise is computed ONCE per request, not per
-denoising step (the reference re-runs the VLM every step, motus_architecture.md §7).
+denoising step (the thu-ml/Motus release re-runs the VLM on every step).
 `naive=True` recomputes it every step; it exists only for the benchmark comparison.
 
 Thread model: `submit` may be called from any thread; the model only ever runs on the

@@ -2,8 +2,8 @@
 
 Three streams run in lock-step for ``config.num_layers`` layers and share ONE attention per
 layer over the concatenated sequence ``[video | action | understanding]`` in the video
-expert's head space (24 x 128 = 3072 in the published shape). See
-``shared/reference/motus_architecture.md`` section 1 for the reference wiring.
+expert's head space (24 x 128 = 3072 in the published shape). The reference
+wiring is ``Motus._process_mot_layer`` of the public thu-ml/Motus release (arXiv 2512.13030).
 
 Module names of the video expert follow the ORIGINAL Wan layout (``WanModel`` of
 Wan-Video/Wan2.2: ``patch_embedding``, ``text_embedding.0/.2``, ``time_embedding.0/.2``,
