@@ -6,9 +6,9 @@ gripper, right 6 joints, right gripper], grippers normalised 1 = open, 0 = close
 (motus_model.data.bag_converter) and the ROS nodes (motus_ros) read the same `RobotProfile`; nothing here
 imports ROS, so profiles load and validate anywhere (training, notebooks, CI without ROS).
 
-Profiles live as YAML files, config/robots/<name>.yaml in the source tree. `load_profile` resolves a name
-in the folders it is given (motus_ros.profiles adds the installed share/motus_ros/config/robots) or reads
-a path to a YAML file directly.
+Profiles live as YAML files, config/robots/<name>.yaml (installed to share/motus_ros/config/robots).
+`load_profile` resolves a name in the folders it is given (default: default_profile_dirs(); motus_ros.profiles
+adds the folder the ament index names) or reads a path to a YAML file directly.
 
 Joint names: `joint_names` are the profile's unique names in model order. Drivers that publish one
 JointState per arm with the same names in both (Interbotix: `waist`..`gripper`; Agilex: `joint0`..`joint6`)
@@ -34,9 +34,12 @@ from motus_model.images import IMAGE_ENCODINGS
 logger = logging.getLogger(__name__)
 
 COMMAND_INTERFACES = ("joint_trajectory", "forward_command", "joint_state_per_arm", "interbotix")
-# config/robots of a source checkout (src/motus_model/embodiment.py -> repository root/config/robots). An installed
-# copy has no such folder; it finds profiles through the folders its caller passes (motus_ros.profiles).
-SOURCE_PROFILE_DIR = Path(__file__).resolve().parents[2] / "config" / "robots"
+# Where profile names resolve without ROS: config/robots of a source checkout (src/motus_model/embodiment.py ->
+# repository root), and the copy setup.py installs beside an installed package
+# (<prefix>/lib/pythonX.Y/site-packages/motus_model -> <prefix>/share/motus_ros/config/robots).
+_HERE = Path(__file__).resolve()
+SOURCE_PROFILE_DIR = _HERE.parents[2] / "config" / "robots"
+INSTALLED_PROFILE_DIR = _HERE.parents[min(4, len(_HERE.parents) - 1)] / "share" / "motus_ros" / "config" / "robots"
 
 
 @dataclass
@@ -242,14 +245,14 @@ class RobotProfile:
             raise ValueError(f"{source}: {error}") from error
 
 
-def source_profile_dirs() -> list[Path]:
-    """The profile folders of a source checkout (config/robots), where it exists; else none."""
-    return [SOURCE_PROFILE_DIR] if SOURCE_PROFILE_DIR.is_dir() else []
+def default_profile_dirs() -> list[Path]:
+    """The profile folders that exist: the source checkout's config/robots, the installed share copy."""
+    return [d for d in (SOURCE_PROFILE_DIR, INSTALLED_PROFILE_DIR) if d.is_dir()]
 
 
 def available_profiles(search_dirs: Sequence[str | os.PathLike] | None = None) -> list[str]:
-    """Profile names (YAML file stems) found in `search_dirs` (default: source_profile_dirs())."""
-    dirs = source_profile_dirs() if search_dirs is None else [Path(d) for d in search_dirs]
+    """Profile names (YAML file stems) found in `search_dirs` (default: default_profile_dirs())."""
+    dirs = default_profile_dirs() if search_dirs is None else [Path(d) for d in search_dirs]
     names: set[str] = set()
     for directory in dirs:
         if directory.is_dir():
@@ -278,7 +281,7 @@ def load_profile(name_or_path: str | os.PathLike | RobotProfile,
                  search_dirs: Sequence[str | os.PathLike] | None = None) -> RobotProfile:
     """A profile by name (<search dir>/<name>.yaml, first match wins) or by a path to a YAML file.
 
-    search_dirs: folders searched for names (default: source_profile_dirs()). An unknown name raises a
+    search_dirs: folders searched for names (default: default_profile_dirs()). An unknown name raises a
     ValueError with the closest known name, every known name, and the folders searched.
     A RobotProfile is returned as is, so callers can take either.
     """
@@ -287,12 +290,12 @@ def load_profile(name_or_path: str | os.PathLike | RobotProfile,
     text = os.fspath(name_or_path)
     if text.endswith((".yaml", ".yml")) or os.sep in text or isinstance(name_or_path, Path):
         return load_profile_file(text)
-    dirs = source_profile_dirs() if search_dirs is None else [Path(d) for d in search_dirs]
+    dirs = default_profile_dirs() if search_dirs is None else [Path(d) for d in search_dirs]
     found = [d / f"{text}.yaml" for d in dirs if (d / f"{text}.yaml").is_file()]
     if found:
         return load_profile_file(found[0])
     known = available_profiles(dirs)
     hint = difflib.get_close_matches(text, known, n=1)
-    searched = [str(d) for d in dirs] if dirs else "no profile folder (this is not a source checkout)"
+    searched = [str(d) for d in dirs] if dirs else "no profile folder found"
     raise ValueError(f"unknown robot profile {text!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
                      + f"; available: {known}; searched: {searched}; or give a path to a profile YAML file")

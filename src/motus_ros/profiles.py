@@ -1,8 +1,8 @@
 """Finding robot profiles in a ROS install: the schema is motus_model.embodiment's, the folders are ours.
 
-`load_profile("aloha_sim")` looks in the source checkout's config/robots, then in the installed
-share/motus_ros/config/robots (found through the ament index), so a name works from a checkout and from
-a colcon install alike. Code that only needs the schema imports `RobotProfile` from motus_model.embodiment.
+`load_profile("aloha_sim")` looks in motus_model.embodiment's default folders (the source checkout's
+config/robots, the installed copy beside the package), then in share/motus_ros/config/robots of the package
+the ament index finds, so a name works from a checkout and from any colcon install alike. Code that only needs the schema imports `RobotProfile` from motus_model.embodiment.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from motus_model.embodiment import RobotProfile, source_profile_dirs
+from motus_model.embodiment import RobotProfile, default_profile_dirs
 from motus_model.embodiment import available_profiles as _available_profiles
 from motus_model.embodiment import load_profile as _load_profile
 
@@ -19,16 +19,16 @@ PACKAGE = "motus_ros"
 
 def profile_search_dirs() -> list[Path]:
     """Where profile names resolve: a source checkout's config/robots, then share/motus_ros/config/robots."""
-    dirs = source_profile_dirs()
+    dirs = default_profile_dirs()
     try:
         from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
     except ImportError:  # no ament index (plain pip install): the source tree only
         return dirs
     try:
-        dirs.append(Path(get_package_share_directory(PACKAGE)) / "config" / "robots")
+        share = Path(get_package_share_directory(PACKAGE)).resolve() / "config" / "robots"
     except PackageNotFoundError:
-        pass
-    return dirs
+        return dirs
+    return dirs if share in dirs else [*dirs, share]
 
 
 def available_profiles() -> list[str]:

@@ -237,3 +237,13 @@ def test_per_arm_joint_state_commands_are_read_by_the_drivers_names(tmp_path):
         t = t0 + i * 20_000_000
         command_time = START_NS + 2_000_000 + ((t - START_NS - 2_000_000 - 1000) // 20_000_000) * 20_000_000
         np.testing.assert_allclose(episode["action"][i], to_model(command_at(command_time)), rtol=1e-6, atol=1e-6)
+
+
+def test_cli_names_a_bad_profile_in_one_line(tmp_path, capsys):
+    from motus_model.cli import main
+
+    code = main(["convert-bag", str(tmp_path / "x.mcap"), "--profile", "no_such_robot",
+                 "--output", str(tmp_path / "dataset"), "--task", "fold"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "Traceback" not in err
+    assert err.startswith("motus convert-bag: error: unknown robot profile 'no_such_robot'") and "searched" in err
