@@ -3,7 +3,7 @@ SHELL := /bin/bash
 SETUP := tools/setup_workspace.sh
 RUN := tools/env.sh
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo lint test bench clean
 
 setup:
 	@$(SETUP)
@@ -11,7 +11,12 @@ setup:
 demo: setup
 	@$(RUN) python -m motus_ros.demo
 
-test: setup
+# ruff (pinned in tools/constraints.txt, settings in ruff.toml): lint + import order, then the formatter's check.
+lint: setup
+	@.venv/bin/ruff check .
+	@.venv/bin/ruff format --check .
+
+test: lint
 	@$(RUN) python -m pytest test
 
 bench: setup

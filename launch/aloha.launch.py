@@ -26,7 +26,6 @@ tested entry points: `motus_server` with config/motus_server.yaml and `motus_sim
 import tempfile
 from pathlib import Path
 
-import yaml
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
@@ -35,23 +34,10 @@ from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from motus_ros.launch_config import ARGUMENTS, make_plan
+from motus_ros.launch_config import ARGUMENTS, make_plan, write_parameter_files
 from motus_ros.profiles import load_profile
 
 PACKAGE = "motus_ros"
-
-
-def _parameter_files(entries):
-    """Paths as they are; {section: {"ros__parameters": ...}} written to a temporary params file."""
-    files = []
-    for entry in entries:
-        if isinstance(entry, dict):
-            handle = tempfile.NamedTemporaryFile("w", prefix="motus_launch_", suffix=".yaml", delete=False)
-            with handle:
-                yaml.safe_dump(entry, handle)
-            entry = handle.name
-        files.append(entry)
-    return files
 
 
 def _rviz_config(share: str, profile_name: str) -> str:
@@ -82,12 +68,12 @@ def _actions(context, *args, **kwargs):
         # No `name`: a node-name remap would rename every node of the process.
         output="screen",
         arguments=plan.server_arguments,
-        parameters=_parameter_files(plan.server_parameters),
+        parameters=write_parameter_files(plan.server_parameters),
     )
     actions = [server, RegisterEventHandler(OnProcessExit(target_action=server, on_exit=_on_server_exit))]
     if plan.sim:
         actions.append(Node(package=PACKAGE, executable="motus_sim", output="screen",
-                            parameters=_parameter_files(plan.sim_parameters)))
+                            parameters=write_parameter_files(plan.sim_parameters)))
     if plan.rviz:
         actions += [
             # rviz needs its fixed frame to exist; the image panes need no other transform.

@@ -36,3 +36,17 @@ def test_install_space_is_importable_after_sourcing_setup():
     for line in out.stdout.split():
         assert line.startswith(str(ROOT / "install" / "motus_ros")), line
     assert (ROOT / "install" / "motus_ros" / "lib" / "motus_ros" / "motus_server").exists()
+
+
+def test_ruff_is_the_pinned_version_and_reads_the_repository_settings():
+    """make lint runs the ruff that tools/constraints.txt pins, with ruff.toml's settings (120 columns)."""
+    import re
+
+    pin = re.search(r"^ruff==(\S+)$", (ROOT / "tools" / "constraints.txt").read_text(), re.M)
+    assert pin, "tools/constraints.txt must pin ruff"
+    out = subprocess.run([sys.executable, "-m", "ruff", "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.split() == ["ruff", pin.group(1)], out.stdout + out.stderr
+    settings = subprocess.run([sys.executable, "-m", "ruff", "check", "--show-settings", str(ROOT / "src")],
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert settings.returncode == 0, settings.stderr[-2000:]
+    assert re.search(r"^linter.line_length = 120$", settings.stdout, re.M), settings.stdout[:2000]

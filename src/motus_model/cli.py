@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
 logger = logging.getLogger(__name__)
 
 
@@ -207,7 +205,8 @@ def _train_latent_vae(args: argparse.Namespace) -> int:
 
 def _convert_bag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bags", nargs="+", help="MCAP files, one episode each")
-    parser.add_argument("--profile", required=True, help="robot profile YAML (config/robots/<name>.yaml) or converter dict YAML")
+    parser.add_argument("--profile", required=True,
+                        help="robot profile: a name (config/robots/<name>.yaml) or a path to a profile YAML")
     parser.add_argument("--output", required=True, help="new LeRobot dataset folder")
     parser.add_argument("--fps", type=float, help="control rate (default: the profile's control_rate_hz)")
     parser.add_argument("--task", required=True, help="instruction for every episode")
@@ -216,12 +215,14 @@ def _convert_bag_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _convert_bag(args: argparse.Namespace) -> int:
-    from motus_model.data.bag_converter import convert_bags
+    from motus_model.data.bag_converter import as_profile, convert_bags
 
-    profile = yaml.safe_load(Path(args.profile).read_text())
-    fps = args.fps or profile.get("control_rate_hz")
-    if not fps:
-        raise ValueError("--fps not given and the profile has no control_rate_hz")
+    try:
+        profile = as_profile(args.profile)  # a profile name (config/robots/<name>.yaml) or a YAML path
+    except ValueError as error:  # bad user input: one line naming the fix, no traceback
+        print(f"motus convert-bag: error: {error}", file=sys.stderr)
+        return 2
+    fps = args.fps or profile.control_rate_hz
     root = convert_bags(args.bags, profile, args.output, float(fps), args.task, args.time_source, args.robot_type)
     print(json.dumps({"dataset": str(root), "episodes": len(args.bags)}))
     return 0

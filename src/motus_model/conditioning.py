@@ -1,6 +1,6 @@
 """Text and VLM features that condition the model, each with a precomputed-features path.
 
-Two feature sources (motus_architecture.md §1-2):
+Two feature sources (as in the thu-ml/Motus release, arXiv 2512.13030):
 - `UMT5TextEncoder`: umT5 encoder (transformers `UMT5EncoderModel`) for the video
   expert's cross-attention; instruction padded/truncated to `text_len` tokens, padded
   positions zeroed as stock Wan does. Features [B, text_len, text_dim], mask [B, text_len].

@@ -1,7 +1,7 @@
 """Motus configuration: one dataclass tree, saved as ``config.json`` beside the weights.
 
-The published shape (``motus-8b``) follows the thu-ml/Motus release as summarised in
-``shared/reference/motus_architecture.md``: a Wan2.2-TI2V-5B video expert (3072 wide,
+The published shape (``motus-8b``) follows the public thu-ml/Motus release (paper arXiv 2512.13030):
+a Wan2.2-TI2V-5B video expert (3072 wide,
 24 heads of 128, 30 layers), a 1024-wide action expert and a 512-wide understanding
 expert fed by Qwen3-VL-2B hidden states, running in lock-step with one joint attention
 per layer in the video expert's head space.

@@ -1,10 +1,10 @@
 """Pre- and post-processing shared by training and serving.
 
 This module owns the two transforms that must be identical on both sides (the
-reference drifted here, see motus_architecture.md §7 item 8):
+reference release drifted here: its offline example resizes without padding, training pads):
 
 1. The **camera composite**: three camera views packed into one image, exactly
-   the reference layout (motus_architecture.md §2): the head camera ("high") on
+   the thu-ml/Motus layout (its LeRobot loader builds the same): the head camera ("high") on
    the top two thirds, the left and right wrist cameras side by side below, then
    `resize_with_padding` to the model's composite size. For the published
    384x320 composite this is: head 240x320 on top, wrists 120x160 each below,

@@ -4,7 +4,7 @@ Two implementations:
 - `WanVAECodec`: the Wan 2.2 VAE through diffusers (`AutoencoderKLWan`: 48 latent
   channels, internal patchify 2 + 8x downsampling = 16x spatial, 4x temporal with a
   causal first frame), with the per-channel latent mean/std normalisation the
-  reference applies (motus_architecture.md §2).
+  reference applies (Wan2.2's 48 published per-channel values).
 - `PixelPatchCodec`: for small CPU models with no pretrained VAE: space-to-depth
   (and optional temporal grouping with a causal first frame) times a fixed scale.
   It has no weights and is exactly invertible.

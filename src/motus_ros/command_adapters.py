@@ -28,12 +28,12 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from motus_model.embodiment import RobotProfile
 from motus_ros.conversions import seconds_to_duration, to_stamp
-from motus_ros.profiles import RobotProfile
 
 logger = logging.getLogger(__name__)
 
-# Commands: reliable, a short queue (ros_conventions.md §3: commands reliable, depth 1-10).
+# Commands: reliable, a short queue (depth 1-10, the usual ROS 2 choice for command topics; sensors are best effort).
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 

@@ -2,9 +2,9 @@
 
 Every function checks its input and raises ValueError saying what was expected and what came; none
 of them guesses (an unknown encoding, a missing joint or a NaN is an error, never a silent default).
-Images are returned as uint8 RGB arrays of shape [H, W, 3], whatever the wire encoding.
-cv_bridge is used where it imports (a full ROS 2 install); the numpy path does the same conversion
-everywhere else and is what the tests pin.
+Images are returned as uint8 RGB arrays of shape [H, W, 3], whatever the wire encoding; the pixels are
+decoded by motus_model.images, the decoder the bag converter uses too (one encoding set for serving and
+training). cv_bridge is used where it imports and the caller asks for it; the numpy path is the default.
 """
 from __future__ import annotations
 
@@ -16,11 +16,10 @@ from builtin_interfaces.msg import Duration, Time
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from motus_ros.profiles import IMAGE_ENCODINGS, RobotProfile
+from motus_model.embodiment import RobotProfile
+from motus_model.images import check_encoding, check_image_layout, decode_image, encode_image
 
 logger = logging.getLogger(__name__)
-
-CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -61,48 +60,31 @@ def _cv_bridge():
 
 
 def _check_image(msg: Image, expected_encoding: str | None, expected_shape: tuple[int, int] | None) -> int:
-    """Validate an Image message; returns its channel count."""
-    if msg.encoding not in CHANNELS:
-        raise ValueError(f"image encoding must be one of {IMAGE_ENCODINGS}, got {msg.encoding!r}")
+    """Validate an Image message against the caller's expectations and its own layout; returns its channels."""
+    check_encoding(msg.encoding)
     if expected_encoding is not None and msg.encoding != expected_encoding:
         raise ValueError(f"image encoding: expected {expected_encoding!r}, got {msg.encoding!r}")
-    if msg.height <= 0 or msg.width <= 0:
-        raise ValueError(f"image size must be positive, got {msg.height}x{msg.width}")
     if expected_shape is not None and (msg.height, msg.width) != tuple(expected_shape):
         raise ValueError(f"image size: expected {expected_shape[0]}x{expected_shape[1]}, got {msg.height}x{msg.width}")
-    channels = CHANNELS[msg.encoding]
-    if msg.step < msg.width * channels:
-        raise ValueError(f"image step must be >= width * channels = {msg.width * channels} for "
-                         f"{msg.width} px of {msg.encoding}, got {msg.step}")
-    if len(msg.data) != msg.step * msg.height:
-        raise ValueError(f"image data must hold step * height = {msg.step} * {msg.height} = "
-                         f"{msg.step * msg.height} bytes for a {msg.height}x{msg.width} {msg.encoding} image, "
-                         f"got {len(msg.data)}")
-    return channels
+    return check_image_layout(msg.encoding, msg.height, msg.width, msg.step, len(msg.data))
 
 
 def image_to_numpy_fallback(msg: Image) -> np.ndarray:
-    """The numpy conversion (no cv_bridge): an already-validated Image -> uint8 RGB [H, W, 3]."""
-    channels = CHANNELS[msg.encoding]
-    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
-    pixels = rows[:, : msg.width * channels].reshape(msg.height, msg.width, channels)  # drop row padding
-    if msg.encoding == "bgr8":
-        pixels = pixels[..., ::-1]
-    elif msg.encoding == "mono8":
-        pixels = np.repeat(pixels, 3, axis=2)
-    return np.ascontiguousarray(pixels)  # a copy: never aliases the message's buffer
+    """The numpy conversion (no cv_bridge): an Image -> uint8 RGB [H, W, 3] (a copy, never the message's buffer)."""
+    return decode_image(msg.data, msg.encoding, msg.height, msg.width, msg.step)
 
 
 def image_to_numpy(
     msg: Image,
     expected_encoding: str | None = None,
     expected_shape: tuple[int, int] | None = None,
-    use_cv_bridge: bool | None = None,
+    use_cv_bridge: bool | None = False,
 ) -> np.ndarray:
-    """sensor_msgs/Image (rgb8, bgr8 or mono8) -> uint8 RGB array [H, W, 3].
+    """sensor_msgs/Image (any of motus_model.images.IMAGE_ENCODINGS) -> uint8 RGB array [H, W, 3].
 
     expected_encoding / expected_shape (height, width): reject anything else with a ValueError.
-    use_cv_bridge: None = use cv_bridge where it imports; False = the numpy path; True = require it.
+    use_cv_bridge: False (default) = the numpy path, the decoder training uses; None = cv_bridge where it
+    imports; True = require it.
     """
     _check_image(msg, expected_encoding, expected_shape)
     bridge = None
@@ -120,31 +102,18 @@ def numpy_to_image(
 ) -> Image:
     """uint8 RGB [H, W, 3] (or [H, W] / [H, W, 1] for mono8) -> sensor_msgs/Image in `encoding`.
 
-    For bgr8 the RGB array is reordered to BGR on the wire, so image_to_numpy gives the array back.
+    For bgr8/bgra8 the RGB array is reordered on the wire (alpha opaque), so image_to_numpy gives it back.
     """
     array = np.asarray(array)
-    if encoding not in CHANNELS:
-        raise ValueError(f"encoding must be one of {IMAGE_ENCODINGS}, got {encoding!r}")
-    if array.dtype != np.uint8:
-        raise ValueError(f"image array must be uint8, got {array.dtype}")
-    if encoding == "mono8":
-        if array.ndim == 3 and array.shape[2] == 1:
-            array = array[..., 0]
-        if array.ndim != 2:
-            raise ValueError(f"a mono8 image must be [H, W] or [H, W, 1], got {array.shape}")
-    elif array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"an {encoding} image must be an RGB array [H, W, 3], got {array.shape}")
-    if encoding == "bgr8":
-        array = array[..., ::-1]
-    array = np.ascontiguousarray(array)
+    data, step = encode_image(array, encoding)
     msg = Image()
     msg.header.stamp = to_stamp(stamp)
     msg.header.frame_id = frame_id
     msg.height, msg.width = int(array.shape[0]), int(array.shape[1])
     msg.encoding = encoding
     msg.is_bigendian = 0
-    msg.step = msg.width * CHANNELS[encoding]
-    msg.data = array.tobytes()
+    msg.step = step
+    msg.data = data
     return msg
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from motus_ros.checkpoints import DEFAULT_SIM_CHECKPOINT
-from motus_ros.demo import CHUNK_REQUEST_THRESHOLD, DEFAULT_CAMERA_RATE_HZ, SimMonitor, Suite, policy_timing, use_private_domain
+from motus_ros.harness import CHUNK_REQUEST_THRESHOLD, DEFAULT_CAMERA_RATE_HZ, SimMonitor, Suite, policy_timing, use_private_domain
 
 PROFILE = "aloha_sim"
 # gym-aloha's top reward per task (TransferCubeTask / InsertionTask max_reward): the success threshold.

@@ -51,6 +51,55 @@ ARGUMENTS: dict[str, tuple[str, str]] = {
 }
 
 
+def config_dir() -> Path:
+    """The package's config/ folder: the source tree's, else the installed share/motus_ros/config."""
+    source = Path(__file__).resolve().parents[2] / "config"
+    if (source / "motus_server.yaml").is_file():
+        return source
+    from ament_index_python.packages import get_package_share_directory
+
+    return Path(get_package_share_directory("motus_ros")) / "config"
+
+
+@dataclass(frozen=True)
+class RealtimeSettings:
+    """The simulated robot's real-time settings, as config/sim_realtime.yaml states them (the one source)."""
+
+    steps: int
+    chunk_request_threshold: int
+    camera_rate_hz: float
+    torch_threads: int = 1  # the simulator's rendering shares the CPU: a second thread only waits
+
+
+def realtime_settings(directory: Path | None = None) -> RealtimeSettings:
+    import yaml
+
+    data = yaml.safe_load(((directory or config_dir()) / "sim_realtime.yaml").read_text())
+    return RealtimeSettings(
+        steps=int(data["/**"]["ros__parameters"]["default_steps"]),
+        chunk_request_threshold=int(data["/**/policy"]["ros__parameters"]["chunk_request_threshold"]),
+        camera_rate_hz=float(data[SIM_NODE]["ros__parameters"]["camera_rate_hz"]),
+    )
+
+
+def write_parameter_files(entries: list[Any], prefix: str = "motus_") -> list[str]:
+    """A plan's params entries as files: paths as they are, {section: {"ros__parameters": ...}} written to a
+    temporary params file (the caller may delete those: they are the ones not under config/)."""
+    import tempfile
+
+    import yaml
+
+    files = []
+    for entry in entries:
+        if isinstance(entry, dict):
+            handle = tempfile.NamedTemporaryFile("w", prefix=prefix, suffix=".yaml", delete=False)
+            with handle:
+                yaml.safe_dump(entry, handle)
+            entry = handle.name
+        files.append(str(entry))
+    return files
+
+
 class LaunchArgumentError(ValueError):
     """A launch argument with a value it does not accept."""
 
@@ -148,7 +197,7 @@ def make_plan(arguments: Mapping[str, str], config_dir: Path) -> LaunchPlan:
     if dry_run is not None:
         server_overrides["/**/policy"] = {"ros__parameters": {"dry_run": dry_run}}
     if threads is None and sim:
-        threads = 1
+        threads = RealtimeSettings.torch_threads
     server_arguments = ["--torch-threads", str(threads)] if threads is not None else []
     sim_parameters: list[Any] = []
     if sim:

@@ -33,11 +33,11 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 
+from motus_model.embodiment import RobotProfile
 from motus_msgs.msg import ErrorCode, Observation, Timing
 
 from motus_ros import conversions
 from motus_ros.observation_buffer import ObservationBuffer
-from motus_ros.profiles import RobotProfile
 
 logger = logging.getLogger(__name__)
 

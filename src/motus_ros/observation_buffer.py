@@ -1,7 +1,7 @@
 """The latest synchronised observation of the robot: one image per camera and the joint state.
 
 Keep-latest, never a backlog: each source holds only its newest sample, so a slow consumer always
-sees the present (ros_conventions.md §2: a depth-10 queue behind a slow callback serves old frames).
+sees the present (a depth-10 queue behind a slow callback serves old frames: opendr-eu/opendr issue 275).
 An observation is usable only when every camera and the joint state have arrived, the oldest of them
 is at most `max_age_s` old, and the newest and oldest are at most `max_skew_s` apart; otherwise
 `status()` says which source is missing, stale or out of sync.

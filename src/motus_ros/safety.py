@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from motus_ros.profiles import RobotProfile
+from motus_model.embodiment import RobotProfile
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mcap_ros2.writer import Writer
 
-from motus_model.data.bag_converter import BagProfile, convert_bags
+from motus_model.data.bag_converter import as_profile, convert_bags
 from motus_model.data.lerobot import LeRobotDataset
 from motus_model.data.ros_msgdefs import MESSAGE_DEFINITIONS
 
@@ -27,11 +27,19 @@ PROFILE = {
     "joint_state_topics": ["/follower_left/joint_states", "/follower_right/joint_states"],
     "joint_names": JOINT_NAMES,
     "joint_name_prefixes": ["follower_left/", "follower_right/"],  # the drivers publish unprefixed names
-    "command_topic": "/commands",
     "grippers": [
         {"index": 6, "robot_open": GRIPPER_OPEN, "robot_closed": GRIPPER_CLOSED},
         {"index": 13, "robot_open": GRIPPER_OPEN, "robot_closed": GRIPPER_CLOSED},
     ],
+    # the rest of the shared RobotProfile schema (motus_model.embodiment): one forward-command topic
+    "name": "test_aloha",
+    "control_rate_hz": 50.0,
+    "command_interface": "forward_command",
+    "command_topics": ["/commands"],
+    "command_joint_groups": [list(range(14))],
+    "lower_limits": [-3.0] * 14,
+    "upper_limits": [3.0] * 14,
+    "max_delta_per_step": [0.1] * 14,
 }
 START_NS = 1_700_000_000_000_000_000
 HEIGHT, WIDTH = 16, 20
@@ -42,6 +50,13 @@ def joints_at(t_ns: int) -> np.ndarray:
     seconds = (t_ns - START_NS) / 1e9
     q = np.sin(seconds * np.arange(1, 15))
     q[[6, 13]] = GRIPPER_CLOSED + (GRIPPER_OPEN - GRIPPER_CLOSED) * (0.5 + 0.5 * q[[6, 13]])
+    return q
+
+
+def to_model(q: np.ndarray) -> np.ndarray:
+    """The expected model-space vector, by hand: grippers (6, 13) mapped to 0 closed .. 1 open."""
+    q = np.array(q, dtype=np.float64)
+    q[[6, 13]] = (q[[6, 13]] - GRIPPER_CLOSED) / (GRIPPER_OPEN - GRIPPER_CLOSED)
     return q
 
 
@@ -108,12 +123,11 @@ def test_bag_round_trip(tmp_path):
     last_camera = START_NS + 15 * 40_000_000
     assert ticks[-1] <= last_camera and ticks[-1] + 20_000_000 > min(last_camera, START_NS + 600_000_000 + 1_000_000)
 
-    profile = BagProfile.from_dict(PROFILE)
     for i, t in enumerate(ticks):
         joint_time = START_NS + 1_000_000 + ((t - START_NS - 1_000_000) // 10_000_000) * 10_000_000
         command_time = START_NS + 2_000_000 + ((t - START_NS - 2_000_000) // 20_000_000) * 20_000_000
-        expected_state = profile.to_model_space(joints_at(joint_time)[None])[0]
-        expected_action = profile.to_model_space(command_at(command_time)[None])[0]
+        expected_state = to_model(joints_at(joint_time))
+        expected_action = to_model(command_at(command_time))
         np.testing.assert_allclose(episode["observation.state"][i], expected_state, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(episode["action"][i], expected_action, rtol=1e-6, atol=1e-6)
         frame = (t - START_NS) // 40_000_000  # nearest-before camera frame
@@ -127,15 +141,20 @@ def test_bag_round_trip(tmp_path):
 
 
 def test_profile_validation():
-    with pytest.raises(ValueError, match="lacks keys"):
-        BagProfile.from_dict({"cameras": []})
+    with pytest.raises(ValueError, match="missing required keys"):
+        as_profile({"name": "x", "cameras": []})
     bad = dict(PROFILE, grippers=[{"index": 20, "robot_open": 1, "robot_closed": 0}])
     with pytest.raises(ValueError, match="gripper index"):
-        BagProfile.from_dict(bad)
+        as_profile(bad)
+    with pytest.raises(ValueError, match="unknown robot profile 'no_such_robot'.*searched"):
+        as_profile("no_such_robot")
+    with pytest.raises(ValueError, match="does not exist"):
+        as_profile("/no/such/profile.yaml")
 
 
-def write_per_arm_command_bag(path, duration_s: float = 0.3) -> None:
-    """Joint states as above; commands as two per-arm Float64MultiArray topics of 7 values each."""
+def write_per_arm_command_bag(path, duration_s: float = 0.3, by_name: bool = False) -> None:
+    """Joint states as above; commands on two per-arm topics of 7 values each: Float64MultiArray, or with
+    by_name JointState messages carrying the driver's unprefixed names (as the Agilex arms take them)."""
     with open(path, "wb") as stream:
         writer = Writer(stream)
         schemas = {name: writer.register_msgdef(name, text) for name, text in MESSAGE_DEFINITIONS.items()}
@@ -159,8 +178,14 @@ def write_per_arm_command_bag(path, duration_s: float = 0.3) -> None:
             t = START_NS + tick * 20_000_000 + 2_000_000
             command = command_at(t)
             for arm, topic in enumerate(["/follower_left/commands", "/follower_right/commands"]):
-                events.append((t + arm * 1000, topic, "std_msgs/msg/Float64MultiArray",
-                               {"layout": {"dim": [], "data_offset": 0}, "data": command[7 * arm : 7 * arm + 7].tolist()}))
+                values = command[7 * arm : 7 * arm + 7].tolist()
+                if by_name:  # reversed order: the converter must place each value by its name
+                    events.append((t + arm * 1000, topic, "sensor_msgs/msg/JointState", {
+                        "header": header(t + arm * 1000), "name": ARM_JOINTS[::-1], "position": values[::-1],
+                        "velocity": [], "effort": []}))
+                else:
+                    events.append((t + arm * 1000, topic, "std_msgs/msg/Float64MultiArray",
+                                   {"layout": {"dim": [], "data_offset": 0}, "data": values}))
         for t, topic, schema, message in sorted(events, key=lambda e: e[0]):
             writer.write_message(topic, schemas[schema], message, log_time=t)
         writer.finish()
@@ -172,15 +197,14 @@ def test_cli_converts_with_a_robot_profile_yaml(tmp_path, capsys):
 
     from motus_model.cli import main
 
-    # the shape of motus_ros.profiles.RobotProfile.to_dict(): extra keys, per-arm command topics
+    # a profile YAML as config/robots holds them: per-arm command topics, camera sizes (the converter reads
+    # commands by message type, whatever the command_interface)
     profile = dict(PROFILE)
-    del profile["command_topic"]
     profile.update({
-        "name": "test_aloha", "control_rate_hz": 50.0,
         "cameras": [dict(c, height=HEIGHT, width=WIDTH) for c in PROFILE["cameras"]],
+        "command_interface": "joint_trajectory",
         "command_topics": ["/follower_left/commands", "/follower_right/commands"],
         "command_joint_groups": [list(range(7)), list(range(7, 14))],
-        "lower_limits": [-3.0] * 14, "upper_limits": [3.0] * 14,
     })
     (tmp_path / "profile.yaml").write_text(yaml.safe_dump(profile))
     bag = tmp_path / "episode.mcap"
@@ -192,9 +216,34 @@ def test_cli_converts_with_a_robot_profile_yaml(tmp_path, capsys):
     episode = dataset.load_episode(0)
     # first tick: every stream present = the right arm's first command (2 ms + 1 us)
     t0 = START_NS + 2_000_000 + 1000
-    bag_profile = BagProfile.from_dict(profile)
     for i in range(dataset.episode_length(0)):
         t = t0 + i * 20_000_000
         command_time = START_NS + 2_000_000 + ((t - START_NS - 2_000_000 - 1000) // 20_000_000) * 20_000_000
-        expected = bag_profile.to_model_space(command_at(command_time)[None])[0]
+        expected = to_model(command_at(command_time))
         np.testing.assert_allclose(episode["action"][i], expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.timeout(60)
+def test_per_arm_joint_state_commands_are_read_by_the_drivers_names(tmp_path):
+    profile = dict(PROFILE, command_interface="joint_state_per_arm",
+                   command_topics=["/follower_left/commands", "/follower_right/commands"],
+                   command_joint_groups=[list(range(7)), list(range(7, 14))])
+    bag = tmp_path / "episode.mcap"
+    write_per_arm_command_bag(bag, by_name=True)
+    dataset = LeRobotDataset(convert_bags([bag], profile, tmp_path / "dataset", fps=50, task="fold"))
+    episode = dataset.load_episode(0)
+    t0 = START_NS + 2_000_000 + 1000  # the right arm's first command completes the first full command
+    for i in range(dataset.episode_length(0)):
+        t = t0 + i * 20_000_000
+        command_time = START_NS + 2_000_000 + ((t - START_NS - 2_000_000 - 1000) // 20_000_000) * 20_000_000
+        np.testing.assert_allclose(episode["action"][i], to_model(command_at(command_time)), rtol=1e-6, atol=1e-6)
+
+
+def test_cli_names_a_bad_profile_in_one_line(tmp_path, capsys):
+    from motus_model.cli import main
+
+    code = main(["convert-bag", str(tmp_path / "x.mcap"), "--profile", "no_such_robot",
+                 "--output", str(tmp_path / "dataset"), "--task", "fold"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "Traceback" not in err
+    assert err.startswith("motus convert-bag: error: unknown robot profile 'no_such_robot'") and "searched" in err

@@ -22,7 +22,7 @@ from motus_model.preprocessing import CompositeLayout, Normalizer
 
 
 def test_robotwin_layout_rows():
-    # RoboTwin: chunk 16, rate 3, ratio 2 (motus_architecture.md §2)
+    # RoboTwin: chunk 16, rate 3, ratio 2 (thu-ml/Motus robotwin.yml)
     rows = sample_indices(condition=5, episode_length=100, action_chunk=16, downsample_rate=3, video_action_ratio=2)
     assert rows.condition == 5
     assert rows.action_rows.tolist() == [5 + 3 * (i + 1) for i in range(16)]

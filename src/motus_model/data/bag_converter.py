@@ -2,28 +2,20 @@
 
 Pure Python (``mcap`` + ``mcap-ros2-support``): no rosbag2 or rclpy needed. One bag is one episode.
 
-The robot profile is a plain dict (what ``motus_ros.profiles.RobotProfile.to_dict()`` gives, or a YAML file)::
-
-    cameras:            [{role: high, topic: /cam_high/image_raw, encoding: rgb8}, ...]
-    joint_state_topics: [/follower_left/joint_states, /follower_right/joint_states]   # sensor_msgs/JointState
-    joint_names:        [14 names in the model's action order]
-    command_topic:      /commands        # or a list (``command_topics`` is read too); see below
-    # optional:
-    joint_name_prefixes: [follower_left/, follower_right/]   # names on joint_state_topics[k] are read as
-                                         # prefix[k] + name (per-arm drivers publishing the same names)
-    command_joint_groups: [[0..6], [7..13]]   # action indices carried by each command topic
-    grippers:           [{index: 6, robot_open: 1.6214, robot_closed: 0.6197}, ...]   # maps the gripper
-                                         # entries of state and command to model space (1 open, 0 closed)
-
-This is what ``motus_ros.profiles.RobotProfile.to_dict()`` writes (extra keys are ignored).
+The robot profile is the shared schema, motus_model.embodiment.RobotProfile (config/robots/<name>.yaml):
+its cameras (role, topic, encoding), joint_state_topics with joint_name_prefixes (names on
+joint_state_topics[k] are read as prefix[k] + name, for per-arm drivers publishing the same names),
+joint_names in the model's action order, command_topics with command_joint_groups (action indices carried
+by each command topic) and command_joint_names, and grippers (mapped to model space, 1 open, 0 closed).
 
 Camera roles become LeRobot keys ``observation.images.cam_<role>`` for the composite's three roles
 (high, left_wrist, right_wrist: LeRobot's ALOHA names) and ``observation.images.<role>`` otherwise.
 
 Command messages: std_msgs/Float64MultiArray or interbotix_xs_msgs/JointGroupCommand (values of
-topic k fill ``command_joint_groups[k]``; default: concatenated in topic order), or
-sensor_msgs/JointState / trajectory_msgs/JointTrajectory (by name; with one prefix per command topic
-when ``joint_name_prefixes`` has one per command topic). Interbotix JointSingleCommand is not read.
+topic k fill ``command_joint_groups[k]``), or
+sensor_msgs/JointState / trajectory_msgs/JointTrajectory (by name: the profile's joint_names, or topic k's
+``command_joint_names[k]``). Interbotix JointSingleCommand is not read. Images are decoded by
+motus_model.images, the decoder serving uses (rgb8, bgr8, rgba8, bgra8, mono8).
 
 Streams are resampled to the control rate: for each tick t (from the moment every stream has a sample
 to the end of the shortest stream), each stream contributes its latest sample at or before t
@@ -33,124 +25,54 @@ to the end of the shortest stream), each stream contributes its latest sample at
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 
 from motus_model.data.lerobot import LeRobotDatasetWriter
+from motus_model.embodiment import RobotProfile, load_profile
+from motus_model.images import decode_image
 
 logger = logging.getLogger(__name__)
 
 CAMERA_KEY_PREFIX = "observation.images."
-_SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "mono8", "rgba8", "bgra8")
-
-
-@dataclass(frozen=True)
-class GripperMapping:
-    """Linear map of one gripper entry from robot units to model space (1 = open, 0 = closed)."""
-
-    index: int
-    robot_open: float
-    robot_closed: float
-
-    def to_model(self, value: np.ndarray) -> np.ndarray:
-        return (value - self.robot_closed) / (self.robot_open - self.robot_closed)
-
-
 COMPOSITE_CAMERA_ROLES = ("high", "left_wrist", "right_wrist")
 
 
-@dataclass
-class BagProfile:
-    """The part of a robot profile the converter needs (see the module docstring for the dict layout)."""
+def as_profile(profile: RobotProfile | dict[str, Any] | str | os.PathLike) -> RobotProfile:
+    """A RobotProfile from itself, its dict form (RobotProfile.to_dict()), a YAML path or a profile name."""
+    if isinstance(profile, RobotProfile):
+        return profile
+    if isinstance(profile, dict):
+        return RobotProfile.from_dict(profile)
+    return load_profile(profile)
 
-    cameras: list[dict[str, str]]
-    joint_state_topics: list[str]
-    joint_names: list[str]
-    command_topics: list[str]
-    grippers: list[GripperMapping] = field(default_factory=list)
-    joint_name_prefixes: list[str] = field(default_factory=list)
-    command_joint_groups: list[list[int]] = field(default_factory=list)
 
-    @classmethod
-    def from_dict(cls, profile: dict[str, Any]) -> "BagProfile":
-        required = ("cameras", "joint_state_topics", "joint_names")
-        missing = [key for key in required if key not in profile]
-        if "command_topic" not in profile and "command_topics" not in profile:
-            missing.append("command_topic")
-        if missing:
-            raise ValueError(
-                f"robot profile lacks keys {missing}; expected cameras, joint_state_topics, joint_names, "
-                "command_topic (+ optional grippers, joint_name_prefixes, command_joint_groups)"
-            )
-        cameras = [dict(camera) for camera in profile["cameras"]]
-        for camera in cameras:
-            if not {"role", "topic"} <= set(camera):
-                raise ValueError(f"each camera needs 'role' and 'topic', got {camera}")
-        command = profile.get("command_topics") or profile["command_topic"]
-        command_topics = [command] if isinstance(command, str) else list(command)
-        joint_state_topics = profile["joint_state_topics"]
-        if isinstance(joint_state_topics, str):
-            joint_state_topics = [joint_state_topics]
-        joint_names = list(profile["joint_names"])
-        if len(set(joint_names)) != len(joint_names):
-            raise ValueError(f"joint_names must be unique, got {joint_names}")
-        prefixes = list(profile.get("joint_name_prefixes") or [""] * len(joint_state_topics))
-        if len(prefixes) != len(joint_state_topics):
-            raise ValueError(f"need one joint_name_prefix per joint state topic ({len(joint_state_topics)}), got {prefixes}")
-        groups = [list(map(int, group)) for group in profile.get("command_joint_groups") or []]
-        if groups and len(groups) != len(command_topics):
-            raise ValueError(f"need one command_joint_group per command topic ({len(command_topics)}), got {len(groups)}")
-        grippers = []
-        for gripper in profile.get("grippers", []) or []:
-            mapping = GripperMapping(int(gripper["index"]), float(gripper["robot_open"]), float(gripper["robot_closed"]))
-            if not 0 <= mapping.index < len(joint_names):
-                raise ValueError(f"gripper index {mapping.index} outside the {len(joint_names)} joints")
-            if mapping.robot_open == mapping.robot_closed:
-                raise ValueError(f"gripper {mapping.index}: robot_open equals robot_closed ({mapping.robot_open})")
-            grippers.append(mapping)
-        return cls(cameras, list(joint_state_topics), joint_names, command_topics, grippers, prefixes, groups)
-
-    def camera_key(self, role: str) -> str:
-        """LeRobot key of a camera role (ALOHA's cam_* names for the composite roles)."""
-        return f"{CAMERA_KEY_PREFIX}cam_{role}" if role in COMPOSITE_CAMERA_ROLES else f"{CAMERA_KEY_PREFIX}{role}"
-
-    def command_prefix(self, topic: str) -> str:
-        """Name prefix for per-arm command topics (one joint_name_prefix per command topic), else ""."""
-        if len(self.joint_name_prefixes) == len(self.command_topics):
-            return self.joint_name_prefixes[self.command_topics.index(topic)]
-        return ""
-
-    def to_model_space(self, joints: np.ndarray) -> np.ndarray:
-        """Apply the gripper mappings to [T, J] joint values."""
-        joints = joints.copy()
-        for gripper in self.grippers:
-            joints[:, gripper.index] = gripper.to_model(joints[:, gripper.index])
-        return joints
+def camera_key(role: str) -> str:
+    """LeRobot key of a camera role (ALOHA's cam_* names for the composite roles)."""
+    return f"{CAMERA_KEY_PREFIX}cam_{role}" if role in COMPOSITE_CAMERA_ROLES else f"{CAMERA_KEY_PREFIX}{role}"
 
 
 def image_message_to_rgb(message: Any, expected_encoding: str | None = None) -> np.ndarray:
-    """sensor_msgs/Image -> uint8 [H, W, 3] RGB."""
-    encoding = message.encoding
-    if expected_encoding is not None and encoding != expected_encoding:
-        raise ValueError(f"image encoding {encoding!r} differs from the profile's {expected_encoding!r}")
-    if encoding not in _SUPPORTED_ENCODINGS:
-        raise ValueError(f"unsupported image encoding {encoding!r}; supported: {_SUPPORTED_ENCODINGS}")
-    channels = {"mono8": 1, "rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4}[encoding]
-    height, width, step = int(message.height), int(message.width), int(message.step)
-    buffer = np.frombuffer(bytes(message.data), dtype=np.uint8)
-    if step < width * channels or buffer.size < height * step:
-        raise ValueError(f"image data too short: {buffer.size} bytes for {height}x{width}x{channels} with step {step}")
-    image = buffer[: height * step].reshape(height, step)[:, : width * channels].reshape(height, width, channels)
-    if encoding == "mono8":
-        return np.repeat(image, 3, axis=2)
-    if encoding in ("bgr8", "bgra8"):
-        image = image[:, :, 2::-1]
-    return np.ascontiguousarray(image[:, :, :3])
+    """A decoded sensor_msgs/Image -> uint8 [H, W, 3] RGB (motus_model.images.decode_image)."""
+    if expected_encoding is not None and message.encoding != expected_encoding:
+        raise ValueError(f"image encoding {message.encoding!r} differs from the profile's {expected_encoding!r}")
+    return decode_image(bytes(message.data), message.encoding, message.height, message.width, message.step)
+
+
+def _command_name_indices(profile: RobotProfile) -> list[dict[str, int]]:
+    """Per command topic: joint name -> action index, for commands sent by name (JointState, JointTrajectory).
+
+    A topic's messages may carry the profile's joint_names or that topic's command_joint_names (the names the
+    robot's driver uses, e.g. unprefixed per-arm names)."""
+    full = {name: index for index, name in enumerate(profile.joint_names)}
+    return [{**full, **dict(zip(names, group))}
+            for names, group in zip(profile.command_joint_names, profile.command_joint_groups)]
 
 
 def _stamp_ns(message: Any, log_time_ns: int, time_source: str) -> int:
@@ -164,6 +86,17 @@ def _by_name(names: Iterable[str], values: Iterable[float]) -> dict[str, float]:
     return dict(zip(list(names), [float(v) for v in values]))
 
 
+def _update_by_name(values: dict[int, float], indices: dict[str, int], names: Iterable[str],
+                    positions: Iterable[float], topic: str) -> None:
+    """Store a by-name command's positions at their action indices; unknown names are an error."""
+    names, positions = list(names), [float(p) for p in positions]
+    unknown = sorted(set(names) - set(indices))
+    if unknown:
+        raise ValueError(f"command on {topic} names joints {unknown} the profile does not know; "
+                         f"expected names from {sorted(indices)}")
+    values.update({indices[name]: position for name, position in zip(names, positions)})
+
+
 def _prefixed(name: str, prefix: str, joint_index: dict[str, int]) -> str:
     """A published joint name as the profile names it (per-arm prefix unless already a profile name)."""
     return name if name in joint_index else prefix + name
@@ -173,11 +106,6 @@ def _assemble_groups(
     parts: dict[str, np.ndarray], topics: list[str], groups: list[list[int]], num_joints: int
 ) -> np.ndarray:
     """Per-topic command arrays -> one [num_joints] vector (groups[k] = indices of topic k's values)."""
-    if not groups:
-        command = np.concatenate([parts[t] for t in topics])
-        if command.size != num_joints:
-            raise ValueError(f"commands on {topics} hold {command.size} values, profile has {num_joints} joints")
-        return command
     command = np.full(num_joints, np.nan)
     for topic, group in zip(topics, groups):
         if parts[topic].size != len(group):
@@ -200,7 +128,7 @@ def _decoded_messages(bag_path: str | Path, topics: list[str]) -> Iterable[tuple
         yield from reader.iter_decoded_messages(topics=topics, log_time_order=True)
 
 
-def read_bag_streams(bag_path: str | Path, profile: BagProfile, time_source: str = "log") -> dict[str, Any]:
+def read_bag_streams(bag_path: str | Path, profile: RobotProfile, time_source: str = "log") -> dict[str, Any]:
     """Read every profile stream of a bag: {"cameras": {role: (times, images)}, "joints": (times, [N,J]),
     "commands": (times, [N,J])}, times in ns, sorted.
 
@@ -209,25 +137,26 @@ def read_bag_streams(bag_path: str | Path, profile: BagProfile, time_source: str
     """
     if time_source not in ("log", "header"):
         raise ValueError(f"time_source must be 'log' or 'header', got {time_source!r}")
-    camera_roles = {camera["topic"]: camera for camera in profile.cameras}
+    camera_roles = {camera.topic: camera for camera in profile.cameras}
     joint_topics = set(profile.joint_state_topics)
     command_topics = list(profile.command_topics)
     topics = set(camera_roles) | joint_topics | set(command_topics)
     joint_index = {name: i for i, name in enumerate(profile.joint_names)}
 
-    camera_samples: dict[str, list[tuple[int, np.ndarray]]] = {camera["role"]: [] for camera in profile.cameras}
+    camera_samples: dict[str, list[tuple[int, np.ndarray]]] = {camera.role: [] for camera in profile.cameras}
     joint_samples: list[tuple[int, np.ndarray]] = []
     command_samples: list[tuple[int, np.ndarray]] = []
     latest_joints: dict[str, float] = {}
     latest_command_parts: dict[str, np.ndarray] = {}
-    latest_command_names: dict[str, float] = {}
+    latest_command_values: dict[int, float] = {}  # commands sent by name, by action index
+    command_names = _command_name_indices(profile)
 
     for schema_record, channel, raw, message in _decoded_messages(bag_path, sorted(topics)):
         topic, log_time_ns = channel.topic, raw.log_time
         if topic in camera_roles:
             camera = camera_roles[topic]
             stamp = _stamp_ns(message, log_time_ns, time_source)
-            camera_samples[camera["role"]].append((stamp, image_message_to_rgb(message, camera.get("encoding"))))
+            camera_samples[camera.role].append((stamp, image_message_to_rgb(message, camera.encoding)))
         elif topic in joint_topics:
             stamp = _stamp_ns(message, log_time_ns, time_source)
             prefix = profile.joint_name_prefixes[profile.joint_state_topics.index(topic)]
@@ -246,21 +175,20 @@ def read_bag_streams(bag_path: str | Path, profile: BagProfile, time_source: str
                 if time_source == "header":
                     raise ValueError(f"{schema} commands have no header stamp; use time_source='log'")
             elif schema.endswith("JointState"):
-                prefix = profile.command_prefix(topic)
-                latest_command_names.update(_by_name([_prefixed(n, prefix, joint_index) for n in message.name], message.position))
-                if not all(name in latest_command_names for name in joint_index):
+                _update_by_name(latest_command_values, command_names[command_topics.index(topic)], message.name,
+                                message.position, topic)
+                if len(latest_command_values) < len(joint_index):
                     continue
-                command = np.array([latest_command_names[n] for n in profile.joint_names])
+                command = np.array([latest_command_values[i] for i in range(len(joint_index))])
                 stamp = _stamp_ns(message, log_time_ns, time_source)
             elif schema.endswith("JointTrajectory"):
                 if not message.points:
                     raise ValueError(f"JointTrajectory on {topic} has no points")
-                prefix = profile.command_prefix(topic)
-                names = [_prefixed(n, prefix, joint_index) for n in message.joint_names]
-                latest_command_names.update(_by_name(names, message.points[0].positions))
-                if not all(name in latest_command_names for name in joint_index):
+                _update_by_name(latest_command_values, command_names[command_topics.index(topic)],
+                                message.joint_names, message.points[0].positions, topic)
+                if len(latest_command_values) < len(joint_index):
                     continue
-                command = np.array([latest_command_names[n] for n in profile.joint_names])
+                command = np.array([latest_command_values[i] for i in range(len(joint_index))])
                 stamp = _stamp_ns(message, log_time_ns, time_source)
             else:
                 raise ValueError(
@@ -286,7 +214,7 @@ def read_bag_streams(bag_path: str | Path, profile: BagProfile, time_source: str
 
 
 def resample_bag(
-    bag_path: str | Path, profile: BagProfile, fps: float, time_source: str = "log"
+    bag_path: str | Path, profile: RobotProfile, fps: float, time_source: str = "log"
 ) -> dict[str, Any]:
     """Read a bag and resample every stream to the control rate.
 
@@ -310,11 +238,11 @@ def resample_bag(
     frames = {}
     for role, (times, images) in streams["cameras"].items():
         picked = _nearest_before(times, ticks)
-        frames[profile.camera_key(role)] = np.stack([images[i] for i in picked])
+        frames[camera_key(role)] = np.stack([images[i] for i in picked])
     joint_times, joint_values = streams["joints"]
     command_times, command_values = streams["commands"]
-    state = profile.to_model_space(joint_values[_nearest_before(joint_times, ticks)])
-    action = profile.to_model_space(command_values[_nearest_before(command_times, ticks)])
+    state = profile.robot_to_model(joint_values[_nearest_before(joint_times, ticks)])
+    action = profile.robot_to_model(command_values[_nearest_before(command_times, ticks)])
     return {
         "frames": frames,
         "state": state.astype(np.float32),
@@ -325,7 +253,7 @@ def resample_bag(
 
 def convert_bags(
     bag_paths: list[str | Path],
-    profile: dict[str, Any],
+    profile: RobotProfile | dict[str, Any] | str | os.PathLike,
     output: str | Path,
     fps: float,
     task: str | list[str],
@@ -336,20 +264,20 @@ def convert_bags(
 
     Args:
         bag_paths: MCAP files.
-        profile: robot profile dict (module docstring).
+        profile: the robot profile: a RobotProfile, its dict form, a YAML path or a profile name.
         output: new dataset folder.
         fps: control rate to resample to.
         task: the instruction, one for all bags or one per bag.
         time_source: "log" (bag receive time) or "header" (message header stamps).
     """
-    bag_profile = BagProfile.from_dict(profile)
+    bag_profile = as_profile(profile)
     tasks = [task] * len(bag_paths) if isinstance(task, str) else list(task)
     if len(tasks) != len(bag_paths):
         raise ValueError(f"need one task per bag ({len(bag_paths)}), got {len(tasks)}")
     writer = LeRobotDatasetWriter(
         output,
         fps=fps,
-        camera_keys=tuple(bag_profile.camera_key(c["role"]) for c in bag_profile.cameras),
+        camera_keys=tuple(camera_key(role) for role in bag_profile.camera_roles),
         robot_type=robot_type,
         state_dim=len(bag_profile.joint_names),
         action_dim=len(bag_profile.joint_names),

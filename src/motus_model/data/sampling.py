@@ -1,7 +1,7 @@
 """Which rows of an episode make one training sample (the reference's sampling rule).
 
 With chunk = actions per sample, rate = downsample rate (control steps between actions) and
-ratio = actions per video frame (motus_architecture.md §2):
+ratio = actions per video frame (the thu-ml/Motus loader's rule; RoboTwin configs: chunk 16, rate 3, ratio 2):
 
 - condition index c is uniform in [0, T - chunk*rate - 1];
 - action i (i = 0..chunk-1) is the joint target at row c + (i+1)*rate;

@@ -2,7 +2,7 @@
 
 Paper (arXiv 2512.13030, "Latent Actions", Figure 3): a deep-compression autoencoder (DC-AE) encodes
 the optical-flow image into four 512-d tokens; a light encoder projects the concatenated tokens to a
-14-d latent action. The reference release has no code for it (motus_architecture.md §4), so the
+14-d latent action. The reference release (thu-ml/Motus) has no code for it, so the
 choices here are ours and are stated:
 
 - DC-AE is diffusers' ``AutoencoderDC``. At the published size (``LatentActionVAEConfig.published()``)

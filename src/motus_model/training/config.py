@@ -1,11 +1,11 @@
 """Training configuration: one dataclass, loaded from a stage preset YAML plus command-line overrides,
 saved as ``training_config.json`` in the output folder.
 
-Optimiser defaults are the reference's (motus_architecture.md §4): AdamW betas (0.9, 0.95), weight decay
+Optimiser defaults are the reference's (thu-ml/Motus release configs): AdamW betas (0.9, 0.95), weight decay
 0.01, lr 5e-5, warm-up 200 steps, then a linear decay of the lr factor from f_max 0.99 to f_min 0.4
 over the cycle, gradient clip 0.5, bf16 autocast (only where a GPU is present).
 
-The three stages (paper "Model Training"; README table in motus_architecture.md §4):
+The three stages (paper arXiv 2512.13030 "Model Training"; the stage table of the thu-ml/Motus README):
   1. video dynamics: the video expert learns on video only; action and understanding experts frozen,
      action loss off (training_mode "pretrain": no state token).
   2. latent-action pretraining: every expert trains; actions are the latent actions of the

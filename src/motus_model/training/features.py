@@ -4,7 +4,7 @@ Frozen, noise-independent work happens here, under ``torch.no_grad``:
 - composite frames -> video latents through the codec (pixel patches or the Wan VAE);
 - instructions -> umT5 text context (cached per instruction by ``TextConditioner``);
 - (instruction, conditioning composite) -> Qwen3-VL last hidden state. The VLM is frozen in every
-  stage (motus_architecture.md §4), so it never sees a gradient.
+  stage (as in the thu-ml/Motus release), so it never sees a gradient.
 
 For the small CPU presets, whose text/VLM widths no public encoder has, ``build_encoders`` makes
 tiny real encoders (same classes) from a seed and saves them beside the checkpoint

@@ -45,8 +45,9 @@ from std_msgs.msg import Bool, Float64, Float64MultiArray
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from motus_model.embodiment import RobotProfile
 from motus_ros.conversions import duration_to_seconds, numpy_to_image, stamp_to_seconds
-from motus_ros.profiles import RobotProfile, load_profile
+from motus_ros.profiles import load_profile
 
 logger = logging.getLogger(__name__)
 
@@ -378,7 +379,7 @@ def main(args: list[str] | None = None) -> None:
 
     args: the command-line arguments without the program name (None = sys.argv[1:]).
     """
-    os.environ.setdefault("MUJOCO_GL", "egl")  # headless; osmesa failed on these machines (ENVIRONMENT.md)
+    os.environ.setdefault("MUJOCO_GL", "egl")  # headless; osmesa failed on the project's CPU machines
     logging.basicConfig(level=logging.INFO)
     argv = ["motus_sim", *(sys.argv[1:] if args is None else args)]
     config = default_config_path()
