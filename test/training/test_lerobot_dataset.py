@@ -18,7 +18,11 @@ def test_round_trip_exact_vectors_and_close_frames(tiny_dataset):
     assert dataset.fps == 50
     assert dataset.camera_keys == ALOHA_CAMERA_KEYS
     info = json.loads((root / "meta" / "info.json").read_text())
-    assert info["total_frames"] == 48 and info["total_videos"] == 6
+    assert info["total_frames"] == 48 and info["codebase_version"] == "v3.0"
+    # v3.0: both episodes share one parquet file and one mp4 per camera
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet")) == [
+        "data/chunk-000/file-000.parquet", "meta/episodes/chunk-000/file-000.parquet", "meta/tasks.parquet"]
+    assert len(list(root.rglob("*.mp4"))) == 3
     for e, episode in enumerate(written):
         loaded = dataset.load_episode(e)
         np.testing.assert_array_equal(loaded["observation.state"], episode["state"])
