@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from bag_helpers import float64_array, image, joint_state, write_bag as write_rosbag
+from bag_helpers import float64_array, image, joint_state
+from bag_helpers import write_bag as write_rosbag
 
 from motus_model.data.bag_converter import BagProfile, convert_bags
 from motus_model.data.lerobot import LeRobotDataset

@@ -22,9 +22,9 @@ _torchvision_ops = torch.library.Library("torchvision", "DEF")
 _torchvision_ops.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
 _torchvision_ops.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
 
-import av  # noqa: E402
-import lerobot.datasets.lerobot_dataset as lerobot_dataset  # noqa: E402
-import lerobot.datasets.video_utils as video_utils  # noqa: E402
+import av
+import lerobot.datasets.lerobot_dataset as lerobot_dataset
+import lerobot.datasets.video_utils as video_utils
 
 CAMERAS = ("observation.images.cam_high", "observation.images.cam_left_wrist")
 

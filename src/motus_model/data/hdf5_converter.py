@@ -121,7 +121,7 @@ def read_episode(
             if layout == "act":
                 state, action = _array(handle, "observations/qpos", path), _array(handle, "action", path)
                 group_key, defaults = "observations/images", ACT_CAMERAS
-                available = {name: f"{group_key}/{name}" for name in handle.get(group_key, {}).keys()}
+                available = {name: f"{group_key}/{name}" for name in handle.get(group_key, {})}
             else:
                 vector = _array(handle, "joint_action/vector", path)
                 state, action = vector[:-1], vector[1:]

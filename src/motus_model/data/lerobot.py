@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute  # (pa.compute)
 import pyarrow.parquet as pq
 
 from motus_model.data.video import concat_videos, read_video, write_video
@@ -384,7 +384,7 @@ class LeRobotDatasetWriter:
             group: list[tuple[Path, int]] = []
             size = 0.0
 
-            def flush(location: tuple[int, int], group: list[tuple[Path, int]]) -> None:
+            def flush(location: tuple[int, int], group: list[tuple[Path, int]], key: str = key) -> None:
                 target = self._staging / V3_VIDEO_PATH.format(video_key=key, chunk_index=location[0], file_index=location[1])
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if len(group) == 1:
@@ -791,7 +791,7 @@ class LeRobotDataset:
         by_file: dict[Path, list[int]] = {}
         for episode_index in range(self.num_episodes):
             by_file.setdefault(self.data_path(episode_index), []).append(episode_index)
-        for path, _ in by_file.items():
+        for path in by_file:
             table = pq.read_table(path)
             episode_column = table["episode_index"].to_numpy()
             values = np.empty((table.num_rows, dim), dtype=np.float32)
