@@ -3,7 +3,7 @@ SHELL := /bin/bash
 SETUP := tools/setup_workspace.sh
 RUN := tools/env.sh
 
-.PHONY: setup demo lint test bench clean
+.PHONY: setup demo lint test bench clean lerobot-check
 
 setup:
 	@$(SETUP)
@@ -18,6 +18,10 @@ lint: setup
 
 test: lint
 	@$(RUN) python -m pytest test
+
+# Two-way check against the real lerobot 0.4.4 in its own venv (.lerobot-venv, built on first use).
+lerobot-check: setup
+	@tools/lerobot_check.sh
 
 bench: setup
 	@$(RUN) python bench/bench_model.py

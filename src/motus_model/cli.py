@@ -3,10 +3,14 @@
     motus train --stage 3 --preset motus-tiny --dataset DIR --output DIR --steps N [--resume]
     motus latent-actions --dataset DIR --vae DIR [--out DIR]      label episodes with latent actions
     motus train-latent-vae --labelled DIR ... --unlabelled DIR ... --output DIR --steps N
-    motus convert-bag --profile YAML --output DIR --fps 50 --task "..." BAG [BAG ...]
+    motus convert-bag --profile YAML --output DIR --fps 50 --task "..." BAG [BAG ...]   rosbag2 folders / .mcap / .db3
+    motus convert-hdf5 --output DIR --fps 50 --task "..." [--profile YAML] FILE.hdf5 [...]   ACT/ALOHA or RoboTwin
     motus stats --dataset DIR                                     (re)compute meta/stats.json
     motus generate-demos --task transfer_cube --episodes 50 --seed 0 --out DIR   scripted demonstrations
     motus eval --checkpoint DIR --episodes 50 --out DIR          closed-loop success rate (gym-aloha)
+
+Input a user can fix (``motus_model.data.errors.DataInputError``: a bad bag or HDF5 file, a wrong profile, an
+existing output folder) is reported as one line, ``motus: error: ...``, with exit status 2 and no traceback.
 
 Other modules add subcommands with ``register_command(name, help, add_arguments, run)``; ``run``
 gets the parsed ``argparse.Namespace`` and returns an exit status.
@@ -204,27 +208,83 @@ def _train_latent_vae(args: argparse.Namespace) -> int:
 
 
 def _convert_bag_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bags", nargs="+", help="MCAP files, one episode each")
+    parser.add_argument("bags", nargs="+", help="rosbag2 folders (metadata.yaml + *.mcap/*.db3) or .mcap/.db3 files, one episode each")
     parser.add_argument("--profile", required=True,
                         help="robot profile: a name (config/robots/<name>.yaml) or a path to a profile YAML")
-    parser.add_argument("--output", required=True, help="new LeRobot dataset folder")
+    parser.add_argument("--output", required=True, help="new LeRobot dataset folder (or an existing one with --append)")
     parser.add_argument("--fps", type=float, help="control rate (default: the profile's control_rate_hz)")
     parser.add_argument("--task", required=True, help="instruction for every episode")
-    parser.add_argument("--time-source", choices=("log", "header"), default="log")
+    parser.add_argument("--time-source", choices=("log", "header"), default="log",
+                        help="stamp messages by receive time (log) or header stamps (header)")
     parser.add_argument("--robot-type", default="aloha")
+    parser.add_argument("--append", action="store_true", help="add the episodes to the dataset at --output")
+
+
+def _profile(name_or_path: str):
+    """--profile: a robot profile name (config/robots/<name>.yaml) or a YAML path; a bad one is the user's to fix."""
+    from motus_model.data.errors import DataInputError
+    from motus_model.embodiment import load_profile
+
+    try:
+        return load_profile(name_or_path)
+    except ValueError as error:
+        raise DataInputError(f"--profile {name_or_path}: {error}") from None
+
+
+def _as_input_error(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Converters: a ValueError or a missing/existing path is the user's to fix: report it as one line."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        from motus_model.data.errors import DataInputError
+
+        try:
+            return run(args)
+        except DataInputError:
+            raise
+        except (ValueError, FileExistsError, FileNotFoundError) as error:
+            raise DataInputError(str(error)) from None
+
+    return wrapped
 
 
 def _convert_bag(args: argparse.Namespace) -> int:
-    from motus_model.data.bag_converter import as_profile, convert_bags
+    from motus_model.data.bag_converter import convert_bags
 
-    try:
-        profile = as_profile(args.profile)  # a profile name (config/robots/<name>.yaml) or a YAML path
-    except ValueError as error:  # bad user input: one line naming the fix, no traceback
-        print(f"motus convert-bag: error: {error}", file=sys.stderr)
-        return 2
+    profile = _profile(args.profile)
     fps = args.fps or profile.control_rate_hz
-    root = convert_bags(args.bags, profile, args.output, float(fps), args.task, args.time_source, args.robot_type)
+    root = convert_bags(args.bags, profile, args.output, float(fps), args.task, args.time_source, args.robot_type,
+                        append=args.append, show_progress=True)
     print(json.dumps({"dataset": str(root), "episodes": len(args.bags)}))
+    return 0
+
+
+def _convert_hdf5_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", help="ACT/ALOHA or RoboTwin episode .hdf5 files, one episode each")
+    parser.add_argument("--output", required=True, help="new LeRobot dataset folder (or an existing one with --append)")
+    parser.add_argument("--task", required=True, help="instruction for every episode")
+    parser.add_argument("--fps", type=float, help="frame rate of the files (default: the profile's control_rate_hz, else 50)")
+    parser.add_argument("--profile", help="robot profile (a name or a YAML path): its camera roles are kept and its joint "
+                        "count is checked")
+    parser.add_argument("--camera", action="append", default=[], metavar="ROLE=NAME",
+                        help="map a camera role to the file's camera name (e.g. high=cam_high); repeatable")
+    parser.add_argument("--robot-type", default="aloha")
+    parser.add_argument("--append", action="store_true", help="add the episodes to the dataset at --output")
+
+
+def _convert_hdf5(args: argparse.Namespace) -> int:
+    from motus_model.data.hdf5_converter import convert_hdf5
+
+    profile = _profile(args.profile).to_dict() if args.profile else None
+    cameras = None
+    if args.camera:
+        pairs = [item.split("=", 1) for item in args.camera]
+        if any(len(pair) != 2 or not all(pair) for pair in pairs):
+            raise ValueError(f"--camera takes ROLE=NAME (e.g. high=cam_high), got {args.camera}")
+        cameras = dict(pairs)
+    fps = args.fps or (profile or {}).get("control_rate_hz") or 50.0
+    root = convert_hdf5(args.files, args.output, float(fps), args.task, profile, cameras, args.robot_type,
+                        append=args.append, show_progress=True)
+    print(json.dumps({"dataset": str(root), "episodes": len(args.files)}))
     return 0
 
 
@@ -244,8 +304,11 @@ def _stats(args: argparse.Namespace) -> int:
 register_command("train", "train Motus (stage 1, 2 or 3)", _train_arguments, _train)
 register_command("latent-actions", "label a dataset with latent actions (stage-2 pseudo-actions)", _latent_actions_arguments, _latent_actions)
 register_command("train-latent-vae", "train the latent-action VAE on flow images", _train_latent_vae_arguments, _train_latent_vae)
-register_command("convert-bag", "convert ROS 2 MCAP bags into a LeRobot dataset", _convert_bag_arguments, _convert_bag)
-register_command("stats", "(re)compute a dataset's meta/stats.json", _stats_arguments, _stats)
+register_command("convert-bag", "convert ROS 2 bags (rosbag2 folders, MCAP, sqlite3) into a LeRobot dataset",
+                 _convert_bag_arguments, _as_input_error(_convert_bag))
+register_command("convert-hdf5", "convert ACT/ALOHA or RoboTwin HDF5 episodes into a LeRobot dataset",
+                 _convert_hdf5_arguments, _as_input_error(_convert_hdf5))
+register_command("stats", "(re)compute a dataset's meta/stats.json", _stats_arguments, _as_input_error(_stats))
 
 
 def _generate_demos_arguments(parser: argparse.ArgumentParser) -> None:
@@ -298,7 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return _COMMANDS[args.command].run(args)
+    from motus_model.data.errors import DataInputError
+
+    try:
+        return _COMMANDS[args.command].run(args)
+    except DataInputError as error:
+        parser.exit(2, f"motus: error: {error}\n")  # the user's to fix: one line, no traceback
 
 
 if __name__ == "__main__":

@@ -18,7 +18,11 @@ def test_round_trip_exact_vectors_and_close_frames(tiny_dataset):
     assert dataset.fps == 50
     assert dataset.camera_keys == ALOHA_CAMERA_KEYS
     info = json.loads((root / "meta" / "info.json").read_text())
-    assert info["total_frames"] == 48 and info["total_videos"] == 6
+    assert info["total_frames"] == 48 and info["codebase_version"] == "v3.0"
+    # v3.0: both episodes share one parquet file and one mp4 per camera
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet")) == [
+        "data/chunk-000/file-000.parquet", "meta/episodes/chunk-000/file-000.parquet", "meta/tasks.parquet"]
+    assert len(list(root.rglob("*.mp4"))) == 3
     for e, episode in enumerate(written):
         loaded = dataset.load_episode(e)
         np.testing.assert_array_equal(loaded["observation.state"], episode["state"])
@@ -103,3 +107,22 @@ def test_writer_appends_episodes_and_refuses_a_dataset_it_cannot_continue(tmp_pa
     dataset.add_vector_column("latent_action", [np.zeros((3, 4), np.float32)] * 2)
     with pytest.raises(ValueError, match="vector columns"):
         LeRobotDatasetWriter(tmp_path / "d", fps=10, append=True)
+
+
+def test_v21_is_complete_and_read_without_stats_json(tmp_path):
+    """v2.1 needs meta/episodes_stats.jsonl (LeRobot 0.3 and its v3.0 converter refuse a dataset without it)."""
+    frames = {key: np.full((3, 8, 8, 3), 100, np.uint8) for key in ALOHA_CAMERA_KEYS}
+    writer = LeRobotDatasetWriter(tmp_path / "v21", fps=10, version="v2.1")
+    writer.add_episode(frames, np.zeros((3, 14)), np.zeros((3, 14)), "pick")
+    writer.add_episode(frames, np.ones((3, 14)), np.full((3, 14), 2.0), "place")
+    root = writer.finalize()
+    assert (root / "data/chunk-000/episode_000001.parquet").is_file()
+    lines = (root / "meta" / "episodes_stats.jsonl").read_text().splitlines()
+    assert [json.loads(line)["stats"]["action"]["count"] for line in lines] == [[3], [3]]
+    (root / "meta" / "stats.json").unlink()  # v2.1 datasets from the Hub may only have the per-episode stats
+    dataset = LeRobotDataset(root)
+    assert dataset.version == "v2.1" and dataset.task(1) == "place"
+    np.testing.assert_allclose(dataset.stats["action"]["mean"], np.ones(14))
+    np.testing.assert_allclose(dataset.stats["action"]["std"], np.ones(14))
+    with pytest.raises(ValueError, match="cannot write"):
+        LeRobotDatasetWriter(tmp_path / "v9", fps=10, version="v9.0")

@@ -1,6 +1,7 @@
-"""Convert ROS 2 bags (MCAP) recorded on a robot into LeRobot-format episodes.
+"""Convert ROS 2 bags recorded on a robot into LeRobot-format episodes.
 
-Pure Python (``mcap`` + ``mcap-ros2-support``): no rosbag2 or rclpy needed. One bag is one episode.
+Pure Python through ``rosbags`` (see ``rosbag_io``): rosbag2 folders or single files, MCAP or sqlite3; no
+rosbag2 or rclpy needed. One bag is one episode; several bags make one dataset.
 
 The robot profile is the shared schema, motus_model.embodiment.RobotProfile (config/robots/<name>.yaml):
 its cameras (role, topic, encoding), joint_state_topics with joint_name_prefixes (names on
@@ -11,15 +12,24 @@ by each command topic) and command_joint_names, and grippers (mapped to model sp
 Camera roles become LeRobot keys ``observation.images.cam_<role>`` for the composite's three roles
 (high, left_wrist, right_wrist: LeRobot's ALOHA names) and ``observation.images.<role>`` otherwise.
 
-Command messages: std_msgs/Float64MultiArray or interbotix_xs_msgs/JointGroupCommand (values of
-topic k fill ``command_joint_groups[k]``), or
-sensor_msgs/JointState / trajectory_msgs/JointTrajectory (by name: the profile's joint_names, or topic k's
-``command_joint_names[k]``). Interbotix JointSingleCommand is not read. Images are decoded by
-motus_model.images, the decoder serving uses (rgb8, bgr8, rgba8, bgra8, mono8).
+Cameras: sensor_msgs/Image (rgb8, bgr8, mono8, rgba8, bgra8) or sensor_msgs/CompressedImage (jpeg, png), per
+camera, whichever the bag holds on the camera's topic; a camera topic ``X`` missing from the bag is looked up as
+``X/compressed`` (where image_transport's compressed plugin publishes). Raw images are decoded by motus_model.images, the decoder serving uses.
 
-Streams are resampled to the control rate: for each tick t (from the moment every stream has a sample
-to the end of the shortest stream), each stream contributes its latest sample at or before t
-("nearest-before", so no sample from the future leaks into a frame).
+Command messages: std_msgs/Float64MultiArray (forward command controllers) or
+interbotix_xs_msgs/JointGroupCommand (values of topic k fill ``command_joint_groups[k]``; default: concatenated
+in topic order), or sensor_msgs/JointState (per-arm joint-state commands) / trajectory_msgs/JointTrajectory
+(joint trajectory controllers; first point) by name, with one prefix per command topic when
+``joint_name_prefixes`` has one per command topic. Interbotix: a JointGroupCommand "arm" carries 6 values for a
+7-joint group; the rest (the gripper) comes from the JointSingleCommand on the sibling
+``<robot>/commands/joint_single`` topic, as the Interbotix adapter publishes it.
+
+Time alignment: every stream is stamped with the bag's receive time (``time_source="log"``, the default) or the
+messages' header stamps (``"header"``; messages without a header, such as Float64MultiArray and the Interbotix
+commands, refuse it). The streams are resampled to the control rate: for each tick t, from the moment every
+stream has a sample to the end of the shortest stream, each stream contributes its latest sample at or before t
+("nearest-before", so no sample from the future leaks into a frame). Joint states from several topics are
+merged by name; a command vector exists once every command topic has been seen.
 """
 
 from __future__ import annotations
@@ -31,10 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mcap.reader import make_reader
-from mcap_ros2.decoder import DecoderFactory
+from tqdm import tqdm
 
 from motus_model.data.lerobot import LeRobotDatasetWriter
+from motus_model.data.rosbag_io import BagError, BagReader, compressed_image_to_rgb
 from motus_model.embodiment import RobotProfile, load_profile
 from motus_model.images import decode_image
 
@@ -121,14 +131,14 @@ def _nearest_before(times: np.ndarray, ticks: np.ndarray) -> np.ndarray:
     return np.searchsorted(times, ticks, side="right") - 1
 
 
-def _decoded_messages(bag_path: str | Path, topics: list[str]) -> Iterable[tuple[Any, Any, Any, Any]]:
-    """(schema, channel, message record, decoded ROS message) for the given topics, in log-time order."""
-    with open(bag_path, "rb") as stream:
-        reader = make_reader(stream, decoder_factories=[DecoderFactory()])
-        yield from reader.iter_decoded_messages(topics=topics, log_time_order=True)
+def _single_command_topic(group_topic: str) -> str:
+    """The Interbotix JointSingleCommand topic next to a JointGroupCommand topic (…/joint_group -> …/joint_single)."""
+    return group_topic.rsplit("/", 1)[0] + "/joint_single"
 
 
-def read_bag_streams(bag_path: str | Path, profile: RobotProfile, time_source: str = "log") -> dict[str, Any]:
+def read_bag_streams(
+    bag_path: str | Path, profile: RobotProfile, time_source: str = "log", show_progress: bool = False
+) -> dict[str, Any]:
     """Read every profile stream of a bag: {"cameras": {role: (times, images)}, "joints": (times, [N,J]),
     "commands": (times, [N,J])}, times in ns, sorted.
 
@@ -137,10 +147,28 @@ def read_bag_streams(bag_path: str | Path, profile: RobotProfile, time_source: s
     """
     if time_source not in ("log", "header"):
         raise ValueError(f"time_source must be 'log' or 'header', got {time_source!r}")
-    camera_roles = {camera.topic: camera for camera in profile.cameras}
+    with BagReader(bag_path) as bag:
+        return _read_streams(bag, profile, time_source, show_progress)
+
+
+def _read_streams(bag: BagReader, profile: RobotProfile, time_source: str, show_progress: bool) -> dict[str, Any]:
+    bag_path = bag.path
+    camera_roles = {}
+    for camera in profile.cameras:
+        topic = camera.topic
+        if topic not in bag.topics and f"{topic}/compressed" in bag.topics:
+            topic = f"{topic}/compressed"  # image_transport's compressed plugin
+        camera_roles[topic] = camera
+    bag.require(list(camera_roles), "camera")
     joint_topics = set(profile.joint_state_topics)
+    bag.require(sorted(joint_topics), "joint states")
     command_topics = list(profile.command_topics)
-    topics = set(camera_roles) | joint_topics | set(command_topics)
+    bag.require(command_topics, "commands")
+    single_topics = {
+        _single_command_topic(t): t for t in command_topics
+        if bag.topics[t].endswith("JointGroupCommand") and _single_command_topic(t) in bag.topics
+    }
+    topics = set(camera_roles) | joint_topics | set(command_topics) | set(single_topics)
     joint_index = {name: i for i, name in enumerate(profile.joint_names)}
 
     camera_samples: dict[str, list[tuple[int, np.ndarray]]] = {camera.role: [] for camera in profile.cameras}
@@ -150,30 +178,67 @@ def read_bag_streams(bag_path: str | Path, profile: RobotProfile, time_source: s
     latest_command_parts: dict[str, np.ndarray] = {}
     latest_command_values: dict[int, float] = {}  # commands sent by name, by action index
     command_names = _command_name_indices(profile)
+    latest_single: dict[str, float] = {}
+    latest_group: dict[str, np.ndarray] = {}
+    groups = profile.command_joint_groups
 
-    for schema_record, channel, raw, message in _decoded_messages(bag_path, sorted(topics)):
-        topic, log_time_ns = channel.topic, raw.log_time
+    messages = bag.messages(sorted(topics))
+    if show_progress:
+        messages = tqdm(messages, total=bag.count(sorted(topics)), desc=bag_path.name, unit="msg", leave=False)
+    for topic, schema, log_time_ns, message in messages:
         if topic in camera_roles:
             camera = camera_roles[topic]
             stamp = _stamp_ns(message, log_time_ns, time_source)
-            camera_samples[camera.role].append((stamp, image_message_to_rgb(message, camera.encoding)))
+            if schema.endswith("CompressedImage"):
+                image = compressed_image_to_rgb(message, topic)
+            else:
+                try:
+                    image = image_message_to_rgb(message, camera.encoding)
+                except ValueError as error:
+                    raise BagError(f"{bag_path}: {topic}: {error}; fix the camera's encoding in the profile") from None
+            camera_samples[camera.role].append((stamp, image))
         elif topic in joint_topics:
             stamp = _stamp_ns(message, log_time_ns, time_source)
             prefix = profile.joint_name_prefixes[profile.joint_state_topics.index(topic)]
+            if len(message.position) != len(message.name):
+                raise BagError(f"{bag_path}: {topic}: JointState with {len(message.name)} names and "
+                               f"{len(message.position)} positions; the recording is damaged")
             latest_joints.update(_by_name([_prefixed(n, prefix, joint_index) for n in message.name], message.position))
             if all(name in latest_joints for name in joint_index):
                 joint_samples.append((stamp, np.array([latest_joints[n] for n in profile.joint_names])))
         else:
-            schema = schema_record.name
+            from_single = topic in single_topics
+            if from_single:
+                # the gripper of an Interbotix arm: completes (and updates) that arm's group command
+                latest_single[single_topics[topic]] = float(message.cmd)
+                topic = single_topics[topic]
+                schema = bag.topics[topic]
+                if topic not in latest_group:
+                    continue
             if schema.endswith("Float64MultiArray") or schema.endswith("JointGroupCommand"):
-                values = message.data if schema.endswith("Float64MultiArray") else message.cmd
-                latest_command_parts[topic] = np.asarray(values, dtype=np.float64)
+                if time_source == "header":
+                    raise BagError(f"{bag_path}: {topic}: {schema} commands have no header stamp; use --time-source log")
+                if not from_single:
+                    latest_group[topic] = np.asarray(
+                        message.data if schema.endswith("Float64MultiArray") else message.cmd, dtype=np.float64)
+                values = latest_group[topic]
+                group_size = len(groups[command_topics.index(topic)]) if groups else None
+                if group_size is not None and values.size < group_size and topic in single_topics.values():
+                    if topic not in latest_single:
+                        continue  # the gripper's JointSingleCommand has not arrived yet
+                    values = np.append(values, latest_single[topic])
+                latest_command_parts[topic] = values
                 if len(latest_command_parts) < len(command_topics):
                     continue
-                command = _assemble_groups(latest_command_parts, command_topics, profile.command_joint_groups, len(joint_index))
+                try:
+                    command = _assemble_groups(latest_command_parts, command_topics, groups, len(joint_index))
+                except ValueError as error:
+                    hint = ""
+                    if schema.endswith("JointGroupCommand") and topic not in single_topics.values():
+                        hint = f" (no {_single_command_topic(topic)} JointSingleCommand topic in the bag for the rest)"
+                    raise BagError(f"{bag_path}: {error}{hint}; fix command_joint_groups in the profile "
+                                   "or record every command topic") from None
                 stamp = int(log_time_ns)  # these messages have no header
-                if time_source == "header":
-                    raise ValueError(f"{schema} commands have no header stamp; use time_source='log'")
             elif schema.endswith("JointState"):
                 _update_by_name(latest_command_values, command_names[command_topics.index(topic)], message.name,
                                 message.position, topic)
@@ -183,7 +248,7 @@ def read_bag_streams(bag_path: str | Path, profile: RobotProfile, time_source: s
                 stamp = _stamp_ns(message, log_time_ns, time_source)
             elif schema.endswith("JointTrajectory"):
                 if not message.points:
-                    raise ValueError(f"JointTrajectory on {topic} has no points")
+                    raise BagError(f"{bag_path}: JointTrajectory on {topic} has no points; the recording is damaged")
                 _update_by_name(latest_command_values, command_names[command_topics.index(topic)],
                                 message.joint_names, message.points[0].positions, topic)
                 if len(latest_command_values) < len(joint_index):
@@ -191,15 +256,16 @@ def read_bag_streams(bag_path: str | Path, profile: RobotProfile, time_source: s
                 command = np.array([latest_command_values[i] for i in range(len(joint_index))])
                 stamp = _stamp_ns(message, log_time_ns, time_source)
             else:
-                raise ValueError(
-                    f"unsupported command type {schema} on {topic}; "
-                    "expected Float64MultiArray, JointGroupCommand, JointState or JointTrajectory"
+                raise BagError(
+                    f"{bag_path}: unsupported command type {schema} on {topic}; expected Float64MultiArray, "
+                    "JointGroupCommand, JointState or JointTrajectory: fix command_topics in the profile"
                 )
             command_samples.append((stamp, command))
 
     def _sorted(samples: list[tuple[int, Any]], what: str) -> tuple[np.ndarray, list[Any]]:
         if not samples:
-            raise ValueError(f"bag {bag_path} holds no usable {what} messages")
+            raise BagError(f"{bag_path}: no usable {what} messages (the topic is empty or never completes a "
+                           "sample); record the topic or fix the profile")
         samples.sort(key=lambda sample: sample[0])
         return np.array([s[0] for s in samples], dtype=np.int64), [s[1] for s in samples]
 
@@ -214,7 +280,7 @@ def read_bag_streams(bag_path: str | Path, profile: RobotProfile, time_source: s
 
 
 def resample_bag(
-    bag_path: str | Path, profile: RobotProfile, fps: float, time_source: str = "log"
+    bag_path: str | Path, profile: RobotProfile, fps: float, time_source: str = "log", show_progress: bool = False
 ) -> dict[str, Any]:
     """Read a bag and resample every stream to the control rate.
 
@@ -224,20 +290,23 @@ def resample_bag(
     """
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    streams = read_bag_streams(bag_path, profile, time_source)
+    streams = read_bag_streams(bag_path, profile, time_source, show_progress)
     all_times = [times for times, _ in streams["cameras"].values()]
     all_times += [streams["joints"][0], streams["commands"][0]]
     start = max(int(times[0]) for times in all_times)
     end = min(int(times[-1]) for times in all_times)
     period_ns = 1e9 / fps
     if end < start:
-        raise ValueError(f"bag {bag_path}: streams do not overlap in time")
+        raise BagError(f"{bag_path}: the streams do not overlap in time; check --time-source and the recording")
     num_ticks = int(np.floor((end - start) / period_ns)) + 1
     ticks = start + np.round(np.arange(num_ticks) * period_ns).astype(np.int64)
 
     frames = {}
     for role, (times, images) in streams["cameras"].items():
         picked = _nearest_before(times, ticks)
+        sizes = {images[i].shape for i in set(picked.tolist())}
+        if len(sizes) > 1:
+            raise BagError(f"{bag_path}: camera '{role}' changes image size within the bag ({sorted(sizes)})")
         frames[camera_key(role)] = np.stack([images[i] for i in picked])
     joint_times, joint_values = streams["joints"]
     command_times, command_values = streams["commands"]
@@ -259,16 +328,21 @@ def convert_bags(
     task: str | list[str],
     time_source: str = "log",
     robot_type: str = "aloha",
+    append: bool = False,
+    show_progress: bool = False,
 ) -> Path:
-    """Convert bags (one episode each) into a new LeRobot dataset at ``output``; returns its root.
+    """Convert bags (one episode each) into a LeRobot dataset at ``output``; returns its root.
 
     Args:
-        bag_paths: MCAP files.
+        bag_paths: rosbag2 folders or .mcap / .db3 files.
         profile: the robot profile: a RobotProfile, its dict form, a YAML path or a profile name.
-        output: new dataset folder.
+        output: new dataset folder (or an existing one with ``append``). Written atomically: a failure on any
+            bag leaves no dataset (or the existing one untouched).
         fps: control rate to resample to.
         task: the instruction, one for all bags or one per bag.
         time_source: "log" (bag receive time) or "header" (message header stamps).
+        append: add the episodes to the dataset at ``output``.
+        show_progress: tqdm bars over bags and messages.
     """
     bag_profile = as_profile(profile)
     tasks = [task] * len(bag_paths) if isinstance(task, str) else list(task)
@@ -281,9 +355,15 @@ def convert_bags(
         robot_type=robot_type,
         state_dim=len(bag_profile.joint_names),
         action_dim=len(bag_profile.joint_names),
+        append=append,
     )
-    for bag_path, episode_task in zip(bag_paths, tasks):
-        episode = resample_bag(bag_path, bag_profile, fps, time_source)
-        writer.add_episode(episode["frames"], episode["state"], episode["action"], episode_task)
-        logger.info("converted %s: %d frames", bag_path, episode["state"].shape[0])
-    return writer.finalize()
+    with writer:
+        for bag_path, episode_task in tqdm(list(zip(bag_paths, tasks)), desc="bags", unit="bag", disable=not show_progress):
+            episode = resample_bag(bag_path, bag_profile, fps, time_source, show_progress)
+            for key, shape in writer.frame_shapes.items():
+                if episode["frames"][key].shape[1:] != shape:
+                    raise BagError(f"{bag_path}: {key} images are {episode['frames'][key].shape[1:3]}, the dataset's "
+                                   f"{shape[:2]}; convert bags of different camera sizes into separate datasets")
+            writer.add_episode(episode["frames"], episode["state"], episode["action"], episode_task)
+            logger.info("converted %s: %d frames", bag_path, episode["state"].shape[0])
+        return writer.finalize()
