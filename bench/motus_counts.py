@@ -13,6 +13,7 @@ checks those formulas against ``count`` on the small checkpoint's real tiny enco
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -148,7 +149,11 @@ def count_model(model: MotusModel, und_tokens: int, mode: Mode = Mode.VLA) -> di
     )
     video_sigma = {Treatment.CLEAN: 0.0, Treatment.MARGINALISED: 1.0}.get(mode.video, 0.5)
     action_sigma = {Treatment.CLEAN: 0.0, Treatment.MARGINALISED: 1.0}.get(mode.actions, 0.5)
-    forward_kwargs = dict(mode=mode) if _accepts_mode(model) else {}
+    # Models that skip the outputs a mode discards are asked to, as euler_step does.
+    forward_kwargs = (
+        dict(need_video=mode.video is Treatment.DENOISED, need_actions=mode.actions is Treatment.DENOISED)
+        if _skips_outputs(model) else {}
+    )
 
     def step() -> Any:
         return model(
@@ -160,11 +165,9 @@ def count_model(model: MotusModel, und_tokens: int, mode: Mode = Mode.VLA) -> di
     return {"conditioning": conditioning_counts, "step": step_counts}
 
 
-def _accepts_mode(model: MotusModel) -> bool:
-    """Whether this model's forward takes ``mode`` (it skips outputs the mode discards)."""
-    import inspect
-
-    return "mode" in inspect.signature(model.forward).parameters
+def _skips_outputs(model: MotusModel) -> bool:
+    """Whether this model's forward can skip an output (``need_video`` / ``need_actions``)."""
+    return "need_video" in inspect.signature(model.forward).parameters
 
 
 def meta_model(config: MotusConfig, dtype: torch.dtype = torch.bfloat16) -> MotusModel:
