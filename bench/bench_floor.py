@@ -13,8 +13,9 @@ Prints one JSON document (and writes it to --out). Not a test: nothing is assert
 3. The one-core floor of a chunk: per part max(FLOPs / matmul rate, bytes / bandwidth).
 4. The measured chunk latency (1 torch thread, 10 Euler steps, the shipped checkpoint), stage by stage
    (preprocess, text, VLM, prepare_conditioning, each denoising step, decode), in wall-clock AND in this
-   thread's CPU time (the machine is shared: CPU time is what the chunk itself used), a torch.profiler
-   breakdown by op, and the ratios measured / floor.
+   thread's CPU time (the machine is shared: CPU time is what the chunk itself used), the CPU time inside
+   aten ops by kind (matmul, attention, other) against the time outside them (Python, module calls), and
+   the ratios measured / floor.
 
 Usage:
     tools/env.sh python bench/bench_floor.py [--out bench/results/floor.json] [--repeats 5]
@@ -43,6 +44,7 @@ from motus_counts import (  # noqa: E402  (after the path insert)
     QWEN3_VL_2B_VISION,
     UMT5_XXL,
     Counts,
+    OpTimer,
     count,
     count_model,
     meta_model,
@@ -277,28 +279,42 @@ def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def profile_chunk(pipe: MotusPipeline, steps: int) -> dict[str, Any]:
-    """torch.profiler over one VLA chunk: time inside aten ops vs the rest (Python, module calls), top ops."""
-    from torch.profiler import ProfilerActivity, profile
+def profile_chunk(pipe: MotusPipeline, steps: int, chunk_cpu_ms: float, step_gflop: float) -> dict[str, Any]:
+    """Where one VLA chunk's CPU time goes, by aten op (``OpTimer``: this thread's CPU time inside each op).
 
+    ``outside_aten_ops_ms`` (Python, nn.Module calls, dispatch) is the measured chunk CPU time without the
+    timer minus the time inside ops; the timer's own clock reads inflate each op a little (see aten_op_us).
+    """
     request = MotusRequest(
         mode=Mode.VLA, images=camera_views(7), state=np.zeros(pipe.config.action.state_dim, np.float32),
         instruction=INSTRUCTION, steps=steps, seed=7,
     )
-    started = time.thread_time()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    # The timer's own cost per op (clock reads, context switches on a loaded machine): what it records
+    # for a view, which does no work. Subtracted from every op's total below.
+    probe, calibration = torch.zeros(4), OpTimer()
+    with calibration:
+        for _ in range(2000):
+            probe.view(-1)
+    per_op_s = calibration.cpu_s["view"] / calibration.calls["view"]
+    timer = OpTimer()
+    with timer:
         pipe(request)
-    cpu_total = (time.thread_time() - started) * 1e3
-    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
-    in_ops = sum(e.self_cpu_time_total for e in events) / 1e3
-    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+    timer.cpu_s = {name: max(0.0, value - timer.calls[name] * per_op_s) for name, value in timer.cpu_s.items()}
+    in_ops = sum(timer.cpu_s.values()) * 1e3
+    kinds = {"matmul": ("addmm", "mm", "bmm", "linear"), "attention": ("_scaled_dot_product_flash_attention_for_cpu",)}
+    by_kind = {kind: sum(v for k, v in timer.cpu_s.items() if k in names) * 1e3 for kind, names in kinds.items()}
+    by_kind["other_ops"] = in_ops - sum(by_kind.values())
+    matmul_gflop = steps * step_gflop  # the steps' matmul+attention FLOPs dominate the chunk's
+    top = sorted(timer.cpu_s.items(), key=lambda kv: kv[1], reverse=True)[:12]
     return {
-        "note": "profiled run (the profiler adds its own overhead per op); times in ms",
-        "chunk_cpu_ms": round(cpu_total, 1),
+        "chunk_cpu_ms_untimed": round(chunk_cpu_ms, 1),
         "inside_aten_ops_ms": round(in_ops, 1),
-        "outside_aten_ops_ms": round(cpu_total - in_ops, 1),
-        "aten_calls": sum(e.count for e in events),
-        "top_ops": [{"op": e.key, "self_ms": round(e.self_cpu_time_total / 1e3, 1), "calls": e.count} for e in top],
+        "outside_aten_ops_ms": round(chunk_cpu_ms - in_ops, 1),
+        "inside_by_kind_ms": {kind: round(value, 1) for kind, value in by_kind.items()},
+        "aten_calls": sum(timer.calls.values()),
+        "timer_overhead_per_op_us_subtracted": round(per_op_s * 1e6, 2),
+        "in_forward_matmul_attention_gflops": round(matmul_gflop / ((by_kind["matmul"] + by_kind["attention"]) / 1e3), 2),
+        "top_ops": [{"op": name, "cpu_ms": round(value * 1e3, 1), "calls": timer.calls[name]} for name, value in top],
     }
 
 
@@ -330,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5, help="timed chunks per mode (after one warm-up)")
     parser.add_argument("--und-tokens-8b", type=int, default=UND_TOKENS_8B, help="VLM tokens of the 8B prompt")
-    parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler breakdown")
+    parser.add_argument("--no-profile", action="store_true", help="skip the per-op CPU-time breakdown")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -414,7 +430,9 @@ def main(argv: list[str] | None = None) -> int:
         "ratios_motus_small": ratios,
     }
     if not args.no_profile:
-        report["profile_vla_chunk"] = profile_chunk(pipe, args.steps)
+        report["profile_vla_chunk"] = profile_chunk(
+            pipe, args.steps, measured["vla"]["cpu"]["chunk_ms"], presets["motus-small"]["modes"]["vla"]["step_gflop"]
+        )
     report["wall_s"] = round(time.perf_counter() - started, 1)
     text = json.dumps(report, indent=2, default=str)
     print(text)
