@@ -10,7 +10,7 @@ model's bf16 inference memory on the ``meta`` device (weights, per-request condi
 live activations of one forward; the frozen encoders listed beside), against the 24 GB target, and
 compares latencies with the targets (<= 60 ms VLA chunk, <= 80 ms joint).
 
-It runs on the CPU too, with a small preset (the test does, in seconds):
+It runs on the CPU too, with a small preset (motus-small by default there; the test uses motus-tiny):
     tools/env.sh python bench/bench_gpu.py --preset motus-tiny --device cpu --steps 2 --repeats 1
 
 On the GPU:
@@ -262,7 +262,7 @@ class _Compiled:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cuda = torch.cuda.is_available()
-    parser.add_argument("--preset", default="motus-8b")
+    parser.add_argument("--preset", default=None, help="default: motus-8b on cuda, motus-small on cpu")
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
     parser.add_argument("--steps", type=int, default=10)
@@ -279,6 +279,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--steps and --repeats must be >= 1 and --warmup >= 0")
     if args.device.startswith("cuda") and not cuda:
         parser.error(f"--device {args.device}: no CUDA device here; use --device cpu with a small preset")
+    args.preset = args.preset or ("motus-8b" if args.device.startswith("cuda") else "motus-small")
     if args.preset not in MotusConfig.preset_names() or args.memory_preset not in MotusConfig.preset_names():
         parser.error(f"--preset/--memory-preset must be one of {MotusConfig.preset_names()}")
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
