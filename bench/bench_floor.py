@@ -31,15 +31,16 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from motus_counts import (  # noqa: E402  (after the path insert)
+from motus_counts import (
     QWEN3_VL_2B_TEXT,
     QWEN3_VL_2B_VISION,
     UMT5_XXL,
@@ -54,9 +55,9 @@ from motus_counts import (  # noqa: E402  (after the path insert)
     umt5_parameters,
 )
 
-from motus_model.config import MotusConfig  # noqa: E402
-from motus_model.flow_matching import Mode  # noqa: E402
-from motus_model.pipeline_motus import MotusPipeline, MotusRequest  # noqa: E402
+from motus_model.config import MotusConfig
+from motus_model.flow_matching import Mode
+from motus_model.pipeline_motus import MotusPipeline, MotusRequest
 
 logger = logging.getLogger("bench_floor")
 
@@ -115,7 +116,7 @@ def matmul_rates(shapes: list[tuple[str, tuple[tuple[int, ...], ...]]]) -> dict[
         fn = {"aten.mm.default": torch.mm, "aten.bmm.default": torch.bmm, "aten.addmm.default": torch.addmm}[op]
         a, b = args[-2], args[-1]
         flops = 2 * a.shape[-2] * a.shape[-1] * b.shape[-1] * (a.shape[0] if a.ndim == 3 else 1)
-        seconds = _cpu_seconds(lambda: fn(*args), 0.05)
+        seconds = _cpu_seconds(lambda fn=fn, args=args: fn(*args), 0.05)
         per_shape.append({"op": op.split(".")[1], "shapes": dims, "calls": calls, "gflops": round(flops / seconds / 1e9, 2)})
         total_flops += flops * calls
         total_s += seconds * calls
@@ -157,7 +158,7 @@ def count_small(pipe: MotusPipeline, steps: int) -> dict[str, Any]:
     """Counts of the shipped checkpoint's chunk (real run on CPU) + the analytic-formula check on its encoders."""
     config = pipe.config
     composite = pipe._composite(camera_views(0))
-    text_counts, (text, _) = count(lambda: pipe.text.encoder.encode([INSTRUCTION]), [pipe.text.encoder.model])
+    text_counts, _ = count(lambda: pipe.text.encoder.encode([INSTRUCTION]), [pipe.text.encoder.model])
     vlm_counts, (vlm_hidden, _) = count(lambda: pipe.vlm.extract([INSTRUCTION], [composite]), [pipe.vlm.model])
     und_tokens = int(vlm_hidden.shape[1])
     text_tokens = int(pipe.text.encoder.tokenizer(INSTRUCTION, return_tensors="pt")["input_ids"].shape[1])

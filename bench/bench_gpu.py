@@ -31,8 +31,9 @@ import sys
 import time
 import traceback
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -40,7 +41,7 @@ from torch.utils._pytree import tree_leaves
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from motus_counts import (  # noqa: E402  (after the path insert)
+from motus_counts import (
     QWEN3_VL_2B_TEXT,
     QWEN3_VL_2B_VISION,
     UMT5_XXL,
@@ -51,9 +52,14 @@ from motus_counts import (  # noqa: E402  (after the path insert)
     umt5_parameters,
 )
 
-from motus_model.config import MotusConfig  # noqa: E402
-from motus_model.flow_matching import FlowMatchSchedule, Mode, euler_step, initial_latents  # noqa: E402
-from motus_model.modeling_motus import MotusModel  # noqa: E402
+from motus_model.config import MotusConfig
+from motus_model.flow_matching import (
+    FlowMatchSchedule,
+    Mode,
+    euler_step,
+    initial_latents,
+)
+from motus_model.modeling_motus import MotusModel
 
 logger = logging.getLogger("bench_gpu")
 
@@ -154,7 +160,12 @@ def random_model(config: MotusConfig, device: torch.device, dtype: torch.dtype) 
 
 def random_decoder(config: MotusConfig, device: torch.device, dtype: torch.dtype) -> Callable[[torch.Tensor], Any]:
     """The codec's decode for joint mode: pixel_patch (no weights) or a random VAE of the published Wan 2.2 size."""
-    from motus_model.video_latents import PixelPatchCodec, WanVAECodec, build_codec, random_wan22_vae
+    from motus_model.video_latents import (
+        PixelPatchCodec,
+        WanVAECodec,
+        build_codec,
+        random_wan22_vae,
+    )
 
     if config.latents.kind == "wan_vae":
         return WanVAECodec(random_wan22_vae(), device=device, dtype=dtype).decode

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -26,7 +27,6 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from motus_model.config import MotusConfig
 from motus_model.flow_matching import Mode, Treatment
 from motus_model.modeling_motus import MotusConditioning, MotusModel
-
 
 
 def _cpu_sdpa_flop(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
@@ -151,7 +151,7 @@ def count_model(model: MotusModel, und_tokens: int, mode: Mode = Mode.VLA) -> di
     action_sigma = {Treatment.CLEAN: 0.0, Treatment.MARGINALISED: 1.0}.get(mode.actions, 0.5)
     # Models that skip the outputs a mode discards are asked to, as euler_step does.
     forward_kwargs = (
-        dict(need_video=mode.video is Treatment.DENOISED, need_actions=mode.actions is Treatment.DENOISED)
+        {"need_video": mode.video is Treatment.DENOISED, "need_actions": mode.actions is Treatment.DENOISED}
         if _skips_outputs(model) else {}
     )
 
@@ -243,13 +243,13 @@ def umt5_flops(config: Any, num_tokens: int) -> int:
 
 
 # The published encoders' shapes (Qwen3-VL-2B-Instruct and umT5-XXL config.json); counted analytically.
-QWEN3_VL_2B_TEXT = dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-                        num_key_value_heads=8, head_dim=128, vocab_size=151936)
-QWEN3_VL_2B_VISION = dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, out_hidden_size=2048,
-                          patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
-                          deepstack_visual_indexes=[5, 11, 17])
-UMT5_XXL = dict(d_model=4096, d_ff=10240, num_layers=24, num_heads=64, d_kv=64, feed_forward_proj="gated-gelu",
-                vocab_size=256384)
+QWEN3_VL_2B_TEXT = {"hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28, "num_attention_heads": 16,
+                        "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936}
+QWEN3_VL_2B_VISION = {"depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16, "out_hidden_size": 2048,
+                          "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                          "deepstack_visual_indexes": [5, 11, 17]}
+UMT5_XXL = {"d_model": 4096, "d_ff": 10240, "num_layers": 24, "num_heads": 64, "d_kv": 64, "feed_forward_proj": "gated-gelu",
+                "vocab_size": 256384}
 
 
 def qwen3_vl_parameters(text: dict, vision: dict) -> int:

@@ -20,13 +20,13 @@ def setup():
             head.weight.normal_(0, 0.2, generator=generator)
             head.bias.normal_(0, 0.2, generator=generator)
     frames, height, width = config.latent_grid()
-    inputs = dict(
-        video_latents=torch.randn(2, config.video.latent_channels, frames, height, width, generator=generator),
-        video_sigma=torch.tensor([1.0, 0.3]),
-        actions=torch.randn(2, config.temporal.action_chunk, config.action.action_dim, generator=generator),
-        action_sigma=torch.tensor([0.6, 0.2]),
-        state=torch.randn(2, config.action.state_dim, generator=generator),
-    )
+    inputs = {
+        "video_latents": torch.randn(2, config.video.latent_channels, frames, height, width, generator=generator),
+        "video_sigma": torch.tensor([1.0, 0.3]),
+        "actions": torch.randn(2, config.temporal.action_chunk, config.action.action_dim, generator=generator),
+        "action_sigma": torch.tensor([0.6, 0.2]),
+        "state": torch.randn(2, config.action.state_dim, generator=generator),
+    }
     text = torch.randn(2, config.video.text_len, config.video.text_dim, generator=generator)
     vlm = torch.randn(2, 5, config.understanding.vlm_dim, generator=generator)
     with torch.no_grad():
