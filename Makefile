@@ -25,6 +25,8 @@ lerobot-check: setup
 
 bench: setup
 	@$(RUN) python bench/bench_model.py
+	@$(RUN) python bench/bench_floor.py --out bench/results/floor-motus-small-cpu1.json
+	@$(RUN) python bench/bench_gpu.py --out bench/results/gpu.json
 
 clean:
 	rm -rf build install log

@@ -269,9 +269,11 @@ def euler_step(
         (video, actions), new tensors for the updated modalities; CLEAN and MARGINALISED ones are returned as given.
     """
     batch, device = video.shape[0], video.device
+    # Only the velocities the mode updates are computed (the model skips the rest of the last layer).
     video_velocity, action_velocity = model(
         video, treatment_sigma(mode.video, sigma, batch, device),
         actions, treatment_sigma(mode.actions, sigma, batch, device), state, conditioning,
+        need_video=mode.video is Treatment.DENOISED, need_actions=mode.actions is Treatment.DENOISED,
     )
     if mode.video is Treatment.DENOISED:
         video = video + (sigma_next - sigma) * video_velocity.float()

@@ -132,6 +132,17 @@ def _ffn(dim: int, ffn_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
 
 
+def _patchify_linear(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x).flatten(2).transpose(1, 2)`` for a Conv3d whose stride equals its kernel, as ONE matmul:
+    [B, C, F, H, W] -> [B, F'*H'*W', D]. Same maths (patches do not overlap); the CPU has no fast conv3d."""
+    batch, channels, frames, height, width = x.shape
+    pt, ph, pw = conv.kernel_size
+    x = x.reshape(batch, channels, frames // pt, pt, height // ph, ph, width // pw, pw)
+    # -> [B, F', H', W', C, pt, ph, pw]: the order of the weight's flattened (C, pt, ph, pw) axes.
+    patches = x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(batch, -1, channels * pt * ph * pw)
+    return F.linear(patches, conv.weight.flatten(1), conv.bias)
+
+
 def _key_padding_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     """[B, L] bool (True = keep) -> [B, 1, 1, L] for SDPA, or None when nothing is padded."""
     if mask is None or bool(mask.all()):
@@ -193,6 +204,8 @@ class LayerContext:
         text_keys, text_values: per layer [B, L_t, Dv] cached text K/V.
         text_mask: key-padding mask of the text cross-attention, or None.
         processor: the attention processor.
+        need_video, need_actions: whether the caller uses that stream's velocity; when not, the stream's
+            last-layer queries, post-attention work and head are skipped (their output feeds nothing).
     """
 
     video_mod: torch.Tensor
@@ -204,6 +217,8 @@ class LayerContext:
     text_values: list[torch.Tensor]
     text_mask: torch.Tensor | None
     processor: JointAttnProcessor
+    need_video: bool = True
+    need_actions: bool = True
 
 
 def _adaln_chunks(modulation: nn.Parameter, mod: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -668,7 +683,9 @@ class MotusModel(PretrainedMixin, nn.Module):
         action_sigma: torch.Tensor,
         state: torch.Tensor | None,
         conditioning: MotusConditioning,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        need_video: bool = True,
+        need_actions: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Predict the rectified-flow velocities (eps - x0) of video and actions.
 
         Args:
@@ -678,10 +695,16 @@ class MotusModel(PretrainedMixin, nn.Module):
             action_sigma: [B] noise level of the actions.
             state: [B, state_dim] proprioception (finetune mode) or None (pretrain mode).
             conditioning: from ``prepare_conditioning`` (batch B).
+            need_video, need_actions: False when the caller discards that velocity (VLA and IDM sampling
+                discard the video's, world-model and video-generation sampling the actions'): the stream's
+                last-layer queries, post-attention work and head are skipped and None is returned in its
+                place. The other output is unchanged (the skipped work feeds nothing else).
         Returns:
-            video_velocity [B, C, F, H, W] and action_velocity [B, chunk, action_dim], float32.
+            video_velocity [B, C, F, H, W] and action_velocity [B, chunk, action_dim], float32 (or None, see above).
         """
         config = self.config
+        if not (need_video or need_actions):
+            raise ValueError("forward: need_video and need_actions are both False; ask for at least one output")
         batch = self._check_inputs(video_latents, video_sigma, actions, action_sigma, state, conditioning)
         # 1. Video tokens, per-token timesteps (conditioning frame t = 0 unless configured otherwise).
         video_x, video_temb, video_mod, grid, rope_cos, rope_sin = self._embed_video(video_latents, video_sigma)
@@ -708,6 +731,7 @@ class MotusModel(PretrainedMixin, nn.Module):
             video_mod=video_mod, action_mod=action_mod, rope_cos=rope_cos, rope_sin=rope_sin, joint_mask=joint_mask,
             text_keys=conditioning.text_keys, text_values=conditioning.text_values,
             text_mask=_key_padding_mask(conditioning.text_mask), processor=self.attn_processor,
+            need_video=need_video, need_actions=need_actions,
         )
 
         # 4. The lock-step layers.
@@ -720,7 +744,9 @@ class MotusModel(PretrainedMixin, nn.Module):
                 video_x, action_x, und_x = self._layer(index, video_x, action_x, und_x, context)
 
         # 5. Heads: video (unpatchify) and actions (drop state token and registers).
-        video_velocity = self._video_head(video_x, video_temb, grid)
+        video_velocity = self._video_head(video_x, video_temb, grid) if need_video else None
+        if not need_actions:
+            return video_velocity, None
         action_out = _modulated_head(self.action_expert.head, action_x, action_temb, config.action.eps)
         if config.uses_state:
             action_out = action_out[:, 1 : 1 + actions.shape[1]]
@@ -765,7 +791,7 @@ class MotusModel(PretrainedMixin, nn.Module):
         context = LayerContext(
             video_mod=video_mod, action_mod=action_mod, rope_cos=rope_cos, rope_sin=rope_sin, joint_mask=None,
             text_keys=conditioning.text_keys, text_values=conditioning.text_values,
-            text_mask=_key_padding_mask(conditioning.text_mask), processor=self.attn_processor,
+            text_mask=_key_padding_mask(conditioning.text_mask), processor=self.attn_processor, need_actions=False,
         )
         for index in range(config.num_layers):
             video_x, _, _ = self._layer(index, video_x, action_x, und_x, context)
@@ -789,18 +815,23 @@ class MotusModel(PretrainedMixin, nn.Module):
         action_q, action_k, action_v = action_block.attention_inputs(action_x, action_chunks)
         und_q, und_k, und_v = und_block.attention_inputs(und_x)
 
-        queries = [video_q, action_q] if is_last else [video_q, action_q, und_q]
-        video_o, action_o, *und_o = context.processor(
+        # In the last layer a stream whose velocity the caller discards needs only its keys/values.
+        live_video = not is_last or context.need_video
+        live_action = not is_last or context.need_actions
+        queries = [q for q, live in ((video_q, live_video), (action_q, live_action), (und_q, not is_last)) if live]
+        outputs = iter(context.processor(
             queries, [video_k, action_k, und_k], [video_v, action_v, und_v], context.joint_mask,
             video_block.self_attn.q.weight.dtype,
-        )
-        video_x = video_block(
-            video_x, video_o, video_chunks, context.text_keys[index], context.text_values[index], context.text_mask,
-            context.processor,
-        )
-        action_x = action_block(action_x, action_o, action_chunks)
+        ))
+        if live_video:
+            video_x = video_block(
+                video_x, next(outputs), video_chunks, context.text_keys[index], context.text_values[index],
+                context.text_mask, context.processor,
+            )
+        if live_action:
+            action_x = action_block(action_x, next(outputs), action_chunks)
         if not is_last:
-            und_x = und_block(und_x, und_o[0])
+            und_x = und_block(und_x, next(outputs))
         return video_x, action_x, und_x
 
     def _embed_video(
@@ -816,7 +847,7 @@ class MotusModel(PretrainedMixin, nn.Module):
         batch, _, frames, height, width = video_latents.shape
         grid = (frames // patch_t, height // patch_h, width // patch_w)
         patch_weight = self.video.patch_embedding.weight
-        video_x = self.video.patch_embedding(video_latents.to(patch_weight.dtype)).float().flatten(2).transpose(1, 2)
+        video_x = _patchify_linear(self.video.patch_embedding, video_latents.to(patch_weight.dtype)).float()
         # Each sample has two distinct timesteps: the conditioning frame's (0, or sigma when
         # configured as the reference) and the future frames' (sigma). Embed those two, then
         # spread them over the tokens, rather than running the time MLPs on every token.
