@@ -18,6 +18,7 @@ the e-stop, cancel and deactivate all hold the robot at the last commanded (or m
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 import traceback
@@ -41,16 +42,17 @@ from motus_ros import conversions
 from motus_model.action_chunks import ChunkBlender, upsample_chunk
 from motus_ros.command_adapters import make_command_adapter
 from motus_ros.lifecycle_base import (
+    REQUEST_QOS,
     MotusLifecycleNode,
     RequestError,
     ServerContext,
-    check_instruction,
+    action_server_options,
     float_descriptor,
     int_descriptor,
     text_descriptor,
 )
 from motus_ros.observation_buffer import make_observation_buffer
-from motus_ros.safety import SafetyFilter
+from motus_ros.safety import MeasuredState, SafetyFilter, physical_range_problem
 
 TERMINATION_COMPLETED = "completed"
 TERMINATION_CANCELLED = "cancelled"
@@ -98,7 +100,6 @@ class PolicyRun:
     last_inference_ms: float = 0.0
     holding: bool = True
     hold_reason: str = "waiting for the first action chunk"
-    hold_target: np.ndarray | None = None
     error: str = ""  # a failure that ends the run
     error_code: int = ErrorCode.INTERNAL  # its ErrorCode (INVALID_REQUEST when the model refused the request)
     preempted: bool = False
@@ -117,6 +118,11 @@ class PolicyNode(MotusLifecycleNode):
         self.declare_parameter("chunk_request_threshold", 8, int_descriptor("request the next chunk when this many planned control steps remain", 0, 10000))
         self.declare_parameter("max_skew_s", 0.3, float_descriptor("largest stamp difference between the cameras and joint states of one observation", 0.0, 10.0))
         self.declare_parameter("max_age_s", 0.5, float_descriptor("hold when the newest observation is older than this", 0.01, 60.0))
+        # Joint states arrive at the control rate: a driver loss must hold within a few control periods.
+        self.declare_parameter("joint_state_max_age_periods", 3.0, float_descriptor(
+            "hold when the joint state is older than this many control periods (its own bound, apart from max_age_s)", 1.0, 1000.0))
+        self.declare_parameter("future_tolerance_s", 0.05, float_descriptor(
+            "largest lead of a message stamp over this node's clock (stamp_source header); beyond it the message is refused", 0.0, 10.0))
         self.declare_parameter("stamp_source", "receive", text_descriptor("observation time: header (message stamps) | receive (arrival time at this node)"))
         self.declare_parameter("max_instruction_chars", 512, int_descriptor("longest instruction accepted", 1, 100000))
         self.declare_parameter("feedback_rate_hz", 10.0, float_descriptor("RunPolicy feedback rate", 0.1, 100.0))
@@ -126,7 +132,8 @@ class PolicyNode(MotusLifecycleNode):
 
         self._run: PolicyRun | None = None
         self._run_lock = threading.Lock()
-        self._last_command: np.ndarray | None = None
+        self._accepted_goals = 0  # valid goals accepted so far: the newest accepted goal wins
+        self._goal_sequence: dict[bytes, int] = {}  # goal id -> its acceptance number, until it starts
         self._joint_messages: dict[str, JointState] = {}
         self._rate = RateMeter()
         self._last_inference_ms = 0.0
@@ -136,14 +143,14 @@ class PolicyNode(MotusLifecycleNode):
         self.dry_run = False
 
         # Interfaces exist from the start so requests while unconfigured get NOT_READY instead of silence.
-        self.create_service(PredictActions, "~/predict_actions", self._predict_actions, callback_group=self.request_group)
-        self.create_service(SetBool, "~/estop", self._estop, callback_group=self.request_group)
+        self.create_service(PredictActions, "~/predict_actions", self._predict_actions, qos_profile=REQUEST_QOS, callback_group=self.request_group)
+        self.create_service(SetBool, "~/estop", self._estop, qos_profile=REQUEST_QOS, callback_group=self.request_group)
         self._action_server = ActionServer(
             self, RunPolicy, "~/run_policy", self._execute_run,
             goal_callback=lambda goal: GoalResponse.ACCEPT,
             handle_accepted_callback=self._accept_run,
             cancel_callback=lambda handle: CancelResponse.ACCEPT,
-            callback_group=self.request_group,
+            **action_server_options(self.request_group),
         )
         self._planned_publisher = self.create_publisher(JointTrajectory, "~/planned_trajectory", 10)
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -162,10 +169,14 @@ class PolicyNode(MotusLifecycleNode):
             raise ValueError(f"stamp_source must be header or receive, got {self.param('stamp_source')!r}")
         self.control_rate_hz = float(self.param("control_rate_hz")) or float(profile.control_rate_hz)
         self.dry_run = bool(self.optional_param("dry_run", profile.dry_run_default))
-        self.safety = SafetyFilter(profile)
         self.adapter = make_command_adapter(self, profile, dry_run=self.dry_run)
+        max_state_age_s = float(self.param("joint_state_max_age_periods")) / self.control_rate_hz
+        future_tolerance_s = float(self.param("future_tolerance_s"))
+        # The filter sends through the adapter itself and remembers what it sent: the only way to the robot.
+        self.safety = SafetyFilter(profile, send=self._send, max_state_age_s=max_state_age_s, future_tolerance_s=future_tolerance_s)
 
-        buffer = make_observation_buffer([camera.role for camera in profile.cameras], float(self.param("max_skew_s")), float(self.param("max_age_s")))
+        buffer = make_observation_buffer([camera.role for camera in profile.cameras], float(self.param("max_skew_s")), float(self.param("max_age_s")),
+                                         max_state_age_s=max_state_age_s, future_tolerance_s=future_tolerance_s)
         self.shared.observations.set_buffer(buffer)
         for camera in profile.cameras:
             self._resources.append(self.create_subscription(
@@ -222,8 +233,12 @@ class PolicyNode(MotusLifecycleNode):
         except ValueError as exc:
             self._reject(camera.topic, str(exc))
             return
+        try:
+            buffer.update_image(camera.role, image, self._stamp_s(msg.header), received_s=self.now_s())
+        except ValueError as exc:  # stamped in the future
+            self._reject(camera.topic, str(exc))
+            return
         self.shared.observations.rejected.pop(camera.topic, None)
-        buffer.update_image(camera.role, image, self._stamp_s(msg.header))
 
     def _on_joint_state(self, topic: str, msg: JointState) -> None:
         buffer = self.shared.observations.buffer
@@ -235,11 +250,14 @@ class PolicyNode(MotusLifecycleNode):
         messages = [self._joint_messages[name] for name in self.profile.joint_state_topics]
         try:
             q = conversions.joint_state_to_vector(messages, self.profile.joint_names, prefixes=self.profile.joint_name_prefixes)
+            problem = physical_range_problem(self.profile, q)  # finite but absurd (1e30) is bad input too
+            if problem:
+                raise ValueError(problem)
+            buffer.update_joint_state(q, self._stamp_s(msg.header), received_s=self.now_s())
         except ValueError as exc:
             self._reject(topic, str(exc))
             return
         self.shared.observations.rejected.pop(topic, None)
-        buffer.update_joint_state(q, self._stamp_s(msg.header))
 
     def _reject(self, topic: str, reason: str) -> None:
         self.shared.observations.rejected[topic] = reason
@@ -247,23 +265,25 @@ class PolicyNode(MotusLifecycleNode):
 
     # --- control loop --------------------------------------------------------------------------------------------
 
-    def _measured_position(self) -> np.ndarray | None:
+    def _measured(self) -> MeasuredState | None:
+        """The newest joint state with its age (the SafetyFilter decides whether it may serve as a reference)."""
         buffer = self.shared.observations.buffer
-        return None if buffer is None else buffer.latest_joint_state()
+        latest = None if buffer is None else buffer.latest_joint_state_stamped()
+        return None if latest is None else MeasuredState(latest[0], self.now_s() - latest[1])
 
     def _send(self, command: np.ndarray) -> None:
-        self.adapter.send(command, self.get_clock().now().to_msg())  # in dry run the adapter withholds it
-        self._last_command = command
+        """The SafetyFilter's sink: only the filter calls this."""
+        adapter = self.adapter
+        if adapter is None:
+            raise RuntimeError("no command adapter (the node is not configured)")
+        adapter.send(command, self.get_clock().now().to_msg())  # in dry run the adapter withholds it
 
     def _send_hold(self, reason: str) -> bool:
-        """Send one command holding the last commanded (else measured) position; False when neither is known."""
-        if self.safety is None or self.adapter is None:
+        """Send one command holding the last commanded (else a fresh measured) position; False when neither."""
+        safety = self.safety
+        if safety is None or self.adapter is None:
             return False
-        reference = self._last_command if self._last_command is not None else self._measured_position()
-        if reference is None:
-            return False
-        self._send(self.safety.hold(reference))
-        return True
+        return safety.hold(self._measured()) is not None
 
     def _control_tick(self) -> None:
         if not self.is_active:
@@ -292,6 +312,8 @@ class PolicyNode(MotusLifecycleNode):
             elif observation is None:
                 rejected = "; ".join(f"{topic}: {why}" for topic, why in self.shared.observations.rejected.items())
                 reason = f"{reason} (rejected: {rejected})" if rejected else reason
+            elif (problem := self.safety.state_problem(observation.state)):
+                reason, observation = problem, None  # out of the limits: refused as input, hold
             if observation is None or self.safety.engaged:
                 self._hold(run, reason)
                 return
@@ -301,22 +323,20 @@ class PolicyNode(MotusLifecycleNode):
             if target is None:
                 self._hold(run, "waiting for the first action chunk" if run.chunks == 0 else "waiting for the next action chunk (inference slower than the chunk)")
                 return
-            current = self._last_command if self._last_command is not None else np.asarray(observation.state, dtype=np.float64)
-            command, clamped = self.safety.apply(target, current)
+            command, clamped = self.safety.apply(target, self._measured())  # bounded against the last command sent
+            if command is None:
+                self._hold(run, self.safety.refusal)
+                return
             if clamped:
                 self.get_logger().warning("command clamped to the joint/delta limits", throttle_duration_sec=2.0)
-            run.holding, run.hold_reason, run.hold_target = False, "", None
-            self._send(command)
+            run.holding, run.hold_reason = False, ""
             run.published += 1
 
     def _hold(self, run: PolicyRun, reason: str) -> None:
         if not run.holding or run.hold_reason != reason:
             self.get_logger().info(f"holding: {reason}", throttle_duration_sec=1.0)
         run.holding, run.hold_reason = True, reason
-        if run.hold_target is None:
-            run.hold_target = self._last_command if self._last_command is not None else self._measured_position()
-        if run.hold_target is not None:
-            self._send(self.safety.hold(run.hold_target))
+        if self.safety.hold(self._measured()) is not None:  # the last command sent; nothing without a reference
             run.published += 1
 
     def _request_chunk(self, run: PolicyRun, observation) -> None:
@@ -361,11 +381,30 @@ class PolicyNode(MotusLifecycleNode):
 
     # --- RunPolicy action ------------------------------------------------------------------------------------------
 
+    def _goal_error(self, goal) -> RequestError | None:
+        """Why a RunPolicy goal is refused (not active, e-stop, instruction, duration), or None when valid."""
+        try:
+            self.require_active()
+            safety = self.safety
+            if safety is None or safety.engaged:
+                raise RequestError(ErrorCode.ESTOP, "the e-stop is engaged: release it with ~/estop false")
+            duration = float(goal.max_duration_s)
+            if not math.isfinite(duration) or duration < 0:
+                raise RequestError(ErrorCode.INVALID_REQUEST, f"max_duration_s must be >= 0 seconds (0 = no limit), got {duration}")
+            self.check_instruction(goal.instruction)
+        except RequestError as exc:
+            return exc
+        return None
+
     def _accept_run(self, goal_handle) -> None:
-        """A new goal preempts the running one (single-goal server)."""
+        """A new VALID goal preempts the running one (single-goal server); an invalid one runs only to fail, and
+        leaves the running goal alone."""
         with self._run_lock:
-            if self._run is not None:
-                self._run.preempted = True
+            if self._goal_error(goal_handle.request) is None:
+                self._accepted_goals += 1
+                self._goal_sequence[bytes(goal_handle.goal_id.uuid)] = self._accepted_goals
+                if self._run is not None:
+                    self._run.preempted = True
         goal_handle.execute()
 
     def _new_run(self, instruction: str, max_steps: int) -> PolicyRun:
@@ -407,22 +446,20 @@ class PolicyNode(MotusLifecycleNode):
             self.get_logger().info(f"run ended: {termination} {message}")
             return result
 
-        try:
-            self.require_active()
-            if self.safety.engaged:
-                return finish(ErrorCode.ESTOP, "the e-stop is engaged: release it with ~/estop false", TERMINATION_ESTOP, None)
-            check_instruction(goal.instruction, int(self.param("max_instruction_chars")))
-        except RequestError as exc:
-            return finish(exc.code, exc.message, TERMINATION_ERROR, None)
+        with self._run_lock:
+            sequence = self._goal_sequence.pop(bytes(goal_handle.goal_id.uuid), 0)
+        refused = self._goal_error(goal)  # the same checks as _accept_run: an invalid goal never preempts
+        if refused is not None:
+            return finish(refused.code, refused.message, TERMINATION_ESTOP if refused.code == ErrorCode.ESTOP else TERMINATION_ERROR, None)
 
         run = self._new_run(goal.instruction, goal.max_steps)
         with self._run_lock:
-            if self._run is not None:
-                self._run.preempted = True
-            # Delta limits of the first command are taken from the measured position, not from a command of an
-            # earlier run (the robot may have been moved since).
-            self._last_command = None
-            self._run = run
+            if sequence < self._accepted_goals:
+                run.preempted = True  # a newer goal was accepted before this one started: it wins
+            else:
+                if self._run is not None:
+                    self._run.preempted = True
+                self._run = run
         self.get_logger().info(f"run started: {goal.instruction!r} (max {goal.max_steps} steps, {goal.max_duration_s:g} s)")
         period = 1.0 / float(self.param("feedback_rate_hz"))
         feedback = RunPolicy.Feedback()
@@ -482,7 +519,7 @@ class PolicyNode(MotusLifecycleNode):
             self.require_active()
             if request.mode not in (PredictActions.Request.MODE_VLA, PredictActions.Request.MODE_JOINT):
                 raise RequestError(ErrorCode.INVALID_REQUEST, f"mode must be MODE_VLA (0) or MODE_JOINT (1), got {request.mode}")
-            check_instruction(request.instruction, int(self.param("max_instruction_chars")))
+            self.check_instruction(request.instruction)
             images, state = self.observation_inputs(request.observation)
             joint = request.mode == PredictActions.Request.MODE_JOINT
             engine_request = MotusRequest(
