@@ -139,6 +139,8 @@ class PolicyNode(MotusLifecycleNode):
         self._last_inference_ms = 0.0
         self._resources: list[Any] = []
         self.safety: SafetyFilter | None = None
+        self._kept_command: np.ndarray | None = None  # the last command sent, across cleanup/configure
+        self._kept_estop = ""  # the e-stop reason when it was engaged at cleanup
         self.adapter: Any = None
         self.dry_run = False
 
@@ -173,7 +175,10 @@ class PolicyNode(MotusLifecycleNode):
         max_state_age_s = float(self.param("joint_state_max_age_periods")) / self.control_rate_hz
         future_tolerance_s = float(self.param("future_tolerance_s"))
         # The filter sends through the adapter itself and remembers what it sent: the only way to the robot.
-        self.safety = SafetyFilter(profile, send=self._send, max_state_age_s=max_state_age_s, future_tolerance_s=future_tolerance_s)
+        self.safety = SafetyFilter(profile, send=self._send, max_state_age_s=max_state_age_s, future_tolerance_s=future_tolerance_s,
+                                   last_command=self._kept_command)
+        if self._kept_estop:  # a cleanup never releases the e-stop
+            self.safety.estop(self._kept_estop)
 
         buffer = make_observation_buffer([camera.role for camera in profile.cameras], float(self.param("max_skew_s")), float(self.param("max_age_s")),
                                          max_state_age_s=max_state_age_s, future_tolerance_s=future_tolerance_s)
@@ -207,6 +212,9 @@ class PolicyNode(MotusLifecycleNode):
         if self.adapter is not None:
             self.adapter.destroy()
         self.adapter = None
+        if self.safety is not None:  # kept for the next configure: the same robot, the same reference and latch
+            self._kept_command = self.safety.last_command
+            self._kept_estop = self.safety.estop_reason if self.safety.engaged else ""
         self.safety = None
 
     def _on_deactivated(self) -> None:

@@ -72,6 +72,8 @@ class SafetyFilter:
             what apply()/hold() return (unit tests). Either way the returned command is the new reference.
         max_state_age_s: a measured state older than this is no reference (the joint-state staleness bound).
         future_tolerance_s: a measured state stamped further ahead than this is no reference.
+        last_command: the last command an earlier filter of the same robot sent (a node reconfigured): the
+            reference survives, so a reconfigure never lets the next command jump.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class SafetyFilter:
         send: Callable[[np.ndarray], None] | None = None,
         max_state_age_s: float = float("inf"),
         future_tolerance_s: float = DEFAULT_FUTURE_TOLERANCE_S,
+        last_command: np.ndarray | None = None,
     ) -> None:
         self.profile = profile
         self.lower = np.asarray(profile.lower_limits, dtype=np.float64)
@@ -91,6 +94,8 @@ class SafetyFilter:
         self._lock = threading.RLock()
         self._engaged = False
         self._last_command: np.ndarray | None = None
+        if last_command is not None:
+            self._last_command = np.clip(self._vector(last_command, "last_command"), self.lower, self.upper)
         self.estop_reason = ""
         self.refusal = ""  # why the last apply()/hold() sent nothing ("" after one that sent)
         self.clamp_count = 0  # commands that differed from their target (diagnostics)

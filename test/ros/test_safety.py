@@ -205,3 +205,13 @@ def test_physical_range():
     q[0] = np.inf
     assert "not finite" in physical_range_problem(profile, q)
     assert "14 values" in physical_range_problem(profile, np.zeros(3))
+
+
+def test_a_reconfigured_filter_keeps_the_reference():
+    """The policy node hands the last command sent to the filter of its next configure: no jump after a
+    lifecycle cleanup/configure, whatever the measured state says."""
+    profile = load_profile("aloha_sim")
+    q = np.full(14, 0.3)
+    safety = SafetyFilter(profile, last_command=q)
+    command, _ = safety.apply(np.full(14, -1.0), fresh(np.full(14, -1.0)))
+    assert np.allclose(command, q - safety.max_delta)
