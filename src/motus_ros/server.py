@@ -56,7 +56,10 @@ def build_engine(spec: ModelSpec) -> Any:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"checkpoint {str(path)!r}: expected a folder with config.json + model.safetensors")
         logger.info("loading the Motus checkpoint %s on %s", path, spec.device)
-        return MotusEngine.from_pretrained(str(path), device=spec.device, max_batch=spec.max_batch)
+        try:
+            return MotusEngine.from_pretrained(str(path), device=spec.device, max_batch=spec.max_batch)
+        except Exception as exc:  # one clear line naming the checkpoint: the server then exits non-zero, never READY
+            raise ValueError(f"checkpoint {str(path)!r} refused: {type(exc).__name__}: {exc}") from exc
     logging.getLogger("motus_server").warning(
         "NO CHECKPOINT: running preset %r with RANDOM weights (seed %d). The actions and frames are noise; "
         "set `checkpoint` (or --checkpoint DIR|NAME) to a trained model folder or a shipped model (%s).",
