@@ -12,8 +12,11 @@ obs_step + (i + 1) * downsample_rate (the model's chunk is sparser than the cont
 it is linearly upsampled from the observed state); actions already in the past when the chunk arrives are dropped
 by the blender, which is how the inference delay is accounted for.
 
-Safety: the SafetyFilter clamps every command to the joint limits and per-step deltas; stale or missing input,
-the e-stop, cancel and deactivate all hold the robot at the last commanded (or measured) position.
+Safety: every command goes out through the SafetyFilter, which clamps it to the joint limits and to one per-step
+delta from the last command it sent (kept across goals and reconfigures), or, before the first, from a fresh,
+in-limit measured state; without either it sends nothing. Stale (joint states: joint_state_max_age_periods control
+periods), future-stamped, missing or out-of-limit input, the e-stop, cancel and deactivate all hold the robot at the
+last command sent. Goals are validated before they may preempt the running one.
 """
 from __future__ import annotations
 
