@@ -27,10 +27,10 @@ def main() -> int:
 
     import rclpy
     from rclpy.qos import qos_profile_sensor_data
+    from ros_helpers import sim_command, spin_until, start_process, stop_process
     from sensor_msgs.msg import Image, JointState
 
     from motus_ros.profiles import load_profile
-    from ros_helpers import sim_command, spin_until, start_process, stop_process
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     profile = load_profile("aloha_sim")

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import threading
 import time
@@ -68,12 +67,12 @@ def main() -> int:
     args = parser.parse_args()
 
     import rclpy
+    from ros_helpers import server_command, sim_command, start_process, stop_process
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray
 
     from motus_ros.client import MotusClient
     from motus_ros.profiles import load_profile
-    from ros_helpers import server_command, sim_command, start_process, stop_process
 
     profile = load_profile("aloha_sim")
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")

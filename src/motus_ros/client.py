@@ -36,8 +36,8 @@ from motus_msgs.srv import InferActions, PredictActions
 
 # Deep request/response queues (as the server's): many requests in flight from one client all get their answer.
 REQUEST_QOS = QoSProfile(depth=1000, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
-ACTION_QOS = dict(goal_service_qos_profile=REQUEST_QOS, result_service_qos_profile=REQUEST_QOS,
-                  cancel_service_qos_profile=REQUEST_QOS)
+ACTION_QOS = {"goal_service_qos_profile": REQUEST_QOS, "result_service_qos_profile": REQUEST_QOS,
+              "cancel_service_qos_profile": REQUEST_QOS}
 
 GOAL_STATUS_SUCCEEDED = 4
 GOAL_STATUS_CANCELED = 5

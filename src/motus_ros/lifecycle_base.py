@@ -188,9 +188,9 @@ RESULT_TIMEOUT_S = 60
 
 def action_server_options(callback_group: Any) -> dict[str, Any]:
     """Keyword arguments of every ActionServer of the server: deep request queues, bounded result keeping."""
-    return dict(
-        callback_group=callback_group, goal_service_qos_profile=REQUEST_QOS, result_service_qos_profile=REQUEST_QOS,
-        cancel_service_qos_profile=REQUEST_QOS, result_timeout=RESULT_TIMEOUT_S)
+    return {
+        "callback_group": callback_group, "goal_service_qos_profile": REQUEST_QOS, "result_service_qos_profile": REQUEST_QOS,
+        "cancel_service_qos_profile": REQUEST_QOS, "result_timeout": RESULT_TIMEOUT_S}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
   checked against the profile's joint limits and per-step delta limits relative to the previous command;
 - bursts: 100 concurrent requests on every interface get 100 answers (BUSY beyond --max-waiting-requests);
 - lifecycle churn: 50 random transitions across the four nodes while requests run never end the process;
-- driver loss (simulator SIGKILL) holds within 3 control periods, and a restarted driver is driven again.
+- driver loss (simulator SIGKILL): test_faults_driver.py (its own module: it needs the topics to itself).
 
 The exact logic (staleness in control periods, future stamps, references) is pinned by the unit tests in
 test_safety.py and test_observation_buffer.py; these are the end-to-end checks through the real processes.
@@ -25,6 +25,14 @@ from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
+from ros_helpers import (
+    camera_frame,
+    image_msg,
+    server_command,
+    start_process,
+    stop_process,
+    wait_until_serving,
+)
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool
@@ -32,20 +40,9 @@ from std_srvs.srv import SetBool
 from motus_msgs.action import Imagine, PredictFuture, RunPolicy
 from motus_msgs.msg import ErrorCode, Observation
 from motus_msgs.srv import InferActions, PredictActions
-
 from motus_ros.client import ACTION_QOS, REQUEST_QOS, MotusClient
 from motus_ros.conversions import to_stamp
 from motus_ros.profiles import load_profile
-
-from ros_helpers import (
-    camera_frame,
-    image_msg,
-    server_command,
-    sim_command,
-    start_process,
-    stop_process,
-    wait_until_serving,
-)
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
@@ -55,8 +52,8 @@ MAX_DELTA = np.asarray(PROFILE.max_delta_per_step)
 COMMAND_TOPIC = PROFILE.command_topics[0]
 MAX_WAITING = 4
 # motus-small with 1 denoising step: chunks (16 control steps) arrive in time, so the fuzzer sees moving commands.
-FUZZ_SERVER = dict(preset="motus-small", default_steps=1, chunk_request_threshold=10, stamp_source="header",
-                   joint_state_max_age_periods=10.0)
+FUZZ_SERVER = {"preset": "motus-small", "default_steps": 1, "chunk_request_threshold": 10, "stamp_source": "header",
+               "joint_state_max_age_periods": 10.0}
 
 
 class CommandLog:
@@ -96,7 +93,7 @@ class HostileDrivers:
     every episode. Modes: ok, nan, inf, huge (1e30), beyond (10 rad), stale (stamped 5 s ago), future (30 s
     ahead), silent (nothing), bad_image (wrong encoding and size)."""
 
-    MODES = ["ok", "ok", "ok", "nan", "inf", "huge", "beyond", "stale", "future", "silent", "bad_image"]
+    MODES = ("ok", "ok", "ok", "nan", "inf", "huge", "beyond", "stale", "future", "silent", "bad_image")
 
     def __init__(self, node: Node, rate_hz: float = 25.0) -> None:
         self.node = node
@@ -258,7 +255,10 @@ def test_a_burst_of_100_requests_on_every_interface_gets_100_answers(fuzz_rig):
         assert _wait_all(node, [release], 30) == 1
         codes = [a.error.code for a in answers["predict_actions"]]
         assert codes.count(ErrorCode.BUSY) > 0 and codes.count(ErrorCode.NONE) >= 1, codes
-        trajectory = client._trajectory(np.tile(drivers.position, (4, 1)), PROFILE.joint_names)
+        from motus_model.config import MotusConfig
+
+        chunk = MotusConfig.preset(FUZZ_SERVER["preset"]).temporal.action_chunk  # the world model's chunk length
+        trajectory = client._trajectory(np.tile(drivers.position, (chunk, 1)), PROFILE.joint_names)
         actions = {
             "run_policy": (ActionClient(node, RunPolicy, "/policy/run_policy", **ACTION_QOS),
                            lambda: RunPolicy.Goal(instruction="pick", max_steps=5)),
@@ -276,8 +276,8 @@ def test_a_burst_of_100_requests_on_every_interface_gets_100_answers(fuzz_rig):
             results = [h.get_result_async() for h in handles]
             assert _wait_all(node, results, 240) == burst, f"{name}: not every goal got a result"
             codes = [f.result().result.error.code for f in results]
-            if name != "run_policy":
-                assert codes.count(ErrorCode.BUSY) > 0, f"{name}: {codes}"
+            if name != "run_policy":  # (RunPolicy goals preempt each other instead)
+                assert codes.count(ErrorCode.BUSY) > 0 and codes.count(ErrorCode.NONE) >= 1, f"{name}: {codes}"
         assert server.poll() is None
     finally:
         node.destroy_node()
@@ -332,8 +332,8 @@ def test_lifecycle_churn_while_requests_run_never_ends_the_server(fuzz_rig):
     rng = random.Random(50)
     done = []
     try:
-        for client in (*change.values(), *get.values()):
-            assert client.wait_for_service(timeout_sec=30)
+        for service in (*change.values(), *get.values()):
+            assert service.wait_for_service(timeout_sec=30)
         while len(done) < 50:
             name = rng.choice(names)
             state = _lifecycle_state(node, get[name])
@@ -362,64 +362,3 @@ def test_lifecycle_churn_while_requests_run_never_ends_the_server(fuzz_rig):
     assert requests["sent"] > 0
     check_commands(log.array())  # every command of the module so far, churn included
     wait_until_serving(client, 60.0)  # serves again after the churn
-
-
-def test_driver_loss_holds_within_three_control_periods_and_restart_resumes(ros_context, spawn_process):
-    """SIGKILL of the simulator mid-run (the default joint-state bound: 3 control periods): after the last joint
-    state received here, at most 3 commands still move (one more for delivery order between the two topics), then
-    the run holds with a stale joint state; a restarted simulator is driven again; no delta violation throughout."""
-    sim = spawn_process(sim_command("-p", "camera_rate_hz:=4.0"), ready_line="MOTUS_SIM READY", timeout=120)
-    spawn_process(server_command("--torch-threads", "1", preset="motus-small", default_steps=1, chunk_request_threshold=10,
-                                 joint_state_max_age_periods=3.0, max_age_s=2.0, max_skew_s=1.0),
-                  ready_line="MOTUS SERVER READY", timeout=120)
-    spinner = Spinner("driver_loss_recorder")
-    events: list[tuple[str, np.ndarray | None]] = []  # ("command", q) / ("joint_state", None), in arrival order
-    lock = threading.Lock()
-
-    def on_command(message: Float64MultiArray) -> None:
-        with lock:
-            events.append(("command", np.asarray(message.data, dtype=np.float64)))
-
-    def on_state(_: JointState) -> None:
-        with lock:
-            events.append(("joint_state", None))
-
-    spinner.node.create_subscription(Float64MultiArray, COMMAND_TOPIC, on_command, 10000)
-    spinner.node.create_subscription(JointState, PROFILE.joint_state_topics[0], on_state, 1000)
-    client = MotusClient(node_name="driver_loss_client")
-    try:
-        assert client.wait_for_server(60)
-        deadline = time.monotonic() + 60
-        while client.predict_actions("pick", steps=1).error.code != ErrorCode.NONE:
-            assert time.monotonic() < deadline, "the server never had a usable observation from the sim"
-            client.spin(0.3)
-        assert client.run_policy("pick")
-        moving = lambda: bool(client.get_feedback() and not client.get_feedback().holding)  # noqa: E731
-        client.spin(60, until=moving)
-        assert moving(), f"the policy never moved: {client.get_feedback()}"
-        sim.kill()
-        sim.wait()
-        client.spin(20, until=lambda: bool(client.get_feedback() and "joint_state" in client.get_feedback().hold_reason))
-        feedback = client.get_feedback()
-        assert feedback.holding and "stale: joint_state" in feedback.hold_reason, feedback
-        with lock:
-            snapshot = list(events)
-        last_state = max(i for i, (kind, _) in enumerate(snapshot) if kind == "joint_state")
-        before = [q for kind, q in snapshot[:last_state] if kind == "command"]
-        after = [q for kind, q in snapshot[last_state + 1:] if kind == "command"]
-        assert before and len(after) > 10, "no hold commands after the driver loss"
-        sequence = np.stack([before[-1], *after])
-        moved = np.nonzero(np.any(np.abs(np.diff(sequence, axis=0)) > 1e-12, axis=1))[0]
-        assert moved.size == 0 or moved.max() < 4, f"commands still moved {moved.tolist()} commands after the driver loss"
-        assert np.allclose(sequence[-1], sequence[-5:]), "the hold moved"
-        # The driver comes back: the run leaves the stale hold and drives again.
-        spawn_process(sim_command("-p", "camera_rate_hz:=4.0"), ready_line="MOTUS_SIM READY", timeout=120)
-        client.spin(60, until=lambda: bool(client.get_feedback() and "joint_state" not in client.get_feedback().hold_reason))
-        assert "joint_state" not in client.get_feedback().hold_reason, client.get_feedback()
-        assert client.cancel_task()
-        with lock:
-            commands = np.stack([q for kind, q in events if kind == "command"])
-        check_commands(commands)
-    finally:
-        client.destroy()
-        spinner.close()

@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 
 from motus_ros.profiles import load_profile
-from motus_ros.safety import MeasuredState, SafetyFilter, physical_range, physical_range_problem
+from motus_ros.safety import (
+    MeasuredState,
+    SafetyFilter,
+    physical_range,
+    physical_range_problem,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
