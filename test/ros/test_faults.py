@@ -337,6 +337,7 @@ def test_lifecycle_churn_while_requests_run_never_ends_the_server(fuzz_rig):
         while len(done) < 50:
             name = rng.choice(names)
             state = _lifecycle_state(node, get[name])
+            assert state in transitions, f"{name} is {state!r} after {done}: the server is ending (a crash?)"
             transition = rng.choice(transitions[state])
             future = change[name].call_async(ChangeState.Request(transition=Transition(id=transition)))
             assert _wait_all(node, [future], 120) == 1, f"{name}: no answer to transition {transition} from {state}"

@@ -49,14 +49,19 @@ def test_driver_loss_holds_within_three_control_periods_and_restart_resumes(ros_
             assert time.monotonic() < deadline, "the server never had a usable observation from the sim"
             client.spin(0.3)
         assert client.run_policy("pick")
-        moving = lambda: bool(client.get_feedback() and not client.get_feedback().holding)
-        client.spin(60, until=moving)
+        def moving() -> bool:  # the policy drives: several of the last 20 commands moved
+            with lock:
+                recent = [q for kind, q in events[-60:] if kind == "command"][-20:]
+            return len(recent) == 20 and int(np.sum(np.any(np.abs(np.diff(recent, axis=0)) > 1e-12, axis=1))) >= 5
+
+        client.spin(90, until=moving)
         assert moving(), f"the policy never moved: {client.get_feedback()}"
         sim.kill()
         sim.wait()
         client.spin(20, until=lambda: bool(client.get_feedback() and "joint_state" in client.get_feedback().hold_reason))
         feedback = client.get_feedback()
         assert feedback.holding and "stale: joint_state" in feedback.hold_reason, feedback
+        client.spin(1.0)  # a stream of hold commands to look at
         with lock:
             snapshot = list(events)
         last_state = max(i for i, (kind, _) in enumerate(snapshot) if kind == "joint_state")
