@@ -74,7 +74,10 @@ def main() -> int:
     from motus_ros.client import MotusClient
     from motus_ros.profiles import load_profile
 
+    from motus_model.config import MotusConfig
+
     profile = load_profile("aloha_sim")
+    chunk = MotusConfig.preset(args.preset).temporal.action_chunk  # the world model takes one action chunk
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     sim = start_process(sim_command("-p", "camera_rate_hz:=4.0"), "MOTUS_SIM READY")
     server = start_process(server_command("--torch-threads", "1", preset=args.preset, default_steps=args.steps,
@@ -119,7 +122,7 @@ def main() -> int:
                 seen = len(feedback)
                 if "q" in state and counts["goals"] % 2 == 0 and seen % 20 == 10:
                     # A world-model request while the policy runs (shares the engine with the chunk requests).
-                    result = client.predict_future(np.tile(state["q"], (4, 1)), profile.joint_names, steps=args.steps)
+                    result = client.predict_future(np.tile(state["q"], (chunk, 1)), profile.joint_names, steps=args.steps)
                     counts["world_model_requests"] += 1
                     counts["world_model_ok"] += int(result.error.code == 0)
             result = client.get_result()
