@@ -71,10 +71,9 @@ def main() -> int:
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray
 
+    from motus_model.config import MotusConfig
     from motus_ros.client import MotusClient
     from motus_ros.profiles import load_profile
-
-    from motus_model.config import MotusConfig
 
     profile = load_profile("aloha_sim")
     chunk = MotusConfig.preset(args.preset).temporal.action_chunk  # the world model takes one action chunk
