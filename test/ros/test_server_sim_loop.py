@@ -72,7 +72,8 @@ def test_policy_drives_the_simulated_aloha(ros_context, spawn_process):
         sent = np.stack(sent)
         assert np.all(sent >= np.asarray(PROFILE.lower_limits) - 1e-9) and np.all(sent <= np.asarray(PROFILE.upper_limits) + 1e-9)
         holding = [f for f in client.policy_task.feedback if not f.holding]
-        assert holding, "the policy never left the hold state (no chunk in time)"
+        assert holding, ("the policy never left the hold state: "
+                         f"{sorted({f.hold_reason for f in client.policy_task.feedback})}")
         client.spin(1.0)
         after = states[-1]
         # The simulated arms followed the commands: the joint state moved towards the last command.
