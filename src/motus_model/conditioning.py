@@ -231,6 +231,25 @@ class TextConditioner:
         mask[: features.shape[0]] = True
         return padded, mask
 
+    def check(self, instruction: str) -> None:
+        """Raise ValueError when `instruction` cannot be encoded: more tokens than `text_len`, or no encoder and no
+        precomputed features for it. Cheap (the tokenizer only, no model), so servers can refuse an instruction
+        before accepting a request instead of failing it later inside inference."""
+        instruction = _check_instructions([instruction])[0]
+        with self._lock:
+            if instruction in self.precomputed or instruction in self._cache:
+                return
+        if self.encoder is None:
+            raise ValueError(f"no text encoder and no precomputed features for instruction {instruction[:60]!r}; "
+                             f"precomputed: {sorted(self.precomputed)[:10]}")
+        count_tokens = getattr(self.encoder, "count_tokens", None)
+        if count_tokens is None or getattr(self.encoder, "truncate", False):
+            return  # an encoder without a tokenizer count, or one that truncates: nothing to refuse here
+        count = int(count_tokens(instruction))
+        if count > self.text_len:
+            raise ValueError(f"instruction too long: expected at most {self.text_len} tokens (end-of-sequence token "
+                             f"included), got {count}")
+
     def encode(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (features [B, text_len, text_dim], mask [B, text_len] bool) on the encoder's device (CPU if none)."""
         instructions = _check_instructions(instructions)

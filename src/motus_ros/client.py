@@ -26,12 +26,18 @@ import rclpy
 from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
 from motus_msgs.action import Imagine, PredictFuture, RunPolicy
 from motus_msgs.msg import Observation
 from motus_msgs.srv import InferActions, PredictActions
+
+# Deep request/response queues (as the server's): many requests in flight from one client all get their answer.
+REQUEST_QOS = QoSProfile(depth=1000, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+ACTION_QOS = {"goal_service_qos_profile": REQUEST_QOS, "result_service_qos_profile": REQUEST_QOS,
+              "cancel_service_qos_profile": REQUEST_QOS}
 
 GOAL_STATUS_SUCCEEDED = 4
 GOAL_STATUS_CANCELED = 5
@@ -86,12 +92,12 @@ class MotusClient:
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
         prefix = f"{namespace.rstrip('/')}/" if namespace else ""
-        self._predict_actions = self.node.create_client(PredictActions, f"{prefix}policy/predict_actions")
-        self._infer_actions = self.node.create_client(InferActions, f"{prefix}idm/infer_actions")
-        self._estop = self.node.create_client(SetBool, f"{prefix}policy/estop")
-        self._predict_future = ActionClient(self.node, PredictFuture, f"{prefix}world_model/predict_future")
-        self._imagine = ActionClient(self.node, Imagine, f"{prefix}imagination/imagine")
-        self._run_policy = ActionClient(self.node, RunPolicy, f"{prefix}policy/run_policy")
+        self._predict_actions = self.node.create_client(PredictActions, f"{prefix}policy/predict_actions", qos_profile=REQUEST_QOS)
+        self._infer_actions = self.node.create_client(InferActions, f"{prefix}idm/infer_actions", qos_profile=REQUEST_QOS)
+        self._estop = self.node.create_client(SetBool, f"{prefix}policy/estop", qos_profile=REQUEST_QOS)
+        self._predict_future = ActionClient(self.node, PredictFuture, f"{prefix}world_model/predict_future", **ACTION_QOS)
+        self._imagine = ActionClient(self.node, Imagine, f"{prefix}imagination/imagine", **ACTION_QOS)
+        self._run_policy = ActionClient(self.node, RunPolicy, f"{prefix}policy/run_policy", **ACTION_QOS)
         self.server_timeout_s = server_timeout_s
         self._policy_task: GoalTask | None = None
 

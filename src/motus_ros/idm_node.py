@@ -13,7 +13,7 @@ import numpy as np
 from motus_msgs.msg import ErrorCode
 from motus_msgs.srv import InferActions
 
-from motus_ros.lifecycle_base import MotusLifecycleNode, RequestError, ServerContext
+from motus_ros.lifecycle_base import REQUEST_QOS, MotusLifecycleNode, RequestError, ServerContext
 
 
 class IdmNode(MotusLifecycleNode):
@@ -21,7 +21,7 @@ class IdmNode(MotusLifecycleNode):
 
     def __init__(self, context: ServerContext, node_name: str = "idm", **kwargs: Any) -> None:
         super().__init__(node_name, context, **kwargs)
-        self.create_service(InferActions, "~/infer_actions", self._infer_actions, callback_group=self.request_group)
+        self.create_service(InferActions, "~/infer_actions", self._infer_actions, qos_profile=REQUEST_QOS, callback_group=self.request_group)
 
     def future_frames(self, observations) -> list[dict[str, np.ndarray]]:
         """The request's future observations -> per frame, camera role -> HxWx3 uint8 RGB."""

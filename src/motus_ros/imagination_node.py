@@ -17,7 +17,14 @@ from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from motus_msgs.action import Imagine
 from motus_msgs.msg import ErrorCode
 
-from motus_ros.lifecycle_base import MotusLifecycleNode, ServerContext, check_instruction, float_descriptor, int_descriptor, text_descriptor
+from motus_ros.lifecycle_base import (
+    MotusLifecycleNode,
+    ServerContext,
+    action_server_options,
+    float_descriptor,
+    int_descriptor,
+    text_descriptor,
+)
 from motus_ros.world_model_node import ImagePublishers, feedback_publisher, finish_goal
 
 
@@ -38,7 +45,7 @@ class ImaginationNode(MotusLifecycleNode):
             self, Imagine, "~/imagine", self._execute,
             goal_callback=lambda goal: GoalResponse.ACCEPT,
             cancel_callback=lambda handle: CancelResponse.ACCEPT,
-            callback_group=self.request_group,
+            **action_server_options(self.request_group),
         )
 
     def video_fps(self) -> float:
@@ -93,7 +100,7 @@ class ImaginationNode(MotusLifecycleNode):
         result = Imagine.Result()
         try:
             self.require_active()
-            check_instruction(goal.instruction, int(self.param("max_instruction_chars")))
+            self.check_instruction(goal.instruction)
             images, state = self.observation_inputs(goal.observation)
             request = MotusRequest(
                 mode=Mode.JOINT if goal.with_actions else Mode.VIDEO_GENERATION, images=images, state=self.profile.robot_to_model(state),

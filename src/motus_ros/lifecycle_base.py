@@ -31,6 +31,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from motus_model.embodiment import RobotProfile
@@ -173,6 +174,27 @@ class ServerContext:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Request interfaces
+# ---------------------------------------------------------------------------------------------------------------
+
+# Services and action goal/result/cancel services: the default depth of 10 silently dropped the 11th and later
+# requests of a burst (30 predict_actions -> 10 answers). With 1000 every request of a burst reaches its callback,
+# which answers it (BUSY beyond `max_waiting_requests`).
+REQUEST_QOS = QoSProfile(
+    depth=1000, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+# How long an action server keeps a finished goal's result for late clients. rclpy's default is 900 s: with
+# back-to-back requests whose results hold frames, that is hundreds of MB of results kept (memory growth in a soak).
+RESULT_TIMEOUT_S = 60
+
+
+def action_server_options(callback_group: Any) -> dict[str, Any]:
+    """Keyword arguments of every ActionServer of the server: deep request queues, bounded result keeping."""
+    return {
+        "callback_group": callback_group, "goal_service_qos_profile": REQUEST_QOS, "result_service_qos_profile": REQUEST_QOS,
+        "cancel_service_qos_profile": REQUEST_QOS, "result_timeout": RESULT_TIMEOUT_S}
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Parameter descriptors
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -207,6 +229,9 @@ COMMON_PARAMETERS = {
     "seed": (0, int_descriptor("seed of the random initialisation when running a preset", 0, 2**31 - 1, read_only=True)),
     "max_batch": (4, int_descriptor("largest batch of same-mode requests the engine runs at once", 1, 64, read_only=True)),
     "default_steps": (0, int_descriptor("denoising steps when a request says 0; 0 = the model's default", 0, 1000)),
+    # One request with 65,535 steps held the model for minutes (and the policy in hold): requests above the cap
+    # are refused INVALID_REQUEST before they are queued.
+    "max_denoising_steps": (100, int_descriptor("largest number of denoising steps a request may ask for", 1, 100000)),
     "request_timeout_s": (120.0, float_descriptor("how long a service waits for the model before answering INTERNAL", 1.0, 3600.0)),
 }
 
@@ -226,6 +251,7 @@ class MotusLifecycleNode(LifecycleNode):
         self.profile: RobotProfile | None = None  # set by configure
         self.engine: Any = None
         self._active = threading.Event()
+        self.last_error = ""  # the reason of the last failed transition (the server prints it when it gives up)
         self.request_group = ReentrantCallbackGroup()  # services/actions: submit + wait on engine futures
         self.sensor_group = MutuallyExclusiveCallbackGroup()  # camera/joint-state callbacks: never wait
         self.timer_group = MutuallyExclusiveCallbackGroup()  # periodic publishing
@@ -237,10 +263,14 @@ class MotusLifecycleNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Attach to the shared model, validate the profile, create resources -> inactive (or unconfigured on failure)."""
         try:
+            if int(self.param("default_steps")) > int(self.param("max_denoising_steps")):
+                raise ValueError(f"default_steps ({self.param('default_steps')}) exceeds max_denoising_steps "
+                                 f"({self.param('max_denoising_steps')}): lower default_steps or raise the cap")
             self.profile = self.shared.profile.attach(str(self.param("profile")))
             self.engine = self.shared.model.attach(self.model_spec())
             self._setup()
         except Exception as exc:  # rclpy would swallow it: log the reason and the traceback, then undo
+            self.last_error = f"{self.get_name()}: configure failed: {exc}"
             self.get_logger().error(f"configure failed: {exc}\n{traceback.format_exc()}")
             self._safe_teardown()
             self.engine = None
@@ -253,6 +283,7 @@ class MotusLifecycleNode(LifecycleNode):
         try:
             self._on_activated()
         except Exception as exc:
+            self.last_error = f"{self.get_name()}: activate failed: {exc}"
             self.get_logger().error(f"activate failed: {exc}\n{traceback.format_exc()}")
             return TransitionCallbackReturn.FAILURE
         self._active.set()
@@ -349,9 +380,28 @@ class MotusLifecycleNode(LifecycleNode):
             raise RequestError(ErrorCode.NOT_READY, f"node {self.get_name()} is not active (configure and activate it first)")
 
     def steps_for(self, requested: int) -> int | None:
-        """Denoising steps for a request: the request's, else the node parameter's, else the model default (None)."""
+        """Denoising steps for a request: the request's, else the node parameter's, else the model default (None).
+        More than `max_denoising_steps` is refused (INVALID_REQUEST)."""
         steps = int(requested) or int(self.param("default_steps"))
+        cap = int(self.param("max_denoising_steps"))
+        if steps > cap:
+            raise RequestError(ErrorCode.INVALID_REQUEST, f"steps: at most {cap} denoising steps (parameter "
+                               f"max_denoising_steps), got {steps}")
         return steps if steps > 0 else None
+
+    def check_instruction(self, instruction: str) -> str:
+        """The instruction, or RequestError INVALID_REQUEST when it is longer than `max_instruction_chars` or than
+        the model's text encoder takes (its token limit, checked with the tokenizer only)."""
+        return check_instruction(instruction, int(self.param("max_instruction_chars")), self.engine)
+
+    def check_joint_state(self, state: np.ndarray, what: str = "observation") -> np.ndarray:
+        """`state` [D] robot units, or RequestError INVALID_REQUEST when outside the profile's physical range."""
+        from motus_ros.safety import physical_range_problem
+
+        problem = physical_range_problem(self.profile, state)
+        if problem:
+            raise RequestError(ErrorCode.INVALID_REQUEST, f"bad {what}: {problem}")
+        return state
 
     @staticmethod
     def seed_for(requested: int) -> int | None:
@@ -364,12 +414,12 @@ class MotusLifecycleNode(LifecycleNode):
             latest, reason = self.shared.observations.latest(self.now_s())
             if latest is None:
                 raise RequestError(ErrorCode.NO_OBSERVATION, f"no usable latest observation: {reason}")
-            return dict(latest.images), np.asarray(latest.state, dtype=np.float64)
+            return dict(latest.images), self.check_joint_state(np.asarray(latest.state, dtype=np.float64), "latest observation")
         try:
             images, state = conversions.observation_to_inputs(msg, self.profile)
         except ValueError as exc:
             raise RequestError(ErrorCode.INVALID_REQUEST, f"bad observation: {exc}") from exc
-        return images, np.asarray(state, dtype=np.float64)
+        return images, self.check_joint_state(np.asarray(state, dtype=np.float64))
 
     def images_of(self, msg: Observation, what: str) -> dict[str, np.ndarray]:
         """Camera role -> HxWx3 uint8 RGB of an observation that must hold every camera of the profile (no joint
@@ -501,11 +551,18 @@ def request_error_of(exc: BaseException, log: Any) -> RequestError:
     return RequestError(ErrorCode.INTERNAL, f"model failure: {exc!r} (see the server log)")
 
 
-def check_instruction(instruction: str, max_chars: int) -> str:
-    """Reject instructions the model cannot take before they reach the queue."""
+def check_instruction(instruction: str, max_chars: int, engine: Any = None) -> str:
+    """Reject instructions the model cannot take before they reach the queue: more than `max_chars` characters, or
+    (with the engine) more tokens than its text encoder takes (TextConditioner.check: the tokenizer only)."""
     if len(instruction) > max_chars:
         raise RequestError(
             ErrorCode.INVALID_REQUEST, f"instruction too long: expected at most {max_chars} characters, got {len(instruction)}"
         )
+    check = getattr(getattr(engine, "text", None), "check", None)
+    if check is not None:
+        try:
+            check(instruction)
+        except ValueError as exc:
+            raise RequestError(ErrorCode.INVALID_REQUEST, str(exc)) from exc
     return instruction
 

@@ -10,12 +10,16 @@ Data flow:
 The robot never waits for the model: commands (or hold commands) go out every control tick while the next chunk
 is being computed on the engine's worker thread (the runtime's timing rule is in motus_model/policy.py).
 
-Safety: the SafetyFilter clamps every command to the joint limits and per-step deltas; stale or missing input,
-the e-stop, cancel and deactivate all hold the robot at the last commanded (or measured) position.
+Safety: every command goes out through the SafetyFilter, which clamps it to the joint limits and to one per-step
+delta from the last command it sent (kept across goals and reconfigures), or, before the first, from a fresh,
+in-limit measured state; without either it sends nothing. Stale (joint states: joint_state_max_age_periods control
+periods), future-stamped, missing or out-of-limit input, the e-stop, cancel and deactivate all hold the robot at the
+last command sent. Goals are validated before they may preempt the running one.
 """
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 import traceback
@@ -37,16 +41,17 @@ from motus_ros import conversions
 from motus_model.policy import HOLD_FIRST_CHUNK, MotusPolicy, PolicyChunk, PolicyConfig
 from motus_ros.command_adapters import make_command_adapter
 from motus_ros.lifecycle_base import (
+    REQUEST_QOS,
     MotusLifecycleNode,
     RequestError,
     ServerContext,
-    check_instruction,
+    action_server_options,
     float_descriptor,
     int_descriptor,
     request_error_of,
     text_descriptor,
 )
-from motus_ros.safety import SafetyFilter
+from motus_ros.safety import MeasuredState, SafetyFilter
 
 TERMINATION_COMPLETED = "completed"
 TERMINATION_CANCELLED = "cancelled"
@@ -88,7 +93,6 @@ class PolicyRun:
     published: int = 0  # commands computed (sent, or planned in dry run)
     holding: bool = True
     hold_reason: str = HOLD_FIRST_CHUNK
-    hold_target: np.ndarray | None = None
     error: str = ""  # a failure that ends the run
     error_code: int = ErrorCode.INTERNAL  # its ErrorCode (INVALID_REQUEST when the model refused the request)
     preempted: bool = False
@@ -117,23 +121,26 @@ class PolicyNode(MotusLifecycleNode):
 
         self._run: PolicyRun | None = None
         self._run_lock = threading.Lock()
-        self._last_command: np.ndarray | None = None
+        self._accepted_goals = 0  # valid goals accepted so far: the newest accepted goal wins
+        self._goal_sequence: dict[bytes, int] = {}  # goal id -> its acceptance number, until it starts
         self._rate = RateMeter()
         self._last_inference_ms = 0.0
         self._resources: list[Any] = []
         self.safety: SafetyFilter | None = None
+        self._kept_command: np.ndarray | None = None  # the last command sent, across cleanup/configure
+        self._kept_estop = ""  # the e-stop reason when it was engaged at cleanup
         self.adapter: Any = None
         self.dry_run = False
 
         # Interfaces exist from the start so requests while unconfigured get NOT_READY instead of silence.
-        self.create_service(PredictActions, "~/predict_actions", self._predict_actions, callback_group=self.request_group)
-        self.create_service(SetBool, "~/estop", self._estop, callback_group=self.request_group)
+        self.create_service(PredictActions, "~/predict_actions", self._predict_actions, qos_profile=REQUEST_QOS, callback_group=self.request_group)
+        self.create_service(SetBool, "~/estop", self._estop, qos_profile=REQUEST_QOS, callback_group=self.request_group)
         self._action_server = ActionServer(
             self, RunPolicy, "~/run_policy", self._execute_run,
             goal_callback=lambda goal: GoalResponse.ACCEPT,
             handle_accepted_callback=self._accept_run,
             cancel_callback=lambda handle: CancelResponse.ACCEPT,
-            callback_group=self.request_group,
+            **action_server_options(self.request_group),
         )
         self._planned_publisher = self.create_publisher(JointTrajectory, "~/planned_trajectory", 10)
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -150,8 +157,17 @@ class PolicyNode(MotusLifecycleNode):
             raise ValueError(f"blending_mode must be temporal_ensemble or replace, got {mode!r}")
         self.control_rate_hz = float(self.param("control_rate_hz")) or float(profile.control_rate_hz)
         self.dry_run = bool(self.optional_param("dry_run", profile.dry_run_default))
-        self.safety = SafetyFilter(profile)
         self.adapter = make_command_adapter(self, profile, dry_run=self.dry_run)
+        buffer = self.shared.observations.buffer
+        if buffer is None:
+            raise ValueError("no sensor intake: the server subscribes the robot's sensors before configuring nodes")
+        # The safety filter judges a measured state by the same bounds as the shared observation buffer.
+        max_state_age_s, future_tolerance_s = buffer.max_state_age_s, buffer.future_tolerance_s
+        # The filter sends through the adapter itself and remembers what it sent: the only way to the robot.
+        self.safety = SafetyFilter(profile, send=self._send, max_state_age_s=max_state_age_s, future_tolerance_s=future_tolerance_s,
+                                   last_command=self._kept_command)
+        if self._kept_estop:  # a cleanup never releases the e-stop
+            self.safety.estop(self._kept_estop)
 
         # The control tick has a group of its own: nothing else ever delays it.
         self._control_timer = self.create_timer(1.0 / self.control_rate_hz, self._control_tick, callback_group=MutuallyExclusiveCallbackGroup())
@@ -173,6 +189,9 @@ class PolicyNode(MotusLifecycleNode):
         if self.adapter is not None:
             self.adapter.destroy()
         self.adapter = None
+        if self.safety is not None:  # kept for the next configure: the same robot, the same reference and latch
+            self._kept_command = self.safety.last_command
+            self._kept_estop = self.safety.estop_reason if self.safety.engaged else ""
         self.safety = None
 
     def _on_deactivated(self) -> None:
@@ -185,23 +204,25 @@ class PolicyNode(MotusLifecycleNode):
 
     # --- control loop --------------------------------------------------------------------------------------------
 
-    def _measured_position(self) -> np.ndarray | None:
+    def _measured(self) -> MeasuredState | None:
+        """The newest joint state with its age (the SafetyFilter decides whether it may serve as a reference)."""
         buffer = self.shared.observations.buffer
-        return None if buffer is None else buffer.latest_joint_state()
+        latest = None if buffer is None else buffer.latest_joint_state_stamped()
+        return None if latest is None else MeasuredState(latest[0], self.now_s() - latest[1])
 
     def _send(self, command: np.ndarray) -> None:
-        self.adapter.send(command, self.get_clock().now().to_msg())  # in dry run the adapter withholds it
-        self._last_command = command
+        """The SafetyFilter's sink: only the filter calls this."""
+        adapter = self.adapter
+        if adapter is None:
+            raise RuntimeError("no command adapter (the node is not configured)")
+        adapter.send(command, self.get_clock().now().to_msg())  # in dry run the adapter withholds it
 
     def _send_hold(self, reason: str) -> bool:
-        """Send one command holding the last commanded (else measured) position; False when neither is known."""
-        if self.safety is None or self.adapter is None:
+        """Send one command holding the last commanded (else a fresh measured) position; False when neither."""
+        safety = self.safety
+        if safety is None or self.adapter is None:
             return False
-        reference = self._last_command if self._last_command is not None else self._measured_position()
-        if reference is None:
-            return False
-        self._send(self.safety.hold(reference))
-        return True
+        return safety.hold(self._measured()) is not None
 
     def _control_tick(self) -> None:
         if not self.is_active:
@@ -229,6 +250,8 @@ class PolicyNode(MotusLifecycleNode):
             elif observation is None:
                 rejected = "; ".join(f"{topic}: {why}" for topic, why in self.shared.observations.rejected.items())
                 reason = f"{reason} (rejected: {rejected})" if rejected else reason
+            elif (problem := self.safety.state_problem(observation.state)):
+                reason, observation = problem, None  # out of the limits: refused as input, hold
             if observation is None or self.safety.engaged:
                 run.policy.poll()
                 self._check_policy_error(run)
@@ -242,12 +265,13 @@ class PolicyNode(MotusLifecycleNode):
             if decision.action is None:
                 self._hold(run, decision.hold_reason)
                 return
-            current = self._last_command if self._last_command is not None else np.asarray(observation.state, dtype=np.float64)
-            command, clamped = self.safety.apply(decision.action, current)
+            command, clamped = self.safety.apply(decision.action, self._measured())  # bounded against the last command sent
+            if command is None:
+                self._hold(run, self.safety.refusal)
+                return
             if clamped:
                 self.get_logger().warning("command clamped to the joint/delta limits", throttle_duration_sec=2.0)
-            run.holding, run.hold_reason, run.hold_target = False, "", None
-            self._send(command)
+            run.holding, run.hold_reason = False, ""
             run.published += 1
 
     def _check_policy_error(self, run: PolicyRun) -> bool:
@@ -265,10 +289,7 @@ class PolicyNode(MotusLifecycleNode):
         if not run.holding or run.hold_reason != reason:
             self.get_logger().info(f"holding: {reason}", throttle_duration_sec=1.0)
         run.holding, run.hold_reason = True, reason
-        if run.hold_target is None:
-            run.hold_target = self._last_command if self._last_command is not None else self._measured_position()
-        if run.hold_target is not None:
-            self._send(self.safety.hold(run.hold_target))
+        if self.safety.hold(self._measured()) is not None:  # the last command sent; nothing without a reference
             run.published += 1
 
     def _on_chunk(self, chunk: PolicyChunk) -> None:
@@ -282,11 +303,30 @@ class PolicyNode(MotusLifecycleNode):
 
     # --- RunPolicy action ------------------------------------------------------------------------------------------
 
+    def _goal_error(self, goal) -> RequestError | None:
+        """Why a RunPolicy goal is refused (not active, e-stop, instruction, duration), or None when valid."""
+        try:
+            self.require_active()
+            safety = self.safety
+            if safety is None or safety.engaged:
+                raise RequestError(ErrorCode.ESTOP, "the e-stop is engaged: release it with ~/estop false")
+            duration = float(goal.max_duration_s)
+            if not math.isfinite(duration) or duration < 0:
+                raise RequestError(ErrorCode.INVALID_REQUEST, f"max_duration_s must be >= 0 seconds (0 = no limit), got {duration}")
+            self.check_instruction(goal.instruction)
+        except RequestError as exc:
+            return exc
+        return None
+
     def _accept_run(self, goal_handle) -> None:
-        """A new goal preempts the running one (single-goal server)."""
+        """A new VALID goal preempts the running one (single-goal server); an invalid one runs only to fail, and
+        leaves the running goal alone."""
         with self._run_lock:
-            if self._run is not None:
-                self._run.preempted = True
+            if self._goal_error(goal_handle.request) is None:
+                self._accepted_goals += 1
+                self._goal_sequence[bytes(goal_handle.goal_id.uuid)] = self._accepted_goals
+                if self._run is not None:
+                    self._run.preempted = True
         goal_handle.execute()
 
     def _policy_config(self) -> PolicyConfig:
@@ -337,22 +377,20 @@ class PolicyNode(MotusLifecycleNode):
             self.get_logger().info(f"run ended: {termination} {message}")
             return result
 
-        try:
-            self.require_active()
-            if self.safety.engaged:
-                return finish(ErrorCode.ESTOP, "the e-stop is engaged: release it with ~/estop false", TERMINATION_ESTOP, None)
-            check_instruction(goal.instruction, int(self.param("max_instruction_chars")))
-        except RequestError as exc:
-            return finish(exc.code, exc.message, TERMINATION_ERROR, None)
+        with self._run_lock:
+            sequence = self._goal_sequence.pop(bytes(goal_handle.goal_id.uuid), 0)
+        refused = self._goal_error(goal)  # the same checks as _accept_run: an invalid goal never preempts
+        if refused is not None:
+            return finish(refused.code, refused.message, TERMINATION_ESTOP if refused.code == ErrorCode.ESTOP else TERMINATION_ERROR, None)
 
         run = self._new_run(goal.instruction, goal.max_steps)
         with self._run_lock:
-            if self._run is not None:
-                self._run.preempted = True
-            # Delta limits of the first command are taken from the measured position, not from a command of an
-            # earlier run (the robot may have been moved since).
-            self._last_command = None
-            self._run = run
+            if sequence < self._accepted_goals:
+                run.preempted = True  # a newer goal was accepted before this one started: it wins
+            else:
+                if self._run is not None:
+                    self._run.preempted = True
+                self._run = run
         self.get_logger().info(f"run started: {goal.instruction!r} (max {goal.max_steps} steps, {goal.max_duration_s:g} s)")
         period = 1.0 / float(self.param("feedback_rate_hz"))
         feedback = RunPolicy.Feedback()
@@ -409,7 +447,7 @@ class PolicyNode(MotusLifecycleNode):
             self.require_active()
             if request.mode not in (PredictActions.Request.MODE_VLA, PredictActions.Request.MODE_JOINT):
                 raise RequestError(ErrorCode.INVALID_REQUEST, f"mode must be MODE_VLA (0) or MODE_JOINT (1), got {request.mode}")
-            check_instruction(request.instruction, int(self.param("max_instruction_chars")))
+            self.check_instruction(request.instruction)
             images, state = self.observation_inputs(request.observation)
             joint = request.mode == PredictActions.Request.MODE_JOINT
             policy = MotusPolicy(self.engine, self._policy_config(), transforms=self.profile)

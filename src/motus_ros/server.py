@@ -60,7 +60,10 @@ def build_engine(spec: ModelSpec) -> Any:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"checkpoint {str(path)!r}: expected a folder with config.json + model.safetensors")
         logger.info("loading the Motus checkpoint %s on %s", path, spec.device)
-        return MotusEngine.from_pretrained(str(path), device=spec.device, max_batch=spec.max_batch)
+        try:
+            return MotusEngine.from_pretrained(str(path), device=spec.device, max_batch=spec.max_batch)
+        except Exception as exc:  # one clear line naming the checkpoint: the server then exits non-zero, never READY
+            raise ValueError(f"checkpoint {str(path)!r} refused: {type(exc).__name__}: {exc}") from exc
     logging.getLogger("motus_server").warning(
         "NO CHECKPOINT: running preset %r with RANDOM weights (seed %d). The actions and frames are noise; "
         "set `checkpoint` (or --checkpoint DIR|NAME) to a trained model folder or a shipped model (%s).",
@@ -118,6 +121,22 @@ def start_nodes(nodes: Sequence[MotusLifecycleNode]) -> bool:
     return True
 
 
+def spin_once_safely(executor: MultiThreadedExecutor, timeout_sec: float) -> None:
+    """executor.spin_once, surviving entities destroyed under it.
+
+    A lifecycle cleanup destroys its timers, subscriptions and publishers from the thread that serves the
+    transition, while the executor's wait set (or a callback on another thread) may still hold one of them:
+    rclpy then raises InvalidHandle ("destruction was requested") from spin_once, which ended the process after
+    a few deactivate/cleanup/configure/activate cycles. The entity is gone by then, so the next spin_once builds
+    a wait set without it: the error is harmless and is only logged."""
+    from rclpy._rclpy_pybind11 import InvalidHandle
+
+    try:
+        executor.spin_once(timeout_sec=timeout_sec)
+    except InvalidHandle as exc:
+        logger.debug("an entity was destroyed while the executor used it (lifecycle cleanup): %s", exc)
+
+
 def main(args: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
     argv = list(sys.argv[1:] if args is None else args)
@@ -154,13 +173,14 @@ def main(args: Sequence[str] | None = None) -> int:
             executor.add_node(node)
         if bool(nodes[0].param("autostart")):
             if not start_nodes(nodes):
-                print("MOTUS SERVER FAILED: a node did not configure/activate (see the log)", flush=True)
+                reason = next((node.last_error for node in nodes if node.last_error), "see the log")
+                print(f"MOTUS SERVER FAILED: a node did not configure/activate: {reason}", flush=True)
                 return 1
             print(f"{READY_LINE}: nodes {', '.join(NODE_NAMES)} active", flush=True)
         else:
             print(f"{READY_LINE}: nodes {', '.join(NODE_NAMES)} unconfigured (autostart false)", flush=True)
         while not stop.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
+            spin_once_safely(executor, 0.1)
         logger.info("shutting down: deactivating the nodes (the policy node holds the robot)")
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
@@ -180,7 +200,7 @@ def main(args: Sequence[str] | None = None) -> int:
             # Keep spinning a moment so the final results of the goals that just ended reach their clients.
             deadline = time.monotonic() + 1.0
             while time.monotonic() < deadline:
-                executor.spin_once(timeout_sec=0.05)
+                spin_once_safely(executor, 0.05)
         context.model.close()
         if executor is not None:
             executor.shutdown(timeout_sec=10.0)

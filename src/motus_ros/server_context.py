@@ -6,8 +6,9 @@ each message (encoding, size, joint names, NaN) and keeps the latest synchronise
 `ObservationBuffer`. The policy, world-model, IDM and imagination nodes only read that buffer, so any of them works
 alone (none has to be configured for another to see the robot).
 
-Parameters (node `sensors`; config/motus_server.yaml): `max_skew_s`, `max_age_s`, `stamp_source`, and the global
-`profile`. Its callbacks run in their own mutually exclusive group: they never wait on inference.
+Parameters (node `sensors`; config/motus_server.yaml): `max_skew_s`, `max_age_s`, `joint_state_max_age_periods`,
+`future_tolerance_s`, `stamp_source`, and the global `profile`. A message stamped in the future or a joint state
+outside the profile's physical range is rejected here, with the reason kept for the nodes' hold messages. Its callbacks run in their own mutually exclusive group: they never wait on inference.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sensor_msgs.msg import Image, JointState
 from motus_ros import conversions
 from motus_ros.lifecycle_base import COMMON_PARAMETERS, ServerContext, float_descriptor, text_descriptor
 from motus_ros.observation_buffer import make_observation_buffer
+from motus_ros.safety import physical_range_problem
 
 STAMP_SOURCES = ("header", "receive")
 
@@ -37,6 +39,11 @@ class SensorIntake(Node):
         self.declare_parameter("max_skew_s", 0.3, float_descriptor(
             "largest stamp difference between the cameras and joint states of one observation", 0.0, 10.0))
         self.declare_parameter("max_age_s", 0.5, float_descriptor("hold when the newest observation is older than this", 0.01, 60.0))
+        # Joint states arrive at the control rate: a driver loss must hold within a few control periods.
+        self.declare_parameter("joint_state_max_age_periods", 3.0, float_descriptor(
+            "hold when the joint state is older than this many control periods (its own bound, apart from max_age_s)", 1.0, 1000.0))
+        self.declare_parameter("future_tolerance_s", 0.05, float_descriptor(
+            "largest lead of a message stamp over this node's clock (stamp_source header); beyond it the message is refused", 0.0, 10.0))
         self.declare_parameter("stamp_source", "receive", text_descriptor(
             "observation time: header (message stamps) | receive (arrival time at this node)", read_only=True))
         self.stamp_source = str(self.get_parameter("stamp_source").value)
@@ -45,7 +52,9 @@ class SensorIntake(Node):
         self.profile = context.profile.attach(str(self.get_parameter("profile").value))
         self._joint_messages: dict[str, JointState] = {}
         self.buffer = make_observation_buffer(
-            self.profile.camera_roles, float(self.get_parameter("max_skew_s").value), float(self.get_parameter("max_age_s").value))
+            self.profile.camera_roles, float(self.get_parameter("max_skew_s").value), float(self.get_parameter("max_age_s").value),
+            max_state_age_s=float(self.get_parameter("joint_state_max_age_periods").value) / float(self.profile.control_rate_hz),
+            future_tolerance_s=float(self.get_parameter("future_tolerance_s").value))
         context.observations.set_buffer(self.buffer)
         group = MutuallyExclusiveCallbackGroup()
         for camera in self.profile.cameras:
@@ -69,11 +78,11 @@ class SensorIntake(Node):
     def _on_image(self, camera: Any, msg: Image) -> None:
         try:
             image = conversions.image_to_numpy(msg, expected_encoding=camera.encoding, expected_shape=(int(camera.height), int(camera.width)))
-        except ValueError as exc:
+            self.buffer.update_image(camera.role, image, self._stamp_s(msg.header), received_s=self.now_s())
+        except ValueError as exc:  # wrong encoding or size, or stamped in the future
             self._reject(camera.topic, str(exc))
             return
         self.shared.observations.rejected.pop(camera.topic, None)
-        self.buffer.update_image(camera.role, image, self._stamp_s(msg.header))
 
     def _on_joint_state(self, topic: str, msg: JointState) -> None:
         self._joint_messages[topic] = msg
@@ -82,11 +91,14 @@ class SensorIntake(Node):
         messages = [self._joint_messages[name] for name in self.profile.joint_state_topics]
         try:
             q = conversions.joint_state_to_vector(messages, self.profile.joint_names, prefixes=self.profile.joint_name_prefixes)
+            problem = physical_range_problem(self.profile, q)  # finite but absurd (1e30) is bad input too
+            if problem:
+                raise ValueError(problem)
+            self.buffer.update_joint_state(q, self._stamp_s(msg.header), received_s=self.now_s())
         except ValueError as exc:
             self._reject(topic, str(exc))
             return
         self.shared.observations.rejected.pop(topic, None)
-        self.buffer.update_joint_state(q, self._stamp_s(msg.header))
 
     def _reject(self, topic: str, reason: str) -> None:
         self.shared.observations.rejected[topic] = reason

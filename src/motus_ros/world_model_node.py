@@ -18,7 +18,7 @@ from motus_msgs.action import PredictFuture
 from motus_msgs.msg import ErrorCode
 
 from motus_ros import conversions
-from motus_ros.lifecycle_base import MotusLifecycleNode, RequestError, ServerContext
+from motus_ros.lifecycle_base import MotusLifecycleNode, RequestError, ServerContext, action_server_options
 
 
 class ImagePublishers:
@@ -76,7 +76,7 @@ class WorldModelNode(MotusLifecycleNode):
             self, PredictFuture, "~/predict_future", self._execute,
             goal_callback=lambda goal: GoalResponse.ACCEPT,
             cancel_callback=lambda handle: CancelResponse.ACCEPT,
-            callback_group=self.request_group,
+            **action_server_options(self.request_group),
         )
 
     def _setup(self) -> None:

@@ -55,6 +55,22 @@ def test_umt5_instruction_too_long(umt5_dir):
 
 
 @pytest.mark.timeout(60)
+def test_text_conditioner_check_counts_tokens_without_running_the_encoder(umt5_dir):
+    """The cheap up-front check servers use (issue 15: 49-512 characters passed the character check, then
+    failed inside inference on the token limit)."""
+    encoder = UMT5TextEncoder.from_pretrained(umt5_dir, text_len=8)
+    conditioner = TextConditioner(encoder, text_len=8, text_dim=24)
+    conditioner.check("pick")  # 5 tokens
+    with pytest.raises(ValueError, match="at most 8 tokens .* got 21"):
+        conditioner.check("this is far too long")
+    assert encoder.calls == 0 and conditioner.encoder_calls == 0
+    precomputed_only = TextConditioner(None, text_len=8, text_dim=24, precomputed={"pick": torch.zeros(3, 24)})
+    precomputed_only.check("pick")
+    with pytest.raises(ValueError, match="no text encoder"):
+        precomputed_only.check("place")
+
+
+@pytest.mark.timeout(60)
 def test_text_conditioner_caches_and_serves_precomputed(umt5_dir, tmp_path):
     encoder = UMT5TextEncoder.from_pretrained(umt5_dir, text_len=16)
     conditioner = TextConditioner(encoder, text_len=16, text_dim=24, cache_size=2)

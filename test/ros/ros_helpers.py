@@ -45,6 +45,9 @@ TEST_PARAMETERS = {
     "profile": "aloha_sim", "preset": "motus-tiny", "default_steps": 2, "request_timeout_s": 60.0,
     "max_age_s": 1.0, "max_skew_s": 0.5, "stamp_source": "receive", "max_instruction_chars": 64,
     "chunk_request_threshold": 4, "replay_fps": 10.0,
+    # FakeSensors publish joint states at 15 Hz, not at the 50 Hz control rate the default bound (3 control
+    # periods) assumes; the driver-loss test (test_faults.py) runs the simulator with the default.
+    "joint_state_max_age_periods": 50.0,
 }
 
 

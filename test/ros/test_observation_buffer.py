@@ -91,3 +91,64 @@ def test_factory_picks_the_variant_by_availability():
     expected = SynchronizedObservationBuffer if message_filters_available() else ObservationBuffer
     assert type(chosen) is expected
     assert type(make_observation_buffer(ROLES, 0.1, 0.5, use_message_filters=False)) is ObservationBuffer
+
+
+# --- issue 15: future stamps and the joint state's own staleness bound (simulated clock: plain seconds) ---------
+
+CONTROL_PERIOD_S = 0.02  # 50 Hz
+
+
+@pytest.fixture(params=VARIANTS, ids=lambda cls: cls.__name__)
+def control_buffer(request):
+    """Cameras may be 0.5 s old; the joint state at most 3 control periods."""
+    return request.param(ROLES, max_skew_s=0.5, max_age_s=0.5, max_state_age_s=3 * CONTROL_PERIOD_S,
+                         future_tolerance_s=0.05)
+
+
+def test_joint_state_loss_holds_within_three_control_periods(control_buffer):
+    """Cameras and joint states flow, then the driver dies (joint states stop; cameras keep coming): the control
+    ticks after the last joint state see a usable observation for at most 3 periods, never the cameras' 0.5 s."""
+    tick, usable_after_loss = 0, 0
+    for tick in range(50):  # driver alive: every tick fresh
+        now = 10.0 + tick * CONTROL_PERIOD_S
+        fill(control_buffer, now)
+        assert control_buffer.status(now)[0], control_buffer.status(now)
+    last_joint_state = 10.0 + tick * CONTROL_PERIOD_S
+    for k in range(1, 30):  # the driver is gone; the cameras keep publishing
+        now = last_joint_state + k * CONTROL_PERIOD_S + 1e-4  # ticks land just after the period boundaries
+        for role in ROLES:
+            control_buffer.update_image(role, image(1), now)
+        ok, reason = control_buffer.status(now)
+        if ok:
+            usable_after_loss += 1
+        else:
+            assert "stale: joint_state" in reason, reason
+    assert usable_after_loss <= 3, f"{usable_after_loss} control ticks moved on a lost driver's last joint state"
+    assert usable_after_loss >= 2  # and the bound is not tighter than asked (no spurious holds at 50 Hz)
+
+
+def test_future_stamp_is_refused_on_arrival_and_in_status(control_buffer):
+    fill(control_buffer, 10.0)
+    # A robot stamping 30 s ahead: refused when it arrives (received_s = the arrival time) ...
+    with pytest.raises(ValueError, match=r"30\.000 s in the future"):
+        control_buffer.update_joint_state(np.full(14, 2.0), 40.0, received_s=10.0)
+    with pytest.raises(ValueError, match="in the future"):
+        control_buffer.update_image("high", image(2), 40.0, received_s=10.0)
+    assert control_buffer.latest_joint_state()[0] == 1.0  # the older sample stays, and ages: hold soon
+    ok, reason = control_buffer.status(10.5)
+    assert not ok and "stale" in reason
+    # ... and a future stamp that got in without an arrival time never counts as fresh.
+    control_buffer.update_joint_state(np.full(14, 3.0), 40.0)
+    ok, reason = control_buffer.status(10.02)
+    assert not ok and reason.startswith("future: joint_state is stamped 29.980 s ahead"), reason
+    assert control_buffer.latest(10.02) is None
+    # Within the tolerance (clock skew between machines) it is accepted.
+    control_buffer.update_joint_state(np.full(14, 4.0), 10.53, received_s=10.5)
+    fill(control_buffer, 10.5)
+    control_buffer.update_joint_state(np.full(14, 4.0), 10.53, received_s=10.5)
+    assert control_buffer.status(10.5) == (True, "ok")
+
+
+def test_non_finite_stamp_is_refused(control_buffer):
+    with pytest.raises(ValueError, match="stamp must be finite"):
+        control_buffer.update_joint_state(np.zeros(14), float("nan"), received_s=10.0)

@@ -122,6 +122,46 @@ def test_bad_requests_get_clear_errors_and_the_server_stays_up(robot, server):
     still_serving(client, server)
 
 
+def test_limits_are_checked_before_anything_runs_or_is_preempted(robot, server):
+    """Issue 15: the real limits (tokens, denoising steps, durations, physical range) refuse a request as input
+    before it runs; an invalid goal never preempts the running one."""
+    client, sensors = robot
+    sensors.reset()
+    # Denoising steps above max_denoising_steps (100): refused, never queued (65,535 held the model for minutes).
+    expect_error(client.predict_actions("pick", steps=5000), ErrorCode.INVALID_REQUEST, "max_denoising_steps")
+    expect_error(client.imagine("pick", steps=101), ErrorCode.INVALID_REQUEST, "at most 100")
+    # A finite but absurd joint state (1e30) in an explicit observation: bad input, not INTERNAL.
+    observation = sensors.observation()
+    positions = list(observation.joint_state.position)
+    positions[5] = -1e30
+    observation.joint_state.position = positions
+    expect_error(client.predict_actions("pick", observation=observation), ErrorCode.INVALID_REQUEST, "physical range")
+    # A valid run, then invalid goals: each answered with its error, the valid run keeps running.
+    assert client.run_policy("pick")
+    running = client.policy_task
+    client.spin(1.0)
+    for instruction, duration, fragment in [("twelve chars", 0.0, "tokens"), ("pick", -1.0, "max_duration_s"),
+                                            ("pick", float("nan"), "max_duration_s"), ("z" * 500, 0.0, "characters")]:
+        assert client.run_policy(instruction, max_duration_s=duration)
+        expect_error(client.get_result(30), ErrorCode.INVALID_REQUEST, fragment)
+    assert not running.done(0.5), "an invalid goal preempted the running run"
+    response = running.cancel()
+    assert len(response.goals_canceling) == 1
+    assert running.result(30).termination == "cancelled"
+    still_serving(client, server)
+
+
+def test_a_refused_checkpoint_is_one_message_and_a_failed_exit(ros_context, spawn_process, tmp_path):
+    """A checkpoint that cannot load: the server says so in one FAILED line and exits non-zero (never READY)."""
+    (tmp_path / "config.json").write_text("{ not json")
+    process = spawn_process(server_command("--checkpoint", str(tmp_path)))
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0, output
+    assert "MOTUS SERVER READY" not in output
+    failed = [line for line in output.splitlines() if line.startswith("MOTUS SERVER FAILED")]
+    assert len(failed) == 1 and "configure failed" in failed[0] and str(tmp_path) in failed[0], output[-3000:]
+
+
 def wait_for_code(client: MotusClient, code: int, timeout_s: float = 10.0):
     """Poll predict_actions on the latest observation until it answers `code` (the live input needs a moment)."""
     deadline = time.monotonic() + timeout_s

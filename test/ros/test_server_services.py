@@ -24,7 +24,7 @@ ROLES = [camera.role for camera in PROFILE.cameras]
 @pytest.fixture(scope="module")
 def server():
     """One server for the module (starting it costs seconds); stopped at the end."""
-    process = start_process(server_command("--max-waiting-requests", "2"), "MOTUS SERVER READY")
+    process = start_process(server_command("--max-waiting-requests", "2", max_denoising_steps=100000), "MOTUS SERVER READY")
     yield process
     stop_process(process)
 

@@ -1,6 +1,6 @@
 """Closed loop: motus_sim (gym-aloha, MuJoCo) and motus_server in separate processes. The server's policy node
 reads the sim's cameras and joint states, and its commands move the simulated arms at about the control rate
-while chunks are being inferred."""
+while chunks are being inferred (one command per control tick; the command rate itself: bench/bench_ros.py)."""
 from __future__ import annotations
 
 import threading
@@ -11,12 +11,10 @@ import pytest
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray
 
-from motus_msgs.msg import ErrorCode
-
 from motus_ros.client import GOAL_STATUS_SUCCEEDED, MotusClient
 from motus_ros.profiles import load_profile
 
-from ros_helpers import server_command, sim_command
+from ros_helpers import server_command, sim_command, wait_until_serving
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -47,7 +45,7 @@ def test_policy_drives_the_simulated_aloha(ros_context, spawn_process):
         order = [list(message.name).index(name) for name in PROFILE.joint_names]
         states.append(np.asarray(message.position)[order])
 
-    client.node.create_subscription(Float64MultiArray, PROFILE.command_topics[0], on_command, 100)
+    client.node.create_subscription(Float64MultiArray, PROFILE.command_topics[0], on_command, 1000)
     client.node.create_subscription(JointState, PROFILE.joint_state_topics[0], on_state, 50)
     client.node.create_subscription(Bool, "/aloha_sim/success", lambda message: success.append(message.data), 10)
     try:
@@ -56,24 +54,26 @@ def test_policy_drives_the_simulated_aloha(ros_context, spawn_process):
         assert states, "no joint states from the simulator"
         before = states[-1].copy()
         # The latest observation is usable (cameras + joint state from the sim) ...
-        response = client.predict_actions("pick", steps=1)
-        assert response.error.code == ErrorCode.NONE, response.error.message
+        wait_until_serving(client, 60.0)  # the first camera frames can take a while on a loaded machine
         # ... and a run closes the loop.
         start = time.monotonic()
         assert client.run_policy("pick", max_duration_s=5.0)
         while not client.is_task_complete(0.1):
             pass
-        elapsed = time.monotonic() - start
+        client.spin(0.5)  # the last commands in flight
         result = client.get_result()
         assert client.policy_task.status == GOAL_STATUS_SUCCEEDED, result.error.message
         assert result.termination == "completed" and result.chunks >= 2
         with lock:
             sent = [command for stamp, command in commands if stamp >= start]
-        assert len(sent) / elapsed > 0.5 * PROFILE.control_rate_hz, f"{len(sent)} commands in {elapsed:.1f} s"
+        # Counts, not a rate: the commands received are the run's own count (one per control tick, none lost).
+        assert abs(result.steps - len(sent)) <= 2, f"{result.steps} commands published, {len(sent)} received"
+        assert result.steps >= client.policy_task.feedback[-1].step - 1, "a control tick published no command"
         sent = np.stack(sent)
         assert np.all(sent >= np.asarray(PROFILE.lower_limits) - 1e-9) and np.all(sent <= np.asarray(PROFILE.upper_limits) + 1e-9)
         holding = [f for f in client.policy_task.feedback if not f.holding]
-        assert holding, "the policy never left the hold state (no chunk in time)"
+        assert holding, ("the policy never left the hold state: "
+                         f"{sorted({f.hold_reason for f in client.policy_task.feedback})}")
         client.spin(1.0)
         after = states[-1]
         # The simulated arms followed the commands: the joint state moved towards the last command.

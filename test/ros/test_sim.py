@@ -1,9 +1,9 @@
-"""The simulated ALOHA driver in its own process: cameras and joint states at about the configured rates, joint
+"""The simulated ALOHA driver in its own process: cameras and joint states flow (rates: bench/bench_sim.py), joint
 states follow commands sent through each command interface (by the real command adapters), reset, reward/success.
 
 Regressions pinned:
 - gym-aloha's env.step()/reset() render three 480x640 images per call; the node must not use them, or the
-  joint states fall far below 50 Hz on a CPU (the rate assertion catches it);
+  joint states fall far below 50 Hz on a CPU (the count of joint states per camera frame catches it);
 - camera rendering runs off the physics thread: joint states keep their rate while cameras render.
 """
 import dataclasses
@@ -98,19 +98,18 @@ def test_sim_publishes_moves_resets(ros_context, sim, small_profile):
     node = rclpy.create_node("sim_test_client")
     try:
         recorder = Recorder(node, profile)
-        # 1. Rates: measured over 3 s once everything flows.
+        # 1. Streams, counted rather than timed (the rates themselves: bench/bench_sim.py): once everything flows,
+        # collect until every camera sent 3 frames; joint states, published every physics step off the render
+        # thread, must outnumber each camera's frames many times (50 Hz vs 4 Hz: ~12x; renders on the physics
+        # thread would bring them down to the camera's pace).
         assert spin_until(node, lambda: recorder.joint_states and all(recorder.images.values()), 30), "no data from the sim"
         for box in (recorder.joint_states, *recorder.images.values()):
             box.clear()
-        t0 = time.monotonic()
-        spin_until(node, lambda: False, 3.0)
-        elapsed = time.monotonic() - t0
-        joint_rate = len(recorder.joint_states) / elapsed
-        print(f"joint states {joint_rate:.1f} Hz, cameras", {r: round(len(i) / elapsed, 1) for r, i in recorder.images.items()})
-        assert 30.0 <= joint_rate <= 60.0, f"joint states at {joint_rate:.1f} Hz, expected about 50"
+        assert spin_until(node, lambda: all(len(images) >= 3 for images in recorder.images.values()), 30)
+        frames = {role: len(images) for role, images in recorder.images.items()}
+        assert len(recorder.joint_states) >= 4 * max(frames.values()), (
+            f"{len(recorder.joint_states)} joint states while the cameras sent {frames}: physics waits on rendering")
         for role, images in recorder.images.items():
-            camera_rate = len(images) / elapsed
-            assert 0.4 * CAMERA_RATE_HZ <= camera_rate <= 1.5 * CAMERA_RATE_HZ, f"{role} at {camera_rate:.1f} Hz"
             pixels = image_to_numpy(images[-1], expected_encoding="rgb8", expected_shape=(48, 64))
             assert pixels.std() > 1.0, f"{role} image is blank"
         stamps = [stamp_to_seconds(m.header.stamp) for _, m in recorder.joint_states]
