@@ -1,5 +1,7 @@
-"""ament_python package motus_ros: installs the motus_ros, motus_model and motus_sim Python packages from src/, and launch/,
+"""ament_python package motus_ros: installs the motus_ros, motus_model and motus_sim Python packages from src/,
+and launch/,
 config/ and the shipped checkpoints of models/ into share/motus_ros/."""
+
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -26,7 +28,9 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     package_dir={"": "src"},
-    packages=find_packages("src", include=["motus_ros", "motus_ros.*", "motus_model", "motus_model.*", "motus_sim", "motus_sim.*"]),
+    packages=find_packages(
+        "src", include=["motus_ros", "motus_ros.*", "motus_model", "motus_model.*", "motus_sim", "motus_sim.*"]
+    ),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -54,7 +54,6 @@ from motus_counts import (
     umt5_flops,
     umt5_parameters,
 )
-
 from motus_model.config import MotusConfig
 from motus_model.flow_matching import Mode
 from motus_model.pipeline_motus import MotusPipeline, MotusRequest
@@ -117,7 +116,9 @@ def matmul_rates(shapes: list[tuple[str, tuple[tuple[int, ...], ...]]]) -> dict[
         a, b = args[-2], args[-1]
         flops = 2 * a.shape[-2] * a.shape[-1] * b.shape[-1] * (a.shape[0] if a.ndim == 3 else 1)
         seconds = _cpu_seconds(lambda fn=fn, args=args: fn(*args), 0.05)
-        per_shape.append({"op": op.split(".")[1], "shapes": dims, "calls": calls, "gflops": round(flops / seconds / 1e9, 2)})
+        per_shape.append(
+            {"op": op.split(".")[1], "shapes": dims, "calls": calls, "gflops": round(flops / seconds / 1e9, 2)}
+        )
         total_flops += flops * calls
         total_s += seconds * calls
     big = torch.randn(1024, 1024)
@@ -167,7 +168,12 @@ def count_small(pipe: MotusPipeline, steps: int) -> dict[str, Any]:
     analytic_text = umt5_flops(pipe.text.encoder.model.config, config.video.text_len)
     frames = torch.zeros(1, 1, 3, config.latents.image_height, config.latents.image_width)
     encode_counts, latents = count(lambda: pipe.codec.encode(frames), [])
-    decode_counts, _ = count(lambda: pipe.codec.decode(torch.zeros(1, config.latents.channels, config.latent_grid()[0], *latents.shape[-2:])), [])
+    decode_counts, _ = count(
+        lambda: pipe.codec.decode(
+            torch.zeros(1, config.latents.channels, config.latent_grid()[0], *latents.shape[-2:])
+        ),
+        [],
+    )
     modes = {mode.value: count_model(pipe.model, und_tokens, mode) for mode in (Mode.VLA, Mode.JOINT)}
     return {
         "und_tokens": und_tokens,
@@ -204,13 +210,20 @@ def count_8b(und_tokens: int) -> dict[str, Any]:
             network = random_wan22_vae().to(torch.bfloat16)
         pixels = torch.zeros(1, 3, 1, height, width, device="meta", dtype=torch.bfloat16)
         vae["encode"], _ = count(lambda: network.encode(pixels).latent_dist.mode(), [network])
-        latent = torch.zeros(1, 48, config.latent_grid()[0], height // 16, width // 16, device="meta", dtype=torch.bfloat16)
+        latent = torch.zeros(
+            1, 48, config.latent_grid()[0], height // 16, width // 16, device="meta", dtype=torch.bfloat16
+        )
         vae["decode"], _ = count(lambda: network.decode(latent).sample, [network])
     except Exception as error:  # noqa: BLE001  (reported, not fatal)
         vae["error"] = f"{type(error).__name__}: {error}"[:300]
     return {
-        "und_tokens": und_tokens, "image_tokens": vlm["image_tokens"], "modes": modes, "vlm": vlm_counts,
-        "text_encoder": text_counts, "vae": vae, "parameters": model.count_parameters(),
+        "und_tokens": und_tokens,
+        "image_tokens": vlm["image_tokens"],
+        "modes": modes,
+        "vlm": vlm_counts,
+        "text_encoder": text_counts,
+        "vae": vae,
+        "parameters": model.count_parameters(),
     }
 
 
@@ -222,8 +235,12 @@ def count_8b(und_tokens: int) -> dict[str, Any]:
 def run_chunk(pipe: MotusPipeline, mode: Mode, steps: int, seed: int) -> dict[str, Any]:
     """One chunk, stage by stage as ``MotusPipeline.__call__`` runs it, in wall and CPU ms."""
     request = MotusRequest(
-        mode=mode, images=camera_views(seed), state=np.zeros(pipe.config.action.state_dim, np.float32),
-        instruction=INSTRUCTION, steps=steps, seed=seed,
+        mode=mode,
+        images=camera_views(seed),
+        state=np.zeros(pipe.config.action.state_dim, np.float32),
+        instruction=INSTRUCTION,
+        steps=steps,
+        seed=seed,
     )
     clock = Clock()
     stages: dict[str, tuple[float, float]] = {}
@@ -250,14 +267,17 @@ def run_chunk(pipe: MotusPipeline, mode: Mode, steps: int, seed: int) -> dict[st
     wall = {name: value[0] for name, value in stages.items()}
     cpu = {name: value[1] for name, value in stages.items()}
     return {
-        "stages_wall_ms": wall, "stages_cpu_ms": cpu,
-        "steps_wall_ms": [s[0] for s in step_times], "steps_cpu_ms": [s[1] for s in step_times],
+        "stages_wall_ms": wall,
+        "stages_cpu_ms": cpu,
+        "steps_wall_ms": [s[0] for s in step_times],
+        "steps_cpu_ms": [s[1] for s in step_times],
         "timing_ms": dict(item.timing_ms),
     }
 
 
 def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over runs: each stage, each step position, the chunk total (wall and CPU)."""
+
     def med(values: list[float]) -> float:
         return round(statistics.median(values), 2)
 
@@ -267,10 +287,13 @@ def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
             name: med([run[f"stages_{kind}_ms"][name] for run in runs])
             for name in ("preprocess", "conditioning", "decode")
         }
-        steps = [med([run[f"steps_{kind}_ms"][index] for run in runs]) for index in range(len(runs[0][f"steps_{kind}_ms"]))]
+        steps = [
+            med([run[f"steps_{kind}_ms"][index] for run in runs]) for index in range(len(runs[0][f"steps_{kind}_ms"]))
+        ]
         totals = [
             sum(run[f"stages_{kind}_ms"][n] for n in ("preprocess", "conditioning", "sampling_tail", "decode"))
-            + sum(run[f"steps_{kind}_ms"]) for run in runs
+            + sum(run[f"steps_{kind}_ms"])
+            for run in runs
         ]
         out[kind] = {"chunk_ms": med(totals), "stages_ms": stages, "step_ms": steps, "step_median_ms": med(steps)}
     out["conditioning_split_wall_ms"] = {
@@ -287,8 +310,12 @@ def profile_chunk(pipe: MotusPipeline, steps: int, chunk_cpu_ms: float, step_gfl
     timer minus the time inside ops; the timer's own clock reads inflate each op a little (see aten_op_us).
     """
     request = MotusRequest(
-        mode=Mode.VLA, images=camera_views(7), state=np.zeros(pipe.config.action.state_dim, np.float32),
-        instruction=INSTRUCTION, steps=steps, seed=7,
+        mode=Mode.VLA,
+        images=camera_views(7),
+        state=np.zeros(pipe.config.action.state_dim, np.float32),
+        instruction=INSTRUCTION,
+        steps=steps,
+        seed=7,
     )
     # The timer's own cost per op (clock reads, context switches on a loaded machine): what it records
     # for a view, which does no work. Subtracted from every op's total below.
@@ -314,7 +341,9 @@ def profile_chunk(pipe: MotusPipeline, steps: int, chunk_cpu_ms: float, step_gfl
         "inside_by_kind_ms": {kind: round(value, 1) for kind, value in by_kind.items()},
         "aten_calls": sum(timer.calls.values()),
         "timer_overhead_per_op_us_subtracted": round(per_op_s * 1e6, 2),
-        "in_forward_matmul_attention_gflops": round(matmul_gflop / ((by_kind["matmul"] + by_kind["attention"]) / 1e3), 2),
+        "in_forward_matmul_attention_gflops": round(
+            matmul_gflop / ((by_kind["matmul"] + by_kind["attention"]) / 1e3), 2
+        ),
         "top_ops": [{"op": name, "cpu_ms": round(value * 1e3, 1), "calls": timer.calls[name]} for name, value in top],
     }
 
@@ -369,13 +398,18 @@ def main(argv: list[str] | None = None) -> int:
     measured: dict[str, Any] = {}
     for mode in (Mode.VLA, Mode.JOINT):
         run_chunk(pipe, mode, args.steps, seed=0)  # warm-up
-        measured[mode.value] = summarise_runs([run_chunk(pipe, mode, args.steps, seed=1 + r) for r in range(args.repeats)])
+        measured[mode.value] = summarise_runs(
+            [run_chunk(pipe, mode, args.steps, seed=1 + r) for r in range(args.repeats)]
+        )
 
     presets: dict[str, Any] = {}
     for name, counted in (("motus-small", small), ("motus-8b", big)):
         entry: dict[str, Any] = {"und_tokens": counted["und_tokens"], "modes": {}}
         for mode in ("vla", "joint"):
-            fixed: dict[str, Counts] = {"vlm": counted["vlm"], "prepare_conditioning": counted["modes"][mode]["conditioning"]}
+            fixed: dict[str, Counts] = {
+                "vlm": counted["vlm"],
+                "prepare_conditioning": counted["modes"][mode]["conditioning"],
+            }
             if name == "motus-small":
                 fixed["encode_conditioning_frame"] = counted["encode"]
                 if mode == "joint":
@@ -417,14 +451,23 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "bench_floor",
         "environment": {
-            "torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_avg_1m": os.getloadavg()[0],
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_avg_1m": os.getloadavg()[0],
         },
-        "checkpoint": str(args.checkpoint.relative_to(REPO) if args.checkpoint.is_relative_to(REPO) else args.checkpoint),
+        "checkpoint": str(
+            args.checkpoint.relative_to(REPO) if args.checkpoint.is_relative_to(REPO) else args.checkpoint
+        ),
         "steps": args.steps,
         "rates_one_core": {
-            "matmul_gflops_model_shapes": gflops, "matmul_gflops_square_1024": rates["square_1024_gflops"],
-            "copy_bandwidth_gbs": round(gbs, 2), "aten_op_us": round(op_us, 2), "matmul_per_shape": rates["per_shape"],
+            "matmul_gflops_model_shapes": gflops,
+            "matmul_gflops_square_1024": rates["square_1024_gflops"],
+            "copy_bandwidth_gbs": round(gbs, 2),
+            "aten_op_us": round(op_us, 2),
+            "matmul_per_shape": rates["per_shape"],
         },
         "presets": presets,
         "measured_motus_small": measured,

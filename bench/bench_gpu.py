@@ -51,7 +51,6 @@ from motus_counts import (
     qwen3_vl_parameters,
     umt5_parameters,
 )
-
 from motus_model.config import MotusConfig
 from motus_model.flow_matching import (
     FlowMatchSchedule,
@@ -128,7 +127,9 @@ def meta_memory(preset: str, dtype: torch.dtype, und_tokens: int) -> dict[str, A
     umt5 = 2 * umt5_parameters(UMT5_XXL) + 2 * UMT5_XXL["vocab_size"] * UMT5_XXL["d_model"] if published else 0
     with_vlm = model_total + vlm
     return {
-        "preset": preset, "dtype": str(dtype).replace("torch.", ""), "und_tokens": und_tokens,
+        "preset": preset,
+        "dtype": str(dtype).replace("torch.", ""),
+        "und_tokens": und_tokens,
         "weights_gb": _gb(weights),
         "conditioning_cache_gb": _gb(cache),
         "peak_activations_gb": {mode: _gb(value) for mode, value in peaks.items()},
@@ -180,7 +181,12 @@ def synchronize(device: torch.device) -> None:
 
 
 def chunk_fn(
-    model: Any, config: MotusConfig, mode: Mode, steps: int, device: torch.device, dtype: torch.dtype,
+    model: Any,
+    config: MotusConfig,
+    mode: Mode,
+    steps: int,
+    device: torch.device,
+    dtype: torch.dtype,
     decode: Callable[[torch.Tensor], Any] | None,
 ) -> Callable[[], Any]:
     """One chunk of the serving path's model work: prepare_conditioning, ``steps`` Euler steps, decode (joint)."""
@@ -205,8 +211,13 @@ def chunk_fn(
 
 
 def time_variant(
-    name: str, model: MotusModel, config: MotusConfig, mode: Mode, args: argparse.Namespace,
-    device: torch.device, dtype: torch.dtype,
+    name: str,
+    model: MotusModel,
+    config: MotusConfig,
+    mode: Mode,
+    args: argparse.Namespace,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> dict[str, Any]:
     """Latency (median of repeats after warm-ups) and peak memory of one (variant, mode); errors reported."""
     started = time.perf_counter()
@@ -250,8 +261,10 @@ def time_variant(
         return result
     except Exception as error:  # noqa: BLE001  (a failing variant is a result, not a crash)
         return {
-            "ok": False, "error": f"{type(error).__name__}: {error}"[:500],
-            "where": traceback.format_exc(limit=3)[-800:], "seconds": round(time.perf_counter() - started, 1),
+            "ok": False,
+            "error": f"{type(error).__name__}: {error}"[:500],
+            "where": traceback.format_exc(limit=3)[-800:],
+            "seconds": round(time.perf_counter() - started, 1),
         }
     finally:
         if device.type == "cuda":
@@ -275,13 +288,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
     parser.add_argument("--preset", default=None, help="default: motus-8b on cuda, motus-small on cpu")
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
-    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
+    parser.add_argument(
+        "--dtype", default=None, choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu"
+    )
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=10, help="timed chunks per (variant, mode)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed chunks first (compilation happens here)")
     parser.add_argument("--modes", nargs="+", default=["vla", "joint"], choices=["vla", "joint"])
-    parser.add_argument("--variants", nargs="+", default=None, choices=VARIANTS,
-                        help="default: all on cuda, eager on cpu")
+    parser.add_argument(
+        "--variants", nargs="+", default=None, choices=VARIANTS, help="default: all on cuda, eager on cpu"
+    )
     parser.add_argument("--memory-preset", default="motus-8b", help="preset whose inference memory is computed on meta")
     parser.add_argument("--budget-s", type=float, default=540.0, help="no new variant starts after this many seconds")
     parser.add_argument("--out", type=Path, default=None)
@@ -307,11 +323,17 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "benchmark": "bench_gpu",
         "environment": {
-            "torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
         },
-        "preset": args.preset, "dtype": args.dtype, "steps": args.steps, "weights": "random",
+        "preset": args.preset,
+        "dtype": args.dtype,
+        "steps": args.steps,
+        "weights": "random",
         "measures": "prepare_conditioning + steps x euler_step (+ video decode in joint); encoders not included",
     }
     report["memory_on_meta"] = meta_memory(args.memory_preset, torch.bfloat16, UND_TOKENS)

@@ -47,13 +47,19 @@ INSTRUCTION = "pick"  # short enough for every preset's text_len (motus-tiny: 8 
 
 def camera_views(seed: int, height: int = 240, width: int = 320) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {role: rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for role in ("high", "left_wrist", "right_wrist")}
+    return {
+        role: rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for role in ("high", "left_wrist", "right_wrist")
+    }
 
 
 def make_request(config: MotusConfig, mode: Mode, seed: int, steps: int) -> MotusRequest:
     fields: dict[str, Any] = dict(
-        mode=mode, images=camera_views(seed), state=np.zeros(config.action.state_dim, dtype=np.float32),
-        instruction=INSTRUCTION, steps=steps, seed=seed,
+        mode=mode,
+        images=camera_views(seed),
+        state=np.zeros(config.action.state_dim, dtype=np.float32),
+        instruction=INSTRUCTION,
+        steps=steps,
+        seed=seed,
     )
     if mode is Mode.WORLD_MODEL:
         fields["actions"] = np.zeros((config.temporal.action_chunk, config.action.action_dim), dtype=np.float32)
@@ -109,7 +115,9 @@ def compare_caching(engine: MotusEngine, naive: MotusEngine, steps: int, repeats
         "cached_ms": median(cached),
         "naive_ms": median(recomputed),
         "naive_over_cached": median(ratios),
-        "what_naive_recomputes_per_step": "VLM features, umT5 features, prepare_conditioning (text K/V, und adapter), conditioning-frame latents",
+        "what_naive_recomputes_per_step": (
+            "VLM features, umT5 features, prepare_conditioning (text K/V, und adapter), conditioning-frame latents"
+        ),
     }
 
 
@@ -144,11 +152,18 @@ def bench_preset(name: str, args: argparse.Namespace) -> dict[str, Any]:
         codec = WanVAECodec(random_wan22_vae(), device=device, dtype=dtype)
     built = time.perf_counter()
     engine = MotusEngine.from_config(
-        config, seed=0, device=device, dtype=None if dtype == torch.float32 else dtype, max_batch=args.max_batch,
-        encoder_layers=args.encoder_layers, codec=codec,
+        config,
+        seed=0,
+        device=device,
+        dtype=None if dtype == torch.float32 else dtype,
+        max_batch=args.max_batch,
+        encoder_layers=args.encoder_layers,
+        codec=codec,
     )
     build_s = time.perf_counter() - built
-    naive = MotusEngine(engine.model, engine.codec, engine.normalizer, engine.text.encoder, engine.vlm, device=device, naive=True)
+    naive = MotusEngine(
+        engine.model, engine.codec, engine.normalizer, engine.text.encoder, engine.vlm, device=device, naive=True
+    )
     try:
         counts = engine.model.count_parameters()
         report: dict[str, Any] = {
@@ -159,8 +174,11 @@ def bench_preset(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "composite": [config.latents.image_height, config.latents.image_width],
             "latents": config.latents.kind,
             "encoders": {
-                "umt5_layers": args.encoder_layers, "text_dim": config.video.text_dim, "text_len": config.video.text_len,
-                "qwen3_vl_layers": args.encoder_layers, "vlm_dim": config.understanding.vlm_dim,
+                "umt5_layers": args.encoder_layers,
+                "text_dim": config.video.text_dim,
+                "text_len": config.video.text_len,
+                "qwen3_vl_layers": args.encoder_layers,
+                "vlm_dim": config.understanding.vlm_dim,
                 "vlm_tokens_per_request": None,
             },
             "build_s": round(build_s, 2),
@@ -190,11 +208,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed requests per measurement (after a warm-up)")
     parser.add_argument("--modes", nargs="+", default=[mode.value for mode in Mode], help="modes to time")
     parser.add_argument("--max-batch", type=int, default=4)
-    parser.add_argument("--encoder-layers", type=int, default=1,
-                        help="depth of the random umT5 / Qwen3-VL language models (real: 24 / 28)")
-    parser.add_argument("--published-vae", action="store_true",
-                        help="wan_vae presets: a random VAE of the published Wan 2.2 size instead of a tiny one")
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here (e.g. bench/results/NAME.json)")
+    parser.add_argument(
+        "--encoder-layers",
+        type=int,
+        default=1,
+        help="depth of the random umT5 / Qwen3-VL language models (real: 24 / 28)",
+    )
+    parser.add_argument(
+        "--published-vae",
+        action="store_true",
+        help="wan_vae presets: a random VAE of the published Wan 2.2 size instead of a tiny one",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="also write the JSON here (e.g. bench/results/NAME.json)"
+    )
     args = parser.parse_args(argv)
     args.modes = [Mode(mode) for mode in args.modes]
     return args
@@ -211,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "python": platform.python_version(),
             "device": args.device,
-            "device_name": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor() or platform.machine(),
+            "device_name": torch.cuda.get_device_name(args.device)
+            if args.device.startswith("cuda")
+            else platform.processor() or platform.machine(),
             "dtype": args.dtype,
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),

@@ -6,8 +6,10 @@
 2. Command-rate jitter: a RunPolicy goal drives stand-in sensor streams; the periods between commands arriving on
    the robot's command topic while chunks are inferred.
 
-    tools/env.sh python bench/bench_ros.py [--preset motus-small] [--repeats 10] [--run-s 8] [--out bench/results/ros.json]
+    tools/env.sh python bench/bench_ros.py [--preset motus-small] [--repeats 10] [--run-s 8]
+        [--out bench/results/ros.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,25 +35,54 @@ def percentile(values: list[float], q: float) -> float:
 
 def summary_ms(values_s: list[float]) -> dict:
     values = [v * 1e3 for v in values_s]
-    return {"n": len(values), "mean_ms": round(statistics.fmean(values), 2), "median_ms": round(statistics.median(values), 2),
-            "p90_ms": round(percentile(values, 90), 2), "max_ms": round(max(values), 2)} if values else {"n": 0}
+    return (
+        {
+            "n": len(values),
+            "mean_ms": round(statistics.fmean(values), 2),
+            "median_ms": round(statistics.median(values), 2),
+            "p90_ms": round(percentile(values, 90), 2),
+            "max_ms": round(max(values), 2),
+        }
+        if values
+        else {"n": 0}
+    )
 
 
 def start_server(preset: str, steps: int) -> subprocess.Popen:
-    from motus_ros.server import PARAMETER_SECTIONS
     import tempfile
 
     import yaml
 
-    values = {"preset": preset, "default_steps": steps, "max_age_s": 1.0, "max_skew_s": 0.5, "chunk_request_threshold": 10}
+    from motus_ros.server import PARAMETER_SECTIONS
+
+    values = {
+        "preset": preset,
+        "default_steps": steps,
+        "max_age_s": 1.0,
+        "max_skew_s": 0.5,
+        "chunk_request_threshold": 10,
+    }
     sections = {f"/**/{name}": {"ros__parameters": dict(values)} for name in PARAMETER_SECTIONS}
     params = tempfile.NamedTemporaryFile("w", prefix="motus_bench_", suffix=".yaml", delete=False)
     with params:
         yaml.safe_dump(sections, params)
     process = subprocess.Popen(
-        [sys.executable, "-m", "motus_ros.server", "--preset", preset, "--ros-args",
-         "--params-file", str(ROOT / "config" / "motus_server.yaml"), "--params-file", params.name],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        [
+            sys.executable,
+            "-m",
+            "motus_ros.server",
+            "--preset",
+            preset,
+            "--ros-args",
+            "--params-file",
+            str(ROOT / "config" / "motus_server.yaml"),
+            "--params-file",
+            params.name,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     lines: list[str] = []
     ready = threading.Event()
@@ -83,15 +114,21 @@ class Sensors:
 
         self.profile = profile
         self.node = Node("bench_sensors")
-        self.frames = {c.role: np.full((c.height, c.width, 3), 60 + 40 * i, np.uint8) for i, c in enumerate(profile.cameras)}
+        self.frames = {
+            c.role: np.full((c.height, c.width, 3), 60 + 40 * i, np.uint8) for i, c in enumerate(profile.cameras)
+        }
         self.position = np.clip(np.zeros(len(profile.joint_names)), profile.lower_limits, profile.upper_limits)
-        image_pubs = {c.role: self.node.create_publisher(Image, c.topic, qos_profile_sensor_data) for c in profile.cameras}
+        image_pubs = {
+            c.role: self.node.create_publisher(Image, c.topic, qos_profile_sensor_data) for c in profile.cameras
+        }
         joint_pub = self.node.create_publisher(JointState, profile.joint_state_topics[0], qos_profile_sensor_data)
 
         def publish() -> None:
             stamp = self.node.get_clock().now().to_msg()
             for camera in profile.cameras:
-                image_pubs[camera.role].publish(numpy_to_image(self.frames[camera.role], stamp, camera.role, camera.encoding))
+                image_pubs[camera.role].publish(
+                    numpy_to_image(self.frames[camera.role], stamp, camera.role, camera.encoding)
+                )
             message = JointState(name=list(profile.joint_names), position=self.position.tolist())
             message.header.stamp = stamp
             joint_pub.publish(message)
@@ -100,7 +137,10 @@ class Sensors:
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
         self._stop = threading.Event()
-        self.thread = threading.Thread(target=lambda: [self.executor.spin_once(timeout_sec=0.05) for _ in iter(lambda: self._stop.is_set(), True)], daemon=True)
+        self.thread = threading.Thread(
+            target=lambda: [self.executor.spin_once(timeout_sec=0.05) for _ in iter(lambda: self._stop.is_set(), True)],
+            daemon=True,
+        )
         self.thread.start()
 
     def observation(self):
@@ -141,7 +181,9 @@ def bench_service(client, sensors, preset: str, steps: int, repeats: int, instru
     engine = MotusEngine.from_preset(preset, seed=0)
     images = dict(sensors.frames)
     state = sensors.profile.robot_to_model(sensors.position)
-    request = lambda: MotusRequest(mode="vla", images=images, state=state, instruction=instruction, steps=steps, seed=0, decode_video=False)  # noqa: E731
+    request = lambda: MotusRequest(
+        mode="vla", images=images, state=state, instruction=instruction, steps=steps, seed=0, decode_video=False
+    )  # noqa: E731
     engine.infer(request())
     direct_s = []
     for _ in range(repeats):
@@ -151,7 +193,12 @@ def bench_service(client, sensors, preset: str, steps: int, repeats: int, instru
     engine.close()
     ros, direct = statistics.median(ros_s), statistics.median(direct_s)
     return {
-        "request": {"mode": "vla", "preset": preset, "steps": steps, "image_size": list(next(iter(images.values())).shape)},
+        "request": {
+            "mode": "vla",
+            "preset": preset,
+            "steps": steps,
+            "image_size": list(next(iter(images.values())).shape),
+        },
         "ros_end_to_end": summary_ms(ros_s),
         "node_internal_total": summary_ms(node_total_s),
         "engine_stages_in_server": summary_ms(engine_stage_s),
@@ -166,7 +213,9 @@ def bench_command_jitter(client, profile, run_s: float, instruction: str) -> dic
     from std_msgs.msg import Float64MultiArray
 
     arrivals: list[float] = []
-    client.node.create_subscription(Float64MultiArray, profile.command_topics[0], lambda _: arrivals.append(time.perf_counter()), 100)
+    client.node.create_subscription(
+        Float64MultiArray, profile.command_topics[0], lambda _: arrivals.append(time.perf_counter()), 100
+    )
     if not client.run_policy(instruction, max_duration_s=run_s):
         raise RuntimeError("RunPolicy rejected")
     while not client.is_task_complete(0.05):
@@ -177,7 +226,10 @@ def bench_command_jitter(client, profile, run_s: float, instruction: str) -> dic
     target = 1.0 / profile.control_rate_hz
     feedback = client.policy_task.feedback
     return {
-        "run_s": run_s, "termination": result.termination, "chunks": int(result.chunks), "commands": len(arrivals),
+        "run_s": run_s,
+        "termination": result.termination,
+        "chunks": int(result.chunks),
+        "commands": len(arrivals),
         "target_period_ms": round(target * 1e3, 2),
         "rate_hz": round(len(arrivals) / max(arrivals[-1] - arrivals[0], 1e-9), 2) if len(arrivals) > 1 else 0.0,
         "period_ms": summary_ms(periods.tolist()),
@@ -185,7 +237,9 @@ def bench_command_jitter(client, profile, run_s: float, instruction: str) -> dic
         "jitter_abs_mean_ms": round(float(np.abs(periods - target).mean() * 1e3), 3) if len(periods) else None,
         "late_periods_over_2x": int((periods > 2 * target).sum()),
         "holding_fraction": round(sum(f.holding for f in feedback) / max(len(feedback), 1), 3),
-        "inference_ms_median": round(statistics.median([f.last_inference_ms for f in feedback if f.last_inference_ms > 0] or [0.0]), 1),
+        "inference_ms_median": round(
+            statistics.median([f.last_inference_ms for f in feedback if f.last_inference_ms > 0] or [0.0]), 1
+        ),
     }
 
 
@@ -215,7 +269,9 @@ def main() -> None:
         client.spin(2.0)
         report = {
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
-            "service_latency": bench_service(client, sensors, options.preset, options.steps, options.repeats, options.instruction),
+            "service_latency": bench_service(
+                client, sensors, options.preset, options.steps, options.repeats, options.instruction
+            ),
             "command_rate": bench_command_jitter(client, profile, options.run_s, options.instruction),
         }
     finally:

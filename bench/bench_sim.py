@@ -4,6 +4,7 @@ count (test/ros/test_sim.py); the rates live here because they depend on the mac
 
     tools/env.sh python bench/bench_sim.py [--seconds 5] [--camera-rate 4] [--out bench/results/sim_rates.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,6 +43,7 @@ def main() -> int:
     def count(key: str):
         def callback(_) -> None:
             counts[key] += 1
+
         return callback
 
     node.create_subscription(JointState, profile.joint_state_topics[0], count("joint_states"), 100)

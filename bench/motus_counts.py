@@ -29,7 +29,9 @@ from motus_model.flow_matching import Mode, Treatment
 from motus_model.modeling_motus import MotusConditioning, MotusModel
 
 
-def _cpu_sdpa_flop(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+def _cpu_sdpa_flop(
+    query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any
+) -> int:
     """The CPU flash-attention kernel, which torch's FlopCounterMode does not know: same count as the GPU ones."""
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
@@ -95,10 +97,16 @@ def count(fn: Callable[[], Any], modules: list[torch.nn.Module] | tuple = ()) ->
     traffic = _Traffic(params)
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS) as flops, traffic:
         result = fn()
-    by_op = {str(op).replace("aten.", ""): int(value) for op, value in flops.get_flop_counts().get("Global", {}).items()}
+    by_op = {
+        str(op).replace("aten.", ""): int(value) for op, value in flops.get_flop_counts().get("Global", {}).items()
+    }
     counts = Counts(
-        flops=int(flops.get_total_flops()), flops_by_op=by_op, weight_bytes=sum(traffic.read.values()),
-        activation_bytes=traffic.written, aten_ops=traffic.ops, matmul_shapes=traffic.matmuls,
+        flops=int(flops.get_total_flops()),
+        flops_by_op=by_op,
+        weight_bytes=sum(traffic.read.values()),
+        activation_bytes=traffic.written,
+        aten_ops=traffic.ops,
+        matmul_shapes=traffic.matmuls,
     )
     return counts, result
 
@@ -125,7 +133,9 @@ class OpTimer(TorchDispatchMode):
 # ----------------------------------------------------------------------------------------
 
 
-def model_inputs(config: MotusConfig, und_tokens: int, device: torch.device | str, dtype: torch.dtype) -> dict[str, Any]:
+def model_inputs(
+    config: MotusConfig, und_tokens: int, device: torch.device | str, dtype: torch.dtype
+) -> dict[str, Any]:
     """Zero tensors of one request's shapes (batch 1): latents, sigmas, actions, state, text and VLM features."""
     frames, height, width = config.latent_grid()
     with torch.device(device):
@@ -152,13 +162,19 @@ def count_model(model: MotusModel, und_tokens: int, mode: Mode = Mode.VLA) -> di
     # Models that skip the outputs a mode discards are asked to, as euler_step does.
     forward_kwargs = (
         {"need_video": mode.video is Treatment.DENOISED, "need_actions": mode.actions is Treatment.DENOISED}
-        if _skips_outputs(model) else {}
+        if _skips_outputs(model)
+        else {}
     )
 
     def step() -> Any:
         return model(
-            inputs["video"], torch.full_like(inputs["sigma"], video_sigma), inputs["actions"],
-            torch.full_like(inputs["sigma"], action_sigma), inputs["state"], conditioning, **forward_kwargs,
+            inputs["video"],
+            torch.full_like(inputs["sigma"], video_sigma),
+            inputs["actions"],
+            torch.full_like(inputs["sigma"], action_sigma),
+            inputs["state"],
+            conditioning,
+            **forward_kwargs,
         )
 
     step_counts, _ = count(step, [model])
@@ -243,13 +259,35 @@ def umt5_flops(config: Any, num_tokens: int) -> int:
 
 
 # The published encoders' shapes (Qwen3-VL-2B-Instruct and umT5-XXL config.json); counted analytically.
-QWEN3_VL_2B_TEXT = {"hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28, "num_attention_heads": 16,
-                        "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936}
-QWEN3_VL_2B_VISION = {"depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16, "out_hidden_size": 2048,
-                          "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
-                          "deepstack_visual_indexes": [5, 11, 17]}
-UMT5_XXL = {"d_model": 4096, "d_ff": 10240, "num_layers": 24, "num_heads": 64, "d_kv": 64, "feed_forward_proj": "gated-gelu",
-                "vocab_size": 256384}
+QWEN3_VL_2B_TEXT = {
+    "hidden_size": 2048,
+    "intermediate_size": 6144,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "vocab_size": 151936,
+}
+QWEN3_VL_2B_VISION = {
+    "depth": 24,
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_heads": 16,
+    "out_hidden_size": 2048,
+    "patch_size": 16,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "deepstack_visual_indexes": [5, 11, 17],
+}
+UMT5_XXL = {
+    "d_model": 4096,
+    "d_ff": 10240,
+    "num_layers": 24,
+    "num_heads": 64,
+    "d_kv": 64,
+    "feed_forward_proj": "gated-gelu",
+    "vocab_size": 256384,
+}
 
 
 def qwen3_vl_parameters(text: dict, vision: dict) -> int:

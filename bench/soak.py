@@ -5,8 +5,10 @@ Measures the server's resident memory over time (RSS slope in MB/min after the w
 gaps between commands arriving on the robot's command topic (percentiles, ms) and the fraction of the run spent
 holding (from RunPolicy feedback).
 
-    tools/env.sh python bench/soak.py --minutes 5 [--warmup-min 1] [--preset motus-small] [--out bench/results/soak.json]
+    tools/env.sh python bench/soak.py --minutes 5 [--warmup-min 1] [--preset motus-small]
+        [--out bench/results/soak.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +55,9 @@ def percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
     array = np.asarray(values)
-    return {f"p{q}": round(float(np.percentile(array, q)), 2) for q in (50, 90, 99)} | {"max": round(float(array.max()), 2)}
+    return {f"p{q}": round(float(np.percentile(array, q)), 2) for q in (50, 90, 99)} | {
+        "max": round(float(array.max()), 2)
+    }
 
 
 def main() -> int:
@@ -79,8 +83,17 @@ def main() -> int:
     chunk = MotusConfig.preset(args.preset).temporal.action_chunk  # the world model takes one action chunk
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     sim = start_process(sim_command("-p", "camera_rate_hz:=4.0"), "MOTUS_SIM READY")
-    server = start_process(server_command("--torch-threads", "1", preset=args.preset, default_steps=args.steps,
-                                          chunk_request_threshold=10, joint_state_max_age_periods=3.0), READY)
+    server = start_process(
+        server_command(
+            "--torch-threads",
+            "1",
+            preset=args.preset,
+            default_steps=args.steps,
+            chunk_request_threshold=10,
+            joint_state_max_age_periods=3.0,
+        ),
+        READY,
+    )
     rclpy.init()
     client = MotusClient(node_name="soak_client")
     lock = threading.Lock()
@@ -98,8 +111,14 @@ def main() -> int:
     client.node.create_subscription(Float64MultiArray, profile.command_topics[0], on_command, 10000)
     client.node.create_subscription(JointState, profile.joint_state_topics[0], on_state, 10)
     rss: list[tuple[float, float]] = []
-    counts = {"goals": 0, "goals_completed": 0, "world_model_requests": 0, "world_model_ok": 0, "feedback": 0,
-              "feedback_holding": 0}
+    counts = {
+        "goals": 0,
+        "goals_completed": 0,
+        "world_model_requests": 0,
+        "world_model_ok": 0,
+        "feedback": 0,
+        "feedback_holding": 0,
+    }
     try:
         assert client.wait_for_server(120), "the server's interfaces did not appear"
         started = time.monotonic()
@@ -121,7 +140,9 @@ def main() -> int:
                 seen = len(feedback)
                 if "q" in state and counts["goals"] % 2 == 0 and seen % 20 == 10:
                     # A world-model request while the policy runs (shares the engine with the chunk requests).
-                    result = client.predict_future(np.tile(state["q"], (chunk, 1)), profile.joint_names, steps=args.steps)
+                    result = client.predict_future(
+                        np.tile(state["q"], (chunk, 1)), profile.joint_names, steps=args.steps
+                    )
                     counts["world_model_requests"] += 1
                     counts["world_model_ok"] += int(result.error.code == 0)
             result = client.get_result()

@@ -1,6 +1,6 @@
 """Bring up Motus on an ALOHA-family robot: the model server, optionally the simulated ALOHA and rviz2.
 
-    ros2 launch motus_ros aloha.launch.py sim:=true rviz:=true                  # simulated robot, shipped model, real time
+    ros2 launch motus_ros aloha.launch.py sim:=true rviz:=true        # simulated robot, shipped model, real time
     ros2 launch motus_ros aloha.launch.py profile:=interbotix_aloha checkpoint:=/models/motus   # real robot, dry run
     ros2 launch motus_ros aloha.launch.py profile:=interbotix_aloha checkpoint:=/models/motus dry_run:=false
 
@@ -72,23 +72,41 @@ def _actions(context, *args, **kwargs):
     )
     actions = [server, RegisterEventHandler(OnProcessExit(target_action=server, on_exit=_on_server_exit))]
     if plan.sim:
-        actions.append(Node(package=PACKAGE, executable="motus_sim", output="screen",
-                            parameters=write_parameter_files(plan.sim_parameters)))
+        actions.append(
+            Node(
+                package=PACKAGE,
+                executable="motus_sim",
+                output="screen",
+                parameters=write_parameter_files(plan.sim_parameters),
+            )
+        )
     if plan.rviz:
         actions += [
             # rviz needs its fixed frame to exist; the image panes need no other transform.
-            Node(package="tf2_ros", executable="static_transform_publisher", output="log",
-                 arguments=["--frame-id", "world", "--child-frame-id", "motus_base"]),
-            Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
-                 arguments=["-d", _rviz_config(share, plan.profile)]),
+            Node(
+                package="tf2_ros",
+                executable="static_transform_publisher",
+                output="log",
+                arguments=["--frame-id", "world", "--child-frame-id", "motus_base"],
+            ),
+            Node(
+                package="rviz2",
+                executable="rviz2",
+                name="rviz2",
+                output="screen",
+                arguments=["-d", _rviz_config(share, plan.profile)],
+            ),
         ]
     return actions
 
 
 def generate_launch_description() -> LaunchDescription:
-    return LaunchDescription([
-        *[DeclareLaunchArgument(name, default_value=default, description=description)
-          for name, (default, description) in ARGUMENTS.items()],
-        OpaqueFunction(function=_actions),
-    ])
-
+    return LaunchDescription(
+        [
+            *[
+                DeclareLaunchArgument(name, default_value=default, description=description)
+                for name, (default, description) in ARGUMENTS.items()
+            ],
+            OpaqueFunction(function=_actions),
+        ]
+    )

@@ -1,4 +1,5 @@
 """Session-wide test settings shared by every test folder."""
+
 import os
 import random
 

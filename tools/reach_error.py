@@ -27,8 +27,11 @@ def gripper_minus_cube_cm(environment) -> list[float]:
     return [round(float(v), 2) for v in 100.0 * (gripper - environment.physics.data.qpos[CUBE_QPOS])]
 
 
-def run(engine: MotusEngine | None, seed: int, check_steps: list[int], inference_steps: int) -> tuple[dict[int, list[float]], float]:
-    """One episode driven by the policy runtime (engine) or the expert (None): offsets at check_steps, highest reward."""
+def run(
+    engine: MotusEngine | None, seed: int, check_steps: list[int], inference_steps: int
+) -> tuple[dict[int, list[float]], float]:
+    """One episode driven by the policy runtime (engine) or the expert (None): offsets at check_steps, highest
+    reward."""
     spec = get_task("transfer_cube")
     pose = spec.sample_object_pose(seed)
     environment = make_joint_environment("transfer_cube", pose)
@@ -67,9 +70,18 @@ def main() -> None:
         policy, policy_reward = run(engine, seed, check_steps, args.inference_steps)
         expert, expert_reward = run(None, seed, check_steps, args.inference_steps)
         pose = get_task("transfer_cube").sample_object_pose(seed)
-        print(json.dumps({"seed": seed, "cube_xy": [round(float(v), 3) for v in pose[:2]],
-                          "policy_cm": policy, "expert_cm": expert,
-                          "highest_reward": {"policy": policy_reward, "expert": expert_reward}}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "seed": seed,
+                    "cube_xy": [round(float(v), 3) for v in pose[:2]],
+                    "policy_cm": policy,
+                    "expert_cm": expert,
+                    "highest_reward": {"policy": policy_reward, "expert": expert_reward},
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

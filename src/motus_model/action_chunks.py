@@ -12,6 +12,7 @@ Two modes:
 The caller asks for the next chunk early, asynchronously, when `remaining(step)` falls under its
 threshold, so the robot never waits between chunks. Pure numpy, no ROS.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,7 +38,9 @@ class _Chunk:
 class ChunkBlender:
     """Blend or replace action chunks; `action_for(step)` gives the action for one control step."""
 
-    def __init__(self, mode: str = "temporal_ensemble", ensemble_decay: float = 0.01, horizon: int | None = None) -> None:
+    def __init__(
+        self, mode: str = "temporal_ensemble", ensemble_decay: float = 0.01, horizon: int | None = None
+    ) -> None:
         """horizon: use only the first `horizon` actions of each chunk (None = all of them)."""
         if mode not in MODES:
             raise ValueError(f"blending mode must be one of {MODES}, got {mode!r}")

@@ -35,9 +35,20 @@ from motus_model.modeling_utils import (
 )
 
 __all__ = [
-    "CONFIG_NAME", "REFERENCE_WEIGHTS_NAME", "STATS_NAME", "WEIGHTS_NAME", "CheckpointError",
-    "MissingCheckpointFileError", "diffusers_wan_key_map", "load_pretrained", "load_reference_checkpoint",
-    "load_stats", "load_wan_diffusers_transformer", "reference_config", "reference_key_map", "save_pretrained",
+    "CONFIG_NAME",
+    "REFERENCE_WEIGHTS_NAME",
+    "STATS_NAME",
+    "WEIGHTS_NAME",
+    "CheckpointError",
+    "MissingCheckpointFileError",
+    "diffusers_wan_key_map",
+    "load_pretrained",
+    "load_reference_checkpoint",
+    "load_stats",
+    "load_wan_diffusers_transformer",
+    "reference_config",
+    "reference_key_map",
+    "save_pretrained",
 ]
 
 

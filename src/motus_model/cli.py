@@ -26,9 +26,9 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,10 @@ _COMMANDS: dict[str, Command] = {}
 
 
 def register_command(
-    name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None], run: Callable[[argparse.Namespace], int]
+    name: str,
+    help: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
 ) -> None:
     """Add a subcommand (a name already taken is an error)."""
     if name in _COMMANDS:
@@ -59,9 +62,13 @@ def register_command(
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stage", type=int, choices=(1, 2, 3), required=True, help="training stage (config/training/stageN.yaml)")
+    parser.add_argument(
+        "--stage", type=int, choices=(1, 2, 3), required=True, help="training stage (config/training/stageN.yaml)"
+    )
     parser.add_argument("--config", help="a training config YAML/JSON used instead of the stage preset")
-    parser.add_argument("--preset", help="model preset when starting from scratch (e.g. motus-tiny, motus-small, motus-8b)")
+    parser.add_argument(
+        "--preset", help="model preset when starting from scratch (e.g. motus-tiny, motus-small, motus-8b)"
+    )
     parser.add_argument("--init-from", help="checkpoint of the previous stage to start from")
     parser.add_argument("--dataset", help="LeRobot dataset folder")
     parser.add_argument("--mixture", help="data-pyramid mixture YAML (instead of --dataset)")
@@ -71,20 +78,34 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, help="stop (and save) after this much training time")
     parser.add_argument("--video-loss-weight", type=float, help="override the video loss weight (0: action-only)")
     parser.add_argument("--action-loss-weight", type=float, help="override the action loss weight")
-    parser.add_argument("--state-noise-std", type=float,
-                        help="Gaussian noise on the normalised state during training, in state stds (default 0)")
-    parser.add_argument("--state-dropout", type=float,
-                        help="fraction of training samples whose state is replaced by the mean state (default 0)")
-    parser.add_argument("--episode-start-fraction", type=float,
-                        help="fraction of samples drawn from the first --episode-start-rows rows of an episode (default 0)")
+    parser.add_argument(
+        "--state-noise-std",
+        type=float,
+        help="Gaussian noise on the normalised state during training, in state stds (default 0)",
+    )
+    parser.add_argument(
+        "--state-dropout",
+        type=float,
+        help="fraction of training samples whose state is replaced by the mean state (default 0)",
+    )
+    parser.add_argument(
+        "--episode-start-fraction",
+        type=float,
+        help="fraction of samples drawn from the first --episode-start-rows rows of an episode (default 0)",
+    )
     parser.add_argument("--episode-start-rows", type=int, help="rows counted as an episode's start (default 64)")
     parser.add_argument("--batch-size", type=int, help="global batch size")
     parser.add_argument("--gradient-accumulation", type=int)
     parser.add_argument("--lr", type=float, dest="learning_rate")
     parser.add_argument("--warmup-steps", type=int)
-    parser.add_argument("--lr-cycle-steps", type=int,
-                        help="steps over which the lr factor decays linearly to --lr-min-factor (counted from step 0)")
-    parser.add_argument("--lr-min-factor", type=float, dest="lr_f_min", help="floor of the lr factor (0.4 in the reference)")
+    parser.add_argument(
+        "--lr-cycle-steps",
+        type=int,
+        help="steps over which the lr factor decays linearly to --lr-min-factor (counted from step 0)",
+    )
+    parser.add_argument(
+        "--lr-min-factor", type=float, dest="lr_f_min", help="floor of the lr factor (0.4 in the reference)"
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--checkpoint-every", type=int)
     parser.add_argument("--eval-every", type=int)
@@ -105,11 +126,35 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {
         key: getattr(args, key)
         for key in (
-            "preset", "dataset", "mixture", "eval_dataset", "output", "steps", "max_minutes", "batch_size", "gradient_accumulation",
-            "learning_rate", "warmup_steps", "lr_cycle_steps", "lr_f_min", "seed", "checkpoint_every", "eval_every", "log_every",
-            "text_encoder_path", "vlm_path", "video_vae_path", "mixed_precision", "truncate_instructions",
-            "num_workers", "video_loss_weight", "action_loss_weight", "state_noise_std", "state_dropout",
-            "episode_start_fraction", "episode_start_rows",
+            "preset",
+            "dataset",
+            "mixture",
+            "eval_dataset",
+            "output",
+            "steps",
+            "max_minutes",
+            "batch_size",
+            "gradient_accumulation",
+            "learning_rate",
+            "warmup_steps",
+            "lr_cycle_steps",
+            "lr_f_min",
+            "seed",
+            "checkpoint_every",
+            "eval_every",
+            "log_every",
+            "text_encoder_path",
+            "vlm_path",
+            "video_vae_path",
+            "mixed_precision",
+            "truncate_instructions",
+            "num_workers",
+            "video_loss_weight",
+            "action_loss_weight",
+            "state_noise_std",
+            "state_dropout",
+            "episode_start_fraction",
+            "episode_start_rows",
         )
     }
     overrides["init_from"] = args.init_from
@@ -125,8 +170,15 @@ def _train(args: argparse.Namespace) -> int:
     result = train(config, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:  # one summary line per job, from the main process
         return 0
-    print(json.dumps({"step": result.step, "checkpoint": str(result.last_checkpoint),
-                      "final_loss": result.history[-1]["loss"] if result.history else None}))
+    print(
+        json.dumps(
+            {
+                "step": result.step,
+                "checkpoint": str(result.last_checkpoint),
+                "final_loss": result.history[-1]["loss"] if result.history else None,
+            }
+        )
+    )
     return 0
 
 
@@ -168,11 +220,17 @@ def _train_latent_vae_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--shape", choices=("tiny", "published"), default="published",
-                        help="tiny (tests/CPU) or the paper's 4x512-token DC-AE")
+    parser.add_argument(
+        "--shape",
+        choices=("tiny", "published"),
+        default="published",
+        help="tiny (tests/CPU) or the paper's 4x512-token DC-AE",
+    )
     parser.add_argument("--config", help="a LatentActionVAEConfig JSON instead of --shape")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--every", type=int, default=1, help="use every n-th row of each episode (flow pairs are kept in memory)")
+    parser.add_argument(
+        "--every", type=int, default=1, help="use every n-th row of each episode (flow pairs are kept in memory)"
+    )
 
 
 def _train_latent_vae(args: argparse.Namespace) -> int:
@@ -190,6 +248,7 @@ def _train_latent_vae(args: argparse.Namespace) -> int:
         config = LatentActionVAEConfig() if args.shape == "tiny" else LatentActionVAEConfig.published()
     torch.manual_seed(args.seed)
     model = LatentActionVAE(config)
+
     def pool(paths: list[str], labelled: bool) -> FlowPairPool | None:
         if not paths:
             return None
@@ -208,14 +267,21 @@ def _train_latent_vae(args: argparse.Namespace) -> int:
 
 
 def _convert_bag_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bags", nargs="+", help="rosbag2 folders (metadata.yaml + *.mcap/*.db3) or .mcap/.db3 files, one episode each")
-    parser.add_argument("--profile", required=True,
-                        help="robot profile: a name (config/robots/<name>.yaml) or a path to a profile YAML")
+    parser.add_argument(
+        "bags", nargs="+", help="rosbag2 folders (metadata.yaml + *.mcap/*.db3) or .mcap/.db3 files, one episode each"
+    )
+    parser.add_argument(
+        "--profile", required=True, help="robot profile: a name (config/robots/<name>.yaml) or a path to a profile YAML"
+    )
     parser.add_argument("--output", required=True, help="new LeRobot dataset folder (or an existing one with --append)")
     parser.add_argument("--fps", type=float, help="control rate (default: the profile's control_rate_hz)")
     parser.add_argument("--task", required=True, help="instruction for every episode")
-    parser.add_argument("--time-source", choices=("log", "header"), default="log",
-                        help="stamp messages by receive time (log) or header stamps (header)")
+    parser.add_argument(
+        "--time-source",
+        choices=("log", "header"),
+        default="log",
+        help="stamp messages by receive time (log) or header stamps (header)",
+    )
     parser.add_argument("--robot-type", default="aloha")
     parser.add_argument("--append", action="store_true", help="add the episodes to the dataset at --output")
 
@@ -252,8 +318,17 @@ def _convert_bag(args: argparse.Namespace) -> int:
 
     profile = _profile(args.profile)
     fps = args.fps or profile.control_rate_hz
-    root = convert_bags(args.bags, profile, args.output, float(fps), args.task, args.time_source, args.robot_type,
-                        append=args.append, show_progress=True)
+    root = convert_bags(
+        args.bags,
+        profile,
+        args.output,
+        float(fps),
+        args.task,
+        args.time_source,
+        args.robot_type,
+        append=args.append,
+        show_progress=True,
+    )
     print(json.dumps({"dataset": str(root), "episodes": len(args.bags)}))
     return 0
 
@@ -262,11 +337,20 @@ def _convert_hdf5_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", help="ACT/ALOHA or RoboTwin episode .hdf5 files, one episode each")
     parser.add_argument("--output", required=True, help="new LeRobot dataset folder (or an existing one with --append)")
     parser.add_argument("--task", required=True, help="instruction for every episode")
-    parser.add_argument("--fps", type=float, help="frame rate of the files (default: the profile's control_rate_hz, else 50)")
-    parser.add_argument("--profile", help="robot profile (a name or a YAML path): its camera roles are kept and its joint "
-                        "count is checked")
-    parser.add_argument("--camera", action="append", default=[], metavar="ROLE=NAME",
-                        help="map a camera role to the file's camera name (e.g. high=cam_high); repeatable")
+    parser.add_argument(
+        "--fps", type=float, help="frame rate of the files (default: the profile's control_rate_hz, else 50)"
+    )
+    parser.add_argument(
+        "--profile",
+        help="robot profile (a name or a YAML path): its camera roles are kept and its joint count is checked",
+    )
+    parser.add_argument(
+        "--camera",
+        action="append",
+        default=[],
+        metavar="ROLE=NAME",
+        help="map a camera role to the file's camera name (e.g. high=cam_high); repeatable",
+    )
     parser.add_argument("--robot-type", default="aloha")
     parser.add_argument("--append", action="store_true", help="add the episodes to the dataset at --output")
 
@@ -282,8 +366,17 @@ def _convert_hdf5(args: argparse.Namespace) -> int:
             raise ValueError(f"--camera takes ROLE=NAME (e.g. high=cam_high), got {args.camera}")
         cameras = dict(pairs)
     fps = args.fps or (profile or {}).get("control_rate_hz") or 50.0
-    root = convert_hdf5(args.files, args.output, float(fps), args.task, profile, cameras, args.robot_type,
-                        append=args.append, show_progress=True)
+    root = convert_hdf5(
+        args.files,
+        args.output,
+        float(fps),
+        args.task,
+        profile,
+        cameras,
+        args.robot_type,
+        append=args.append,
+        show_progress=True,
+    )
     print(json.dumps({"dataset": str(root), "episodes": len(args.files)}))
     return 0
 
@@ -302,12 +395,27 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 register_command("train", "train Motus (stage 1, 2 or 3)", _train_arguments, _train)
-register_command("latent-actions", "label a dataset with latent actions (stage-2 pseudo-actions)", _latent_actions_arguments, _latent_actions)
-register_command("train-latent-vae", "train the latent-action VAE on flow images", _train_latent_vae_arguments, _train_latent_vae)
-register_command("convert-bag", "convert ROS 2 bags (rosbag2 folders, MCAP, sqlite3) into a LeRobot dataset",
-                 _convert_bag_arguments, _as_input_error(_convert_bag))
-register_command("convert-hdf5", "convert ACT/ALOHA or RoboTwin HDF5 episodes into a LeRobot dataset",
-                 _convert_hdf5_arguments, _as_input_error(_convert_hdf5))
+register_command(
+    "latent-actions",
+    "label a dataset with latent actions (stage-2 pseudo-actions)",
+    _latent_actions_arguments,
+    _latent_actions,
+)
+register_command(
+    "train-latent-vae", "train the latent-action VAE on flow images", _train_latent_vae_arguments, _train_latent_vae
+)
+register_command(
+    "convert-bag",
+    "convert ROS 2 bags (rosbag2 folders, MCAP, sqlite3) into a LeRobot dataset",
+    _convert_bag_arguments,
+    _as_input_error(_convert_bag),
+)
+register_command(
+    "convert-hdf5",
+    "convert ACT/ALOHA or RoboTwin HDF5 episodes into a LeRobot dataset",
+    _convert_hdf5_arguments,
+    _as_input_error(_convert_hdf5),
+)
 register_command("stats", "(re)compute a dataset's meta/stats.json", _stats_arguments, _as_input_error(_stats))
 
 
@@ -324,7 +432,10 @@ def _generate_demos(args: argparse.Namespace) -> int:
 
 
 register_command(
-    "generate-demos", "scripted ALOHA demonstrations (gym-aloha) as a LeRobot dataset", _generate_demos_arguments, _generate_demos
+    "generate-demos",
+    "scripted ALOHA demonstrations (gym-aloha) as a LeRobot dataset",
+    _generate_demos_arguments,
+    _generate_demos,
 )
 
 
@@ -345,7 +456,9 @@ register_command("eval", "closed-loop success rate in the gym-aloha scenes (in-p
 from motus_model.baselines import conv_idm_arguments, idm_eval_arguments, run_conv_idm, run_idm_eval  # noqa: E402
 
 register_command("train-conv-idm", "train the small convolutional IDM baseline", conv_idm_arguments, run_conv_idm)
-register_command("idm-eval", "held-out IDM comparison: Motus IDM mode vs conv IDM vs hold-state", idm_eval_arguments, run_idm_eval)
+register_command(
+    "idm-eval", "held-out IDM comparison: Motus IDM mode vs conv IDM vs hold-state", idm_eval_arguments, run_idm_eval
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,8 +34,9 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -45,7 +46,12 @@ logger = logging.getLogger(__name__)
 IMAGE_PAD_TOKEN = "<|image_pad|>"
 # The specials a Qwen3-VL tokenizer has and our tiny one reproduces.
 QWEN_SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", IMAGE_PAD_TOKEN,
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    IMAGE_PAD_TOKEN,
     "<|video_pad|>",
 ]
 # Qwen chat format for a content list of text and image items (same output as the
@@ -115,7 +121,7 @@ class UMT5TextEncoder:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         truncate: bool = False,
-    ) -> "UMT5TextEncoder":
+    ) -> UMT5TextEncoder:
         """Load `UMT5EncoderModel` and its tokenizer from one folder."""
         from transformers import AutoTokenizer, UMT5EncoderModel
 
@@ -124,7 +130,12 @@ class UMT5TextEncoder:
             raise FileNotFoundError(f"no config.json in umT5 folder {path}")
         logger.info("loading umT5 encoder from %s", path)
         return cls(
-            UMT5EncoderModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), text_len, device, dtype, truncate
+            UMT5EncoderModel.from_pretrained(path),
+            AutoTokenizer.from_pretrained(path),
+            text_len,
+            device,
+            dtype,
+            truncate,
         )
 
     def count_tokens(self, instruction: str) -> int:
@@ -143,8 +154,12 @@ class UMT5TextEncoder:
                         f"instruction too long: expected at most {self.text_len} tokens, got {count}: {text[:60]!r}..."
                     )
         tokens = self.tokenizer(
-            instructions, padding="max_length", truncation=True, max_length=self.text_len,
-            add_special_tokens=True, return_tensors="pt",
+            instructions,
+            padding="max_length",
+            truncation=True,
+            max_length=self.text_len,
+            add_special_tokens=True,
+            return_tensors="pt",
         )
         input_ids = tokens["input_ids"].to(self.device)
         mask = tokens["attention_mask"].to(self.device).bool()
@@ -164,7 +179,10 @@ def save_text_features(path: str | Path, features: Mapping[str, torch.Tensor]) -
     from safetensors.torch import save_file
 
     instructions = list(features)
-    tensors = {f"features.{index}": features[text].detach().float().cpu().contiguous() for index, text in enumerate(instructions)}
+    tensors = {
+        f"features.{index}": features[text].detach().float().cpu().contiguous()
+        for index, text in enumerate(instructions)
+    }
     save_file(tensors, str(path), metadata={"instructions": json.dumps(instructions)})
 
 
@@ -240,15 +258,19 @@ class TextConditioner:
             if instruction in self.precomputed or instruction in self._cache:
                 return
         if self.encoder is None:
-            raise ValueError(f"no text encoder and no precomputed features for instruction {instruction[:60]!r}; "
-                             f"precomputed: {sorted(self.precomputed)[:10]}")
+            raise ValueError(
+                f"no text encoder and no precomputed features for instruction {instruction[:60]!r}; "
+                f"precomputed: {sorted(self.precomputed)[:10]}"
+            )
         count_tokens = getattr(self.encoder, "count_tokens", None)
         if count_tokens is None or getattr(self.encoder, "truncate", False):
             return  # an encoder without a tokenizer count, or one that truncates: nothing to refuse here
         count = int(count_tokens(instruction))
         if count > self.text_len:
-            raise ValueError(f"instruction too long: expected at most {self.text_len} tokens (end-of-sequence token "
-                             f"included), got {count}")
+            raise ValueError(
+                f"instruction too long: expected at most {self.text_len} tokens (end-of-sequence token "
+                f"included), got {count}"
+            )
 
     def encode(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (features [B, text_len, text_dim], mask [B, text_len] bool) on the encoder's device (CPU if none)."""
@@ -323,7 +345,7 @@ class Qwen3VLFeatureExtractor:
     @classmethod
     def from_pretrained(
         cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, **kwargs: Any
-    ) -> "Qwen3VLFeatureExtractor":
+    ) -> Qwen3VLFeatureExtractor:
         """Load a Qwen3-VL folder (e.g. Qwen3-VL-2B-Instruct): model, tokenizer, image processor, chat template."""
         from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -345,9 +367,15 @@ class Qwen3VLFeatureExtractor:
 
     def build_prompt(self, instruction: str) -> str:
         """The chat-templated user message: text first, then one image placeholder."""
-        messages = [{"role": "user", "content": [
-            {"type": "text", "text": self.prompt_prefix + instruction}, {"type": "image"},
-        ]}]
+        messages = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": self.prompt_prefix + instruction},
+                    {"type": "image"},
+                ],
+            }
+        ]
         return self.tokenizer.apply_chat_template(
             messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=False
         )
@@ -414,7 +442,9 @@ def build_byte_tokenizer(pad_token: str, eos_token: str, extra_special_tokens: S
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=pad_token, eos_token=eos_token)
 
 
-def build_tiny_umt5(text_dim: int, directory: str | Path | None = None, num_layers: int = 1, seed: int = 0) -> tuple[Any, Any]:
+def build_tiny_umt5(
+    text_dim: int, directory: str | Path | None = None, num_layers: int = 1, seed: int = 0
+) -> tuple[Any, Any]:
     """A randomly initialised `UMT5EncoderModel` of width `text_dim` with a byte tokenizer.
 
     Saved with save_pretrained to `directory` when given (load it with
@@ -432,9 +462,16 @@ def build_tiny_umt5(text_dim: int, directory: str | Path | None = None, num_laye
     if text_dim % heads:
         heads = 1
     config = UMT5Config(
-        vocab_size=len(tokenizer), d_model=text_dim, d_kv=text_dim // heads, d_ff=2 * text_dim,
-        num_layers=num_layers, num_heads=heads, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_id,
-        dropout_rate=0.0, is_encoder_decoder=False,
+        vocab_size=len(tokenizer),
+        d_model=text_dim,
+        d_kv=text_dim // heads,
+        d_ff=2 * text_dim,
+        num_layers=num_layers,
+        num_heads=heads,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos_id,
+        dropout_rate=0.0,
+        is_encoder_decoder=False,
     )
     torch.manual_seed(seed)
     model = UMT5EncoderModel(config).eval()
@@ -459,8 +496,11 @@ def build_tiny_qwen3_vl(
     tokenizer = build_byte_tokenizer("<|endoftext|>", "<|im_end|>", QWEN_SPECIAL_TOKENS)
     tokenizer.chat_template = QWEN_CHAT_TEMPLATE
     image_processor = Qwen2VLImageProcessorPil(
-        patch_size=patch_size, merge_size=2, temporal_patch_size=2,
-        min_pixels=(2 * patch_size) ** 2, max_pixels=(32 * patch_size) ** 2,
+        patch_size=patch_size,
+        merge_size=2,
+        temporal_patch_size=2,
+        min_pixels=(2 * patch_size) ** 2,
+        max_pixels=(32 * patch_size) ** 2,
     )
     heads = max(2, vlm_dim // 128)  # Qwen3-VL-2B: 16 heads of 128
     if vlm_dim % heads or (vlm_dim // heads) % 2:
@@ -471,14 +511,26 @@ def build_tiny_qwen3_vl(
     mrope = [half - 2 * (half // 3), half // 3, half // 3]
     config = Qwen3VLConfig(
         text_config=dict(
-            hidden_size=vlm_dim, intermediate_size=2 * vlm_dim, num_hidden_layers=num_layers,
-            num_attention_heads=heads, num_key_value_heads=1, head_dim=head_dim, vocab_size=len(tokenizer),
+            hidden_size=vlm_dim,
+            intermediate_size=2 * vlm_dim,
+            num_hidden_layers=num_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=1,
+            head_dim=head_dim,
+            vocab_size=len(tokenizer),
             max_position_embeddings=4096,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
         ),
         vision_config=dict(
-            depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=vlm_dim,
-            patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2, deepstack_visual_indexes=[0],
+            depth=1,
+            hidden_size=16,
+            intermediate_size=32,
+            num_heads=2,
+            out_hidden_size=vlm_dim,
+            patch_size=patch_size,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            deepstack_visual_indexes=[0],
             num_position_embeddings=1024,
         ),
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_PAD_TOKEN),

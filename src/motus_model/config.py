@@ -22,9 +22,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 TRAINING_MODES = ("finetune", "pretrain")
 LATENT_KINDS = ("wan_vae", "pixel_patch")
@@ -62,10 +63,20 @@ class VideoExpertConfig:
         if len(self.patch_size) != 3:
             raise ValueError(f"video.patch_size must have 3 entries (t, h, w), got {self.patch_size}")
         _require_positive(
-            "video", dim=self.dim, ffn_dim=self.ffn_dim, num_heads=self.num_heads, head_dim=self.head_dim,
-            latent_channels=self.latent_channels, text_dim=self.text_dim, text_len=self.text_len,
-            freq_dim=self.freq_dim, eps=self.eps, rope_theta=self.rope_theta,
-            patch_t=self.patch_size[0], patch_h=self.patch_size[1], patch_w=self.patch_size[2],
+            "video",
+            dim=self.dim,
+            ffn_dim=self.ffn_dim,
+            num_heads=self.num_heads,
+            head_dim=self.head_dim,
+            latent_channels=self.latent_channels,
+            text_dim=self.text_dim,
+            text_len=self.text_len,
+            freq_dim=self.freq_dim,
+            eps=self.eps,
+            rope_theta=self.rope_theta,
+            patch_t=self.patch_size[0],
+            patch_h=self.patch_size[1],
+            patch_w=self.patch_size[2],
         )
         if self.num_heads * self.head_dim != self.dim:
             raise ValueError(
@@ -94,8 +105,12 @@ class ActionExpertConfig:
 
     def __post_init__(self) -> None:
         _require_positive(
-            "action", dim=self.dim, ffn_dim=self.ffn_dim, action_dim=self.action_dim,
-            state_dim=self.state_dim, eps=self.eps,
+            "action",
+            dim=self.dim,
+            ffn_dim=self.ffn_dim,
+            action_dim=self.action_dim,
+            state_dim=self.state_dim,
+            eps=self.eps,
         )
         if self.num_registers < 0:
             raise ValueError(f"action.num_registers must be >= 0, got {self.num_registers}")
@@ -144,8 +159,11 @@ class VideoLatentConfig:
         if self.kind not in LATENT_KINDS:
             raise ValueError(f"latents.kind must be one of {LATENT_KINDS}, got {self.kind!r}")
         _require_positive(
-            "latents", channels=self.channels, spatial_compression=self.spatial_compression,
-            temporal_compression=self.temporal_compression, image_height=self.image_height,
+            "latents",
+            channels=self.channels,
+            spatial_compression=self.spatial_compression,
+            temporal_compression=self.temporal_compression,
+            image_height=self.image_height,
             image_width=self.image_width,
         )
         if self.image_height % self.spatial_compression or self.image_width % self.spatial_compression:
@@ -191,8 +209,11 @@ class TemporalConfig:
 
     def __post_init__(self) -> None:
         _require_positive(
-            "temporal", num_video_frames=self.num_video_frames, action_chunk=self.action_chunk,
-            video_action_ratio=self.video_action_ratio, downsample_rate=self.downsample_rate,
+            "temporal",
+            num_video_frames=self.num_video_frames,
+            action_chunk=self.action_chunk,
+            video_action_ratio=self.video_action_ratio,
+            downsample_rate=self.downsample_rate,
             control_rate_hz=self.control_rate_hz,
         )
         if self.action_chunk != self.num_video_frames * self.video_action_ratio:
@@ -220,7 +241,9 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         _require_positive(
-            "schedule", shift=self.shift, num_train_timesteps=self.num_train_timesteps,
+            "schedule",
+            shift=self.shift,
+            num_train_timesteps=self.num_train_timesteps,
             inference_steps=self.inference_steps,
         )
         if self.inference_sigmas not in INFERENCE_SIGMA_GRIDS:
@@ -360,7 +383,7 @@ class MotusConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MotusConfig":
+    def from_dict(cls, data: dict[str, Any]) -> MotusConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -387,12 +410,12 @@ class MotusConfig:
         Path(path).write_text(self.to_json() + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "MotusConfig":
+    def load(cls, path: str | Path) -> MotusConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     # -- presets --------------------------------------------------------------------
     @classmethod
-    def preset(cls, name: str) -> "MotusConfig":
+    def preset(cls, name: str) -> MotusConfig:
         """A named configuration; unknown names raise with a "did you mean" hint."""
         factory = _PRESETS.get(name)
         if factory is None:
@@ -429,14 +452,25 @@ def _motus_tiny() -> MotusConfig:
     """Unit tests: 2 layers, 2 heads of 16, 32x32 composite -> 3 latent frames of 8x8 -> 48 tokens."""
     return MotusConfig(
         video=VideoExpertConfig(
-            dim=32, ffn_dim=64, num_heads=2, head_dim=16, patch_size=(1, 2, 2), latent_channels=48,
-            text_dim=24, text_len=8, freq_dim=32,
+            dim=32,
+            ffn_dim=64,
+            num_heads=2,
+            head_dim=16,
+            patch_size=(1, 2, 2),
+            latent_channels=48,
+            text_dim=24,
+            text_len=8,
+            freq_dim=32,
         ),
         action=ActionExpertConfig(dim=32, ffn_dim=64, action_dim=14, state_dim=14, num_registers=4),
         understanding=UnderstandingExpertConfig(dim=32, ffn_dim=64, vlm_dim=24),
         latents=VideoLatentConfig(
-            kind="pixel_patch", channels=48, spatial_compression=4, temporal_compression=1,
-            image_height=32, image_width=32,
+            kind="pixel_patch",
+            channels=48,
+            spatial_compression=4,
+            temporal_compression=1,
+            image_height=32,
+            image_width=32,
         ),
         temporal=TemporalConfig(num_video_frames=2, action_chunk=4, video_action_ratio=2, downsample_rate=1),
         schedule=ScheduleConfig(inference_steps=4),
@@ -454,14 +488,25 @@ def _motus_small() -> MotusConfig:
     """
     return MotusConfig(
         video=VideoExpertConfig(
-            dim=256, ffn_dim=1024, num_heads=4, head_dim=64, patch_size=(1, 2, 2), latent_channels=192,
-            text_dim=256, text_len=32, freq_dim=256,
+            dim=256,
+            ffn_dim=1024,
+            num_heads=4,
+            head_dim=64,
+            patch_size=(1, 2, 2),
+            latent_channels=192,
+            text_dim=256,
+            text_len=32,
+            freq_dim=256,
         ),
         action=ActionExpertConfig(dim=128, ffn_dim=512, action_dim=14, state_dim=14, num_registers=4),
         understanding=UnderstandingExpertConfig(dim=128, ffn_dim=512, vlm_dim=256),
         latents=VideoLatentConfig(
-            kind="pixel_patch", channels=192, spatial_compression=8, temporal_compression=1,
-            image_height=96, image_width=80,
+            kind="pixel_patch",
+            channels=192,
+            spatial_compression=8,
+            temporal_compression=1,
+            image_height=96,
+            image_width=80,
         ),
         temporal=TemporalConfig(num_video_frames=4, action_chunk=16, video_action_ratio=4, downsample_rate=1),
         schedule=ScheduleConfig(inference_steps=10),
@@ -472,7 +517,8 @@ def _motus_small() -> MotusConfig:
 def _motus_small_aloha() -> MotusConfig:
     """``motus-small`` timed for the simulated ALOHA (50 Hz): the 16-action chunk takes every second
     control step, so a chunk spans 0.64 s (a CPU inference fits inside it) and the 4 future frames are
-    0.16 s apart. Trained by the recipe in ``models/motus-small-aloha-transfer-cube/README.md``; the embedded default of ``make demo``."""
+    0.16 s apart. Trained by the recipe in ``models/motus-small-aloha-transfer-cube/README.md``; the embedded
+    default of ``make demo``."""
     config = _motus_small()
     config.temporal = TemporalConfig(num_video_frames=4, action_chunk=16, video_action_ratio=4, downsample_rate=2)
     config.video.text_len = 48  # the demonstrations' instructions, byte-tokenised by the tiny umT5
@@ -484,8 +530,12 @@ def _motus_small_wan_vae() -> MotusConfig:
     config = _motus_small()
     config.video.latent_channels = 48
     config.latents = VideoLatentConfig(
-        kind="wan_vae", channels=48, spatial_compression=16, temporal_compression=4,
-        image_height=192, image_width=160,
+        kind="wan_vae",
+        channels=48,
+        spatial_compression=16,
+        temporal_compression=4,
+        image_height=192,
+        image_width=160,
     )
     config.temporal = TemporalConfig(num_video_frames=4, action_chunk=16, video_action_ratio=4, downsample_rate=1)
     config.__post_init__()

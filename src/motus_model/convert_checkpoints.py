@@ -112,10 +112,10 @@ def reference_config(config: MotusConfig) -> MotusConfig:
 def _reference_name(our_name: str) -> str:
     """Our parameter name -> the reference's (see the table in the module docstring)."""
     if our_name.startswith("video."):
-        return _VIDEO_PREFIX + our_name[len("video."):]
+        return _VIDEO_PREFIX + our_name[len("video.") :]
     for prefix, renames in (("action_expert.", _ACTION_RENAMES), ("und_expert.", _UND_RENAMES)):
         if our_name.startswith(prefix):
-            rest = our_name[len(prefix):]
+            rest = our_name[len(prefix) :]
             for pattern, replacement in renames:
                 rest = re.sub(pattern, replacement, rest)
             return prefix + rest
@@ -140,7 +140,7 @@ def _deduplicate_aliases(module_state: dict[str, torch.Tensor]) -> dict[str, tor
         alias = next((a for a in _ALIASES if key.startswith(a)), None)
         if alias is None:
             continue
-        canonical = _ALIASES[alias] + key[len(alias):]
+        canonical = _ALIASES[alias] + key[len(alias) :]
         if canonical in module_state:
             if module_state[canonical].shape != value.shape or not torch.equal(module_state[canonical], value):
                 conflicts.append(f"{key} differs from {canonical}")
@@ -195,7 +195,7 @@ def load_reference_checkpoint(
 
     vlm_state = {}
     for prefix in _VLM_PREFIXES:
-        vlm_state.update({key[len(prefix):]: value for key, value in module_state.items() if key.startswith(prefix)})
+        vlm_state.update({key[len(prefix) :]: value for key, value in module_state.items() if key.startswith(prefix)})
     if vlm_state:
         logger.info("routed %d vlm_model.* tensors to the VLM feature extractor", len(vlm_state))
     config = reference_config(config)

@@ -129,8 +129,10 @@ class RobotProfile:
             raise ValueError(f"{where}: joint_names is empty")
         if len(set(self.joint_names)) != dim:
             duplicates = sorted({n for n in self.joint_names if self.joint_names.count(n) > 1})
-            raise ValueError(f"{where}: joint_names must be unique, duplicated: {duplicates} "
-                             "(use joint_name_prefixes for per-arm topics)")
+            raise ValueError(
+                f"{where}: joint_names must be unique, duplicated: {duplicates} "
+                "(use joint_name_prefixes for per-arm topics)"
+            )
         for key in ("lower_limits", "upper_limits", "max_delta_per_step"):
             values = getattr(self, key)
             if len(values) != dim:
@@ -140,8 +142,9 @@ class RobotProfile:
         lower, upper = np.asarray(self.lower_limits, float), np.asarray(self.upper_limits, float)
         bad = np.nonzero(lower >= upper)[0]
         if bad.size:
-            raise ValueError(f"{where}: lower_limits must be < upper_limits, not for joints "
-                             f"{[self.joint_names[i] for i in bad]}")
+            raise ValueError(
+                f"{where}: lower_limits must be < upper_limits, not for joints {[self.joint_names[i] for i in bad]}"
+            )
         if np.any(np.asarray(self.max_delta_per_step, float) <= 0):
             raise ValueError(f"{where}: max_delta_per_step must be > 0, got {self.max_delta_per_step}")
         if not self.cameras:
@@ -151,49 +154,66 @@ class RobotProfile:
             raise ValueError(f"{where}: camera roles must be unique, got {roles}")
         for camera in self.cameras:
             if camera.encoding not in IMAGE_ENCODINGS:
-                raise ValueError(f"{where}: camera {camera.role!r} encoding must be one of {IMAGE_ENCODINGS}, "
-                                 f"got {camera.encoding!r}")
+                raise ValueError(
+                    f"{where}: camera {camera.role!r} encoding must be one of {IMAGE_ENCODINGS}, "
+                    f"got {camera.encoding!r}"
+                )
             if camera.height <= 0 or camera.width <= 0:
-                raise ValueError(f"{where}: camera {camera.role!r} size must be positive, "
-                                 f"got {camera.height}x{camera.width}")
+                raise ValueError(
+                    f"{where}: camera {camera.role!r} size must be positive, got {camera.height}x{camera.width}"
+                )
         if not self.joint_state_topics:
             raise ValueError(f"{where}: joint_state_topics is empty")
         if len(self.joint_name_prefixes) != len(self.joint_state_topics):
-            raise ValueError(f"{where}: joint_name_prefixes must have one entry per joint state topic "
-                             f"({len(self.joint_state_topics)}), got {len(self.joint_name_prefixes)}")
+            raise ValueError(
+                f"{where}: joint_name_prefixes must have one entry per joint state topic "
+                f"({len(self.joint_state_topics)}), got {len(self.joint_name_prefixes)}"
+            )
         for gripper in self.grippers:
             if not 0 <= gripper.index < dim:
                 raise ValueError(f"{where}: gripper index must be in [0, {dim}), got {gripper.index}")
             if gripper.robot_open == gripper.robot_closed:
-                raise ValueError(f"{where}: gripper {gripper.index} robot_open == robot_closed "
-                                 f"({gripper.robot_open}): the mapping would divide by zero")
+                raise ValueError(
+                    f"{where}: gripper {gripper.index} robot_open == robot_closed "
+                    f"({gripper.robot_open}): the mapping would divide by zero"
+                )
         if self.control_rate_hz <= 0:
             raise ValueError(f"{where}: control_rate_hz must be > 0, got {self.control_rate_hz}")
         if self.command_interface not in COMMAND_INTERFACES:
-            raise ValueError(f"{where}: command_interface must be one of {COMMAND_INTERFACES}, "
-                             f"got {self.command_interface!r}")
+            raise ValueError(
+                f"{where}: command_interface must be one of {COMMAND_INTERFACES}, got {self.command_interface!r}"
+            )
         if len(self.command_joint_groups) != len(self.command_topics):
-            raise ValueError(f"{where}: command_joint_groups must have one group per command topic "
-                             f"({len(self.command_topics)}), got {len(self.command_joint_groups)}")
+            raise ValueError(
+                f"{where}: command_joint_groups must have one group per command topic "
+                f"({len(self.command_topics)}), got {len(self.command_joint_groups)}"
+            )
         covered = sorted(i for group in self.command_joint_groups for i in group)
         if covered != list(range(dim)):
-            raise ValueError(f"{where}: command_joint_groups must cover each action index 0..{dim - 1} exactly "
-                             f"once, got {self.command_joint_groups}")
+            raise ValueError(
+                f"{where}: command_joint_groups must cover each action index 0..{dim - 1} exactly "
+                f"once, got {self.command_joint_groups}"
+            )
         if [len(g) for g in self.command_joint_names] != [len(g) for g in self.command_joint_groups]:
-            raise ValueError(f"{where}: command_joint_names must match command_joint_groups in shape, "
-                             f"got {self.command_joint_names} for {self.command_joint_groups}")
+            raise ValueError(
+                f"{where}: command_joint_names must match command_joint_groups in shape, "
+                f"got {self.command_joint_names} for {self.command_joint_groups}"
+            )
         if self.command_interface == "forward_command" and len(self.command_topics) != 1:
             raise ValueError(f"{where}: forward_command takes one topic, got {self.command_topics}")
         if self.command_interface == "interbotix":
             for topic in self.command_topics:
                 if not topic.endswith("/joint_group"):
-                    raise ValueError(f"{where}: interbotix command_topics must be the per-arm JointGroupCommand topics "
-                                     f"<robot>/commands/joint_group (joint_single is their sibling), got {topic!r}")
+                    raise ValueError(
+                        f"{where}: interbotix command_topics must be the per-arm JointGroupCommand topics "
+                        f"<robot>/commands/joint_group (joint_single is their sibling), got {topic!r}"
+                    )
             for group in self.command_joint_groups:
                 in_group = [i for i in group if i in self.gripper_indices]
                 if len(in_group) != 1:
-                    raise ValueError(f"{where}: each interbotix arm group needs exactly one gripper index, "
-                                     f"got {in_group} in {group}")
+                    raise ValueError(
+                        f"{where}: each interbotix arm group needs exactly one gripper index, got {in_group} in {group}"
+                    )
 
     # ----------------------------------------------------------------------------------------------
     def robot_to_model(self, q: np.ndarray) -> np.ndarray:
@@ -215,8 +235,9 @@ class RobotProfile:
     def _check_vector(self, x: np.ndarray, name: str) -> np.ndarray:
         x = np.asarray(x)
         if x.ndim == 0 or x.shape[-1] != self.action_dim:
-            raise ValueError(f"{name} must have shape [..., {self.action_dim}] for profile {self.name!r}, "
-                             f"got {x.shape}")
+            raise ValueError(
+                f"{name} must have shape [..., {self.action_dim}] for profile {self.name!r}, got {x.shape}"
+            )
         return x
 
     # ----------------------------------------------------------------------------------------------
@@ -232,10 +253,12 @@ class RobotProfile:
         unknown = sorted(set(data) - known)
         if unknown:
             hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
-            raise ValueError(f"{source}: unknown profile keys {unknown} (did you mean {hints}?); "
-                             f"valid keys: {sorted(known)}")
-        required = [k for k, f in cls.__dataclass_fields__.items()
-                    if f.default is MISSING and f.default_factory is MISSING]
+            raise ValueError(
+                f"{source}: unknown profile keys {unknown} (did you mean {hints}?); valid keys: {sorted(known)}"
+            )
+        required = [
+            k for k, f in cls.__dataclass_fields__.items() if f.default is MISSING and f.default_factory is MISSING
+        ]
         missing = [k for k in required if k not in data]
         if missing:
             raise ValueError(f"{source}: profile is missing required keys {missing}")
@@ -277,8 +300,9 @@ def load_profile_file(path: str | os.PathLike) -> RobotProfile:
     return profile
 
 
-def load_profile(name_or_path: str | os.PathLike | RobotProfile,
-                 search_dirs: Sequence[str | os.PathLike] | None = None) -> RobotProfile:
+def load_profile(
+    name_or_path: str | os.PathLike | RobotProfile, search_dirs: Sequence[str | os.PathLike] | None = None
+) -> RobotProfile:
     """A profile by name (<search dir>/<name>.yaml, first match wins) or by a path to a YAML file.
 
     search_dirs: folders searched for names (default: default_profile_dirs()). An unknown name raises a
@@ -297,5 +321,8 @@ def load_profile(name_or_path: str | os.PathLike | RobotProfile,
     known = available_profiles(dirs)
     hint = difflib.get_close_matches(text, known, n=1)
     searched = [str(d) for d in dirs] if dirs else "no profile folder found"
-    raise ValueError(f"unknown robot profile {text!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                     + f"; available: {known}; searched: {searched}; or give a path to a profile YAML file")
+    raise ValueError(
+        f"unknown robot profile {text!r}"
+        + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        + f"; available: {known}; searched: {searched}; or give a path to a profile YAML file"
+    )

@@ -38,8 +38,15 @@ from motus_model.pipeline_motus import (
 )
 
 __all__ = [
-    "VIDEO_MODES", "MotusEngine", "MotusFuture", "MotusPipeline", "MotusRequest", "MotusResult", "ProgressCallback",
-    "RequestCancelled", "parse_mode",
+    "VIDEO_MODES",
+    "MotusEngine",
+    "MotusFuture",
+    "MotusPipeline",
+    "MotusRequest",
+    "MotusResult",
+    "ProgressCallback",
+    "RequestCancelled",
+    "parse_mode",
 ]
 
 logger = logging.getLogger(__name__)
@@ -122,14 +129,24 @@ class MotusEngine:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if not isinstance(pipeline, MotusPipeline):
             pipeline = MotusPipeline(
-                pipeline, codec, normalizer, text_encoder, vlm, device=device,
+                pipeline,
+                codec,
+                normalizer,
+                text_encoder,
+                vlm,
+                device=device,
                 max_instruction_chars=max_instruction_chars,
             )
         self.pipeline = pipeline
         self.max_batch = int(max_batch)
         self.naive = naive
         self._counters = {
-            "requests": 0, "completed": 0, "failed": 0, "cancelled": 0, "batches": 0, "batched_requests": 0,
+            "requests": 0,
+            "completed": 0,
+            "failed": 0,
+            "cancelled": 0,
+            "batches": 0,
+            "batched_requests": 0,
         }
         self._stats_lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue()
@@ -143,19 +160,19 @@ class MotusEngine:
     # ------------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, max_batch: int = 4, naive: bool = False, **kwargs: Any) -> "MotusEngine":
+    def from_pretrained(cls, path: str | Path, max_batch: int = 4, naive: bool = False, **kwargs: Any) -> MotusEngine:
         """``MotusPipeline.from_pretrained(path, **kwargs)`` served by an engine."""
         return cls(MotusPipeline.from_pretrained(path, **kwargs), max_batch=max_batch, naive=naive)
 
     @classmethod
     def from_config(
         cls, config: MotusConfig, seed: int = 0, max_batch: int = 4, naive: bool = False, **kwargs: Any
-    ) -> "MotusEngine":
+    ) -> MotusEngine:
         """RANDOM weights everywhere (``MotusPipeline.from_config``): tests, benchmarks and bring-up only."""
         return cls(MotusPipeline.from_config(config, seed=seed, **kwargs), max_batch=max_batch, naive=naive)
 
     @classmethod
-    def from_preset(cls, name: str, seed: int = 0, **kwargs: Any) -> "MotusEngine":
+    def from_preset(cls, name: str, seed: int = 0, **kwargs: Any) -> MotusEngine:
         """``from_config(MotusConfig.preset(name))``: random weights, see ``MotusPipeline.from_config``."""
         return cls.from_config(MotusConfig.preset(name), seed=seed, **kwargs)
 
@@ -249,7 +266,7 @@ class MotusEngine:
             self._queue.put(_STOP)
         self._worker.join(timeout)
 
-    def __enter__(self) -> "MotusEngine":
+    def __enter__(self) -> MotusEngine:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -361,7 +378,9 @@ class MotusEngine:
 
         started = time.perf_counter()
         state = self.pipeline.denoise(
-            [job.item for job in jobs], on_step_begin=drop_cancelled, callback_on_step_end=report_progress,
+            [job.item for job in jobs],
+            on_step_begin=drop_cancelled,
+            callback_on_step_end=report_progress,
             recompute_every_step=self.naive,
         )
         sampled = time.perf_counter()
@@ -373,8 +392,13 @@ class MotusEngine:
             item.timing_ms["decode"] = (finished - sampled) * 1e3 if frames is not None else 0.0
             item.timing_ms["total"] = (finished - job.submitted) * 1e3
             result = MotusResult(
-                actions=actions, frames=frames, timing_ms=dict(item.timing_ms),
-                steps=item.steps, mode=item.mode, seed=item.seed, batch_size=len(state.items),
+                actions=actions,
+                frames=frames,
+                timing_ms=dict(item.timing_ms),
+                steps=item.steps,
+                mode=item.mode,
+                seed=item.seed,
+                batch_size=len(state.items),
             )
             if not job.future.done():
                 job.future.set_result(result)

@@ -118,7 +118,9 @@ def flow_matching_loss(
     video_x0 = _get(batch, "video_latents").float()
     actions_x0 = _get(batch, "actions").float()
     if video_x0.ndim != 5 or video_x0.shape[2] < 2:
-        raise ValueError(f"video_latents must be [B, C, F>=2, H, W] (conditioning + future), got {tuple(video_x0.shape)}")
+        raise ValueError(
+            f"video_latents must be [B, C, F>=2, H, W] (conditioning + future), got {tuple(video_x0.shape)}"
+        )
     batch_size = video_x0.shape[0]
     device = video_x0.device
     gen_device = generator.device if generator is not None else device
@@ -132,9 +134,15 @@ def flow_matching_loss(
     noisy_actions = (1 - action_sigma.view(-1, 1, 1)) * actions_x0 + action_sigma.view(-1, 1, 1) * action_noise
 
     video_pred, action_pred = model.forward_uncached(
-        noisy_video, video_sigma, noisy_actions, action_sigma, _get(batch, "state", required=False),
-        _get(batch, "text_context"), _get(batch, "vlm_hidden"),
-        text_mask=_get(batch, "text_mask", required=False), vlm_mask=_get(batch, "vlm_mask", required=False),
+        noisy_video,
+        video_sigma,
+        noisy_actions,
+        action_sigma,
+        _get(batch, "state", required=False),
+        _get(batch, "text_context"),
+        _get(batch, "vlm_hidden"),
+        text_mask=_get(batch, "text_mask", required=False),
+        vlm_mask=_get(batch, "vlm_mask", required=False),
     )
     video_target = video_noise - video_x0
     action_target = action_noise - actions_x0
@@ -142,7 +150,11 @@ def flow_matching_loss(
     video_loss = F.mse_loss(video_pred[:, :, 1:], video_target[:, :, 1:])
     action_loss = F.mse_loss(action_pred, action_target)
     total = config.loss.video_weight * video_loss + config.loss.action_weight * action_loss
-    return total, {"loss": float(total.detach()), "video": float(video_loss.detach()), "action": float(action_loss.detach())}
+    return total, {
+        "loss": float(total.detach()),
+        "video": float(video_loss.detach()),
+        "action": float(action_loss.detach()),
+    }
 
 
 # ----------------------------------------------------------------------------------------
@@ -156,7 +168,7 @@ class Treatment(enum.Enum):
     MARGINALISED = "marginalised"  # pure noise held at sigma 1, never updated
 
 
-class Mode(str, enum.Enum):
+class Mode(str, enum.Enum):  # noqa: UP042 - str(Mode.VLA) stays "Mode.VLA" in messages and logs
     """The five Motus modes (the conditioning frame is always clean)."""
 
     VLA = "vla"  # p(a | o, l)
@@ -217,7 +229,9 @@ def initial_latents(
     """
     mode = Mode(mode)
     if cond_latent.ndim != 5 or cond_latent.shape[2] != 1 or cond_latent.shape[1] != config.video.latent_channels:
-        raise ValueError(f"cond_latent must be [B, {config.video.latent_channels}, 1, H, W], got {tuple(cond_latent.shape)}")
+        raise ValueError(
+            f"cond_latent must be [B, {config.video.latent_channels}, 1, H, W], got {tuple(cond_latent.shape)}"
+        )
     batch, channels, _, height, width = cond_latent.shape
     device = cond_latent.device
     future_shape = (batch, channels, config.latent_grid()[0] - 1, height, width)
@@ -230,7 +244,9 @@ def initial_latents(
         generators = list(generator)
         if len(generators) != batch:
             raise ValueError(f"expected one generator per sample ({batch}), got {len(generators)}")
-        parts = [(_noise((1, *future_shape[1:]), g, device), _noise((1, *action_shape[1:]), g, device)) for g in generators]
+        parts = [
+            (_noise((1, *future_shape[1:]), g, device), _noise((1, *action_shape[1:]), g, device)) for g in generators
+        ]
         future = torch.cat([future_part for future_part, _ in parts])
         actions = torch.cat([action_part for _, action_part in parts])
 
@@ -241,10 +257,14 @@ def initial_latents(
     return torch.cat([cond_latent.float(), future], dim=2), actions
 
 
-def _given(mode: Mode, name: str, given: torch.Tensor | None, expected: tuple[int, ...], device: torch.device) -> torch.Tensor:
+def _given(
+    mode: Mode, name: str, given: torch.Tensor | None, expected: tuple[int, ...], device: torch.device
+) -> torch.Tensor:
     """A modality the mode holds clean, checked against its expected shape, as float32 on ``device``."""
     if given is None or tuple(given.shape) != expected:
-        raise ValueError(f"mode {mode.value} needs {name} {expected}, got {None if given is None else tuple(given.shape)}")
+        raise ValueError(
+            f"mode {mode.value} needs {name} {expected}, got {None if given is None else tuple(given.shape)}"
+        )
     return given.float().to(device)
 
 
@@ -271,9 +291,14 @@ def euler_step(
     batch, device = video.shape[0], video.device
     # Only the velocities the mode updates are computed (the model skips the rest of the last layer).
     video_velocity, action_velocity = model(
-        video, treatment_sigma(mode.video, sigma, batch, device),
-        actions, treatment_sigma(mode.actions, sigma, batch, device), state, conditioning,
-        need_video=mode.video is Treatment.DENOISED, need_actions=mode.actions is Treatment.DENOISED,
+        video,
+        treatment_sigma(mode.video, sigma, batch, device),
+        actions,
+        treatment_sigma(mode.actions, sigma, batch, device),
+        state,
+        conditioning,
+        need_video=mode.video is Treatment.DENOISED,
+        need_actions=mode.actions is Treatment.DENOISED,
     )
     if mode.video is Treatment.DENOISED:
         video = video + (sigma_next - sigma) * video_velocity.float()
@@ -288,7 +313,13 @@ def _sigma_grid(schedule: FlowMatchSchedule, steps: int | None, sigmas: str | to
     if not isinstance(sigmas, torch.Tensor):
         return schedule.inference_sigmas(steps, sigmas)
     grid = sigmas.float().cpu()
-    if grid.ndim != 1 or grid.numel() < 2 or float(grid[0]) != 1.0 or float(grid[-1]) != 0.0 or bool((grid[1:] > grid[:-1]).any()):
+    if (
+        grid.ndim != 1
+        or grid.numel() < 2
+        or float(grid[0]) != 1.0
+        or float(grid[-1]) != 0.0
+        or bool((grid[1:] > grid[:-1]).any())
+    ):
         raise ValueError(f"an explicit sigma grid must be 1-D, non-increasing, from 1 to 0; got {grid.tolist()}")
     return grid
 

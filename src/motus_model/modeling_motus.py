@@ -93,7 +93,9 @@ def rope_dims(head_dim: int) -> tuple[int, int, int]:
     return head_dim - 2 * hw, hw, hw
 
 
-def video_rope(grid: tuple[int, int, int], head_dim: int, theta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def video_rope(
+    grid: tuple[int, int, int], head_dim: int, theta: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin of Wan's 3-D RoPE for ONE token grid (frames, h, w), each [L, head_dim // 2].
 
     Computed from the input's own grid (never a cached batch-sized table).
@@ -263,7 +265,9 @@ class WanAttention(nn.Module):
         """Cross-attention of x [B, L, D] to cached (already normed) keys/values [B, L_t, D]; returns o(attn) fp32."""
         heads = (self.num_heads, -1)
         query = _run(self.norm_q, _run(self.q, x)).unflatten(-1, heads)
-        (out,) = processor([query], [keys.unflatten(-1, heads)], [values.unflatten(-1, heads)], mask, self.q.weight.dtype)
+        (out,) = processor(
+            [query], [keys.unflatten(-1, heads)], [values.unflatten(-1, heads)], mask, self.q.weight.dtype
+        )
         return _run(self.o, out)
 
 
@@ -324,9 +328,15 @@ class VideoExpert(nn.Module):
         super().__init__()
         video = config.video
         self.config = video
-        self.patch_embedding = nn.Conv3d(video.latent_channels, video.dim, kernel_size=video.patch_size, stride=video.patch_size)
-        self.text_embedding = nn.Sequential(nn.Linear(video.text_dim, video.dim), nn.GELU(approximate="tanh"), nn.Linear(video.dim, video.dim))
-        self.time_embedding = nn.Sequential(nn.Linear(video.freq_dim, video.dim), nn.SiLU(), nn.Linear(video.dim, video.dim))
+        self.patch_embedding = nn.Conv3d(
+            video.latent_channels, video.dim, kernel_size=video.patch_size, stride=video.patch_size
+        )
+        self.text_embedding = nn.Sequential(
+            nn.Linear(video.text_dim, video.dim), nn.GELU(approximate="tanh"), nn.Linear(video.dim, video.dim)
+        )
+        self.time_embedding = nn.Sequential(
+            nn.Linear(video.freq_dim, video.dim), nn.SiLU(), nn.Linear(video.dim, video.dim)
+        )
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(video.dim, 6 * video.dim))
         self.blocks = nn.ModuleList(
             WanBlock(video.dim, video.ffn_dim, video.eps, video.cross_attn_norm, config.num_heads)
@@ -418,7 +428,9 @@ class ActionExpert(nn.Module):
         else:  # pretrain (latent actions): no state token, no registers
             self.state_encoder = None
             self.registers = None
-        self.time_embedding = nn.Sequential(nn.Linear(config.video.freq_dim, action.dim), nn.SiLU(), nn.Linear(action.dim, action.dim))
+        self.time_embedding = nn.Sequential(
+            nn.Linear(config.video.freq_dim, action.dim), nn.SiLU(), nn.Linear(action.dim, action.dim)
+        )
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(action.dim, 6 * action.dim))
         self.blocks = nn.ModuleList(ActionBlock(config) for _ in range(config.num_layers))
         self.head = ActionHead(action.dim, action.action_dim)
@@ -499,31 +511,33 @@ class MotusConditioning:
     def batch_size(self) -> int:
         return self.und_tokens.shape[0]
 
-    def index(self, indices: torch.Tensor | list[int] | slice) -> "MotusConditioning":
+    def index(self, indices: torch.Tensor | list[int] | slice) -> MotusConditioning:
         """Select samples (by index list, tensor or slice)."""
         return self._map(lambda x: x[indices])
 
-    def repeat(self, repeats: int) -> "MotusConditioning":
+    def repeat(self, repeats: int) -> MotusConditioning:
         """Repeat every sample ``repeats`` times in place order (a, a, b, b, ...)."""
         return self._map(lambda x: x.repeat_interleave(repeats, dim=0))
 
-    def to(self, device: torch.device | str) -> "MotusConditioning":
+    def to(self, device: torch.device | str) -> MotusConditioning:
         return self._map(lambda x: x.to(device))
 
-    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "MotusConditioning":
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> MotusConditioning:
         """``fn`` applied to every tensor (masks that are None stay None)."""
 
         def apply(x: torch.Tensor | None) -> torch.Tensor | None:
             return None if x is None else fn(x)
 
         return MotusConditioning(
-            und_tokens=apply(self.und_tokens), und_mask=apply(self.und_mask),
-            text_keys=[apply(k) for k in self.text_keys], text_values=[apply(v) for v in self.text_values],
+            und_tokens=apply(self.und_tokens),
+            und_mask=apply(self.und_mask),
+            text_keys=[apply(k) for k in self.text_keys],
+            text_values=[apply(v) for v in self.text_values],
             text_mask=apply(self.text_mask),
         )
 
     @staticmethod
-    def cat(items: list["MotusConditioning"]) -> "MotusConditioning":
+    def cat(items: list[MotusConditioning]) -> MotusConditioning:
         """Concatenate along the batch, padding understanding/text tokens to the longest and masking."""
         if not items:
             raise ValueError("MotusConditioning.cat needs at least one item, got an empty list")
@@ -545,7 +559,9 @@ class MotusConditioning:
             und_tokens=torch.cat([_pad_to(item.und_tokens, und_len) for item in items]),
             und_mask=None if bool(und_mask.all()) else und_mask,
             text_keys=[torch.cat([_pad_to(item.text_keys[i], text_len) for item in items]) for i in range(num_layers)],
-            text_values=[torch.cat([_pad_to(item.text_values[i], text_len) for item in items]) for i in range(num_layers)],
+            text_values=[
+                torch.cat([_pad_to(item.text_values[i], text_len) for item in items]) for i in range(num_layers)
+            ],
             text_mask=None if bool(text_mask.all()) else text_mask,
         )
 
@@ -650,7 +666,9 @@ class MotusModel(PretrainedMixin, nn.Module):
         if vlm_hidden.ndim != 3 or vlm_hidden.shape[-1] != und.vlm_dim:
             raise ValueError(f"vlm_hidden must be [B, L_u, {und.vlm_dim}], got {tuple(vlm_hidden.shape)}")
         if vlm_hidden.shape[0] != text_context.shape[0]:
-            raise ValueError(f"batch sizes differ: text_context {text_context.shape[0]} vs vlm_hidden {vlm_hidden.shape[0]}")
+            raise ValueError(
+                f"batch sizes differ: text_context {text_context.shape[0]} vs vlm_hidden {vlm_hidden.shape[0]}"
+            )
         for name, mask, ref in (("text_mask", text_mask, text_context), ("vlm_mask", vlm_mask, vlm_hidden)):
             if mask is None:
                 continue
@@ -718,7 +736,9 @@ class MotusModel(PretrainedMixin, nn.Module):
             registers = self.action_expert.registers.float().expand(batch, -1, -1)
             action_x = torch.cat([state_x, action_x, registers], dim=1)
         action_x = action_x + sincos_positions(action_x.shape[1], config.action.dim, action_x.device)
-        action_temb = _run(self.action_expert.time_embedding, timestep_sinusoid(action_sigma.float() * 1000.0, config.video.freq_dim))[:, None]  # [B, 1, Da]
+        action_temb = _run(
+            self.action_expert.time_embedding, timestep_sinusoid(action_sigma.float() * 1000.0, config.video.freq_dim)
+        )[:, None]  # [B, 1, Da]
         action_mod = _run(self.action_expert.time_projection, action_temb).unflatten(-1, (6, -1))  # [B, 1, 6, Da]
 
         # 3. Understanding tokens from the cached adapter output.
@@ -728,10 +748,17 @@ class MotusModel(PretrainedMixin, nn.Module):
             keep = torch.ones(batch, num_video + action_x.shape[1], dtype=torch.bool, device=und_x.device)
             joint_mask = _key_padding_mask(torch.cat([keep, conditioning.und_mask], dim=1))
         context = LayerContext(
-            video_mod=video_mod, action_mod=action_mod, rope_cos=rope_cos, rope_sin=rope_sin, joint_mask=joint_mask,
-            text_keys=conditioning.text_keys, text_values=conditioning.text_values,
-            text_mask=_key_padding_mask(conditioning.text_mask), processor=self.attn_processor,
-            need_video=need_video, need_actions=need_actions,
+            video_mod=video_mod,
+            action_mod=action_mod,
+            rope_cos=rope_cos,
+            rope_sin=rope_sin,
+            joint_mask=joint_mask,
+            text_keys=conditioning.text_keys,
+            text_values=conditioning.text_values,
+            text_mask=_key_padding_mask(conditioning.text_mask),
+            processor=self.attn_processor,
+            need_video=need_video,
+            need_actions=need_actions,
         )
 
         # 4. The lock-step layers.
@@ -783,15 +810,25 @@ class MotusModel(PretrainedMixin, nn.Module):
         config = self.config
         batch = self._check_video_latents(video_latents)
         if tuple(video_sigma.shape) != (batch,) or conditioning.batch_size != batch:
-            raise ValueError(f"video_sigma must be ({batch},) and conditioning batch {batch}, got {tuple(video_sigma.shape)} and {conditioning.batch_size}")
+            raise ValueError(
+                f"video_sigma must be ({batch},) and conditioning batch {batch}, "
+                f"got {tuple(video_sigma.shape)} and {conditioning.batch_size}"
+            )
         video_x, video_temb, video_mod, grid, rope_cos, rope_sin = self._embed_video(video_latents, video_sigma)
         action_x = video_x.new_zeros(batch, 0, config.action.dim)
         action_mod = video_x.new_zeros(batch, 1, 6, config.action.dim)
         und_x = video_x.new_zeros(batch, 0, config.understanding.dim)
         context = LayerContext(
-            video_mod=video_mod, action_mod=action_mod, rope_cos=rope_cos, rope_sin=rope_sin, joint_mask=None,
-            text_keys=conditioning.text_keys, text_values=conditioning.text_values,
-            text_mask=_key_padding_mask(conditioning.text_mask), processor=self.attn_processor, need_actions=False,
+            video_mod=video_mod,
+            action_mod=action_mod,
+            rope_cos=rope_cos,
+            rope_sin=rope_sin,
+            joint_mask=None,
+            text_keys=conditioning.text_keys,
+            text_values=conditioning.text_values,
+            text_mask=_key_padding_mask(conditioning.text_mask),
+            processor=self.attn_processor,
+            need_actions=False,
         )
         for index in range(config.num_layers):
             video_x, _, _ = self._layer(index, video_x, action_x, und_x, context)
@@ -811,7 +848,9 @@ class MotusModel(PretrainedMixin, nn.Module):
 
         video_chunks = _adaln_chunks(video_block.modulation, context.video_mod)
         action_chunks = _adaln_chunks(action_block.modulation, context.action_mod)
-        video_q, video_k, video_v = video_block.attention_inputs(video_x, video_chunks, (context.rope_cos, context.rope_sin))
+        video_q, video_k, video_v = video_block.attention_inputs(
+            video_x, video_chunks, (context.rope_cos, context.rope_sin)
+        )
         action_q, action_k, action_v = action_block.attention_inputs(action_x, action_chunks)
         und_q, und_k, und_v = und_block.attention_inputs(und_x)
 
@@ -819,14 +858,24 @@ class MotusModel(PretrainedMixin, nn.Module):
         live_video = not is_last or context.need_video
         live_action = not is_last or context.need_actions
         queries = [q for q, live in ((video_q, live_video), (action_q, live_action), (und_q, not is_last)) if live]
-        outputs = iter(context.processor(
-            queries, [video_k, action_k, und_k], [video_v, action_v, und_v], context.joint_mask,
-            video_block.self_attn.q.weight.dtype,
-        ))
+        outputs = iter(
+            context.processor(
+                queries,
+                [video_k, action_k, und_k],
+                [video_v, action_v, und_v],
+                context.joint_mask,
+                video_block.self_attn.q.weight.dtype,
+            )
+        )
         if live_video:
             video_x = video_block(
-                video_x, next(outputs), video_chunks, context.text_keys[index], context.text_values[index],
-                context.text_mask, context.processor,
+                video_x,
+                next(outputs),
+                video_chunks,
+                context.text_keys[index],
+                context.text_values[index],
+                context.text_mask,
+                context.processor,
             )
         if live_action:
             action_x = action_block(action_x, next(outputs), action_chunks)
@@ -898,7 +947,9 @@ class MotusModel(PretrainedMixin, nn.Module):
         if frames % patch[0] or height % patch[1] or width % patch[2]:
             raise ValueError(f"latent grid {(frames, height, width)} is not divisible by the patch {patch}")
         if actions.ndim != 3 or actions.shape[0] != batch or actions.shape[2] != config.action.action_dim:
-            raise ValueError(f"actions must be [{batch}, chunk, {config.action.action_dim}], got {tuple(actions.shape)}")
+            raise ValueError(
+                f"actions must be [{batch}, chunk, {config.action.action_dim}], got {tuple(actions.shape)}"
+            )
         for name, sigma in (("video_sigma", video_sigma), ("action_sigma", action_sigma)):
             if tuple(sigma.shape) != (batch,):
                 raise ValueError(f"{name} must have shape ({batch},), got {tuple(sigma.shape)}")
@@ -911,5 +962,7 @@ class MotusModel(PretrainedMixin, nn.Module):
         if conditioning.batch_size != batch:
             raise ValueError(f"conditioning has batch {conditioning.batch_size}, inputs have batch {batch}")
         if len(conditioning.text_keys) != config.num_layers:
-            raise ValueError(f"conditioning has {len(conditioning.text_keys)} layers of text K/V, model has {config.num_layers}")
+            raise ValueError(
+                f"conditioning has {len(conditioning.text_keys)} layers of text K/V, model has {config.num_layers}"
+            )
         return batch

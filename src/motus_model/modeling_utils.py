@@ -74,7 +74,8 @@ def check_state_dict(
 def check_finite(source: str, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Refuse NaN/Inf weights at load: otherwise the model loads and every request fails later."""
     bad = [
-        name for name, tensor in state_dict.items()
+        name
+        for name, tensor in state_dict.items()
         if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all())
     ]
     if bad:

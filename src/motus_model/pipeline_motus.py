@@ -244,7 +244,10 @@ class MotusPipeline:
         self.schedule = FlowMatchSchedule(self.config.schedule)
         self._check_components()
         self._counters = {
-            "vlm_calls": 0, "prepare_conditioning_calls": 0, "encode_calls": 0, "decode_calls": 0,
+            "vlm_calls": 0,
+            "prepare_conditioning_calls": 0,
+            "encode_calls": 0,
+            "decode_calls": 0,
             "model_forward_calls": 0,
         }
         self._counters_lock = threading.Lock()
@@ -280,7 +283,7 @@ class MotusPipeline:
         vae_path: str | Path | None = None,
         allow_missing_stats: bool = False,
         **kwargs: Any,
-    ) -> "MotusPipeline":
+    ) -> MotusPipeline:
         """Load a checkpoint folder (layout in the module docstring); component paths can be overridden.
 
         A policy checkpoint (finetune mode: state in, actions out) without ``stats.json`` is refused:
@@ -315,7 +318,9 @@ class MotusPipeline:
                 f"no text encoder: expected {text_dir}/config.json (umT5) or {features_file} (pre-encoded instructions)"
             )
         text = TextConditioner(
-            encoder, config.video.text_len, config.video.text_dim,
+            encoder,
+            config.video.text_len,
+            config.video.text_dim,
             precomputed=features_file if features_file.is_file() else None,
         )
         vlm_dir = Path(vlm_path) if vlm_path else path / "vlm"
@@ -365,7 +370,7 @@ class MotusPipeline:
         encoder_layers: int = 1,
         codec: VideoCodec | None = None,
         **kwargs: Any,
-    ) -> "MotusPipeline":
+    ) -> MotusPipeline:
         """A pipeline with RANDOM weights everywhere (model, tiny umT5 and Qwen3-VL of the config's widths,
         a random Wan VAE if the config asks for one), raw-unit normalisation. For tests,
         benchmarks and bring-up only: its outputs are noise. Seeded, so two calls give the same engine.
@@ -396,7 +401,7 @@ class MotusPipeline:
         return cls(model, codec, Normalizer.identity(), text, vlm, device=device, **kwargs)
 
     @classmethod
-    def from_preset(cls, name: str, seed: int = 0, **kwargs: Any) -> "MotusPipeline":
+    def from_preset(cls, name: str, seed: int = 0, **kwargs: Any) -> MotusPipeline:
         """`from_config(MotusConfig.preset(name))`: random weights, see `from_config`."""
         return cls.from_config(MotusConfig.preset(name), seed=seed, **kwargs)
 
@@ -427,7 +432,11 @@ class MotusPipeline:
         if mode.video is Treatment.CLEAN:
             frames = request.future_frames
             if frames is None or isinstance(frames, (np.ndarray, Mapping)) or len(frames) != num_future:
-                got = None if frames is None else (type(frames).__name__ if isinstance(frames, (np.ndarray, Mapping)) else len(frames))
+                got = (
+                    None
+                    if frames is None
+                    else (type(frames).__name__ if isinstance(frames, (np.ndarray, Mapping)) else len(frames))
+                )
                 raise ValueError(f"future_frames: mode idm needs a list of {num_future} future observations, got {got}")
             for index, frame in enumerate(frames):
                 self._check_images(frame, f"future_frames[{index}]")
@@ -435,12 +444,15 @@ class MotusPipeline:
             raise ValueError(f"future_frames are only an input in idm mode, got them in mode {mode.value!r}")
 
         if mode not in VIDEO_MODES and request.decode_video:
-            raise ValueError(f"decode_video: mode {mode.value!r} produces no video (only {sorted(m.value for m in VIDEO_MODES)} do)")
+            raise ValueError(
+                f"decode_video: mode {mode.value!r} produces no video (only {sorted(m.value for m in VIDEO_MODES)} do)"
+            )
         if not isinstance(request.instruction, str):
             raise ValueError(f"instruction: expected a str, got {type(request.instruction).__name__}")
         if len(request.instruction) > self.max_instruction_chars:
             raise ValueError(
-                f"instruction too long: expected at most {self.max_instruction_chars} characters, got {len(request.instruction)}"
+                f"instruction too long: expected at most {self.max_instruction_chars} characters, "
+                f"got {len(request.instruction)}"
             )
         steps = config.schedule.inference_steps if request.steps is None else request.steps
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
@@ -460,10 +472,14 @@ class MotusPipeline:
             validate_image(images, name)
             return
         if not isinstance(images, Mapping):
-            raise ValueError(f"{name}: expected a dict role -> uint8 [H, W, 3] or a composite array, got {type(images).__name__}")
+            raise ValueError(
+                f"{name}: expected a dict role -> uint8 [H, W, 3] or a composite array, got {type(images).__name__}"
+            )
         missing = [role for role in CAMERA_ROLES if role not in images]
         if missing:
-            raise ValueError(f"{name}: missing camera {missing}; expected roles {list(CAMERA_ROLES)}, got {sorted(images)}")
+            raise ValueError(
+                f"{name}: missing camera {missing}; expected roles {list(CAMERA_ROLES)}, got {sorted(images)}"
+            )
         for role in CAMERA_ROLES:
             validate_image(images[role], f"{name}[{role!r}]")
 
@@ -501,7 +517,9 @@ class MotusPipeline:
     def encode_frames(self, job: PreparedRequest) -> None:
         """Latents of the conditioning frame (and, in IDM, of the given future frames)."""
         if job.mode.video is Treatment.CLEAN and job.frames.shape[1] - 1 != self.config.temporal.num_video_frames:
-            raise ValueError(f"expected {self.config.temporal.num_video_frames} future frames, got {job.frames.shape[1] - 1}")
+            raise ValueError(
+                f"expected {self.config.temporal.num_video_frames} future frames, got {job.frames.shape[1] - 1}"
+            )
         latents = self.codec.encode(job.frames.to(self.device)).float()
         self._count("encode_calls")
         job.cond_latent = latents[:, :, :1]
@@ -525,7 +543,10 @@ class MotusPipeline:
         vlm_done = time.perf_counter()
         with torch.no_grad():
             job.conditioning = self.model.prepare_conditioning(
-                text_features.to(self.device), text_mask.to(self.device), vlm_hidden.to(self.device), vlm_mask.to(self.device)
+                text_features.to(self.device),
+                text_mask.to(self.device),
+                vlm_hidden.to(self.device),
+                vlm_mask.to(self.device),
             )
         self._count("prepare_conditioning_calls")
         if "conditioning_text" not in job.timing_ms:  # the first (per-request) computation
@@ -569,10 +590,14 @@ class MotusPipeline:
         mode = items[0].mode
         cond_latent = torch.cat([item.cond_latent for item in items])
         video, actions = initial_latents(
-            self.config, mode, cond_latent,
+            self.config,
+            mode,
+            cond_latent,
             generator=[torch.Generator(device="cpu").manual_seed(item.seed) for item in items],
             given_video=torch.cat([item.given_video for item in items]) if mode.video is Treatment.CLEAN else None,
-            given_actions=torch.cat([item.given_actions for item in items]) if mode.actions is Treatment.CLEAN else None,
+            given_actions=torch.cat([item.given_actions for item in items])
+            if mode.actions is Treatment.CLEAN
+            else None,
         )
         state = torch.cat([item.state for item in items]) if self.config.uses_state else None
         return DenoiseState(list(items), video, actions, cond_latent, state, batch_conditioning(items))
@@ -613,8 +638,15 @@ class MotusPipeline:
                 state.conditioning = batch_conditioning(state.items)
                 state.cond_latent = torch.cat([item.cond_latent for item in state.items])
             state.video, state.actions = euler_step(
-                self.model, mode, state.video, state.actions, float(grid[step]), float(grid[step + 1]),
-                state.state, state.conditioning, state.cond_latent,
+                self.model,
+                mode,
+                state.video,
+                state.actions,
+                float(grid[step]),
+                float(grid[step + 1]),
+                state.state,
+                state.conditioning,
+                state.cond_latent,
             )
             self._count("model_forward_calls")
             if callback_on_step_end is not None:
@@ -656,10 +688,12 @@ class MotusPipeline:
         sampled = time.perf_counter()
         if not state.items:
             raise RuntimeError("the step callback dropped the request; nothing to return")
-        (actions, frames), = self.postprocess(state)
+        ((actions, frames),) = self.postprocess(state)
         finished = time.perf_counter()
         item.timing_ms.update(
-            sampling=(sampled - sampling) * 1e3, decode=(finished - sampled) * 1e3 if frames is not None else 0.0,
-            queue=0.0, total=(finished - started) * 1e3,
+            sampling=(sampled - sampling) * 1e3,
+            decode=(finished - sampled) * 1e3 if frames is not None else 0.0,
+            queue=0.0,
+            total=(finished - started) * 1e3,
         )
         return MotusResult(actions, frames, dict(item.timing_ms), steps, mode, seed, batch_size=1)

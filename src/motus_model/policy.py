@@ -125,8 +125,9 @@ class PolicyStats:
     inference_ms: list[float] = field(default_factory=list)
 
 
-def chunk_to_robot(actions_model: np.ndarray, state: np.ndarray, transforms: RobotTransforms, downsample_rate: int
-                   ) -> np.ndarray:
+def chunk_to_robot(
+    actions_model: np.ndarray, state: np.ndarray, transforms: RobotTransforms, downsample_rate: int
+) -> np.ndarray:
     """[N, D] model-space chunk -> [N * downsample_rate, D] robot-unit actions, one per control step, linearly
     upsampled from `state` (robot units: the observation the chunk was predicted from). Every mode that returns
     actions (policy, joint, IDM) goes through here."""
@@ -185,7 +186,11 @@ class MotusPolicy:
 
     def wants_observation(self, step: int) -> bool:
         """True when `observe(step, ...)` would request a chunk (lets a simulator render only when needed)."""
-        return self.error is None and self._pending is None and self.blender.remaining(step) <= self.config.chunk_request_threshold
+        return (
+            self.error is None
+            and self._pending is None
+            and self.blender.remaining(step) <= self.config.chunk_request_threshold
+        )
 
     def observe(self, step: int, images: Mapping[str, np.ndarray], state: np.ndarray) -> bool:
         """The observation of control step `step` (state in robot units); returns True when it started a chunk
@@ -224,8 +229,14 @@ class MotusPolicy:
         self.stats.chunks += 1
         self.stats.dropped_actions = self.blender.dropped_actions
         chunk = PolicyChunk(
-            pending.obs_step, pending.images, pending.state, np.asarray(result.actions, dtype=np.float64),
-            actions_robot, kept, inference_ms, result,
+            pending.obs_step,
+            pending.images,
+            pending.state,
+            np.asarray(result.actions, dtype=np.float64),
+            actions_robot,
+            kept,
+            inference_ms,
+            result,
         )
         self.last_chunk = chunk
         if self.on_chunk is not None:
@@ -242,16 +253,29 @@ class MotusPolicy:
 
     # --- one chunk --------------------------------------------------------------------------------------------------
 
-    def chunk_request(self, images: Mapping[str, np.ndarray], state: np.ndarray, *, mode: str = "vla",
-                      steps: int | None = None, seed: int | None = None, decode_video: bool = False) -> Any:
+    def chunk_request(
+        self,
+        images: Mapping[str, np.ndarray],
+        state: np.ndarray,
+        *,
+        mode: str = "vla",
+        steps: int | None = None,
+        seed: int | None = None,
+        decode_video: bool = False,
+    ) -> Any:
         """The engine request for a chunk from this observation (state in robot units, mapped to the model here)."""
         from motus_model.engine import MotusRequest
 
         if seed is None and self.seed is not None:
             seed = self.seed + self.stats.chunks
         return MotusRequest(
-            mode=mode, images=dict(images), state=self.transforms.robot_to_model(np.asarray(state, dtype=np.float64)),
-            instruction=self.instruction, steps=steps or self.config.steps, seed=seed, decode_video=decode_video,
+            mode=mode,
+            images=dict(images),
+            state=self.transforms.robot_to_model(np.asarray(state, dtype=np.float64)),
+            instruction=self.instruction,
+            steps=steps or self.config.steps,
+            seed=seed,
+            decode_video=decode_video,
         )
 
     def chunk_to_robot(self, actions_model: np.ndarray, state: np.ndarray) -> np.ndarray:

@@ -23,8 +23,9 @@ Choices the reference leaves open (its `resize_with_padding` is not public):
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -139,7 +140,7 @@ class CompositeLayout:
             raise ValueError(f"composite size must be at least 8x8, got {self.height}x{self.width}")
 
     @classmethod
-    def from_config(cls, config: Any) -> "CompositeLayout":
+    def from_config(cls, config: Any) -> CompositeLayout:
         """Layout for a `MotusConfig` (reads `config.latents.image_height/image_width`)."""
         latents = config.latents
         return cls(height=int(latents.image_height), width=int(latents.image_width))
@@ -192,7 +193,9 @@ def compose_views(images: Mapping[str, np.ndarray], layout: CompositeLayout) -> 
         raise ValueError(f"images: expected a dict camera role -> uint8 [H, W, 3], got {type(images).__name__}")
     missing = [role for role in CAMERA_ROLES if role not in images]
     if missing:
-        raise ValueError(f"images: missing camera role(s) {missing}; expected {list(CAMERA_ROLES)}, got {sorted(images)}")
+        raise ValueError(
+            f"images: missing camera role(s) {missing}; expected {list(CAMERA_ROLES)}, got {sorted(images)}"
+        )
     unknown = sorted(set(images) - set(CAMERA_ROLES))
     if unknown:
         raise ValueError(f"images: unknown camera role(s) {unknown}; expected {list(CAMERA_ROLES)}")
@@ -322,7 +325,7 @@ class Normalizer:
                     )
 
     @classmethod
-    def identity(cls) -> "Normalizer":
+    def identity(cls) -> Normalizer:
         """A normaliser that passes raw units through."""
         return cls(None, mode="identity")
 
@@ -335,7 +338,7 @@ class Normalizer:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Normalizer":
+    def from_dict(cls, data: Mapping[str, Any]) -> Normalizer:
         """Inverse of `to_dict`. A bare stats dict ({"action": {...}, ...}) is read as mean_std."""
         if "stats" in data or "mode" in data:
             return cls(data.get("stats"), mode=data.get("mode", "mean_std"), eps=data.get("eps", 1e-6))

@@ -52,9 +52,7 @@ def causal_latent_frames(num_frames: int, temporal_compression: int) -> int:
         ValueError: num_frames is not 1 + k * temporal_compression.
     """
     if num_frames < 1 or (num_frames - 1) % temporal_compression != 0:
-        raise ValueError(
-            f"expected 1 + k*{temporal_compression} frames (causal first frame), got {num_frames}"
-        )
+        raise ValueError(f"expected 1 + k*{temporal_compression} frames (causal first frame), got {num_frames}")
     return 1 + (num_frames - 1) // temporal_compression
 
 
@@ -65,9 +63,7 @@ def _check_frames(frames: torch.Tensor, spatial_compression: int, temporal_compr
     _, num_frames, _, height, width = frames.shape
     causal_latent_frames(num_frames, temporal_compression)
     if height % spatial_compression or width % spatial_compression:
-        raise ValueError(
-            f"frames: height and width must be multiples of {spatial_compression}, got {height}x{width}"
-        )
+        raise ValueError(f"frames: height and width must be multiples of {spatial_compression}, got {height}x{width}")
 
 
 def _check_latents(latents: torch.Tensor, channels: int) -> None:
@@ -101,7 +97,11 @@ class PixelPatchCodec:
     def latent_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(f"height and width must be multiples of {self.patch_size}, got {height}x{width}")
-        return causal_latent_frames(num_frames, self.temporal_patch), height // self.patch_size, width // self.patch_size
+        return (
+            causal_latent_frames(num_frames, self.temporal_patch),
+            height // self.patch_size,
+            width // self.patch_size,
+        )
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """frames [B, T, 3, H, W] -> latents [B, 3*tp*p*p, 1 + (T-1)/tp, H/p, W/p]."""
@@ -161,7 +161,7 @@ class WanVAECodec:
     @classmethod
     def from_pretrained(
         cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-    ) -> "WanVAECodec":
+    ) -> WanVAECodec:
         """Load a diffusers-format VAE folder (config.json + safetensors), e.g. Wan2.2-TI2V-5B-Diffusers/vae."""
         from diffusers import AutoencoderKLWan
 
@@ -173,9 +173,7 @@ class WanVAECodec:
 
     def latent_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         if height % self.spatial_compression or width % self.spatial_compression:
-            raise ValueError(
-                f"height and width must be multiples of {self.spatial_compression}, got {height}x{width}"
-            )
+            raise ValueError(f"height and width must be multiples of {self.spatial_compression}, got {height}x{width}")
         return (
             causal_latent_frames(num_frames, self.temporal_compression),
             height // self.spatial_compression,
@@ -254,8 +252,12 @@ def random_wan22_vae() -> Any:
     mean/std values come with the real weights; here they are 0 and 1.
     """
     return _wan22_vae(
-        base_dim=160, decoder_base_dim=256, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
-        latents_mean=[0.0] * 48, latents_std=[1.0] * 48,
+        base_dim=160,
+        decoder_base_dim=256,
+        dim_mult=[1, 2, 4, 4],
+        num_res_blocks=2,
+        latents_mean=[0.0] * 48,
+        latents_std=[1.0] * 48,
     )
 
 

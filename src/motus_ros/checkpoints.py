@@ -11,6 +11,7 @@ install, so a checkpoint updated in models/ is used at once from a source checko
 Only the simulated robot gets a shipped default (DEFAULT_SIM_CHECKPOINT, trained in gym-aloha): motus_server
 itself never falls back to it, so a sim-trained model is never the silent default on a real robot.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,7 +31,11 @@ def model_roots() -> list[Path]:
         from ament_index_python.packages import get_package_share_directory
 
         roots.append(Path(get_package_share_directory(PACKAGE)) / MODELS_FOLDER)
-    except (ImportError, LookupError, ValueError):  # no ament index, or motus_ros not installed (PackageNotFoundError is a KeyError)
+    except (
+        ImportError,
+        LookupError,
+        ValueError,
+    ):  # no ament index, or motus_ros not installed (PackageNotFoundError is a KeyError)
         pass
     unique: list[Path] = []
     for root in roots:
@@ -75,7 +80,8 @@ def resolve_checkpoint(value: str) -> str:
     where = ", ".join(str(root) for root in model_roots())
     raise FileNotFoundError(
         f"checkpoint {value!r} is neither an existing folder nor a shipped model name; shipped models: "
-        f"{', '.join(shipped) if shipped else '(none found)'} (looked in {where})")
+        f"{', '.join(shipped) if shipped else '(none found)'} (looked in {where})"
+    )
 
 
 def launch_checkpoint(checkpoint: str, sim: bool) -> str:

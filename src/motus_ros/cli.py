@@ -4,6 +4,7 @@
 
 `python -m motus_model.cli` stays the ROS-free entry point (same subcommands, without eval-ros).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,11 @@ def register() -> None:
 
     try:
         cli.register_command(
-            "eval-ros", "closed-loop success rate through the ROS suite in real time (motus_sim + motus_server)",
-            _eval_ros_arguments, _eval_ros)
+            "eval-ros",
+            "closed-loop success rate through the ROS suite in real time (motus_sim + motus_server)",
+            _eval_ros_arguments,
+            _eval_ros,
+        )
     except ValueError:  # already registered (main called twice in one process)
         pass
 

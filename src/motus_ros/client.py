@@ -15,6 +15,7 @@
 Each call spins the client's own node until its answer arrives (or the timeout passes: TimeoutError). Failures of
 the request itself come back in the response's `error` (motus_msgs/ErrorCode), never as exceptions.
 """
+
 from __future__ import annotations
 
 import time
@@ -36,8 +37,11 @@ from motus_msgs.srv import InferActions, PredictActions
 
 # Deep request/response queues (as the server's): many requests in flight from one client all get their answer.
 REQUEST_QOS = QoSProfile(depth=1000, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
-ACTION_QOS = {"goal_service_qos_profile": REQUEST_QOS, "result_service_qos_profile": REQUEST_QOS,
-              "cancel_service_qos_profile": REQUEST_QOS}
+ACTION_QOS = {
+    "goal_service_qos_profile": REQUEST_QOS,
+    "result_service_qos_profile": REQUEST_QOS,
+    "cancel_service_qos_profile": REQUEST_QOS,
+}
 
 GOAL_STATUS_SUCCEEDED = 4
 GOAL_STATUS_CANCELED = 5
@@ -47,10 +51,12 @@ GOAL_STATUS_ABORTED = 6
 class GoalTask:
     """One goal sent to an action server: its feedback, cancel and result."""
 
-    def __init__(self, client: "MotusClient", action_client: ActionClient, goal: Any, timeout_s: float) -> None:
+    def __init__(self, client: MotusClient, action_client: ActionClient, goal: Any, timeout_s: float) -> None:
         self._client = client
         self.feedback: list[Any] = []
-        send = action_client.send_goal_async(goal, feedback_callback=lambda message: self.feedback.append(message.feedback))
+        send = action_client.send_goal_async(
+            goal, feedback_callback=lambda message: self.feedback.append(message.feedback)
+        )
         self.handle = client.spin_until(send, timeout_s)
         if not self.handle.accepted:
             raise RuntimeError(f"the server rejected the {type(goal).__name__}")
@@ -92,10 +98,16 @@ class MotusClient:
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
         prefix = f"{namespace.rstrip('/')}/" if namespace else ""
-        self._predict_actions = self.node.create_client(PredictActions, f"{prefix}policy/predict_actions", qos_profile=REQUEST_QOS)
-        self._infer_actions = self.node.create_client(InferActions, f"{prefix}idm/infer_actions", qos_profile=REQUEST_QOS)
+        self._predict_actions = self.node.create_client(
+            PredictActions, f"{prefix}policy/predict_actions", qos_profile=REQUEST_QOS
+        )
+        self._infer_actions = self.node.create_client(
+            InferActions, f"{prefix}idm/infer_actions", qos_profile=REQUEST_QOS
+        )
         self._estop = self.node.create_client(SetBool, f"{prefix}policy/estop", qos_profile=REQUEST_QOS)
-        self._predict_future = ActionClient(self.node, PredictFuture, f"{prefix}world_model/predict_future", **ACTION_QOS)
+        self._predict_future = ActionClient(
+            self.node, PredictFuture, f"{prefix}world_model/predict_future", **ACTION_QOS
+        )
         self._imagine = ActionClient(self.node, Imagine, f"{prefix}imagination/imagine", **ACTION_QOS)
         self._run_policy = ActionClient(self.node, RunPolicy, f"{prefix}policy/run_policy", **ACTION_QOS)
         self.server_timeout_s = server_timeout_s
@@ -134,25 +146,44 @@ class MotusClient:
     # --- one-shot calls --------------------------------------------------------------------------------------------
 
     def predict_actions(
-        self, instruction: str, observation: Observation | None = None, mode: str = "vla", steps: int = 0,
-        seed: int = -1, return_frames: bool = False, timeout_s: float = 60.0,
+        self,
+        instruction: str,
+        observation: Observation | None = None,
+        mode: str = "vla",
+        steps: int = 0,
+        seed: int = -1,
+        return_frames: bool = False,
+        timeout_s: float = 60.0,
     ) -> PredictActions.Response:
         """Policy query p(a | o, l) (mode "vla") or p(o', a | o, l) (mode "joint"); no observation = the latest."""
         modes = {"vla": PredictActions.Request.MODE_VLA, "joint": PredictActions.Request.MODE_JOINT}
         if mode not in modes:
             raise ValueError(f"mode must be one of {sorted(modes)}, got {mode!r}")
         request = PredictActions.Request(
-            observation=self._observation(observation), instruction=instruction, mode=modes[mode],
-            steps=steps, seed=seed, return_frames=return_frames)
+            observation=self._observation(observation),
+            instruction=instruction,
+            mode=modes[mode],
+            steps=steps,
+            seed=seed,
+            return_frames=return_frames,
+        )
         return self._call(self._predict_actions, request, timeout_s)
 
     def infer_actions(
-        self, future_observations: Sequence[Observation], observation: Observation | None = None, steps: int = 0,
-        seed: int = -1, timeout_s: float = 60.0,
+        self,
+        future_observations: Sequence[Observation],
+        observation: Observation | None = None,
+        steps: int = 0,
+        seed: int = -1,
+        timeout_s: float = 60.0,
     ) -> InferActions.Response:
         """Inverse dynamics p(a | o, o'): the actions between the current and the future frames."""
         request = InferActions.Request(
-            observation=self._observation(observation), future_observations=list(future_observations), steps=steps, seed=seed)
+            observation=self._observation(observation),
+            future_observations=list(future_observations),
+            steps=steps,
+            seed=seed,
+        )
         return self._call(self._infer_actions, request, timeout_s)
 
     def estop(self, engage: bool = True, timeout_s: float = 10.0) -> SetBool.Response:
@@ -162,29 +193,54 @@ class MotusClient:
     # --- actions -----------------------------------------------------------------------------------------------------
 
     def start_predict_future(
-        self, actions: JointTrajectory | np.ndarray, joint_names: Sequence[str] | None = None,
-        observation: Observation | None = None, steps: int = 0, seed: int = -1, publish: bool = False,
+        self,
+        actions: JointTrajectory | np.ndarray,
+        joint_names: Sequence[str] | None = None,
+        observation: Observation | None = None,
+        steps: int = 0,
+        seed: int = -1,
+        publish: bool = False,
         timeout_s: float = 30.0,
     ) -> GoalTask:
         """Send a world-model goal; `actions` is a JointTrajectory, or [N, D] positions with their joint names."""
         goal = PredictFuture.Goal(
-            observation=self._observation(observation), actions=self._trajectory(actions, joint_names),
-            steps=steps, seed=seed, publish=publish)
+            observation=self._observation(observation),
+            actions=self._trajectory(actions, joint_names),
+            steps=steps,
+            seed=seed,
+            publish=publish,
+        )
         return GoalTask(self, self._predict_future, goal, timeout_s)
 
-    def predict_future(self, actions: JointTrajectory | np.ndarray, joint_names: Sequence[str] | None = None,
-                       timeout_s: float = 120.0, **kwargs: Any) -> PredictFuture.Result:
+    def predict_future(
+        self,
+        actions: JointTrajectory | np.ndarray,
+        joint_names: Sequence[str] | None = None,
+        timeout_s: float = 120.0,
+        **kwargs: Any,
+    ) -> PredictFuture.Result:
         """World model p(o' | o, a): the predicted frames per camera (waits for the result)."""
         return self.start_predict_future(actions, joint_names, **kwargs).result(timeout_s)
 
     def start_imagine(
-        self, instruction: str, observation: Observation | None = None, with_actions: bool = False, steps: int = 0,
-        seed: int = -1, publish: bool = False, timeout_s: float = 30.0,
+        self,
+        instruction: str,
+        observation: Observation | None = None,
+        with_actions: bool = False,
+        steps: int = 0,
+        seed: int = -1,
+        publish: bool = False,
+        timeout_s: float = 30.0,
     ) -> GoalTask:
         """Send a video-generation (or joint, with_actions) goal."""
         goal = Imagine.Goal(
-            observation=self._observation(observation), instruction=instruction, with_actions=with_actions,
-            steps=steps, seed=seed, publish=publish)
+            observation=self._observation(observation),
+            instruction=instruction,
+            with_actions=with_actions,
+            steps=steps,
+            seed=seed,
+            publish=publish,
+        )
         return GoalTask(self, self._imagine, goal, timeout_s)
 
     def imagine(self, instruction: str, timeout_s: float = 120.0, **kwargs: Any) -> Imagine.Result:
@@ -198,11 +254,15 @@ class MotusClient:
             raise ValueError("joint_names are required when actions is an array")
         from motus_ros.conversions import actions_to_trajectory
 
-        return actions_to_trajectory(np.asarray(actions, dtype=np.float64), list(joint_names), 0.02, self.node.get_clock().now().to_msg())
+        return actions_to_trajectory(
+            np.asarray(actions, dtype=np.float64), list(joint_names), 0.02, self.node.get_clock().now().to_msg()
+        )
 
-    # --- the policy task (nav2 style) ----------------------------------------------------------------------------------
+    # --- the policy task (nav2 style) --------------------------------------------------------------------------
 
-    def run_policy(self, instruction: str, max_duration_s: float = 0.0, max_steps: int = 0, timeout_s: float = 30.0) -> bool:
+    def run_policy(
+        self, instruction: str, max_duration_s: float = 0.0, max_steps: int = 0, timeout_s: float = 30.0
+    ) -> bool:
         """Start driving the robot with the policy; poll is_task_complete / get_feedback, stop with cancel_task."""
         goal = RunPolicy.Goal(instruction=instruction, max_duration_s=float(max_duration_s), max_steps=int(max_steps))
         try:

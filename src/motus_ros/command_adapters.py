@@ -17,6 +17,7 @@ With dry_run the adapter creates no publisher on the robot's topics and publishe
 counts what it would have sent); the server publishes the plan elsewhere. The safety filter runs
 before send(): adapters only format and publish.
 """
+
 from __future__ import annotations
 
 import logging
@@ -81,8 +82,10 @@ class CommandAdapter:
         (None = the node clock's now)."""
         command = np.asarray(command_14, dtype=np.float64)
         if command.shape != (self.profile.action_dim,):
-            raise ValueError(f"command must have shape ({self.profile.action_dim},) for profile "
-                             f"{self.profile.name!r}, got {command.shape}")
+            raise ValueError(
+                f"command must have shape ({self.profile.action_dim},) for profile "
+                f"{self.profile.name!r}, got {command.shape}"
+            )
         if not np.all(np.isfinite(command)):
             raise ValueError("command must be finite, got NaN/inf")
         self.last_command = command.copy()
@@ -103,13 +106,15 @@ class JointTrajectoryAdapter(CommandAdapter):
     interface = "joint_trajectory"
 
     def _create_publishers(self) -> None:
-        self._publishers = [self.node.create_publisher(JointTrajectory, topic, COMMAND_QOS)
-                            for topic in self.profile.command_topics]
+        self._publishers = [
+            self.node.create_publisher(JointTrajectory, topic, COMMAND_QOS) for topic in self.profile.command_topics
+        ]
 
     def _publish(self, command: np.ndarray, stamp) -> None:
         period = seconds_to_duration(1.0 / self.profile.control_rate_hz)
-        for publisher, group, names in zip(self._publishers, self.profile.command_joint_groups,
-                                           self.profile.command_joint_names):
+        for publisher, group, names in zip(
+            self._publishers, self.profile.command_joint_groups, self.profile.command_joint_names
+        ):
             msg = JointTrajectory()  # header.stamp = 0: start on receipt (see the module docstring)
             msg.joint_names = list(names)
             msg.points = [JointTrajectoryPoint(positions=command[group].tolist(), time_from_start=period)]
@@ -134,12 +139,14 @@ class JointStatePerArmAdapter(CommandAdapter):
     interface = "joint_state_per_arm"
 
     def _create_publishers(self) -> None:
-        self._publishers = [self.node.create_publisher(JointState, topic, COMMAND_QOS)
-                            for topic in self.profile.command_topics]
+        self._publishers = [
+            self.node.create_publisher(JointState, topic, COMMAND_QOS) for topic in self.profile.command_topics
+        ]
 
     def _publish(self, command: np.ndarray, stamp) -> None:
-        for publisher, group, names in zip(self._publishers, self.profile.command_joint_groups,
-                                           self.profile.command_joint_names):
+        for publisher, group, names in zip(
+            self._publishers, self.profile.command_joint_groups, self.profile.command_joint_names
+        ):
             msg = JointState()
             msg.header.stamp = stamp
             msg.name = list(names)
@@ -180,7 +187,8 @@ class InterbotixAdapter(CommandAdapter):
 
 
 ADAPTERS: dict[str, type[CommandAdapter]] = {
-    cls.interface: cls for cls in (JointTrajectoryAdapter, ForwardCommandAdapter, JointStatePerArmAdapter, InterbotixAdapter)
+    cls.interface: cls
+    for cls in (JointTrajectoryAdapter, ForwardCommandAdapter, JointStatePerArmAdapter, InterbotixAdapter)
 }
 
 
@@ -190,9 +198,12 @@ def make_command_adapter(node: Node, profile: RobotProfile, dry_run: bool) -> Co
     try:
         cls = ADAPTERS[profile.command_interface]
     except KeyError:
-        raise ValueError(f"unknown command_interface {profile.command_interface!r}; expected one of {sorted(ADAPTERS)}") from None
+        raise ValueError(
+            f"unknown command_interface {profile.command_interface!r}; expected one of {sorted(ADAPTERS)}"
+        ) from None
     adapter = cls(node, profile, dry_run)
     node.get_logger().info(
         f"command adapter {cls.interface} for {profile.name!r}: "
-        + ("DRY RUN, nothing is published to the robot" if adapter.dry_run else f"publishing on {adapter.topics}"))
+        + ("DRY RUN, nothing is published to the robot" if adapter.dry_run else f"publishing on {adapter.topics}")
+    )
     return adapter

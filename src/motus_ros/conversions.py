@@ -6,6 +6,7 @@ Images are returned as uint8 RGB arrays of shape [H, W, 3], whatever the wire en
 decoded by motus_model.images, the decoder the bag converter uses too (one encoding set for serving and
 training). cv_bridge is used where it imports and the caller asks for it; the numpy path is the default.
 """
+
 from __future__ import annotations
 
 import logging
@@ -97,9 +98,7 @@ def image_to_numpy(
     return np.ascontiguousarray(bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8"))
 
 
-def numpy_to_image(
-    array: np.ndarray, stamp: Time | float, frame_id: str = "", encoding: str = "rgb8"
-) -> Image:
+def numpy_to_image(array: np.ndarray, stamp: Time | float, frame_id: str = "", encoding: str = "rgb8") -> Image:
     """uint8 RGB [H, W, 3] (or [H, W] / [H, W, 1] for mono8) -> sensor_msgs/Image in `encoding`.
 
     For bgr8/bgra8 the RGB array is reordered on the wire (alpha opaque), so image_to_numpy gives it back.
@@ -142,18 +141,22 @@ def joint_state_to_vector(
     positions: dict[str, float] = {}
     for msg, prefix in zip(msgs, prefixes):
         if len(msg.name) != len(msg.position):
-            raise ValueError(f"JointState must have one position per name: {len(msg.name)} names, "
-                             f"{len(msg.position)} positions")
+            raise ValueError(
+                f"JointState must have one position per name: {len(msg.name)} names, {len(msg.position)} positions"
+            )
         for name, position in zip(msg.name, msg.position):
             key = prefix + name
             if key in positions:
-                raise ValueError(f"joint {key!r} appears in more than one JointState message; give per-message "
-                                 "prefixes (RobotProfile.joint_name_prefixes)")
+                raise ValueError(
+                    f"joint {key!r} appears in more than one JointState message; give per-message "
+                    "prefixes (RobotProfile.joint_name_prefixes)"
+                )
             positions[key] = position
     missing = [name for name in joint_names if name not in positions]
     if missing:
-        raise ValueError(f"JointState is missing joints {missing}; expected {list(joint_names)}, "
-                         f"got {sorted(positions)}")
+        raise ValueError(
+            f"JointState is missing joints {missing}; expected {list(joint_names)}, got {sorted(positions)}"
+        )
     if not allow_extra:
         unknown = sorted(set(positions) - set(joint_names))
         if unknown:
@@ -169,8 +172,9 @@ def vector_to_joint_state(positions: np.ndarray, joint_names: Sequence[str], sta
     """positions [D] -> sensor_msgs/JointState with joint_names."""
     positions = np.asarray(positions, dtype=np.float64)
     if positions.shape != (len(joint_names),):
-        raise ValueError(f"positions must have shape ({len(joint_names)},) for {len(joint_names)} joints, "
-                         f"got {positions.shape}")
+        raise ValueError(
+            f"positions must have shape ({len(joint_names)},) for {len(joint_names)} joints, got {positions.shape}"
+        )
     msg = JointState()
     msg.header.stamp = to_stamp(stamp)
     msg.name = list(joint_names)
@@ -190,8 +194,9 @@ def actions_to_trajectory(
     """
     actions = np.asarray(actions, dtype=np.float64)
     if actions.ndim != 2 or actions.shape[1] != len(joint_names):
-        raise ValueError(f"actions must have shape [N, {len(joint_names)}] for {len(joint_names)} joints, "
-                         f"got {actions.shape}")
+        raise ValueError(
+            f"actions must have shape [N, {len(joint_names)}] for {len(joint_names)} joints, got {actions.shape}"
+        )
     if not np.all(np.isfinite(actions)):
         raise ValueError("actions must be finite, got NaN/inf")
     if not dt > 0:
@@ -213,8 +218,9 @@ def trajectory_to_actions(traj: JointTrajectory, joint_names: Sequence[str]) -> 
         raise ValueError(f"trajectory joint_names must be unique, got {list(traj.joint_names)}")
     missing = [name for name in joint_names if name not in index]
     if missing:
-        raise ValueError(f"trajectory is missing joints {missing}; expected {list(joint_names)}, "
-                         f"got {list(traj.joint_names)}")
+        raise ValueError(
+            f"trajectory is missing joints {missing}; expected {list(joint_names)}, got {list(traj.joint_names)}"
+        )
     unknown = sorted(set(traj.joint_names) - set(joint_names))
     if unknown:
         raise ValueError(f"trajectory has unknown joint names {unknown}; expected {list(joint_names)}")
@@ -224,8 +230,9 @@ def trajectory_to_actions(traj: JointTrajectory, joint_names: Sequence[str]) -> 
     rows = []
     for i, point in enumerate(traj.points):
         if len(point.positions) != len(traj.joint_names):
-            raise ValueError(f"trajectory point {i} must have {len(traj.joint_names)} positions, "
-                             f"got {len(point.positions)}")
+            raise ValueError(
+                f"trajectory point {i} must have {len(traj.joint_names)} positions, got {len(point.positions)}"
+            )
         rows.append(np.asarray(point.positions, dtype=np.float64)[columns])
     actions = np.stack(rows)
     if not np.all(np.isfinite(actions)):
@@ -246,8 +253,9 @@ def observation_to_inputs(msg, profile: RobotProfile) -> tuple[dict[str, np.ndar
     Images must cover every camera role of the profile; a joint state is then required.
     """
     if len(msg.camera_names) != len(msg.images):
-        raise ValueError(f"observation must have one camera name per image: {len(msg.camera_names)} names, "
-                         f"{len(msg.images)} images")
+        raise ValueError(
+            f"observation must have one camera name per image: {len(msg.camera_names)} names, {len(msg.images)} images"
+        )
     images: dict[str, np.ndarray] = {}
     for role, image in zip(msg.camera_names, msg.images):
         if role not in profile.camera_roles:
@@ -260,8 +268,9 @@ def observation_to_inputs(msg, profile: RobotProfile) -> tuple[dict[str, np.ndar
             raise ValueError(f"camera {role!r}: {error}") from error
     if images and set(images) != set(profile.camera_roles):
         missing = sorted(set(profile.camera_roles) - set(images))
-        raise ValueError(f"observation is missing cameras {missing}; profile {profile.name!r} needs "
-                         f"{profile.camera_roles}")
+        raise ValueError(
+            f"observation is missing cameras {missing}; profile {profile.name!r} needs {profile.camera_roles}"
+        )
 
     joint_state = msg.joint_state
     if len(joint_state.position) == 0 and len(joint_state.name) == 0:
@@ -271,8 +280,10 @@ def observation_to_inputs(msg, profile: RobotProfile) -> tuple[dict[str, np.ndar
     if len(joint_state.name) == 0:
         positions = np.asarray(joint_state.position, dtype=np.float64)
         if positions.shape != (profile.action_dim,):
-            raise ValueError(f"unnamed joint state must have {profile.action_dim} positions in the profile's "
-                             f"order, got {positions.shape[0]}")
+            raise ValueError(
+                f"unnamed joint state must have {profile.action_dim} positions in the profile's "
+                f"order, got {positions.shape[0]}"
+            )
         if not np.all(np.isfinite(positions)):
             raise ValueError("joint state positions must be finite, got NaN/inf")
     else:

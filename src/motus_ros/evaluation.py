@@ -18,6 +18,7 @@ Per episode i (seed first_seed + i, the same object poses as `motus eval`):
 The output folder holds results.json in closed_loop's schema (config, summary from closed_loop.summarize with the
 ROS timing added, episodes as closed_loop.EpisodeResult) plus a "ros" section with each episode's timing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from motus_ros.checkpoints import DEFAULT_SIM_CHECKPOINT
-from motus_ros.harness import CHUNK_REQUEST_THRESHOLD, DEFAULT_CAMERA_RATE_HZ, SimMonitor, Suite, policy_timing, use_private_domain
+from motus_ros.harness import (
+    CHUNK_REQUEST_THRESHOLD,
+    DEFAULT_CAMERA_RATE_HZ,
+    SimMonitor,
+    Suite,
+    policy_timing,
+    use_private_domain,
+)
 
 PROFILE = "aloha_sim"
 # gym-aloha's top reward per task (TransferCubeTask / InsertionTask max_reward): the success threshold.
@@ -87,12 +95,23 @@ def evaluate(config: RosEvalConfig, verbose: bool = False) -> dict[str, Any]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     domain = use_private_domain()
-    print(f"motus eval-ros: {config.episodes} episodes of {config.duration_s:g} s, {config.task} with {checkpoint} "
-          f"(ROS_DOMAIN_ID={domain})", flush=True)
+    print(
+        f"motus eval-ros: {config.episodes} episodes of {config.duration_s:g} s, {config.task} with {checkpoint} "
+        f"(ROS_DOMAIN_ID={domain})",
+        flush=True,
+    )
     started = time.perf_counter()
-    with Suite(checkpoint=checkpoint, preset="motus-small-aloha", profile=PROFILE, task=config.task,
-               seed=config.first_seed, camera_rate_hz=config.camera_rate_hz, steps=config.inference_steps,
-               chunk_request_threshold=config.chunk_request_threshold, verbose=verbose):
+    with Suite(
+        checkpoint=checkpoint,
+        preset="motus-small-aloha",
+        profile=PROFILE,
+        task=config.task,
+        seed=config.first_seed,
+        camera_rate_hz=config.camera_rate_hz,
+        steps=config.inference_steps,
+        chunk_request_threshold=config.chunk_request_threshold,
+        verbose=verbose,
+    ):
         print(f"simulator and server are up ({time.perf_counter() - started:.0f} s)", flush=True)
         episodes, timings = _run_episodes(config, out)
     from motus_sim.closed_loop import summarize
@@ -116,10 +135,10 @@ def _run_episodes(config: RosEvalConfig, out: Path) -> tuple[list[Any], list[dic
     import numpy as np
     import rclpy
 
-    from motus_sim.closed_loop import EpisodeResult
     from motus_model.data.video import write_video
     from motus_ros.client import MotusClient
     from motus_ros.profiles import load_profile
+    from motus_sim.closed_loop import EpisodeResult
 
     max_reward = TASK_MAX_REWARD[config.task]
     episodes: list[EpisodeResult] = []
@@ -142,17 +161,29 @@ def _run_episodes(config: RosEvalConfig, out: Path) -> tuple[list[Any], list[dic
             sim.end_episode()
             result = client.get_result()
             if result.termination != "completed":
-                raise RuntimeError(f"episode {index}: the policy ended with {result.termination!r}: {result.error.message}")
+                raise RuntimeError(
+                    f"episode {index}: the policy ended with {result.termination!r}: {result.error.message}"
+                )
             timing = policy_timing(client.policy_task.feedback)
             episode = EpisodeResult(
-                seed=seed, success=sim.max_reward >= max_reward or sim.success_seen,
-                success_at_end=sim.final_reward >= max_reward, max_reward=sim.max_reward,
-                final_reward=sim.final_reward, steps=int(result.steps), chunks=int(result.chunks),
+                seed=seed,
+                success=sim.max_reward >= max_reward or sim.success_seen,
+                success_at_end=sim.final_reward >= max_reward,
+                max_reward=sim.max_reward,
+                final_reward=sim.final_reward,
+                steps=int(result.steps),
+                chunks=int(result.chunks),
                 inference_ms_mean=float(timing["inference_ms_mean"] or 0.0),
             )
             episodes.append(episode)
-            timings.append({"seed": seed, "duration_s": round(float(result.duration_s), 2), **timing,
-                            "reward_samples": len(sim.rewards)})
+            timings.append(
+                {
+                    "seed": seed,
+                    "duration_s": round(float(result.duration_s), 2),
+                    **timing,
+                    "reward_samples": len(sim.rewards),
+                }
+            )
             video = ""
             if record and sim.frames:
                 path = out / f"rollout_{index:03d}.mp4"
@@ -162,10 +193,13 @@ def _run_episodes(config: RosEvalConfig, out: Path) -> tuple[list[Any], list[dic
                 write_video(path, np.stack(sim.frames), fps=fps)
                 video = f", video {path} ({len(sim.frames)} frames at {fps} fps)"
             successes = sum(e.success for e in episodes)
-            print(f"episode {index} (seed {seed}): success={episode.success} max_reward={episode.max_reward:g} "
-                  f"final_reward={episode.final_reward:g} steps={episode.steps} chunks={episode.chunks} "
-                  f"rate={timing['control_rate_hz_median']} Hz inference={timing['inference_ms_median']} ms "
-                  f"holding={timing['holding_fraction']}{video} [{successes}/{len(episodes)}]", flush=True)
+            print(
+                f"episode {index} (seed {seed}): success={episode.success} max_reward={episode.max_reward:g} "
+                f"final_reward={episode.final_reward:g} steps={episode.steps} chunks={episode.chunks} "
+                f"rate={timing['control_rate_hz_median']} Hz inference={timing['inference_ms_median']} ms "
+                f"holding={timing['holding_fraction']}{video} [{successes}/{len(episodes)}]",
+                flush=True,
+            )
     finally:
         client.destroy()
         rclpy.try_shutdown()
@@ -198,22 +232,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default=defaults["task"], choices=sorted(TASK_MAX_REWARD), help="gym-aloha task")
     parser.add_argument("--instruction", default="", help="policy instruction (default: the task's)")
     parser.add_argument("--episodes", type=int, default=defaults["episodes"])
-    parser.add_argument("--first-seed", type=int, default=defaults["first_seed"], help="episode i uses seed first_seed + i")
-    parser.add_argument("--duration", type=float, default=defaults["duration_s"], help="seconds per episode (50 control steps/s)")
-    parser.add_argument("--steps", type=int, default=defaults["inference_steps"], help="Euler steps per chunk (0: the checkpoint's default)")
-    parser.add_argument("--chunk-request-threshold", type=int, default=defaults["chunk_request_threshold"],
-                        help="request the next chunk when this many planned control steps remain")
-    parser.add_argument("--camera-rate", type=float, default=defaults["camera_rate_hz"], help="simulated camera rate (Hz)")
-    parser.add_argument("--videos", type=int, default=defaults["videos"], help="high-camera mp4s for the first N episodes")
+    parser.add_argument(
+        "--first-seed", type=int, default=defaults["first_seed"], help="episode i uses seed first_seed + i"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=defaults["duration_s"], help="seconds per episode (50 control steps/s)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=defaults["inference_steps"],
+        help="Euler steps per chunk (0: the checkpoint's default)",
+    )
+    parser.add_argument(
+        "--chunk-request-threshold",
+        type=int,
+        default=defaults["chunk_request_threshold"],
+        help="request the next chunk when this many planned control steps remain",
+    )
+    parser.add_argument(
+        "--camera-rate", type=float, default=defaults["camera_rate_hz"], help="simulated camera rate (Hz)"
+    )
+    parser.add_argument(
+        "--videos", type=int, default=defaults["videos"], help="high-camera mp4s for the first N episodes"
+    )
     parser.add_argument("--out", default=defaults["out"], help="output folder (results.json, mp4s)")
     parser.add_argument("--verbose", action="store_true", help="echo the sim's and the server's logs")
 
 
 def run(args: argparse.Namespace) -> int:
     config = RosEvalConfig(
-        checkpoint=args.checkpoint, task=args.task, instruction=args.instruction, episodes=args.episodes,
-        first_seed=args.first_seed, duration_s=args.duration, inference_steps=args.steps,
-        chunk_request_threshold=args.chunk_request_threshold, camera_rate_hz=args.camera_rate, videos=args.videos,
+        checkpoint=args.checkpoint,
+        task=args.task,
+        instruction=args.instruction,
+        episodes=args.episodes,
+        first_seed=args.first_seed,
+        duration_s=args.duration,
+        inference_steps=args.steps,
+        chunk_request_threshold=args.chunk_request_threshold,
+        camera_rate_hz=args.camera_rate,
+        videos=args.videos,
         out=args.out,
     )
     results = evaluate(config, verbose=args.verbose)

@@ -135,29 +135,47 @@ class Suite:
 
     def start(self, sim_timeout_s: float = 120.0, server_timeout_s: float = 180.0) -> None:
         # The launch file's plan for `sim:=true` with these knobs: the same params files, the same precedence.
-        arguments = {"sim": "true", "profile": self.profile, "steps": str(int(self.steps)),
-                     "torch_threads": str(int(self.torch_threads)), "camera_rate": repr(float(self.camera_rate_hz))}
+        arguments = {
+            "sim": "true",
+            "profile": self.profile,
+            "steps": str(int(self.steps)),
+            "torch_threads": str(int(self.torch_threads)),
+            "camera_rate": repr(float(self.camera_rate_hz)),
+        }
         if self.checkpoint:
             arguments["checkpoint"] = self.checkpoint
         plan = make_plan(arguments, config_dir())
-        server_params = [*plan.server_parameters, {"/**": {"ros__parameters": {"preset": self.preset}}},
-                         {"/**/policy": {"ros__parameters": {"chunk_request_threshold": int(self.chunk_request_threshold)}}}]
-        sim_params = [*plan.sim_parameters, {SIM_NODE_NAME: {"ros__parameters": {"task": self.task, "seed": int(self.seed)}}}]
+        server_params = [
+            *plan.server_parameters,
+            {"/**": {"ros__parameters": {"preset": self.preset}}},
+            {"/**/policy": {"ros__parameters": {"chunk_request_threshold": int(self.chunk_request_threshold)}}},
+        ]
+        sim_params = [
+            *plan.sim_parameters,
+            {SIM_NODE_NAME: {"ros__parameters": {"task": self.task, "seed": int(self.seed)}}},
+        ]
         server_files = write_parameter_files(server_params, prefix="motus_demo_")
         sim_files = write_parameter_files(sim_params, prefix="motus_demo_")
         self.params_files = [path for path in server_files + sim_files if Path(path).name.startswith("motus_demo_")]
         sim = Child(
             "sim",
-            [*executable("motus_sim", "motus_ros.sim.aloha_sim_node"), "--ros-args",
-             *[argument for path in sim_files for argument in ("--params-file", path)]],
+            [
+                *executable("motus_sim", "motus_ros.sim.aloha_sim_node"),
+                "--ros-args",
+                *[argument for path in sim_files for argument in ("--params-file", path)],
+            ],
             READY_SIM,
             self.verbose,
         )
         self.children.append(sim)
         server = Child(
             "server",
-            [*executable("motus_server", "motus_ros.server"), *plan.server_arguments, "--ros-args",
-             *[argument for path in server_files for argument in ("--params-file", path)]],
+            [
+                *executable("motus_server", "motus_ros.server"),
+                *plan.server_arguments,
+                "--ros-args",
+                *[argument for path in server_files for argument in ("--params-file", path)],
+            ],
             READY_SERVER,
             self.verbose,
         )

@@ -4,6 +4,7 @@ p(o', a | o, l) when `with_actions` is set.
 Imagined clips are returned split per camera and, with `publish`, replayed on `~/imagined/<camera_role>` by a
 timer at the video frame rate so rviz shows them beside the live cameras.
 """
+
 from __future__ import annotations
 
 import collections
@@ -16,15 +17,10 @@ from rclpy.action import ActionServer, CancelResponse, GoalResponse
 
 from motus_msgs.action import Imagine
 from motus_msgs.msg import ErrorCode
-
-from motus_ros.lifecycle_base import (
-    MotusLifecycleNode,
-    ServerContext,
-    action_server_options,
-    float_descriptor,
-    int_descriptor,
-    text_descriptor,
-)
+from motus_ros.lifecycle_base import MotusLifecycleNode
+from motus_ros.parameters import float_descriptor, int_descriptor, text_descriptor
+from motus_ros.requests import action_server_options
+from motus_ros.server_context import ServerContext
 from motus_ros.world_model_node import ImagePublishers, feedback_publisher, finish_goal
 
 
@@ -33,8 +29,14 @@ class ImaginationNode(MotusLifecycleNode):
 
     def __init__(self, context: ServerContext, node_name: str = "imagination", **kwargs: Any) -> None:
         super().__init__(node_name, context, **kwargs)
-        self.declare_parameter("replay_fps", 0.0, float_descriptor("replay rate of imagined clips; 0 = the model's video frame rate", 0.0, 120.0))
-        self.declare_parameter("replay_loop", False, text_descriptor("replay the last imagined clip in a loop instead of once"))
+        self.declare_parameter(
+            "replay_fps",
+            0.0,
+            float_descriptor("replay rate of imagined clips; 0 = the model's video frame rate", 0.0, 120.0),
+        )
+        self.declare_parameter(
+            "replay_loop", False, text_descriptor("replay the last imagined clip in a loop instead of once")
+        )
         self.declare_parameter("max_instruction_chars", 512, int_descriptor("longest instruction accepted", 1, 100000))
         self.images: ImagePublishers | None = None
         self._replay: collections.deque[dict[str, np.ndarray]] = collections.deque()
@@ -42,7 +44,10 @@ class ImaginationNode(MotusLifecycleNode):
         self._replay_lock = threading.Lock()
         self._timer = None
         self._action_server = ActionServer(
-            self, Imagine, "~/imagine", self._execute,
+            self,
+            Imagine,
+            "~/imagine",
+            self._execute,
             goal_callback=lambda goal: GoalResponse.ACCEPT,
             cancel_callback=lambda handle: CancelResponse.ACCEPT,
             **action_server_options(self.request_group),
@@ -103,12 +108,19 @@ class ImaginationNode(MotusLifecycleNode):
             self.check_instruction(goal.instruction)
             images, state = self.observation_inputs(goal.observation)
             request = MotusRequest(
-                mode=Mode.JOINT if goal.with_actions else Mode.VIDEO_GENERATION, images=images, state=self.profile.robot_to_model(state),
-                instruction=goal.instruction, steps=self.steps_for(goal.steps), seed=self.seed_for(goal.seed), decode_video=True,
+                mode=Mode.JOINT if goal.with_actions else Mode.VIDEO_GENERATION,
+                images=images,
+                state=self.profile.robot_to_model(state),
+                instruction=goal.instruction,
+                steps=self.steps_for(goal.steps),
+                seed=self.seed_for(goal.seed),
+                decode_video=True,
             )
             output = self.run_request(
-                request, progress=feedback_publisher(goal_handle, Imagine.Feedback, started),
-                should_cancel=lambda: goal_handle.is_cancel_requested)
+                request,
+                progress=feedback_publisher(goal_handle, Imagine.Feedback, started),
+                should_cancel=lambda: goal_handle.is_cancel_requested,
+            )
             result.frames = self.frames_to_observations(output.frames)
             if goal.with_actions and output.actions is not None:
                 actions_robot = self.chunk_to_robot(output.actions, state)

@@ -39,8 +39,11 @@ FALSE_WORDS = ("false", "0")
 # name -> (default, one-line description): the launch file declares exactly these.
 ARGUMENTS: dict[str, tuple[str, str]] = {
     "profile": ("aloha_sim", "robot profile: a name under config/robots/ or a path to a profile YAML"),
-    "checkpoint": (AUTO, f"model folder or shipped model name; auto = {DEFAULT_SIM_CHECKPOINT} with sim:=true, "
-                         "else the preset with random weights"),
+    "checkpoint": (
+        AUTO,
+        f"model folder or shipped model name; auto = {DEFAULT_SIM_CHECKPOINT} with sim:=true, "
+        "else the preset with random weights",
+    ),
     "sim": ("false", "also start the simulated ALOHA (motus_sim): true | false"),
     "rviz": ("false", "also start rviz2 (live cameras beside the imagined ones): true | false"),
     "dry_run": (PROFILE_DEFAULT, "true | false | profile (the robot profile's default)"),
@@ -204,8 +207,17 @@ def make_plan(arguments: Mapping[str, str], config_dir: Path) -> LaunchPlan:
         sim_overrides: dict[str, Any] = {"profile": profile}
         if camera_rate is not None:
             sim_overrides["camera_rate_hz"] = camera_rate
-        sim_parameters = [str(config_dir / "sim.yaml"), *realtime, *extra, {SIM_NODE: {"ros__parameters": sim_overrides}}]
+        sim_parameters = [
+            str(config_dir / "sim.yaml"),
+            *realtime,
+            *extra,
+            {SIM_NODE: {"ros__parameters": sim_overrides}},
+        ]
     return LaunchPlan(
         server_parameters=[str(config_dir / "motus_server.yaml"), *realtime, *extra, server_overrides],
-        server_arguments=server_arguments, sim=sim, sim_parameters=sim_parameters, rviz=rviz, profile=profile,
+        server_arguments=server_arguments,
+        sim=sim,
+        sim_parameters=sim_parameters,
+        rviz=rviz,
+        profile=profile,
     )

@@ -15,6 +15,7 @@ sources with its ApproximateTimeSynchronizer (slop = max_skew_s) instead, with t
 the same missing/stale answers. `make_observation_buffer` picks it there and this one elsewhere. No
 rclpy here: stamps are plain seconds.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,14 @@ class SyncedObservation:
 class ObservationBuffer:
     """Thread-safe keep-latest buffer of one image per camera role plus the joint state."""
 
-    def __init__(self, roles: Sequence[str], max_skew_s: float, max_age_s: float, max_state_age_s: float | None = None,
-                 future_tolerance_s: float = DEFAULT_FUTURE_TOLERANCE_S) -> None:
+    def __init__(
+        self,
+        roles: Sequence[str],
+        max_skew_s: float,
+        max_age_s: float,
+        max_state_age_s: float | None = None,
+        future_tolerance_s: float = DEFAULT_FUTURE_TOLERANCE_S,
+    ) -> None:
         roles = list(roles)
         if not roles or len(set(roles)) != len(roles):
             raise ValueError(f"roles must be a non-empty list of unique camera roles, got {roles}")
@@ -55,8 +62,10 @@ class ObservationBuffer:
             raise ValueError(f"max_skew_s and max_age_s must be > 0, got {max_skew_s} and {max_age_s}")
         max_state_age_s = max_age_s if max_state_age_s is None else max_state_age_s
         if not max_state_age_s > 0 or not future_tolerance_s >= 0:
-            raise ValueError(f"max_state_age_s must be > 0 and future_tolerance_s >= 0, got {max_state_age_s} "
-                             f"and {future_tolerance_s}")
+            raise ValueError(
+                f"max_state_age_s must be > 0 and future_tolerance_s >= 0, got {max_state_age_s} "
+                f"and {future_tolerance_s}"
+            )
         self.roles = roles
         self.max_skew_s = float(max_skew_s)
         self.max_age_s = float(max_age_s)
@@ -72,8 +81,10 @@ class ObservationBuffer:
         if not np.isfinite(stamp_s):
             raise ValueError(f"{what}: stamp must be finite, got {stamp_s}")
         if received_s is not None and stamp_s - float(received_s) > self.future_tolerance_s:
-            raise ValueError(f"{what}: stamped {stamp_s - float(received_s):.3f} s in the future (tolerance "
-                             f"{self.future_tolerance_s:g} s): check the robot's clock")
+            raise ValueError(
+                f"{what}: stamped {stamp_s - float(received_s):.3f} s in the future (tolerance "
+                f"{self.future_tolerance_s:g} s): check the robot's clock"
+            )
         return stamp_s
 
     def update_image(self, role: str, image: np.ndarray, stamp_s: float, received_s: float | None = None) -> None:
@@ -125,19 +136,22 @@ class ObservationBuffer:
         newest = max(stamps, key=stamps.get)
         lead = stamps[newest] - now_s
         if lead > self.future_tolerance_s:
-            return False, (f"future: {newest} is stamped {lead:.3f} s ahead of the clock (future_tolerance_s "
-                           f"{self.future_tolerance_s:g}): check the robot's clock")
+            return False, (
+                f"future: {newest} is stamped {lead:.3f} s ahead of the clock (future_tolerance_s "
+                f"{self.future_tolerance_s:g}): check the robot's clock"
+            )
         state_age = now_s - state[1]
         if state_age > self.max_state_age_s:
-            return False, (f"stale: {JOINT_STATE} is {state_age:.3f} s old (max_state_age_s "
-                           f"{self.max_state_age_s:g}): is the robot driver running?")
+            return False, (
+                f"stale: {JOINT_STATE} is {state_age:.3f} s old (max_state_age_s "
+                f"{self.max_state_age_s:g}): is the robot driver running?"
+            )
         age = now_s - stamps[oldest]
         if age > self.max_age_s:
             return False, f"stale: {oldest} is {age:.3f} s old (max_age_s {self.max_age_s:g})"
         skew = stamps[newest] - stamps[oldest]
         if skew > self.max_skew_s:
-            return False, (f"skew: {skew:.3f} s between {oldest} and {newest} "
-                           f"(max_skew_s {self.max_skew_s:g})")
+            return False, (f"skew: {skew:.3f} s between {oldest} and {newest} (max_skew_s {self.max_skew_s:g})")
         return True, "ok"
 
     def status(self, now_s: float) -> tuple[bool, str]:
@@ -178,14 +192,22 @@ class SynchronizedObservationBuffer(ObservationBuffer):
     set that is not stale; before the first match it reads "no synchronised set yet".
     """
 
-    def __init__(self, roles: Sequence[str], max_skew_s: float, max_age_s: float, max_state_age_s: float | None = None,
-                 future_tolerance_s: float = DEFAULT_FUTURE_TOLERANCE_S, queue_size: int = 4) -> None:
+    def __init__(
+        self,
+        roles: Sequence[str],
+        max_skew_s: float,
+        max_age_s: float,
+        max_state_age_s: float | None = None,
+        future_tolerance_s: float = DEFAULT_FUTURE_TOLERANCE_S,
+        queue_size: int = 4,
+    ) -> None:
         super().__init__(roles, max_skew_s, max_age_s, max_state_age_s, future_tolerance_s)
         import message_filters  # a full ROS 2 install only; make_observation_buffer checks first
 
         self._inputs = {name: message_filters.SimpleFilter() for name in [*self.roles, JOINT_STATE]}
         self._synchronizer = message_filters.ApproximateTimeSynchronizer(
-            list(self._inputs.values()), queue_size, self.max_skew_s)
+            list(self._inputs.values()), queue_size, self.max_skew_s
+        )
         self._synchronizer.registerCallback(self._on_matched)
         self._matched: SyncedObservation | None = None
 
@@ -240,8 +262,12 @@ def message_filters_available() -> bool:
 
 
 def make_observation_buffer(
-    roles: Sequence[str], max_skew_s: float, max_age_s: float, use_message_filters: bool | None = None,
-    max_state_age_s: float | None = None, future_tolerance_s: float = DEFAULT_FUTURE_TOLERANCE_S,
+    roles: Sequence[str],
+    max_skew_s: float,
+    max_age_s: float,
+    use_message_filters: bool | None = None,
+    max_state_age_s: float | None = None,
+    future_tolerance_s: float = DEFAULT_FUTURE_TOLERANCE_S,
 ) -> ObservationBuffer:
     """SynchronizedObservationBuffer where message_filters imports (or when asked), else ObservationBuffer."""
     if use_message_filters is None:

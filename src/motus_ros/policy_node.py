@@ -16,6 +16,7 @@ in-limit measured state; without either it sends nothing. Stale (joint states: j
 periods), future-stamped, missing or out-of-limit input, the e-stop, cancel and deactivate all hold the robot at the
 last command sent. Goals are validated before they may preempt the running one.
 """
+
 from __future__ import annotations
 
 import collections
@@ -33,25 +34,17 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
+from motus_model.policy import HOLD_FIRST_CHUNK, MotusPolicy, PolicyChunk, PolicyConfig
 from motus_msgs.action import RunPolicy
 from motus_msgs.msg import ErrorCode
 from motus_msgs.srv import PredictActions
-
 from motus_ros import conversions
-from motus_model.policy import HOLD_FIRST_CHUNK, MotusPolicy, PolicyChunk, PolicyConfig
 from motus_ros.command_adapters import make_command_adapter
-from motus_ros.lifecycle_base import (
-    REQUEST_QOS,
-    MotusLifecycleNode,
-    RequestError,
-    ServerContext,
-    action_server_options,
-    float_descriptor,
-    int_descriptor,
-    request_error_of,
-    text_descriptor,
-)
+from motus_ros.lifecycle_base import MotusLifecycleNode
+from motus_ros.parameters import float_descriptor, int_descriptor, text_descriptor
+from motus_ros.requests import REQUEST_QOS, RequestError, action_server_options, request_error_of
 from motus_ros.safety import MeasuredState, SafetyFilter
+from motus_ros.server_context import ServerContext
 
 TERMINATION_COMPLETED = "completed"
 TERMINATION_CANCELLED = "cancelled"
@@ -109,15 +102,35 @@ class PolicyNode(MotusLifecycleNode):
 
     def __init__(self, context: ServerContext, node_name: str = "policy", **kwargs: Any) -> None:
         super().__init__(node_name, context, **kwargs)
-        self.declare_parameter("control_rate_hz", 0.0, float_descriptor("command rate; 0 = the robot profile's control rate", 0.0, 1000.0))
-        self.declare_parameter("blending_mode", "temporal_ensemble", text_descriptor("how overlapping chunks combine: temporal_ensemble | replace"))
-        self.declare_parameter("ensemble_decay", 0.01, float_descriptor("temporal ensembling weight exp(-decay * i), i = chunk age order (ACT: 0.01)", 0.0, 10.0))
-        self.declare_parameter("chunk_request_threshold", 8, int_descriptor("request the next chunk when this many planned control steps remain", 0, 10000))
+        self.declare_parameter(
+            "control_rate_hz", 0.0, float_descriptor("command rate; 0 = the robot profile's control rate", 0.0, 1000.0)
+        )
+        self.declare_parameter(
+            "blending_mode",
+            "temporal_ensemble",
+            text_descriptor("how overlapping chunks combine: temporal_ensemble | replace"),
+        )
+        self.declare_parameter(
+            "ensemble_decay",
+            0.01,
+            float_descriptor("temporal ensembling weight exp(-decay * i), i = chunk age order (ACT: 0.01)", 0.0, 10.0),
+        )
+        self.declare_parameter(
+            "chunk_request_threshold",
+            8,
+            int_descriptor("request the next chunk when this many planned control steps remain", 0, 10000),
+        )
         self.declare_parameter("max_instruction_chars", 512, int_descriptor("longest instruction accepted", 1, 100000))
         self.declare_parameter("feedback_rate_hz", 10.0, float_descriptor("RunPolicy feedback rate", 0.1, 100.0))
         self.declare_parameter("diagnostics_rate_hz", 1.0, float_descriptor("rate of /diagnostics messages", 0.1, 50.0))
-        self.declare_parameter("policy_seed", -1, int_descriptor("noise seed of each chunk request; -1 = nondeterministic", -1, 2**31 - 1))
-        self.declare_optional_bool("dry_run", "compute and publish the plan on ~/planned_trajectory but send no commands; unset = the robot profile's default")
+        self.declare_parameter(
+            "policy_seed", -1, int_descriptor("noise seed of each chunk request; -1 = nondeterministic", -1, 2**31 - 1)
+        )
+        self.declare_optional_bool(
+            "dry_run",
+            "compute and publish the plan on ~/planned_trajectory but send no commands; "
+            "unset = the robot profile's default",
+        )
 
         self._run: PolicyRun | None = None
         self._run_lock = threading.Lock()
@@ -133,10 +146,19 @@ class PolicyNode(MotusLifecycleNode):
         self.dry_run = False
 
         # Interfaces exist from the start so requests while unconfigured get NOT_READY instead of silence.
-        self.create_service(PredictActions, "~/predict_actions", self._predict_actions, qos_profile=REQUEST_QOS, callback_group=self.request_group)
+        self.create_service(
+            PredictActions,
+            "~/predict_actions",
+            self._predict_actions,
+            qos_profile=REQUEST_QOS,
+            callback_group=self.request_group,
+        )
         self.create_service(SetBool, "~/estop", self._estop, qos_profile=REQUEST_QOS, callback_group=self.request_group)
         self._action_server = ActionServer(
-            self, RunPolicy, "~/run_policy", self._execute_run,
+            self,
+            RunPolicy,
+            "~/run_policy",
+            self._execute_run,
             goal_callback=lambda goal: GoalResponse.ACCEPT,
             handle_accepted_callback=self._accept_run,
             cancel_callback=lambda handle: CancelResponse.ACCEPT,
@@ -151,7 +173,10 @@ class PolicyNode(MotusLifecycleNode):
         profile = self.profile
         action_dim = int(self.engine.config.action.action_dim)
         if len(profile.joint_names) != action_dim:
-            raise ValueError(f"robot profile {profile.name!r} has {len(profile.joint_names)} joints, the model's actions have {action_dim}")
+            raise ValueError(
+                f"robot profile {profile.name!r} has {len(profile.joint_names)} joints, "
+                f"the model's actions have {action_dim}"
+            )
         mode = str(self.param("blending_mode"))
         if mode not in ("temporal_ensemble", "replace"):
             raise ValueError(f"blending_mode must be temporal_ensemble or replace, got {mode!r}")
@@ -164,18 +189,28 @@ class PolicyNode(MotusLifecycleNode):
         # The safety filter judges a measured state by the same bounds as the shared observation buffer.
         max_state_age_s, future_tolerance_s = buffer.max_state_age_s, buffer.future_tolerance_s
         # The filter sends through the adapter itself and remembers what it sent: the only way to the robot.
-        self.safety = SafetyFilter(profile, send=self._send, max_state_age_s=max_state_age_s, future_tolerance_s=future_tolerance_s,
-                                   last_command=self._kept_command)
+        self.safety = SafetyFilter(
+            profile,
+            send=self._send,
+            max_state_age_s=max_state_age_s,
+            future_tolerance_s=future_tolerance_s,
+            last_command=self._kept_command,
+        )
         if self._kept_estop:  # a cleanup never releases the e-stop
             self.safety.estop(self._kept_estop)
 
         # The control tick has a group of its own: nothing else ever delays it.
-        self._control_timer = self.create_timer(1.0 / self.control_rate_hz, self._control_tick, callback_group=MutuallyExclusiveCallbackGroup())
-        self._diagnostics_timer = self.create_timer(1.0 / float(self.param("diagnostics_rate_hz")), self._publish_diagnostics, callback_group=self.timer_group)
+        self._control_timer = self.create_timer(
+            1.0 / self.control_rate_hz, self._control_tick, callback_group=MutuallyExclusiveCallbackGroup()
+        )
+        self._diagnostics_timer = self.create_timer(
+            1.0 / float(self.param("diagnostics_rate_hz")), self._publish_diagnostics, callback_group=self.timer_group
+        )
         self._resources += [self._control_timer, self._diagnostics_timer]
         self.get_logger().info(
             f"robot {profile.name!r}: {len(profile.cameras)} cameras, control at {self.control_rate_hz:g} Hz via "
-            f"{profile.command_interface}{' (DRY RUN: no commands are sent)' if self.dry_run else ''}")
+            f"{profile.command_interface}{' (DRY RUN: no commands are sent)' if self.dry_run else ''}"
+        )
 
     def _teardown(self) -> None:
         self._stop_run(None)
@@ -250,7 +285,7 @@ class PolicyNode(MotusLifecycleNode):
             elif observation is None:
                 rejected = "; ".join(f"{topic}: {why}" for topic, why in self.shared.observations.rejected.items())
                 reason = f"{reason} (rejected: {rejected})" if rejected else reason
-            elif (problem := self.safety.state_problem(observation.state)):
+            elif problem := self.safety.state_problem(observation.state):
                 reason, observation = problem, None  # out of the limits: refused as input, hold
             if observation is None or self.safety.engaged:
                 run.policy.poll()
@@ -265,7 +300,9 @@ class PolicyNode(MotusLifecycleNode):
             if decision.action is None:
                 self._hold(run, decision.hold_reason)
                 return
-            command, clamped = self.safety.apply(decision.action, self._measured())  # bounded against the last command sent
+            command, clamped = self.safety.apply(
+                decision.action, self._measured()
+            )  # bounded against the last command sent
             if command is None:
                 self._hold(run, self.safety.refusal)
                 return
@@ -298,7 +335,8 @@ class PolicyNode(MotusLifecycleNode):
 
     def _publish_plan(self, actions_robot: np.ndarray) -> None:
         trajectory = conversions.actions_to_trajectory(
-            actions_robot, self.profile.joint_names, 1.0 / self.control_rate_hz, self.get_clock().now().to_msg())
+            actions_robot, self.profile.joint_names, 1.0 / self.control_rate_hz, self.get_clock().now().to_msg()
+        )
         self._planned_publisher.publish(trajectory)
 
     # --- RunPolicy action ------------------------------------------------------------------------------------------
@@ -312,7 +350,9 @@ class PolicyNode(MotusLifecycleNode):
                 raise RequestError(ErrorCode.ESTOP, "the e-stop is engaged: release it with ~/estop false")
             duration = float(goal.max_duration_s)
             if not math.isfinite(duration) or duration < 0:
-                raise RequestError(ErrorCode.INVALID_REQUEST, f"max_duration_s must be >= 0 seconds (0 = no limit), got {duration}")
+                raise RequestError(
+                    ErrorCode.INVALID_REQUEST, f"max_duration_s must be >= 0 seconds (0 = no limit), got {duration}"
+                )
             self.check_instruction(goal.instruction)
         except RequestError as exc:
             return exc
@@ -332,8 +372,10 @@ class PolicyNode(MotusLifecycleNode):
     def _policy_config(self) -> PolicyConfig:
         seed = int(self.param("policy_seed"))
         return PolicyConfig(
-            blending=str(self.param("blending_mode")), ensemble_decay=float(self.param("ensemble_decay")),
-            chunk_request_threshold=int(self.param("chunk_request_threshold")), steps=self.steps_for(0),
+            blending=str(self.param("blending_mode")),
+            ensemble_decay=float(self.param("ensemble_decay")),
+            chunk_request_threshold=int(self.param("chunk_request_threshold")),
+            steps=self.steps_for(0),
             seed=None if seed < 0 else seed,
         )
 
@@ -381,7 +423,12 @@ class PolicyNode(MotusLifecycleNode):
             sequence = self._goal_sequence.pop(bytes(goal_handle.goal_id.uuid), 0)
         refused = self._goal_error(goal)  # the same checks as _accept_run: an invalid goal never preempts
         if refused is not None:
-            return finish(refused.code, refused.message, TERMINATION_ESTOP if refused.code == ErrorCode.ESTOP else TERMINATION_ERROR, None)
+            return finish(
+                refused.code,
+                refused.message,
+                TERMINATION_ESTOP if refused.code == ErrorCode.ESTOP else TERMINATION_ERROR,
+                None,
+            )
 
         run = self._new_run(goal.instruction, goal.max_steps)
         with self._run_lock:
@@ -391,7 +438,9 @@ class PolicyNode(MotusLifecycleNode):
                 if self._run is not None:
                     self._run.preempted = True
                 self._run = run
-        self.get_logger().info(f"run started: {goal.instruction!r} (max {goal.max_steps} steps, {goal.max_duration_s:g} s)")
+        self.get_logger().info(
+            f"run started: {goal.instruction!r} (max {goal.max_steps} steps, {goal.max_duration_s:g} s)"
+        )
         period = 1.0 / float(self.param("feedback_rate_hz"))
         feedback = RunPolicy.Feedback()
         while True:
@@ -411,7 +460,9 @@ class PolicyNode(MotusLifecycleNode):
                 self._stop_run(run)
                 return finish(ErrorCode.ESTOP, "stopped by the e-stop: holding", TERMINATION_ESTOP, run)
             elapsed = time.monotonic() - run.started_s
-            if (goal.max_steps and run.step >= goal.max_steps) or (goal.max_duration_s > 0 and elapsed >= goal.max_duration_s):
+            if (goal.max_steps and run.step >= goal.max_steps) or (
+                goal.max_duration_s > 0 and elapsed >= goal.max_duration_s
+            ):
                 self._stop_run(run)
                 return finish(ErrorCode.NONE, "", TERMINATION_COMPLETED, run)
             feedback.step, feedback.chunks = run.step, run.chunks
@@ -440,21 +491,29 @@ class PolicyNode(MotusLifecycleNode):
         response.success = True
         return response
 
-    def _predict_actions(self, request: PredictActions.Request, response: PredictActions.Response) -> PredictActions.Response:
+    def _predict_actions(
+        self, request: PredictActions.Request, response: PredictActions.Response
+    ) -> PredictActions.Response:
         """One-shot VLA (or joint) query on the given or latest observation, through the policy runtime's transforms."""
         started = time.monotonic()
         try:
             self.require_active()
             if request.mode not in (PredictActions.Request.MODE_VLA, PredictActions.Request.MODE_JOINT):
-                raise RequestError(ErrorCode.INVALID_REQUEST, f"mode must be MODE_VLA (0) or MODE_JOINT (1), got {request.mode}")
+                raise RequestError(
+                    ErrorCode.INVALID_REQUEST, f"mode must be MODE_VLA (0) or MODE_JOINT (1), got {request.mode}"
+                )
             self.check_instruction(request.instruction)
             images, state = self.observation_inputs(request.observation)
             joint = request.mode == PredictActions.Request.MODE_JOINT
             policy = MotusPolicy(self.engine, self._policy_config(), transforms=self.profile)
             policy.reset(request.instruction)
             engine_request = policy.chunk_request(
-                images, state, mode="joint" if joint else "vla", steps=self.steps_for(request.steps),
-                seed=self.seed_for(request.seed), decode_video=bool(joint and request.return_frames),
+                images,
+                state,
+                mode="joint" if joint else "vla",
+                steps=self.steps_for(request.steps),
+                seed=self.seed_for(request.seed),
+                decode_video=bool(joint and request.return_frames),
             )
             result = self.run_request(engine_request)
             actions_robot = policy.chunk_to_robot(result.actions, state)

@@ -2,7 +2,8 @@
 
 `load_profile("aloha_sim")` looks in motus_model.embodiment's default folders (the source checkout's
 config/robots, the installed copy beside the package), then in share/motus_ros/config/robots of the package
-the ament index finds, so a name works from a checkout and from any colcon install alike. Code that only needs the schema imports `RobotProfile` from motus_model.embodiment.
+the ament index finds, so a name works from a checkout and from any colcon install alike. Code that only needs
+the schema imports `RobotProfile` from motus_model.embodiment.
 """
 
 from __future__ import annotations

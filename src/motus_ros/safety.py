@@ -10,6 +10,7 @@ there is no usable reference it refuses: nothing is sent, and `refusal` says why
 
 The joint limits always win: a command never leaves [lower, upper].
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,10 +47,12 @@ def physical_range(profile: RobotProfile) -> tuple[np.ndarray, np.ndarray]:
 
 
 def physical_range_problem(profile: RobotProfile, position: np.ndarray) -> str:
-    """"" when `position` [D] is finite and inside the profile's physical range, else a one-line reason."""
+    """ "" when `position` [D] is finite and inside the profile's physical range, else a one-line reason."""
     q = np.asarray(position, dtype=np.float64)
     if q.shape != (len(profile.joint_names),):
-        return f"joint state must have {len(profile.joint_names)} values for profile {profile.name!r}, got shape {q.shape}"
+        return (
+            f"joint state must have {len(profile.joint_names)} values for profile {profile.name!r}, got shape {q.shape}"
+        )
     bad = np.nonzero(~np.isfinite(q))[0]
     if bad.size:
         return f"joint state is not finite at {[profile.joint_names[i] for i in bad.tolist()]}"
@@ -57,9 +60,11 @@ def physical_range_problem(profile: RobotProfile, position: np.ndarray) -> str:
     out = np.nonzero((q < low) | (q > high))[0]
     if out.size:
         i = int(out[0])
-        return (f"joint state out of the profile's physical range: {profile.joint_names[i]} = {q[i]:g} "
-                f"(limits [{profile.lower_limits[i]:g}, {profile.upper_limits[i]:g}]"
-                f"{f' and {out.size - 1} more joints' if out.size > 1 else ''})")
+        return (
+            f"joint state out of the profile's physical range: {profile.joint_names[i]} = {q[i]:g} "
+            f"(limits [{profile.lower_limits[i]:g}, {profile.upper_limits[i]:g}]"
+            f"{f' and {out.size - 1} more joints' if out.size > 1 else ''})"
+        )
     return ""
 
 
@@ -129,7 +134,7 @@ class SafetyFilter:
             return None if self._last_command is None else self._last_command.copy()
 
     def state_problem(self, position: np.ndarray) -> str:
-        """"" when `position` [D] may serve as a reference / policy input, else why not (wrong shape, non-finite,
+        """ "" when `position` [D] may serve as a reference / policy input, else why not (wrong shape, non-finite,
         outside the joint limits by more than one step's delta)."""
         q = np.asarray(position, dtype=np.float64)
         if q.shape != self.lower.shape:
@@ -141,19 +146,22 @@ class SafetyFilter:
         out = np.nonzero((q < self.lower - self.max_delta) | (q > self.upper + self.max_delta))[0]
         if out.size:
             i = int(out[0])
-            return (f"joint state out of limits: {self.profile.joint_names[i]} = {q[i]:g} outside "
-                    f"[{self.lower[i]:g}, {self.upper[i]:g}]{f' (and {out.size - 1} more)' if out.size > 1 else ''}")
+            return (
+                f"joint state out of limits: {self.profile.joint_names[i]} = {q[i]:g} outside "
+                f"[{self.lower[i]:g}, {self.upper[i]:g}]{f' (and {out.size - 1} more)' if out.size > 1 else ''}"
+            )
         return ""
 
     def measured_problem(self, measured: MeasuredState | None) -> str:
-        """"" when `measured` is a usable reference (fresh, not in the future, finite, in limits), else why not."""
+        """ "" when `measured` is a usable reference (fresh, not in the future, finite, in limits), else why not."""
         if measured is None:
             return "no joint state yet"
         if not np.isfinite(measured.age_s):
             return "joint state has no valid stamp"
         if measured.age_s < -self.future_tolerance_s:
-            return (f"joint state stamped {-measured.age_s:.3f} s in the future "
-                    f"(tolerance {self.future_tolerance_s:g} s)")
+            return (
+                f"joint state stamped {-measured.age_s:.3f} s in the future (tolerance {self.future_tolerance_s:g} s)"
+            )
         if measured.age_s > self.max_state_age_s:
             return f"joint state is stale: {measured.age_s:.3f} s old (max {self.max_state_age_s:g} s)"
         return self.state_problem(measured.position)
@@ -173,8 +181,9 @@ class SafetyFilter:
     def _vector(self, x: np.ndarray, name: str) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         if x.shape != self.lower.shape:
-            raise ValueError(f"{name} must have shape {self.lower.shape} for profile {self.profile.name!r}, "
-                             f"got {x.shape}")
+            raise ValueError(
+                f"{name} must have shape {self.lower.shape} for profile {self.profile.name!r}, got {x.shape}"
+            )
         if not np.all(np.isfinite(x)):
             raise ValueError(f"{name} must be finite, got NaN/inf at indices {np.nonzero(~np.isfinite(x))[0].tolist()}")
         return x

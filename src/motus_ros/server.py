@@ -17,6 +17,7 @@ services/actions sit in separate callback groups (see lifecycle_base), and the m
 worker thread, so camera and joint-state callbacks never wait on inference. At most `--max-waiting-requests`
 service/action callbacks wait on the model at once (more are answered BUSY), so executor threads stay free.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,9 @@ from rclpy.signals import SignalHandlerOptions
 from motus_ros.checkpoints import resolve_checkpoint, shipped_models
 from motus_ros.idm_node import IdmNode
 from motus_ros.imagination_node import ImaginationNode
-from motus_ros.lifecycle_base import ModelSpec, MotusLifecycleNode, ServerContext, SharedModel
+from motus_ros.lifecycle_base import MotusLifecycleNode
 from motus_ros.policy_node import PolicyNode
-from motus_ros.server_context import SensorIntake
+from motus_ros.server_context import ModelSpec, SensorIntake, ServerContext, SharedModel
 from motus_ros.world_model_node import WorldModelNode
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,10 @@ def build_engine(spec: ModelSpec) -> Any:
     logging.getLogger("motus_server").warning(
         "NO CHECKPOINT: running preset %r with RANDOM weights (seed %d). The actions and frames are noise; "
         "set `checkpoint` (or --checkpoint DIR|NAME) to a trained model folder or a shipped model (%s).",
-        spec.preset, spec.seed, ", ".join(shipped_models()) or "none found")
+        spec.preset,
+        spec.seed,
+        ", ".join(shipped_models()) or "none found",
+    )
     return MotusEngine.from_preset(spec.preset, seed=spec.seed, device=spec.device, max_batch=spec.max_batch)
 
 
@@ -75,15 +79,29 @@ def parse_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]
     """Split our shorthand options from the ROS arguments; the shorthands become global `-p name:=value`."""
     parser = argparse.ArgumentParser(prog="motus_server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", help="robot profile name (config/robots/<name>.yaml) or path")
-    parser.add_argument("--checkpoint", help="checkpoint folder (config.json + model.safetensors) or a shipped model name "
-                        "(models/<name>, e.g. motus-small-aloha-transfer-cube); none = --preset with random weights")
+    parser.add_argument(
+        "--checkpoint",
+        help="checkpoint folder (config.json + model.safetensors) or a shipped model name "
+        "(models/<name>, e.g. motus-small-aloha-transfer-cube); none = --preset with random weights",
+    )
     parser.add_argument("--preset", help="model preset with random weights when no checkpoint is given")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
-    parser.add_argument("--no-autostart", action="store_true", help="leave the nodes unconfigured (drive them with ros2 lifecycle)")
-    parser.add_argument("--max-waiting-requests", type=int, default=4, help="requests that may wait on the model at once (more get BUSY)")
-    parser.add_argument("--torch-threads", type=int, default=0,
-                        help="torch intra-op threads of the model (0 = torch's default, one per core); 1 suits a small "
-                             "CPU shared with the simulator")
+    parser.add_argument(
+        "--no-autostart", action="store_true", help="leave the nodes unconfigured (drive them with ros2 lifecycle)"
+    )
+    parser.add_argument(
+        "--max-waiting-requests",
+        type=int,
+        default=4,
+        help="requests that may wait on the model at once (more get BUSY)",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads of the model (0 = torch's default, one per core); 1 suits a small "
+        "CPU shared with the simulator",
+    )
     if "--ros-args" in argv:
         split = list(argv).index("--ros-args")
         own, ros = list(argv[:split]), list(argv[split:])

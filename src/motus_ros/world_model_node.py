@@ -5,6 +5,7 @@ it returns the predicted future frames split per camera, sends feedback after ev
 cancel requests between denoising steps (result CANCELLED). With `publish` set, the frames are also published as
 sensor_msgs/Image on `~/imagined/<camera_role>` for rviz.
 """
+
 from __future__ import annotations
 
 import time
@@ -16,9 +17,10 @@ from sensor_msgs.msg import Image
 
 from motus_msgs.action import PredictFuture
 from motus_msgs.msg import ErrorCode
-
 from motus_ros import conversions
-from motus_ros.lifecycle_base import MotusLifecycleNode, RequestError, ServerContext, action_server_options
+from motus_ros.lifecycle_base import MotusLifecycleNode
+from motus_ros.requests import RequestError, action_server_options
+from motus_ros.server_context import ServerContext
 
 
 class ImagePublishers:
@@ -73,7 +75,10 @@ class WorldModelNode(MotusLifecycleNode):
         super().__init__(node_name, context, **kwargs)
         self.images: ImagePublishers | None = None
         self._action_server = ActionServer(
-            self, PredictFuture, "~/predict_future", self._execute,
+            self,
+            PredictFuture,
+            "~/predict_future",
+            self._execute,
             goal_callback=lambda goal: GoalResponse.ACCEPT,
             cancel_callback=lambda handle: CancelResponse.ACCEPT,
             **action_server_options(self.request_group),
@@ -105,7 +110,9 @@ class WorldModelNode(MotusLifecycleNode):
             raise RequestError(
                 ErrorCode.INVALID_REQUEST,
                 f"the action chunk must have {chunk} points (the model's chunk)"
-                + (f" or {chunk * rate} (one per control step)" if rate > 1 else "") + f", got {actions_robot.shape[0]}")
+                + (f" or {chunk * rate} (one per control step)" if rate > 1 else "")
+                + f", got {actions_robot.shape[0]}",
+            )
         return np.stack([self.profile.robot_to_model(row) for row in actions_robot])
 
     def _execute(self, goal_handle) -> PredictFuture.Result:
@@ -121,12 +128,19 @@ class WorldModelNode(MotusLifecycleNode):
             images, state = self.observation_inputs(goal.observation)
             actions = self.chunk_from_trajectory(goal.actions)
             request = MotusRequest(
-                mode=Mode.WORLD_MODEL, images=images, state=self.profile.robot_to_model(state), actions=actions,
-                steps=self.steps_for(goal.steps), seed=self.seed_for(goal.seed), decode_video=True,
+                mode=Mode.WORLD_MODEL,
+                images=images,
+                state=self.profile.robot_to_model(state),
+                actions=actions,
+                steps=self.steps_for(goal.steps),
+                seed=self.seed_for(goal.seed),
+                decode_video=True,
             )
             output = self.run_request(
-                request, progress=feedback_publisher(goal_handle, PredictFuture.Feedback, started),
-                should_cancel=lambda: goal_handle.is_cancel_requested)
+                request,
+                progress=feedback_publisher(goal_handle, PredictFuture.Feedback, started),
+                should_cancel=lambda: goal_handle.is_cancel_requested,
+            )
             result.frames = self.frames_to_observations(output.frames)
             if goal.publish and self.images is not None:
                 for views in self.split_frames(output.frames):

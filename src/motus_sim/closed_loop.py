@@ -4,7 +4,8 @@ The physics waits for the model: at each replanning step the three views are ren
 demonstrations were recorded: ``top`` as the high camera, both wrists, 120x160), the checkpoint predicts a
 chunk in VLA mode, and the chunk is executed step by step (linearly upsampled to the 50 Hz control rate,
 by the policy runtime the policy node drives, `motus_model.policy.MotusPolicy`) until the next replanning
-step. So the success rate measures the model, not the CPU's speed; ``motus eval-ros`` measures the same through the ROS suite, in real time.
+step. So the success rate measures the model, not the CPU's speed; ``motus eval-ros`` measures the same through
+the ROS suite, in real time.
 
 Episode i uses the object pose of seed ``first_seed + i`` (gym_aloha's sampling). The demonstrations used
 seeds 0..49, so the default evaluation seeds start at 1000. Success is ACT's criterion (the episode's highest
@@ -24,9 +25,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -200,19 +202,29 @@ class MotusRollout:
         self.layout = CompositeLayout.from_config(self.engine.config)
         self.instruction = get_task(config.task).instruction
         # Re-plan after execute_steps: request when chunk_steps - execute_steps planned steps remain.
-        self.policy = MotusPolicy(self.engine, PolicyConfig(
-            blending=config.blending, ensemble_decay=config.ensemble_decay,
-            chunk_request_threshold=chunk_steps - self.execute_steps, steps=config.inference_steps,
-            synchronous=True,
-        ))
+        self.policy = MotusPolicy(
+            self.engine,
+            PolicyConfig(
+                blending=config.blending,
+                ensemble_decay=config.ensemble_decay,
+                chunk_request_threshold=chunk_steps - self.execute_steps,
+                steps=config.inference_steps,
+                synchronous=True,
+            ),
+        )
 
     def _imagine(self, views: dict[str, np.ndarray], state: np.ndarray, actions: np.ndarray, seed: int) -> np.ndarray:
         """The world model's frames for the chunk about to be executed."""
         from motus_model.engine import MotusRequest
 
         request = MotusRequest(
-            mode="world_model", images=views, state=state, instruction=self.instruction, actions=actions,
-            steps=self.config.inference_steps, seed=seed,
+            mode="world_model",
+            images=views,
+            state=state,
+            instruction=self.instruction,
+            actions=actions,
+            steps=self.config.inference_steps,
+            seed=seed,
         )
         return self.engine.infer(request).frames
 
@@ -226,7 +238,9 @@ class MotusRollout:
         spec = get_task(config.task)
         object_pose = spec.sample_object_pose(seed)
         environment = make_joint_environment(config.task, object_pose)
-        expert_plan = plan_joint_trajectory(config.task, object_pose, config.expert_steps) if config.expert_steps else None
+        expert_plan = (
+            plan_joint_trajectory(config.task, object_pose, config.expert_steps) if config.expert_steps else None
+        )
         observation = environment.reset().observation
         physics = environment.physics
         size = (config.image_height, config.image_width)
@@ -242,7 +256,9 @@ class MotusRollout:
             expert_drives = step < config.expert_steps
             needs_plan = not expert_drives and policy.wants_observation(step)
             compare_now = bool(pending) and pending[0][0] == step
-            views = model_views(physics, size) if needs_plan or compare_now or (record_video and step % 2 == 0) else None
+            views = (
+                model_views(physics, size) if needs_plan or compare_now or (record_video and step % 2 == 0) else None
+            )
             if compare_now:
                 _, imagined = pending.pop(0)
                 actual = compose_views(views, self.layout)
@@ -285,7 +301,12 @@ def _expert_episode(config: ClosedLoopConfig, index: int) -> tuple[EpisodeResult
     size = (config.image_height, config.image_width) if index < config.videos else None
     episode = run_expert_episode(config.task, seed, image_size=size, num_steps=config.max_steps)
     result = EpisodeResult(
-        seed, episode.success, episode.success_at_end, float(episode.rewards.max()), float(episode.rewards[-1]), episode.length
+        seed,
+        episode.success,
+        episode.success_at_end,
+        float(episode.rewards.max()),
+        float(episode.rewards[-1]),
+        episode.length,
     )
     video = None
     if size is not None:
@@ -316,7 +337,9 @@ def evaluate(config: ClosedLoopConfig, engine: Any | None = None, show_progress:
             write_video(out / f"imagined_vs_actual_{index:03d}.mp4", comparison, fps=2)
         successes = sum(e.success for e in episodes)
         progress.set_postfix(success=f"{successes}/{len(episodes)}")
-        logger.info("episode %d (seed %d): success=%s max_reward=%g", index, result.seed, result.success, result.max_reward)
+        logger.info(
+            "episode %d (seed %d): success=%s max_reward=%g", index, result.seed, result.success, result.max_reward
+        )
     results = {
         "config": asdict(config),
         "summary": summarize(episodes),
@@ -335,33 +358,63 @@ def evaluate(config: ClosedLoopConfig, engine: Any | None = None, show_progress:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = argparse.Namespace(**{f.name: f.default for f in fields(ClosedLoopConfig)})
     parser.add_argument("--checkpoint", default="", help="Motus checkpoint folder (policy motus)")
-    parser.add_argument("--policy", choices=POLICIES, default=defaults.policy, help="motus, or the scripted expert on the same seeds")
+    parser.add_argument(
+        "--policy", choices=POLICIES, default=defaults.policy, help="motus, or the scripted expert on the same seeds"
+    )
     parser.add_argument("--task", default=defaults.task, help="transfer_cube or insertion")
     parser.add_argument("--episodes", type=int, default=defaults.episodes)
-    parser.add_argument("--first-seed", type=int, default=defaults.first_seed, help="episode i uses seed first_seed + i")
+    parser.add_argument(
+        "--first-seed", type=int, default=defaults.first_seed, help="episode i uses seed first_seed + i"
+    )
     parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="control steps per episode (50 Hz)")
     parser.add_argument("--execute-steps", type=int, help="control steps executed per chunk (default: the whole chunk)")
-    parser.add_argument("--blending", choices=BLENDING_MODES, default=defaults.blending,
-                        help="how overlapping chunks combine (they overlap when --execute-steps is shorter than a chunk)")
-    parser.add_argument("--ensemble-decay", type=float, default=defaults.ensemble_decay,
-                        help="temporal-ensembling weight decay exp(-decay * age order) (ACT: 0.01)")
+    parser.add_argument(
+        "--blending",
+        choices=BLENDING_MODES,
+        default=defaults.blending,
+        help="how overlapping chunks combine (they overlap when --execute-steps is shorter than a chunk)",
+    )
+    parser.add_argument(
+        "--ensemble-decay",
+        type=float,
+        default=defaults.ensemble_decay,
+        help="temporal-ensembling weight decay exp(-decay * age order) (ACT: 0.01)",
+    )
     parser.add_argument("--inference-steps", type=int, help="Euler steps per chunk (default: the checkpoint's)")
     parser.add_argument("--videos", type=int, default=defaults.videos, help="rollout mp4s for the first N episodes")
-    parser.add_argument("--imagine", type=int, default=defaults.imagine,
-                        help="imagined-vs-actual frames for the first N episodes (a world-model request per chunk)")
+    parser.add_argument(
+        "--imagine",
+        type=int,
+        default=defaults.imagine,
+        help="imagined-vs-actual frames for the first N episodes (a world-model request per chunk)",
+    )
     parser.add_argument("--noise-seed", type=int, default=defaults.noise_seed)
-    parser.add_argument("--expert-steps", type=int, default=defaults.expert_steps,
-                        help="the scripted expert drives the first N control steps (diagnostic; default 0)")
+    parser.add_argument(
+        "--expert-steps",
+        type=int,
+        default=defaults.expert_steps,
+        help="the scripted expert drives the first N control steps (diagnostic; default 0)",
+    )
     parser.add_argument("--out", default=defaults.out, help="output folder (results.json, mp4s)")
 
 
 def run(args: argparse.Namespace) -> int:
     config = ClosedLoopConfig(
-        checkpoint=args.checkpoint, policy=args.policy, task=args.task, episodes=args.episodes,
-        first_seed=args.first_seed, max_steps=args.max_steps, execute_steps=args.execute_steps,
-        blending=args.blending, ensemble_decay=args.ensemble_decay,
-        inference_steps=args.inference_steps, videos=args.videos, imagine=args.imagine,
-        noise_seed=args.noise_seed, expert_steps=args.expert_steps, out=args.out,
+        checkpoint=args.checkpoint,
+        policy=args.policy,
+        task=args.task,
+        episodes=args.episodes,
+        first_seed=args.first_seed,
+        max_steps=args.max_steps,
+        execute_steps=args.execute_steps,
+        blending=args.blending,
+        ensemble_decay=args.ensemble_decay,
+        inference_steps=args.inference_steps,
+        videos=args.videos,
+        imagine=args.imagine,
+        noise_seed=args.noise_seed,
+        expert_steps=args.expert_steps,
+        out=args.out,
     )
     results = evaluate(config)
     print(json.dumps({"out": config.out, **results["summary"]}, indent=2))

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from motus_model.data.lerobot import LeRobotDatasetWriter
 from motus_sim.scripted_expert import (
     ARM_COLUMNS,
     CAMERA_NAMES,
@@ -36,7 +37,6 @@ from motus_sim.scripted_expert import (
     get_task,
     run_expert_episode,
 )
-from motus_model.data.lerobot import LeRobotDatasetWriter
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,9 @@ def record_demonstrations(config: DemoRecordingConfig, show_progress: bool = Tru
     appending = writer.num_episodes > 0  # a finalized dataset always holds at least one episode
     for key, shape in writer.frame_shapes.items():
         if shape[:2] != (config.image_height, config.image_width):
-            raise ValueError(f"{root} holds {shape[0]}x{shape[1]} {key} images; record with --image-size {shape[0]}x{shape[1]}")
+            raise ValueError(
+                f"{root} holds {shape[0]}x{shape[1]} {key} images; record with --image-size {shape[0]}x{shape[1]}"
+            )
     previous_records = json.loads((meta / EXPERT_EPISODES_FILE).read_text()) if appending else []
     previous_configs = json.loads((meta / GENERATION_CONFIG_FILE).read_text()) if appending else []
     if isinstance(previous_configs, dict):  # written before appending existed: one config
@@ -128,7 +130,9 @@ def record_demonstrations(config: DemoRecordingConfig, show_progress: bool = Tru
                 "episode_index": None,
             }
             if episode.success or not config.only_successful:
-                record["episode_index"] = writer.add_episode(episode.frames, episode.states, episode.actions, spec.instruction)
+                record["episode_index"] = writer.add_episode(
+                    episode.frames, episode.states, episode.actions, spec.instruction
+                )
             records.append(record)
             successes = sum(r["success"] for r in records)
             progress.set_postfix(success=f"{successes}/{len(records)}")
@@ -163,7 +167,11 @@ def _record_episode(job: tuple[DemoRecordingConfig, int]) -> ExpertEpisode:
     config, seed = job
     noise = CommandNoise(std=config.command_noise) if config.command_noise > 0 else None
     return run_expert_episode(
-        config.task, seed, image_size=(config.image_height, config.image_width), num_steps=config.num_steps, command_noise=noise
+        config.task,
+        seed,
+        image_size=(config.image_height, config.image_width),
+        num_steps=config.num_steps,
+        command_noise=noise,
     )
 
 
@@ -171,7 +179,9 @@ def _image_size(text: str) -> tuple[int, int]:
     try:
         height, width = (int(part) for part in text.lower().split("x"))
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"image size must look like HEIGHTxWIDTH (e.g. 120x160), got {text!r}") from error
+        raise argparse.ArgumentTypeError(
+            f"image size must look like HEIGHTxWIDTH (e.g. 120x160), got {text!r}"
+        ) from error
     return height, width
 
 
@@ -183,7 +193,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--task", choices=sorted(TASKS), default="transfer_cube")
     parser.add_argument("--episodes", type=int, default=50, help="expert episodes to run")
     parser.add_argument("--seed", type=int, default=0, help="episode i uses the object pose of seed + i")
-    parser.add_argument("--out", required=True, help="dataset folder to create (keep it out of git, e.g. under outputs/)")
+    parser.add_argument(
+        "--out", required=True, help="dataset folder to create (keep it out of git, e.g. under outputs/)"
+    )
     parser.add_argument("--image-size", type=_image_size, default=(120, 160), help="recorded camera HEIGHTxWIDTH")
     parser.add_argument("--only-successful", action="store_true", help="record only episodes that reach the max reward")
     parser.add_argument("--num-steps", type=int, default=None, help="steps per episode (default: the task's 400)")
@@ -191,7 +203,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--command-noise",
         type=float,
         default=0.0,
-        help="DART: std (rad) of a smooth offset added to the replayed arm commands; the recorded actions stay the plan",
+        help="DART: std (rad) of a smooth offset added to the replayed arm commands; "
+        "the recorded actions stay the plan",
     )
     parser.add_argument("--append", action="store_true", help="add the episodes to the dataset already at --out")
     parser.add_argument("--workers", type=int, default=1, help="episodes rendered in parallel processes")
@@ -223,7 +236,8 @@ def run(args: argparse.Namespace) -> int:
     summary = record_demonstrations(config)
     print(
         f"{summary['task']}: expert success {summary['successes']}/{summary['episodes_run']} "
-        f"({100 * summary['success_rate']:.0f}%; {summary['successes_at_end']} still done at the end), recorded {summary['episodes_recorded']} episodes to {summary['out']} "
+        f"({100 * summary['success_rate']:.0f}%; {summary['successes_at_end']} still done at the end), "
+        f"recorded {summary['episodes_recorded']} episodes to {summary['out']} "
         f"(now {summary['dataset_episodes']}) "
         f"in {summary['seconds']:.0f} s ({summary['seconds_per_episode']:.1f} s/episode)"
     )

@@ -31,8 +31,8 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import logging  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from typing import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 from dm_control import mujoco  # noqa: E402
@@ -301,7 +301,11 @@ def grasp_waypoints(
     tips = np.array([object_xy[0], object_xy[1], tip_height]) + GRASP_DEPTH * reach
     above = fingertips_to_mocap(tips + [0, 0, 0.08], quat, tool_offset)
     down = fingertips_to_mocap(tips, quat, tool_offset)
-    return [Waypoint(steps[0], above, quat, 1.0), Waypoint(steps[1], down, quat, 1.0), Waypoint(steps[2], down, quat, 0.0)]
+    return [
+        Waypoint(steps[0], above, quat, 1.0),
+        Waypoint(steps[1], down, quat, 1.0),
+        Waypoint(steps[2], down, quat, 0.0),
+    ]
 
 
 def plan_transfer_cube(
@@ -399,7 +403,12 @@ def plan_insertion(
         Waypoint(0, right_start[:3], right_start[3:], 0.0),
         # above the peg, open; down around it; close
         *grasp_waypoints(
-            peg_xyz[:2], right_pick_quat, TOOL_OFFSET_RIGHT, RIGHT_BASE_XY, steps=(120, 170, 220), tip_height=PEG_TIP_HEIGHT
+            peg_xyz[:2],
+            right_pick_quat,
+            TOOL_OFFSET_RIGHT,
+            RIGHT_BASE_XY,
+            steps=(120, 170, 220),
+            tip_height=PEG_TIP_HEIGHT,
         ),
         Waypoint(CARRY_END_STEP, right_ready, right_quat, 0.0),  # bring the peg near the socket's open end
         Waypoint(400, right_ready, right_quat, 0.0),  # from INSERTION_SERVO_STEP on the servo steers the peg
@@ -488,7 +497,9 @@ class ScriptedPolicy:
     def __init__(self, task: str, object_pose: np.ndarray, left_start: np.ndarray, right_start: np.ndarray) -> None:
         get_task(task)
         self.task = task
-        self.left_plan, self.right_plan = _PLANNERS[task](np.asarray(object_pose), np.asarray(left_start), np.asarray(right_start))
+        self.left_plan, self.right_plan = _PLANNERS[task](
+            np.asarray(object_pose), np.asarray(left_start), np.asarray(right_start)
+        )
         self._handover_servo: HandoverServo | None = None
         self._insertion_servo: InsertionServo | None = None
 
@@ -620,7 +631,9 @@ def _make_environment(xml: str, task_class: type[base.Task], object_pose: np.nda
     task = task_class()
     task.object_pose = np.asarray(object_pose, dtype=np.float64)
     # Same construction as gym_aloha's AlohaEnv: 50 Hz control, time limit handled by the caller.
-    return control.Environment(physics, task, float("inf"), control_timestep=DT, n_sub_steps=None, flat_observation=False)
+    return control.Environment(
+        physics, task, float("inf"), control_timestep=DT, n_sub_steps=None, flat_observation=False
+    )
 
 
 def make_end_effector_environment(task: str, object_pose: np.ndarray) -> control.Environment:
@@ -630,7 +643,8 @@ def make_end_effector_environment(task: str, object_pose: np.ndarray) -> control
 
 
 def make_joint_environment(task: str, object_pose: np.ndarray) -> control.Environment:
-    """The joint-space scene of ``task`` (the one AlohaTransferCube-v0 / AlohaInsertion-v0 use) that resets to ``object_pose``."""
+    """The joint-space scene of ``task`` (the one AlohaTransferCube-v0 / AlohaInsertion-v0 use) that resets to
+    ``object_pose``."""
     spec = get_task(task)
     return _make_environment(spec.joint_xml, _JOINT_TASKS[task], object_pose)
 
@@ -677,7 +691,9 @@ def plan_joint_trajectory(task: str, object_pose: np.ndarray, num_steps: int | N
     observation = first
     physics = environment.physics
     for step in range(num_steps):
-        policy.observe(step, observation["env_state"], fingertip_midpoint(physics, "left"), fingertip_midpoint(physics, "right"))
+        policy.observe(
+            step, observation["env_state"], fingertip_midpoint(physics, "left"), fingertip_midpoint(physics, "right")
+        )
         # A weak spring pulling forearm roll and wrist rotate towards 0. When the wrist angle passes
         # through 0 these two joints are coaxial, the weld cannot tell them apart, and they drift to
         # +-2 rad in opposite directions, then unwind mid-carry and swing the held object. The spring
@@ -787,7 +803,9 @@ class ExpertEpisode:
         return int(self.states.shape[0])
 
 
-def render_views(physics: mujoco.Physics, image_size: tuple[int, int], camera_keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+def render_views(
+    physics: mujoco.Physics, image_size: tuple[int, int], camera_keys: tuple[str, ...]
+) -> dict[str, np.ndarray]:
     """Render the named ALOHA views: camera key -> uint8 [H, W, 3]."""
     height, width = image_size
     return {key: physics.render(height=height, width=width, camera_id=CAMERA_NAMES[key]) for key in camera_keys}
@@ -854,7 +872,9 @@ def run_expert_episode(
     offsets = np.zeros_like(joint_targets)
     if command_noise is not None:
         offsets = command_noise.sample(joint_targets, np.random.default_rng([seed, _COMMAND_NOISE_STREAM]))
-    states, rewards, frames = replay_joint_trajectory(task, object_pose, joint_targets + offsets, image_size, camera_keys)
+    states, rewards, frames = replay_joint_trajectory(
+        task, object_pose, joint_targets + offsets, image_size, camera_keys
+    )
     return ExpertEpisode(
         task=task,
         seed=seed,

@@ -1,4 +1,5 @@
 """ChunkBlender: ACT temporal ensembling weights, replace mode, inference-delay accounting, remaining()."""
+
 import numpy as np
 import pytest
 

@@ -23,8 +23,21 @@ def bench_gpu():
 
 
 def run(bench_gpu, capsys, *extra: str) -> dict:
-    argv = ["--preset", "motus-tiny", "--memory-preset", "motus-tiny", "--device", "cpu", "--steps", "2",
-            "--repeats", "1", "--warmup", "0", *extra]
+    argv = [
+        "--preset",
+        "motus-tiny",
+        "--memory-preset",
+        "motus-tiny",
+        "--device",
+        "cpu",
+        "--steps",
+        "2",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        *extra,
+    ]
     assert bench_gpu.main(argv) == 0
     return json.loads(capsys.readouterr().out)
 

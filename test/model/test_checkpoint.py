@@ -19,8 +19,10 @@ from motus_model.checkpoint import (
 from motus_model.config import MotusConfig
 from motus_model.modeling_motus import MotusModel
 
-STATS = {"action": {"mean": [0.1] * 14, "std": [2.0] * 14, "min": [-1.0] * 14, "max": [1.0] * 14},
-         "state": {"mean": [0.0] * 14, "std": [1.0] * 14}}
+STATS = {
+    "action": {"mean": [0.1] * 14, "std": [2.0] * 14, "min": [-1.0] * 14, "max": [1.0] * 14},
+    "state": {"mean": [0.0] * 14, "std": [1.0] * 14},
+}
 
 
 def random_model(seed: int = 0, config: MotusConfig | None = None) -> MotusModel:
@@ -63,8 +65,15 @@ def test_bf16_load_keeps_modulation_in_fp32(tmp_path):
     reference, _ = load_pretrained(tmp_path / "ckpt")
     config = reference.config
     frames, height, width = config.latent_grid()
-    inputs = (torch.randn(1, 48, frames, height, width), torch.tensor([0.5]), torch.randn(1, 4, 14), torch.tensor([0.5]),
-              torch.randn(1, 14), torch.randn(1, 3, config.video.text_dim), torch.randn(1, 3, config.understanding.vlm_dim))
+    inputs = (
+        torch.randn(1, 48, frames, height, width),
+        torch.tensor([0.5]),
+        torch.randn(1, 4, 14),
+        torch.tensor([0.5]),
+        torch.randn(1, 14),
+        torch.randn(1, 3, config.video.text_dim),
+        torch.randn(1, 3, config.understanding.vlm_dim),
+    )
     with torch.no_grad():
         full = reference.forward_uncached(*inputs)
         half = loaded.forward_uncached(*inputs)
@@ -99,7 +108,9 @@ def test_unexpected_key_is_named(tmp_path):
 @pytest.mark.timeout(240)
 def test_mis_shaped_key_is_named(tmp_path):
     path = _corrupt(tmp_path, lambda t: t.update({"video.head.modulation": torch.zeros(1, 3, 32)}))
-    with pytest.raises(CheckpointError, match=r"mis-shaped \(1\): video.head.modulation \(expected \(1, 2, 32\), got \(1, 3, 32\)\)"):
+    with pytest.raises(
+        CheckpointError, match=r"mis-shaped \(1\): video.head.modulation \(expected \(1, 2, 32\), got \(1, 3, 32\)\)"
+    ):
         load_pretrained(path)
 
 
@@ -112,8 +123,11 @@ def test_non_finite_weights_are_refused_at_load(tmp_path):
         tensors["action_expert.blocks.0.o.weight"][0, 0] = float("nan")
 
     path = _corrupt(tmp_path, poison)
-    with pytest.raises(CheckpointError, match=r"model.safetensors: 1 tensor\(s\) hold NaN or Inf "
-                                              r"\(action_expert.blocks.0.o.weight\).*re-export"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"model.safetensors: 1 tensor\(s\) hold NaN or Inf "
+        r"\(action_expert.blocks.0.o.weight\).*re-export",
+    ):
         MotusModel.from_pretrained(path)
 
 
@@ -290,7 +304,9 @@ def test_reference_checkpoint_loads_from_the_reference_module_layout(tmp_path):
     # Every reference parameter lands in exactly one of ours (the counts match, the values are distinct).
     assert len(ours) == sum(1 for _ in reference.parameters())
     assert vlm.keys() == vlm_state.keys()
-    assert torch.equal(vlm["model.language_model.embed_tokens.weight"], vlm_state["model.language_model.embed_tokens.weight"])
+    assert torch.equal(
+        vlm["model.language_model.embed_tokens.weight"], vlm_state["model.language_model.embed_tokens.weight"]
+    )
 
 
 def test_reference_key_map_uses_the_reference_module_names():
@@ -342,10 +358,17 @@ def _tiny_diffusers_wan(config: MotusConfig):
     video = config.video
     torch.manual_seed(4)
     wan = WanTransformer3DModel(
-        patch_size=video.patch_size, num_attention_heads=video.num_heads, attention_head_dim=video.head_dim,
-        in_channels=video.latent_channels, out_channels=video.latent_channels, text_dim=video.text_dim,
-        freq_dim=video.freq_dim, ffn_dim=video.ffn_dim, num_layers=config.num_layers,
-        cross_attn_norm=video.cross_attn_norm, eps=video.eps,
+        patch_size=video.patch_size,
+        num_attention_heads=video.num_heads,
+        attention_head_dim=video.head_dim,
+        in_channels=video.latent_channels,
+        out_channels=video.latent_channels,
+        text_dim=video.text_dim,
+        freq_dim=video.freq_dim,
+        ffn_dim=video.ffn_dim,
+        num_layers=config.num_layers,
+        cross_attn_norm=video.cross_attn_norm,
+        eps=video.eps,
     )
     with torch.no_grad():  # diffusers zero-inits nothing relevant, but make sure no tensor is trivially equal
         for p in wan.parameters():

@@ -50,8 +50,14 @@ def test_heads_times_head_dim_must_equal_dim():
 
 def test_pixel_patch_channel_count_is_checked():
     with pytest.raises(ValueError, match="pixel_patch latents have"):
-        VideoLatentConfig(kind="pixel_patch", channels=47, spatial_compression=4, temporal_compression=1,
-                          image_height=32, image_width=32)
+        VideoLatentConfig(
+            kind="pixel_patch",
+            channels=47,
+            spatial_compression=4,
+            temporal_compression=1,
+            image_height=32,
+            image_width=32,
+        )
 
 
 def test_latent_grid_follows_causal_first_frame():

@@ -1,5 +1,6 @@
 """The robot-profile schema (motus_model.embodiment, no ROS): every shipped profile loads and validates, bad profiles
 fail loudly, grippers map both ways, unknown names list the folders searched."""
+
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ def load_profile(name_or_path, search_dirs=(CONFIG_ROBOTS,)) -> RobotProfile:
 def available_profiles() -> list[str]:
     return embodiment.available_profiles([CONFIG_ROBOTS])
 
+
 SHIPPED = ["aloha_sim", "interbotix_aloha", "agilex_aloha2", "ac_one"]
 
 
@@ -45,8 +47,15 @@ def test_real_robot_values_match_the_conventions():
     assert interbotix.cameras[0].topic == "/cam_high/camera/color/image_rect_raw"
     assert interbotix.joint_state_topics == ["/follower_left/joint_states", "/follower_right/joint_states"]
     assert interbotix.command_topics == ["/follower_left/commands/joint_group", "/follower_right/commands/joint_group"]
-    assert interbotix.command_joint_names[0] == ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle",
-                                                 "wrist_rotate", "gripper"]
+    assert interbotix.command_joint_names[0] == [
+        "waist",
+        "shoulder",
+        "elbow",
+        "forearm_roll",
+        "wrist_angle",
+        "wrist_rotate",
+        "gripper",
+    ]
     agilex = load_profile("agilex_aloha2")
     assert agilex.command_interface == "joint_state_per_arm" and agilex.control_rate_hz == 30
     assert agilex.command_topics == ["/joint_left_states", "/joint_right_states"]
@@ -71,8 +80,13 @@ def test_gripper_mapping_round_trips_and_is_open_one_closed_zero():
 def test_to_dict_is_plain_data_and_round_trips(tmp_path: Path):
     profile = load_profile("agilex_aloha2")
     data = profile.to_dict()
-    assert data["cameras"][0] == {"role": "high", "topic": "/camera_f/color/image_raw", "encoding": "rgb8",
-                                  "height": 480, "width": 640}
+    assert data["cameras"][0] == {
+        "role": "high",
+        "topic": "/camera_f/color/image_raw",
+        "encoding": "rgb8",
+        "height": 480,
+        "width": 640,
+    }
     assert data["command_topics"] == ["/joint_left_states", "/joint_right_states"]
     assert data["joint_state_topics"] == ["/puppet/joint_left", "/puppet/joint_right"]
     path = tmp_path / "copy.yaml"

@@ -49,9 +49,13 @@ def views(seed: int) -> dict[str, np.ndarray]:
 
 def make_request(engine: MotusEngine, mode: Mode, seed: int = 0, **overrides) -> MotusRequest:
     config = engine.config
-    fields = dict(mode=mode, images=views(seed), state=np.linspace(-1, 1, config.action.state_dim), instruction="pick", seed=seed)
+    fields = dict(
+        mode=mode, images=views(seed), state=np.linspace(-1, 1, config.action.state_dim), instruction="pick", seed=seed
+    )
     if mode is Mode.WORLD_MODEL:
-        fields["actions"] = np.random.default_rng(seed).normal(size=(config.temporal.action_chunk, config.action.action_dim))
+        fields["actions"] = np.random.default_rng(seed).normal(
+            size=(config.temporal.action_chunk, config.action.action_dim)
+        )
     if mode is Mode.IDM:
         fields["future_frames"] = [views(seed + 100 + i) for i in range(config.temporal.num_video_frames)]
     fields.update(overrides)
@@ -78,8 +82,11 @@ def test_all_five_modes_return_well_formed_results(engine):
     chunk_shape = (config.temporal.action_chunk, config.action.action_dim)
     frames_shape = (config.temporal.num_video_frames, config.latents.image_height, config.latents.image_width, 3)
     expect = {  # mode -> (has actions, has frames)
-        Mode.VLA: (True, False), Mode.WORLD_MODEL: (False, True), Mode.IDM: (True, False),
-        Mode.VIDEO_GENERATION: (False, True), Mode.JOINT: (True, True),
+        Mode.VLA: (True, False),
+        Mode.WORLD_MODEL: (False, True),
+        Mode.IDM: (True, False),
+        Mode.VIDEO_GENERATION: (False, True),
+        Mode.JOINT: (True, True),
     }
     for mode, (has_actions, has_frames) in expect.items():
         result = engine.infer(make_request(engine, mode, seed=1), timeout=60)
@@ -121,7 +128,9 @@ def test_every_input_changes_the_output(engine):
     moved = engine.infer(
         make_request(engine, Mode.WORLD_MODEL, seed=40, steps=2, actions=np.full(chunk, 3.0)), timeout=60
     )
-    assert np.abs(world.frames.astype(int) - moved.frames.astype(int)).max() > 0, "given actions do not change the video"
+    assert np.abs(world.frames.astype(int) - moved.frames.astype(int)).max() > 0, (
+        "given actions do not change the video"
+    )
 
 
 def test_single_request_matches_flow_matching_sample(engine):
@@ -138,7 +147,12 @@ def test_single_request_matches_flow_matching_sample(engine):
         cond_latent = engine.codec.encode(image_to_tensor(composite)[None, None])
         state = torch.as_tensor(request.state, dtype=torch.float32)[None]
         video, actions = sample(
-            engine.model, conditioning, cond_latent, state, Mode.JOINT, steps=3,
+            engine.model,
+            conditioning,
+            cond_latent,
+            state,
+            Mode.JOINT,
+            steps=3,
             generator=torch.Generator().manual_seed(7),
         )
     np.testing.assert_allclose(result.actions, actions[0].numpy(), atol=1e-5)
@@ -262,7 +276,9 @@ def test_cancelling_one_batched_request_leaves_the_others(engine):
         holder["future"].result(timeout=60)
     kept = keep.result(timeout=60)
     assert kept.batch_size == 1  # the batch shrank to the kept request
-    alone = engine.infer(make_request(engine, Mode.VLA, seed=21, steps=3, instruction="go", state=np.zeros(14)), timeout=60)
+    alone = engine.infer(
+        make_request(engine, Mode.VLA, seed=21, steps=3, instruction="go", state=np.zeros(14)), timeout=60
+    )
     np.testing.assert_allclose(kept.actions, alone.actions, atol=1e-4)
 
 
@@ -314,8 +330,9 @@ def test_concurrent_submitters(engine):
 
     def request(index: int) -> MotusRequest:  # each client its own instruction, images, state and seed
         state = np.linspace(-1, 1, engine.config.action.state_dim) * (index + 1) / 4
-        return make_request(engine, Mode.VLA, seed=30 + index, steps=2, instruction=["a", "go", "b c", "up"][index],
-                            state=state)
+        return make_request(
+            engine, Mode.VLA, seed=30 + index, steps=2, instruction=["a", "go", "b c", "up"][index], state=state
+        )
 
     def client(index: int) -> None:
         results[index] = engine.infer(request(index), timeout=60)
@@ -355,7 +372,9 @@ def test_save_and_load_pretrained_folder(engine, tmp_path):
         "action": {"mean": np.linspace(-1, 1, dim).tolist(), "std": np.linspace(0.5, 2, dim).tolist()},
         "state": {"mean": np.zeros(dim).tolist(), "std": np.full(dim, 2.0).tolist()},
     }
-    original = MotusEngine(engine.model, engine.codec, Normalizer(stats, mode="mean_std"), engine.text.encoder, engine.vlm)
+    original = MotusEngine(
+        engine.model, engine.codec, Normalizer(stats, mode="mean_std"), engine.text.encoder, engine.vlm
+    )
     try:
         original.save_pretrained(tmp_path / "ckpt")
         for name in ("config.json", "model.safetensors", "stats.json", "text_encoder/config.json", "vlm/config.json"):
@@ -379,7 +398,9 @@ def test_save_and_load_pretrained_folder(engine, tmp_path):
         original.close()
     # A policy checkpoint without its normalisation stats is refused, not served in raw units.
     (tmp_path / "ckpt" / "stats.json").rename(tmp_path / "stats.json")
-    with pytest.raises(FileNotFoundError, match="stats.json is missing: a policy checkpoint needs its normalisation stats"):
+    with pytest.raises(
+        FileNotFoundError, match="stats.json is missing: a policy checkpoint needs its normalisation stats"
+    ):
         MotusEngine.from_pretrained(tmp_path / "ckpt")
     (tmp_path / "stats.json").rename(tmp_path / "ckpt" / "stats.json")
     with pytest.raises(FileNotFoundError, match="no VLM"):

@@ -34,7 +34,9 @@ def make_batch(config: MotusConfig, batch_size: int = 2, seed: int = 0) -> dict:
     generator = torch.Generator().manual_seed(seed)
     frames, height, width = config.latent_grid()
     return {
-        "video_latents": torch.randn(batch_size, config.video.latent_channels, frames, height, width, generator=generator),
+        "video_latents": torch.randn(
+            batch_size, config.video.latent_channels, frames, height, width, generator=generator
+        ),
         "actions": torch.randn(batch_size, config.temporal.action_chunk, config.action.action_dim, generator=generator),
         "state": torch.randn(batch_size, config.action.state_dim, generator=generator) if config.uses_state else None,
         "text_context": torch.randn(batch_size, 5, config.video.text_dim, generator=generator),
@@ -87,8 +89,9 @@ def test_loss_excludes_the_conditioning_frame():
     noisy[:, :, 0] = x0[:, :, 0]
     noisy_actions = (1 - action_sigma.view(-1, 1, 1)) * a0 + action_sigma.view(-1, 1, 1) * action_noise
     with torch.no_grad():
-        video_pred, action_pred = model.forward_uncached(noisy, video_sigma, noisy_actions, action_sigma, batch["state"],
-                                                         batch["text_context"], batch["vlm_hidden"])
+        video_pred, action_pred = model.forward_uncached(
+            noisy, video_sigma, noisy_actions, action_sigma, batch["state"], batch["text_context"], batch["vlm_hidden"]
+        )
     future_only = F.mse_loss(video_pred[:, :, 1:], (video_noise - x0)[:, :, 1:])
     all_frames = F.mse_loss(video_pred, video_noise - x0)
     assert metrics["video"] == pytest.approx(float(future_only), rel=1e-5)
@@ -150,9 +153,20 @@ def test_each_mode_holds_given_and_marginalised_parts(mode):
     given_video = batch["video_latents"][:, :, 1:]
     given_actions = batch["actions"]
     calls = []
-    handle = model.register_forward_pre_hook(lambda module, args: calls.append([a.clone() if torch.is_tensor(a) else a for a in args]))
-    video, actions = sample(model, conditioning, cond_latent, batch["state"], mode, steps=3,
-                            generator=torch.Generator().manual_seed(0), given_video=given_video, given_actions=given_actions)
+    handle = model.register_forward_pre_hook(
+        lambda module, args: calls.append([a.clone() if torch.is_tensor(a) else a for a in args])
+    )
+    video, actions = sample(
+        model,
+        conditioning,
+        cond_latent,
+        batch["state"],
+        mode,
+        steps=3,
+        generator=torch.Generator().manual_seed(0),
+        given_video=given_video,
+        given_actions=given_actions,
+    )
     handle.remove()
     assert len(calls) == 3
     for video_in, video_sigma, actions_in, action_sigma, *_ in calls:
@@ -182,8 +196,15 @@ def test_each_mode_holds_given_and_marginalised_parts(mode):
 def test_sampler_is_deterministic_with_a_seed():
     model = tiny_model()
     batch, conditioning, cond_latent = _sampling_inputs(model)
-    run = lambda seed: sample(model, conditioning, cond_latent, batch["state"], Mode.JOINT, steps=2,
-                              generator=torch.Generator().manual_seed(seed))
+    run = lambda seed: sample(
+        model,
+        conditioning,
+        cond_latent,
+        batch["state"],
+        Mode.JOINT,
+        steps=2,
+        generator=torch.Generator().manual_seed(seed),
+    )
     first, second, other = run(5), run(5), run(6)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
     assert not torch.allclose(first[1], other[1])
@@ -194,16 +215,32 @@ def test_progress_and_cancellation_between_steps():
     model = tiny_model()
     batch, conditioning, cond_latent = _sampling_inputs(model)
     reported = []
-    sample(model, conditioning, cond_latent, batch["state"], "vla", steps=4, sigmas="shifted",
-           progress=lambda step, total: reported.append((step, total)))
+    sample(
+        model,
+        conditioning,
+        cond_latent,
+        batch["state"],
+        "vla",
+        steps=4,
+        sigmas="shifted",
+        progress=lambda step, total: reported.append((step, total)),
+    )
     assert reported == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
     calls = []
     handle = model.register_forward_pre_hook(lambda module, args: calls.append(1))
     reported.clear()
     with pytest.raises(SamplingCancelled, match="before step 3 of 4"):
-        sample(model, conditioning, cond_latent, batch["state"], Mode.VLA, steps=4,
-               progress=lambda step, total: reported.append(step), should_cancel=lambda: len(reported) >= 2)
+        sample(
+            model,
+            conditioning,
+            cond_latent,
+            batch["state"],
+            Mode.VLA,
+            steps=4,
+            progress=lambda step, total: reported.append(step),
+            should_cancel=lambda: len(reported) >= 2,
+        )
     handle.remove()
     assert len(calls) == 2
 
@@ -235,8 +272,8 @@ def test_per_sample_generators_give_each_sample_its_own_noise():
     seeds = [4, 9, 4]
     batched = initial_latents(config, Mode.JOINT, cond_latent, [torch.Generator().manual_seed(s) for s in seeds])
     for row, seed in enumerate(seeds):
-        alone = initial_latents(config, Mode.JOINT, cond_latent[row:row + 1], torch.Generator().manual_seed(seed))
-        assert torch.equal(batched[0][row:row + 1], alone[0]) and torch.equal(batched[1][row:row + 1], alone[1])
+        alone = initial_latents(config, Mode.JOINT, cond_latent[row : row + 1], torch.Generator().manual_seed(seed))
+        assert torch.equal(batched[0][row : row + 1], alone[0]) and torch.equal(batched[1][row : row + 1], alone[1])
     assert batched[0].shape == (3, config.video.latent_channels, frames, height, width)
     assert torch.equal(batched[0][:, :, :1], cond_latent)
     assert not torch.equal(batched[1][0], batched[1][1]) and torch.equal(batched[1][0], batched[1][2])
@@ -253,10 +290,10 @@ def test_treatment_sigma_and_one_euler_step():
     batch, conditioning, cond_latent = _sampling_inputs(model)
     video, actions = initial_latents(model.config, Mode.VLA, cond_latent, torch.Generator().manual_seed(1))
     with torch.no_grad():
-        _, action_velocity = model(
-            video, torch.ones(2), actions, torch.full((2,), 0.75), batch["state"], conditioning
+        _, action_velocity = model(video, torch.ones(2), actions, torch.full((2,), 0.75), batch["state"], conditioning)
+        new_video, new_actions = euler_step(
+            model, Mode.VLA, video, actions, 0.75, 0.5, batch["state"], conditioning, cond_latent
         )
-        new_video, new_actions = euler_step(model, Mode.VLA, video, actions, 0.75, 0.5, batch["state"], conditioning, cond_latent)
     assert torch.equal(new_video, video)  # VLA marginalises the video: never updated
     torch.testing.assert_close(new_actions, actions - 0.25 * action_velocity)
     assert not torch.equal(new_actions, actions)  # the step did move the actions
@@ -266,12 +303,24 @@ def test_treatment_sigma_and_one_euler_step():
 def test_sample_with_per_sample_generators_equals_each_sample_alone():
     model = tiny_model()
     batch, conditioning, cond_latent = _sampling_inputs(model)
-    video, actions = sample(model, conditioning, cond_latent, batch["state"], Mode.JOINT, steps=2,
-                            generator=[torch.Generator().manual_seed(seed) for seed in (3, 8)])
+    video, actions = sample(
+        model,
+        conditioning,
+        cond_latent,
+        batch["state"],
+        Mode.JOINT,
+        steps=2,
+        generator=[torch.Generator().manual_seed(seed) for seed in (3, 8)],
+    )
     for row, seed in enumerate((3, 8)):
         alone_video, alone_actions = sample(
-            model, conditioning.index([row]), cond_latent[row:row + 1], batch["state"][row:row + 1], Mode.JOINT, steps=2,
+            model,
+            conditioning.index([row]),
+            cond_latent[row : row + 1],
+            batch["state"][row : row + 1],
+            Mode.JOINT,
+            steps=2,
             generator=torch.Generator().manual_seed(seed),
         )
-        torch.testing.assert_close(video[row:row + 1], alone_video, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(actions[row:row + 1], alone_actions, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(video[row : row + 1], alone_video, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(actions[row : row + 1], alone_actions, atol=1e-5, rtol=1e-5)

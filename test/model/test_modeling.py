@@ -115,7 +115,9 @@ def test_rope_follows_each_input_grid(model):
     with torch.no_grad():
         batched = model.forward_uncached(latents, vs, actions, as_, state, text, vlm)
         for index in range(2):
-            alone = model.forward_uncached(*(x[index : index + 1] for x in (latents, vs, actions, as_, state, text, vlm)))
+            alone = model.forward_uncached(
+                *(x[index : index + 1] for x in (latents, vs, actions, as_, state, text, vlm))
+            )
             torch.testing.assert_close(batched[0][index : index + 1], alone[0], atol=ATOL, rtol=0)
             torch.testing.assert_close(batched[1][index : index + 1], alone[1], atol=ATOL, rtol=0)
     assert batched[0].shape[2:] == (2, 6, 4)
@@ -134,9 +136,18 @@ def test_conditioning_cat_index_repeat(model):
         alone = model(latents[:1], vs[:1], actions[:1], as_[:1], state[:1], first)
         torch.testing.assert_close(batched[1][:1], alone[1], atol=ATOL, rtol=0)
         picked = joined.index([1])
-        torch.testing.assert_close(model(latents[1:], vs[1:], actions[1:], as_[1:], state[1:], picked)[1], batched[1][1:], atol=ATOL, rtol=0)
+        torch.testing.assert_close(
+            model(latents[1:], vs[1:], actions[1:], as_[1:], state[1:], picked)[1], batched[1][1:], atol=ATOL, rtol=0
+        )
         repeated = first.repeat(2)
-        out = model(latents[:1].repeat(2, 1, 1, 1, 1), vs[:1].repeat(2), actions[:1].repeat(2, 1, 1), as_[:1].repeat(2), state[:1].repeat(2, 1), repeated)
+        out = model(
+            latents[:1].repeat(2, 1, 1, 1, 1),
+            vs[:1].repeat(2),
+            actions[:1].repeat(2, 1, 1),
+            as_[:1].repeat(2),
+            state[:1].repeat(2, 1),
+            repeated,
+        )
         torch.testing.assert_close(out[1][1:], alone[1], atol=ATOL, rtol=0)
 
 
@@ -182,8 +193,19 @@ def test_gradients_reach_exactly_the_live_parameters_finetune():
     dead = set(model.dead_parameter_names())
     # Dead = the last understanding layer's query norm, o-proj, norm2 and FFN (no head reads that stream).
     last = f"und_expert.blocks.{config.num_layers - 1}."
-    assert dead == {last + s for s in ("attn.norm_q.weight", "o.weight", "norm2.weight", "norm2.bias",
-                                       "ffn.0.weight", "ffn.0.bias", "ffn.2.weight", "ffn.2.bias")}
+    assert dead == {
+        last + s
+        for s in (
+            "attn.norm_q.weight",
+            "o.weight",
+            "norm2.weight",
+            "norm2.bias",
+            "ffn.0.weight",
+            "ffn.0.bias",
+            "ffn.2.weight",
+            "ffn.2.bias",
+        )
+    }
     for name, grad in grads.items():
         if name in dead:
             assert grad is None, f"{name} should not receive a gradient"
@@ -216,7 +238,9 @@ def test_bad_inputs_raise_clear_errors(model):
     with pytest.raises(ValueError, match="text_context must be"):
         model.forward_uncached(latents, vs, actions, as_, state, text[..., :3], vlm)
     with pytest.raises(ValueError, match="no real tokens"):
-        model.forward_uncached(latents, vs, actions, as_, state, text, vlm, text_mask=torch.zeros(1, 6, dtype=torch.bool))
+        model.forward_uncached(
+            latents, vs, actions, as_, state, text, vlm, text_mask=torch.zeros(1, 6, dtype=torch.bool)
+        )
 
 
 @pytest.mark.timeout(240)

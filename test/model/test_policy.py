@@ -67,8 +67,11 @@ def per_step(index: int, state_robot: float) -> list[float]:
 
 def test_synchronous_chunk_starts_at_the_observed_step_with_mirrored_transforms():
     engine = HandEngine(immediate=True)
-    policy = MotusPolicy(engine, PolicyConfig(blending="replace", chunk_request_threshold=0, synchronous=True, seed=7),
-                         transforms=AffineTransforms())
+    policy = MotusPolicy(
+        engine,
+        PolicyConfig(blending="replace", chunk_request_threshold=0, synchronous=True, seed=7),
+        transforms=AffineTransforms(),
+    )
     policy.reset("pick", seed=100)
     state = np.full(D, 5.0)
     assert policy.wants_observation(0)
@@ -102,7 +105,9 @@ def test_threshold_replans_before_the_chunk_ends():
 
 def test_asynchronous_late_chunk_drops_the_steps_already_passed_and_holds_until_it_arrives():
     engine = HandEngine()
-    policy = MotusPolicy(engine, PolicyConfig(blending="replace", chunk_request_threshold=2), transforms=AffineTransforms())
+    policy = MotusPolicy(
+        engine, PolicyConfig(blending="replace", chunk_request_threshold=2), transforms=AffineTransforms()
+    )
     policy.reset("x")
     assert policy.observe(10, {}, np.full(D, 3.0))
     assert not policy.observe(11, {}, np.full(D, 3.0))  # one request in flight at a time

@@ -76,7 +76,9 @@ def test_build_codec_from_config():
     config = MotusConfig.preset("motus-small")
     codec = build_codec(config)
     assert isinstance(codec, PixelPatchCodec) and codec.latent_channels == config.latents.channels == 192
-    frames = torch.zeros(1, config.temporal.num_pixel_frames, 3, config.latents.image_height, config.latents.image_width)
+    frames = torch.zeros(
+        1, config.temporal.num_pixel_frames, 3, config.latents.image_height, config.latents.image_width
+    )
     assert codec.encode(frames).shape[2:] == config.latent_grid()
     with pytest.raises(ValueError, match="needs a VAE folder path"):
         build_codec(MotusConfig.preset("motus-small-wan-vae"))

@@ -1,4 +1,5 @@
 """Fixtures for tests that use the real middleware (rclpy over loopback)."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Small helpers shared by the ROS tests: spinning until a condition, stand-in sensor drivers, server processes."""
+
 from __future__ import annotations
 
 import os
@@ -42,9 +43,16 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVER_PARAMS = ROOT / "config" / "motus_server.yaml"
 # Test settings on top of config/motus_server.yaml, written as a second params file (see server_command).
 TEST_PARAMETERS = {
-    "profile": "aloha_sim", "preset": "motus-tiny", "default_steps": 2, "request_timeout_s": 60.0,
-    "max_age_s": 1.0, "max_skew_s": 0.5, "stamp_source": "receive", "max_instruction_chars": 64,
-    "chunk_request_threshold": 4, "replay_fps": 10.0,
+    "profile": "aloha_sim",
+    "preset": "motus-tiny",
+    "default_steps": 2,
+    "request_timeout_s": 60.0,
+    "max_age_s": 1.0,
+    "max_skew_s": 0.5,
+    "stamp_source": "receive",
+    "max_instruction_chars": 64,
+    "chunk_request_threshold": 4,
+    "replay_fps": 10.0,
     # FakeSensors publish joint states at 15 Hz, not at the 50 Hz control rate the default bound (3 control
     # periods) assumes; the driver-loss test (test_faults.py) runs the simulator with the default.
     "joint_state_max_age_periods": 50.0,
@@ -85,9 +93,12 @@ class FakeSensors:
         self.position = np.clip(np.zeros(len(profile.joint_names)), profile.lower_limits, profile.upper_limits)
         self.step = 0
         self.image_publishers = {
-            camera.role: node.create_publisher(Image, camera.topic, qos_profile_sensor_data) for camera in profile.cameras
+            camera.role: node.create_publisher(Image, camera.topic, qos_profile_sensor_data)
+            for camera in profile.cameras
         }
-        self.joint_publishers = [node.create_publisher(JointState, topic, qos_profile_sensor_data) for topic in profile.joint_state_topics]
+        self.joint_publishers = [
+            node.create_publisher(JointState, topic, qos_profile_sensor_data) for topic in profile.joint_state_topics
+        ]
         self.timer = node.create_timer(1.0 / rate_hz, self.publish)
 
     def reset(self) -> None:
@@ -104,12 +115,14 @@ class FakeSensors:
                 continue
             height, width = self.size.get(camera.role, (camera.height, camera.width))
             frame = camera_frame(camera.role, height, width, self.step)
-            self.image_publishers[camera.role].publish(image_msg(frame, stamp, self.encoding.get(camera.role, camera.encoding)))
+            self.image_publishers[camera.role].publish(
+                image_msg(frame, stamp, self.encoding.get(camera.role, camera.encoding))
+            )
         position = self.position.copy()
         if self.nan_joint is not None:
             position[self.nan_joint] = np.nan
         names = self.joint_names or list(self.profile.joint_names)
-        for topic_index, publisher in enumerate(self.joint_publishers):
+        for publisher in self.joint_publishers:
             message = JointState(name=names, position=position.tolist())
             message.header.stamp = stamp
             publisher.publish(message)
@@ -121,7 +134,9 @@ class FakeSensors:
         message.header.stamp = stamp
         for camera in self.profile.cameras:
             message.camera_names.append(camera.role)
-            message.images.append(image_msg(camera_frame(camera.role, camera.height, camera.width, step), stamp, camera.encoding))
+            message.images.append(
+                image_msg(camera_frame(camera.role, camera.height, camera.width, step), stamp, camera.encoding)
+            )
         message.joint_state = JointState(name=list(self.profile.joint_names), position=self.position.tolist())
         return message
 
@@ -132,11 +147,12 @@ def server_command(*extra: str, ros_args: tuple[str, ...] = (), **overrides) -> 
 
     The test values go into a second params file with one section per node: node-specific entries of
     config/motus_server.yaml would win over global `-p` arguments."""
-    from motus_ros.server import PARAMETER_SECTIONS
     import hashlib
     import tempfile
 
     import yaml
+
+    from motus_ros.server import PARAMETER_SECTIONS
 
     parameters = {**TEST_PARAMETERS, **overrides}
     sections = {f"/**/{name}": {"ros__parameters": dict(parameters)} for name in PARAMETER_SECTIONS}
@@ -148,7 +164,17 @@ def server_command(*extra: str, ros_args: tuple[str, ...] = (), **overrides) -> 
     partial = params.with_suffix(f".{os.getpid()}.partial")
     partial.write_text(text)
     os.replace(partial, params)  # atomic: a concurrent test run never reads a half-written file
-    return ["-m", "motus_ros.server", *extra, "--ros-args", "--params-file", str(SERVER_PARAMS), "--params-file", str(params), *ros_args]
+    return [
+        "-m",
+        "motus_ros.server",
+        *extra,
+        "--ros-args",
+        "--params-file",
+        str(SERVER_PARAMS),
+        "--params-file",
+        str(params),
+        *ros_args,
+    ]
 
 
 def sim_command(*ros_args: str) -> list[str]:
@@ -190,7 +216,10 @@ def start_process(args: list[str], ready_line: str, timeout: float = 120.0):
     import threading
 
     process = subprocess.Popen(
-        [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     seen: list[str] = []

@@ -1,5 +1,6 @@
 """Command adapters: each interface publishes the right message on the right topic (seen by a subscriber over
 the middleware), dry run publishes nothing, the Interbotix path fails clearly where its messages are missing."""
+
 import dataclasses
 import time
 import uuid
@@ -44,8 +45,9 @@ def nodes(ros_context):
 
 def sim_profile(interface: str, topics: list[str], groups: list[list[int]]):
     base = load_profile("aloha_sim")
-    return dataclasses.replace(base, command_interface=interface, command_topics=topics, command_joint_groups=groups,
-                               command_joint_names=[])  # re-derived in __post_init__
+    return dataclasses.replace(
+        base, command_interface=interface, command_topics=topics, command_joint_groups=groups, command_joint_names=[]
+    )  # re-derived in __post_init__
 
 
 def collect(listener, msg_type, topic: str, box: list) -> None:
@@ -151,13 +153,17 @@ def test_interbotix_without_its_messages_fails_clearly(nodes):
     assert adapter.published == 0 and adapter.suppressed == 1
 
 
-@pytest.mark.skipif(not have_interbotix(), reason="interbotix_xs_msgs is not installed (Interbotix ROS 2 workspace only)")
+@pytest.mark.skipif(
+    not have_interbotix(), reason="interbotix_xs_msgs is not installed (Interbotix ROS 2 workspace only)"
+)
 def test_interbotix_group_and_single_commands(nodes):
     from interbotix_xs_msgs.msg import JointGroupCommand, JointSingleCommand
 
     sender, listener, executor, suffix = nodes
     namespaces = [f"/follower_left_{suffix}/commands", f"/follower_right_{suffix}/commands"]
-    profile = dataclasses.replace(load_profile("interbotix_aloha"), command_topics=[n + "/joint_group" for n in namespaces])
+    profile = dataclasses.replace(
+        load_profile("interbotix_aloha"), command_topics=[n + "/joint_group" for n in namespaces]
+    )
     boxes = {key: [] for key in ("lg", "ls", "rg", "rs")}
     collect(listener, JointGroupCommand, namespaces[0] + "/joint_group", boxes["lg"])
     collect(listener, JointSingleCommand, namespaces[0] + "/joint_single", boxes["ls"])

@@ -1,5 +1,6 @@
 """Conversions: image encodings (rgb8, bgr8, rgba8, bgra8, mono8, row padding), wrong sizes, joint states, trajectories,
 observations."""
+
 import numpy as np
 import pytest
 from sensor_msgs.msg import Image, JointState
@@ -91,7 +92,9 @@ def test_wrong_encoding_and_sizes_are_rejected_with_expected_vs_got():
         numpy_to_image(np.zeros((4, 4, 3), np.float32), 0.0)
 
 
-@pytest.mark.skipif(conversions._cv_bridge() is None, reason="cv_bridge is not installed (it comes with a full ROS 2 install)")
+@pytest.mark.skipif(
+    conversions._cv_bridge() is None, reason="cv_bridge is not installed (it comes with a full ROS 2 install)"
+)
 def test_cv_bridge_and_numpy_paths_agree():
     for encoding in ("rgb8", "bgr8", "mono8"):
         array = RGB[..., 0] if encoding == "mono8" else RGB
@@ -123,8 +126,17 @@ def test_joint_state_missing_nan_and_duplicates_rejected():
 
 def test_per_arm_driver_messages_to_model_space():
     profile = load_profile("interbotix_aloha")
-    names = ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "gripper",
-             "left_finger", "right_finger"]
+    names = [
+        "waist",
+        "shoulder",
+        "elbow",
+        "forearm_roll",
+        "wrist_angle",
+        "wrist_rotate",
+        "gripper",
+        "left_finger",
+        "right_finger",
+    ]
     left = JointState(name=names, position=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 1.6214, 0.05, -0.05])
     right = JointState(name=names, position=[-0.1, -0.2, -0.3, -0.4, -0.5, -0.6, 0.6197, 0.02, -0.02])
     robot = profile_joint_state_to_vector([left, right], profile)
@@ -132,8 +144,9 @@ def test_per_arm_driver_messages_to_model_space():
     with pytest.raises(ValueError, match="more than one JointState"):  # without the prefixes the arms collide
         joint_state_to_vector([left, right], profile.joint_names)
     state = profile_joint_state_to_model([left, right], profile)
-    np.testing.assert_allclose(state, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 1.0, -0.1, -0.2, -0.3, -0.4, -0.5, -0.6, 0.0],
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        state, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 1.0, -0.1, -0.2, -0.3, -0.4, -0.5, -0.6, 0.0], atol=1e-12
+    )
 
 
 def test_trajectory_round_trip_timing_and_reordering():

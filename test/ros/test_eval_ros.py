@@ -1,5 +1,6 @@
 """`motus eval-ros`: the closed loop through motus_sim + motus_server, end to end in a subprocess (one short episode
 with the shipped checkpoint), and the `motus` command that adds it to motus_model.cli's subcommands."""
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,9 @@ def test_motus_adds_eval_ros_and_motus_model_cli_stays_ros_free():
     ros = subprocess.run([*motus_command(), "--help"], capture_output=True, text=True, timeout=120, env=env)
     assert ros.returncode == 0, ros.stderr[-2000:]
     assert "eval-ros" in ros.stdout and "train" in ros.stdout and "eval" in ros.stdout
-    plain = subprocess.run([sys.executable, "-m", "motus_model.cli", "--help"], capture_output=True, text=True, timeout=120, env=env)
+    plain = subprocess.run(
+        [sys.executable, "-m", "motus_model.cli", "--help"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert plain.returncode == 0, plain.stderr[-2000:]
     assert "eval-ros" not in plain.stdout and "train" in plain.stdout
 
@@ -35,9 +38,27 @@ def test_eval_ros_one_episode_end_to_end(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("ROS_DOMAIN_ID", None)  # the command picks a private domain: it must not meet other tests' nodes
     process = subprocess.run(
-        [*motus_command(), "eval-ros", "--episodes", "1", "--duration", "2", "--videos", "1", "--steps", "1",
-         "--camera-rate", "4.0", "--out", str(out)],
-        capture_output=True, text=True, timeout=280, env=env)
+        [
+            *motus_command(),
+            "eval-ros",
+            "--episodes",
+            "1",
+            "--duration",
+            "2",
+            "--videos",
+            "1",
+            "--steps",
+            "1",
+            "--camera-rate",
+            "4.0",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env=env,
+    )
     output = process.stdout + process.stderr
     assert process.returncode == 0, output[-4000:]
     results = json.loads((out / "results.json").read_text())
@@ -52,5 +73,5 @@ def test_eval_ros_one_episode_end_to_end(tmp_path):
     video = out / "rollout_000.mp4"
     assert video.is_file() and video.stat().st_size > 0, output[-4000:]
     # The summary is printed as JSON at the end.
-    printed = json.loads(process.stdout[process.stdout.rindex("{\n"):])
+    printed = json.loads(process.stdout[process.stdout.rindex("{\n") :])
     assert printed["success_rate"] == summary["success_rate"]

@@ -11,6 +11,7 @@ The exact logic (staleness in control periods, future stamps, references) is pin
 test_safety.py and test_observation_buffer.py; these are the end-to-end checks through the real processes.
 No wall-clock assertions: counts and ordering only.
 """
+
 from __future__ import annotations
 
 import random
@@ -52,8 +53,13 @@ MAX_DELTA = np.asarray(PROFILE.max_delta_per_step)
 COMMAND_TOPIC = PROFILE.command_topics[0]
 MAX_WAITING = 4
 # motus-small with 1 denoising step: chunks (16 control steps) arrive in time, so the fuzzer sees moving commands.
-FUZZ_SERVER = {"preset": "motus-small", "default_steps": 1, "chunk_request_threshold": 10, "stamp_source": "header",
-               "joint_state_max_age_periods": 10.0}
+FUZZ_SERVER = {
+    "preset": "motus-small",
+    "default_steps": 1,
+    "chunk_request_threshold": 10,
+    "stamp_source": "header",
+    "joint_state_max_age_periods": 10.0,
+}
 
 
 class CommandLog:
@@ -85,7 +91,10 @@ def check_commands(commands: np.ndarray) -> None:
     violations = np.nonzero(np.any(steps > MAX_DELTA + 1e-9, axis=1))[0]
     assert violations.size == 0, (
         f"{violations.size} of {len(commands)} commands exceeded the per-step delta; first at #{violations[0] + 1}: "
-        f"{commands[violations[0]]} -> {commands[violations[0] + 1]}" if violations.size else "")
+        f"{commands[violations[0]]} -> {commands[violations[0] + 1]}"
+        if violations.size
+        else ""
+    )
 
 
 class HostileDrivers:
@@ -117,7 +126,9 @@ class HostileDrivers:
             if mode == "bad_image":
                 msg = image_msg(camera_frame(camera.role, 10, 12, self.step), stamp, encoding="bgr8")
             else:
-                msg = image_msg(camera_frame(camera.role, camera.height, camera.width, self.step), stamp, camera.encoding)
+                msg = image_msg(
+                    camera_frame(camera.role, camera.height, camera.width, self.step), stamp, camera.encoding
+                )
             self.images[camera.role].publish(msg)
         q = self.position.copy()
         joint = int(self.rng.integers(14))
@@ -158,7 +169,9 @@ class Spinner:
 
 @pytest.fixture(scope="module")
 def fuzz_rig(ros_context):
-    server = start_process(server_command("--max-waiting-requests", str(MAX_WAITING), **FUZZ_SERVER), "MOTUS SERVER READY")
+    server = start_process(
+        server_command("--max-waiting-requests", str(MAX_WAITING), **FUZZ_SERVER), "MOTUS SERVER READY"
+    )
     spinner = Spinner("hostile_drivers")
     drivers = HostileDrivers(spinner.node)
     log = CommandLog()
@@ -193,8 +206,9 @@ def test_hostile_input_fuzzer_never_violates_limits_or_deltas(fuzz_rig):
         drivers.mode = rng.choice(HostileDrivers.MODES)
         episodes[drivers.mode] = episodes.get(drivers.mode, 0) + 1
         if rng.random() < 0.3:
-            drivers.position = np.clip(drivers.position + np.random.default_rng(rng.randrange(1000)).normal(0, 0.3, 14),
-                                       LOWER, UPPER)
+            drivers.position = np.clip(
+                drivers.position + np.random.default_rng(rng.randrange(1000)).normal(0, 0.3, 14), LOWER, UPPER
+            )
         action = rng.random()
         if action < 0.35:  # a new goal: preempts the running one, or is refused (invalid) and must not preempt
             instruction = "pick" if rng.random() < 0.8 else "x" * 200
@@ -238,11 +252,18 @@ def test_a_burst_of_100_requests_on_every_interface_gets_100_answers(fuzz_rig):
     burst = 100
     try:
         services = {
-            "predict_actions": (node.create_client(PredictActions, "/policy/predict_actions", qos_profile=REQUEST_QOS),
-                                lambda: PredictActions.Request(instruction="pick", steps=1, seed=-1)),
-            "infer_actions": (node.create_client(InferActions, "/idm/infer_actions", qos_profile=REQUEST_QOS),
-                              lambda: InferActions.Request(steps=1, seed=-1)),
-            "estop": (node.create_client(SetBool, "/policy/estop", qos_profile=REQUEST_QOS), lambda: SetBool.Request(data=True)),
+            "predict_actions": (
+                node.create_client(PredictActions, "/policy/predict_actions", qos_profile=REQUEST_QOS),
+                lambda: PredictActions.Request(instruction="pick", steps=1, seed=-1),
+            ),
+            "infer_actions": (
+                node.create_client(InferActions, "/idm/infer_actions", qos_profile=REQUEST_QOS),
+                lambda: InferActions.Request(steps=1, seed=-1),
+            ),
+            "estop": (
+                node.create_client(SetBool, "/policy/estop", qos_profile=REQUEST_QOS),
+                lambda: SetBool.Request(data=True),
+            ),
         }
         answers: dict[str, list] = {}
         for name, (service, make) in services.items():
@@ -260,12 +281,18 @@ def test_a_burst_of_100_requests_on_every_interface_gets_100_answers(fuzz_rig):
         chunk = MotusConfig.preset(FUZZ_SERVER["preset"]).temporal.action_chunk  # the world model's chunk length
         trajectory = client._trajectory(np.tile(drivers.position, (chunk, 1)), PROFILE.joint_names)
         actions = {
-            "run_policy": (ActionClient(node, RunPolicy, "/policy/run_policy", **ACTION_QOS),
-                           lambda: RunPolicy.Goal(instruction="pick", max_steps=5)),
-            "predict_future": (ActionClient(node, PredictFuture, "/world_model/predict_future", **ACTION_QOS),
-                               lambda: PredictFuture.Goal(observation=Observation(), actions=trajectory, steps=1, seed=-1)),
-            "imagine": (ActionClient(node, Imagine, "/imagination/imagine", **ACTION_QOS),
-                        lambda: Imagine.Goal(observation=Observation(), instruction="pick", steps=1, seed=-1)),
+            "run_policy": (
+                ActionClient(node, RunPolicy, "/policy/run_policy", **ACTION_QOS),
+                lambda: RunPolicy.Goal(instruction="pick", max_steps=5),
+            ),
+            "predict_future": (
+                ActionClient(node, PredictFuture, "/world_model/predict_future", **ACTION_QOS),
+                lambda: PredictFuture.Goal(observation=Observation(), actions=trajectory, steps=1, seed=-1),
+            ),
+            "imagine": (
+                ActionClient(node, Imagine, "/imagination/imagine", **ACTION_QOS),
+                lambda: Imagine.Goal(observation=Observation(), instruction="pick", steps=1, seed=-1),
+            ),
         }
         for name, (action, make) in actions.items():
             assert action.wait_for_server(timeout_sec=30)
@@ -350,7 +377,9 @@ def test_lifecycle_churn_while_requests_run_never_ends_the_server(fuzz_rig):
                 state = _lifecycle_state(node, get[name])
                 if state == "active":
                     break
-                transition = Transition.TRANSITION_CONFIGURE if state == "unconfigured" else Transition.TRANSITION_ACTIVATE
+                transition = (
+                    Transition.TRANSITION_CONFIGURE if state == "unconfigured" else Transition.TRANSITION_ACTIVATE
+                )
                 future = change[name].call_async(ChangeState.Request(transition=Transition(id=transition)))
                 assert _wait_all(node, [future], 120) == 1
             assert _lifecycle_state(node, get[name]) == "active", name

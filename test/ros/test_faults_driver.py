@@ -1,6 +1,7 @@
 """Fault suite (issue 15), driver loss: SIGKILL of the simulator mid-run holds within 3 control periods (counted in
 commands, not timed), and a restarted simulator is driven again, with no delta violation throughout. Its own module:
 the simulator's topics must not be shared with the hostile drivers of test_faults.py."""
+
 from __future__ import annotations
 
 import threading
@@ -24,9 +25,20 @@ def test_driver_loss_holds_within_three_control_periods_and_restart_resumes(ros_
     state received here, at most 3 commands still move (one more for delivery order between the two topics), then
     the run holds with a stale joint state; a restarted simulator is driven again; no delta violation throughout."""
     sim = spawn_process(sim_command("-p", "camera_rate_hz:=4.0"), ready_line="MOTUS_SIM READY", timeout=120)
-    spawn_process(server_command("--torch-threads", "1", preset="motus-small", default_steps=1, chunk_request_threshold=10,
-                                 joint_state_max_age_periods=3.0, max_age_s=2.0, max_skew_s=1.0),
-                  ready_line="MOTUS SERVER READY", timeout=120)
+    spawn_process(
+        server_command(
+            "--torch-threads",
+            "1",
+            preset="motus-small",
+            default_steps=1,
+            chunk_request_threshold=10,
+            joint_state_max_age_periods=3.0,
+            max_age_s=2.0,
+            max_skew_s=1.0,
+        ),
+        ready_line="MOTUS SERVER READY",
+        timeout=120,
+    )
     spinner = Spinner("driver_loss_recorder")
     events: list[tuple[str, np.ndarray | None]] = []  # ("command", q) / ("joint_state", None), in arrival order
     lock = threading.Lock()
@@ -49,6 +61,7 @@ def test_driver_loss_holds_within_three_control_periods_and_restart_resumes(ros_
             assert time.monotonic() < deadline, "the server never had a usable observation from the sim"
             client.spin(0.3)
         assert client.run_policy("pick")
+
         def moving() -> bool:  # the policy drives: several of the last 20 commands moved
             with lock:
                 recent = [q for kind, q in events[-60:] if kind == "command"][-20:]
@@ -58,7 +71,9 @@ def test_driver_loss_holds_within_three_control_periods_and_restart_resumes(ros_
         assert moving(), f"the policy never moved: {client.get_feedback()}"
         sim.kill()
         sim.wait()
-        client.spin(20, until=lambda: bool(client.get_feedback() and "joint_state" in client.get_feedback().hold_reason))
+        client.spin(
+            20, until=lambda: bool(client.get_feedback() and "joint_state" in client.get_feedback().hold_reason)
+        )
         feedback = client.get_feedback()
         assert feedback.holding and "stale: joint_state" in feedback.hold_reason, feedback
         client.spin(1.0)  # a stream of hold commands to look at
@@ -66,15 +81,19 @@ def test_driver_loss_holds_within_three_control_periods_and_restart_resumes(ros_
             snapshot = list(events)
         last_state = max(i for i, (kind, _) in enumerate(snapshot) if kind == "joint_state")
         before = [q for kind, q in snapshot[:last_state] if kind == "command"]
-        after = [q for kind, q in snapshot[last_state + 1:] if kind == "command"]
+        after = [q for kind, q in snapshot[last_state + 1 :] if kind == "command"]
         assert before and len(after) > 10, "no hold commands after the driver loss"
         sequence = np.stack([before[-1], *after])
         moved = np.nonzero(np.any(np.abs(np.diff(sequence, axis=0)) > 1e-12, axis=1))[0]
-        assert moved.size == 0 or moved.max() < 4, f"commands still moved {moved.tolist()} commands after the driver loss"
+        assert moved.size == 0 or moved.max() < 4, (
+            f"commands still moved {moved.tolist()} commands after the driver loss"
+        )
         assert np.allclose(sequence[-1], sequence[-5:]), "the hold moved"
         # The driver comes back: the run leaves the stale hold and drives again.
         spawn_process(sim_command("-p", "camera_rate_hz:=4.0"), ready_line="MOTUS_SIM READY", timeout=120)
-        client.spin(60, until=lambda: bool(client.get_feedback() and "joint_state" not in client.get_feedback().hold_reason))
+        client.spin(
+            60, until=lambda: bool(client.get_feedback() and "joint_state" not in client.get_feedback().hold_reason)
+        )
         assert "joint_state" not in client.get_feedback().hold_reason, client.get_feedback()
         assert client.cancel_task()
         with lock:

@@ -4,6 +4,7 @@ Runs where launch, launch_ros and launch_testing are importable (a full ROS 2 in
 and sourced so `ros2 launch motus_ros ...` resolves); skipped here with the reason otherwise. The checks that
 need no launch import (arguments, configs) are in test_server_launch_file.py.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -14,7 +15,10 @@ import pytest
 
 MISSING = [name for name in ("launch", "launch_ros", "launch_testing") if importlib.util.find_spec(name) is None]
 if MISSING:
-    pytest.skip(f"{', '.join(MISSING)} not installed (no PyPI wheels; they come with a full ROS 2 install)", allow_module_level=True)
+    pytest.skip(
+        f"{', '.join(MISSING)} not installed (no PyPI wheels; they come with a full ROS 2 install)",
+        allow_module_level=True,
+    )
 
 import launch  # noqa: E402
 import launch_testing.actions  # noqa: E402

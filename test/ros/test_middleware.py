@@ -2,17 +2,18 @@
 
 The peer runs in a separate Python process (test/ros/peers/middleware_peer.py); this process is the client.
 """
+
 from pathlib import Path
 
 import pytest
 import rclpy
 from rclpy.action import ActionClient
+from ros_helpers import spin_until, wait_future
 from std_msgs.msg import String
 
 from motus_msgs.action import Imagine, PredictFuture, RunPolicy
 from motus_msgs.msg import ErrorCode, Observation, Timing
 from motus_msgs.srv import InferActions, PredictActions
-from ros_helpers import spin_until, wait_future
 
 PEERS = Path(__file__).parent / "peers"
 
@@ -63,7 +64,9 @@ def test_topic_service_and_action_across_processes(ros_context, peer):
         assert action.wait_for_server(timeout_sec=20)
         feedback: list[int] = []
         goal = RunPolicy.Goal(instruction="wave", max_steps=4)
-        handle = wait_future(node, action.send_goal_async(goal, feedback_callback=lambda f: feedback.append(f.feedback.step)), 20)
+        handle = wait_future(
+            node, action.send_goal_async(goal, feedback_callback=lambda f: feedback.append(f.feedback.step)), 20
+        )
         assert handle.accepted
         result = wait_future(node, handle.get_result_async(), 20).result
         assert result.termination == "completed" and result.steps == 4
@@ -71,7 +74,13 @@ def test_topic_service_and_action_across_processes(ros_context, peer):
 
         # Action cancelled mid-run.
         feedback.clear()
-        handle = wait_future(node, action.send_goal_async(RunPolicy.Goal(max_steps=400), feedback_callback=lambda f: feedback.append(f.feedback.step)), 20)
+        handle = wait_future(
+            node,
+            action.send_goal_async(
+                RunPolicy.Goal(max_steps=400), feedback_callback=lambda f: feedback.append(f.feedback.step)
+            ),
+            20,
+        )
         assert spin_until(node, lambda: len(feedback) >= 2, 20)
         wait_future(node, handle.cancel_goal_async(), 20)
         wrapped = wait_future(node, handle.get_result_async(), 20)

@@ -2,6 +2,7 @@
 
 The fallback always runs; the message_filters variant runs too where message_filters imports.
 """
+
 import numpy as np
 import pytest
 
@@ -43,7 +44,9 @@ def test_complete_fresh_observation_is_returned(buffer):
     assert observation.stamp_s == 10.0 and np.array_equal(observation.state, np.ones(14))
 
 
-@pytest.mark.parametrize("skip, reason", [("left_wrist", "missing camera left_wrist"), ("joint_state", "missing joint_state")])
+@pytest.mark.parametrize(
+    "skip, reason", [("left_wrist", "missing camera left_wrist"), ("joint_state", "missing joint_state")]
+)
 def test_missing_source_rejected_with_reason(buffer, skip, reason):
     fill(buffer, 10.0, skip=skip)
     assert buffer.status(10.0) == (False, reason)
@@ -73,7 +76,10 @@ def test_keep_latest_never_a_backlog():
     assert all(int(im[0, 0, 0]) == 49 for im in observation.images.values()) and observation.state[0] == 49
     assert buffer.latest_joint_state()[0] == 49
     buffer.clear()
-    assert buffer.latest_joint_state() is None and buffer.status(10.5) == (False, "missing camera high, left_wrist, right_wrist")
+    assert buffer.latest_joint_state() is None and buffer.status(10.5) == (
+        False,
+        "missing camera high, left_wrist, right_wrist",
+    )
 
 
 def test_bad_inputs_raise():
@@ -101,8 +107,9 @@ CONTROL_PERIOD_S = 0.02  # 50 Hz
 @pytest.fixture(params=VARIANTS, ids=lambda cls: cls.__name__)
 def control_buffer(request):
     """Cameras may be 0.5 s old; the joint state at most 3 control periods."""
-    return request.param(ROLES, max_skew_s=0.5, max_age_s=0.5, max_state_age_s=3 * CONTROL_PERIOD_S,
-                         future_tolerance_s=0.05)
+    return request.param(
+        ROLES, max_skew_s=0.5, max_age_s=0.5, max_state_age_s=3 * CONTROL_PERIOD_S, future_tolerance_s=0.05
+    )
 
 
 def test_joint_state_loss_holds_within_three_control_periods(control_buffer):

@@ -1,5 +1,6 @@
 """motus_ros.profiles: profile names resolve in the source checkout and in the installed share/motus_ros (ament index);
 the schema itself is tested in test/model/test_embodiment.py."""
+
 from pathlib import Path
 
 import pytest

@@ -9,6 +9,7 @@ Regressions pinned:
   refuses a measured state that is stale, in the future, non-finite or out of limits;
 - with the e-stop engaged apply() holds the last command sent whatever the target, until release().
 """
+
 import numpy as np
 import pytest
 
@@ -81,13 +82,16 @@ def test_fuzzer_never_exceeds_limits_or_deltas_against_the_last_command_sent(pro
     assert np.all(np.abs(np.diff(commands, axis=0)) <= safety.max_delta + 1e-12), "a step exceeded the delta limit"
 
 
-@pytest.mark.parametrize("problem, measured", [
-    ("no joint state", None),
-    ("not finite", fresh(np.full(14, np.nan))),
-    ("stale", fresh(np.zeros(14), age_s=0.5)),
-    ("in the future", fresh(np.zeros(14), age_s=-30.0)),
-    ("no valid stamp", fresh(np.zeros(14), age_s=float("nan"))),
-])
+@pytest.mark.parametrize(
+    "problem, measured",
+    [
+        ("no joint state", None),
+        ("not finite", fresh(np.full(14, np.nan))),
+        ("stale", fresh(np.zeros(14), age_s=0.5)),
+        ("in the future", fresh(np.zeros(14), age_s=-30.0)),
+        ("no valid stamp", fresh(np.zeros(14), age_s=float("nan"))),
+    ],
+)
 def test_refuses_to_start_from_an_unusable_state(problem, measured):
     sent = []
     safety = SafetyFilter(load_profile("aloha_sim"), send=sent.append, max_state_age_s=0.06)
@@ -206,7 +210,9 @@ def test_physical_range():
     assert physical_range_problem(profile, (low + high) / 2) == ""
     q = np.zeros(14)
     q[0] = 1e30
-    assert "physical range" in physical_range_problem(profile, q) and "left_arm_waist" in physical_range_problem(profile, q)
+    assert "physical range" in physical_range_problem(profile, q) and "left_arm_waist" in physical_range_problem(
+        profile, q
+    )
     q[0] = np.inf
     assert "not finite" in physical_range_problem(profile, q)
     assert "14 values" in physical_range_problem(profile, np.zeros(3))

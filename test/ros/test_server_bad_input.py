@@ -5,22 +5,20 @@ Covered: wrong image encoding and size (in requests and on the live topics), a m
 joint states, unknown joint names, an instruction that is too long, a bad mode, the wrong number of future
 frames, an action chunk with unknown joints, and requests while the nodes are unconfigured.
 """
+
 from __future__ import annotations
 
 import time
 
 import numpy as np
 import pytest
-
+from ros_helpers import SensorThread, server_command, start_process, stop_process, wait_until_serving
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from motus_msgs.msg import ErrorCode
 from motus_msgs.srv import PredictActions
-
 from motus_ros.client import GOAL_STATUS_ABORTED, MotusClient
 from motus_ros.profiles import load_profile
-
-from ros_helpers import SensorThread, wait_until_serving, server_command, start_process, stop_process
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -106,7 +104,9 @@ def test_bad_requests_get_clear_errors_and_the_server_stays_up(robot, server):
     expect_error(response, ErrorCode.INVALID_REQUEST, "mode")
 
     # IDM with the wrong number of future frames.
-    expect_error(client.infer_actions([sensors.observation()] * (FRAMES + 3)), ErrorCode.INVALID_REQUEST, f"expected {FRAMES}")
+    expect_error(
+        client.infer_actions([sensors.observation()] * (FRAMES + 3)), ErrorCode.INVALID_REQUEST, f"expected {FRAMES}"
+    )
 
     # World model with an action chunk on unknown joints, and with a NaN.
     actions = np.tile(sensors.position, (4, 1))
@@ -140,8 +140,12 @@ def test_limits_are_checked_before_anything_runs_or_is_preempted(robot, server):
     assert client.run_policy("pick")
     running = client.policy_task
     client.spin(1.0)
-    for instruction, duration, fragment in [("twelve chars", 0.0, "tokens"), ("pick", -1.0, "max_duration_s"),
-                                            ("pick", float("nan"), "max_duration_s"), ("z" * 500, 0.0, "characters")]:
+    for instruction, duration, fragment in [
+        ("twelve chars", 0.0, "tokens"),
+        ("pick", -1.0, "max_duration_s"),
+        ("pick", float("nan"), "max_duration_s"),
+        ("z" * 500, 0.0, "characters"),
+    ]:
         assert client.run_policy(instruction, max_duration_s=duration)
         expect_error(client.get_result(30), ErrorCode.INVALID_REQUEST, fragment)
     assert not running.done(0.5), "an invalid goal preempted the running run"
@@ -214,7 +218,9 @@ def test_requests_while_unconfigured_get_not_ready_then_lifecycle_brings_them_up
     from lifecycle_msgs.msg import Transition
 
     _, sensors = robot
-    spawn_process(server_command("--no-autostart", ros_args=("-r", "__ns:=/idle")), ready_line="MOTUS SERVER READY", timeout=120)
+    spawn_process(
+        server_command("--no-autostart", ros_args=("-r", "__ns:=/idle")), ready_line="MOTUS SERVER READY", timeout=120
+    )
     client = MotusClient(node_name="unconfigured_client", namespace="/idle")
     try:
         assert client.wait_for_server(60)

@@ -1,5 +1,6 @@
 """launch/aloha.launch.py without importing launch (absent here): the file compiles, its arguments are those the
 README and its docstring document, and it wraps the tested entry points. The launch_testing test is test_launch.py."""
+
 from __future__ import annotations
 
 import ast
@@ -12,7 +13,17 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = ROOT / "launch" / "aloha.launch.py"
 CONFIG = ROOT / "config"
-EXPECTED_ARGUMENTS = {"profile", "checkpoint", "sim", "rviz", "dry_run", "steps", "torch_threads", "camera_rate", "params_file"}
+EXPECTED_ARGUMENTS = {
+    "profile",
+    "checkpoint",
+    "sim",
+    "rviz",
+    "dry_run",
+    "steps",
+    "torch_threads",
+    "camera_rate",
+    "params_file",
+}
 
 
 def test_launch_file_declares_the_documented_arguments():
@@ -24,13 +35,17 @@ def test_launch_file_declares_the_documented_arguments():
     assert ARGUMENTS["profile"][0] == "aloha_sim" and ARGUMENTS["sim"][0] == "false" and ARGUMENTS["rviz"][0] == "false"
     # Every `name:=value` the README uses with aloha.launch.py is a declared argument, and parses.
     readme = (ROOT / "README.md").read_text()
-    used = {match for line in readme.splitlines() if "aloha.launch.py" in line for match in re.findall(r"(\w+):=", line)}
+    used = {
+        match for line in readme.splitlines() if "aloha.launch.py" in line for match in re.findall(r"(\w+):=", line)
+    }
     assert used, "the README no longer shows an aloha.launch.py example"
     assert used <= set(ARGUMENTS), f"README uses undeclared launch arguments {used - set(ARGUMENTS)}"
     # The docstring documents every argument.
     docstring = ast.get_docstring(ast.parse(LAUNCH_FILE.read_text()))
     for name in ARGUMENTS:
-        assert re.search(rf"^\s+{name}\s", docstring, re.MULTILINE), f"argument {name!r} is not documented in the docstring"
+        assert re.search(rf"^\s+{name}\s", docstring, re.MULTILINE), (
+            f"argument {name!r} is not documented in the docstring"
+        )
 
 
 def test_launch_file_wraps_the_tested_entry_points_and_configs():
@@ -80,20 +95,28 @@ def test_real_robot_launch_never_defaults_to_the_sim_model():
     assert server["/**"]["checkpoint"] == ""  # the random-weights preset, with its loud warning
     assert "dry_run" not in server["/**/policy"]  # the profile's default: dry run on a real robot
     assert not plan.sim and plan.server_arguments == [] and server["/**"]["default_steps"] == 0
-    assert sections(make_plan({"profile": "interbotix_aloha", "checkpoint": "/models/mine"}, CONFIG).server_parameters)["/**"]["checkpoint"] == "/models/mine"
+    assert (
+        sections(make_plan({"profile": "interbotix_aloha", "checkpoint": "/models/mine"}, CONFIG).server_parameters)[
+            "/**"
+        ]["checkpoint"]
+        == "/models/mine"
+    )
 
 
-@pytest.mark.parametrize("name, value, expected", [
-    ("sim", "yes", "sim:='yes': expected true or false"),
-    ("rviz", "", "rviz:='': expected true or false"),
-    ("dry_run", "maybe", "dry_run:='maybe': expected true or false"),
-    ("steps", "0", "steps:='0': expected a positive integer or auto"),
-    ("steps", "2.5", "steps:='2.5': expected a positive integer or auto"),
-    ("torch_threads", "-1", "torch_threads:='-1': expected a positive integer or auto"),
-    ("camera_rate", "nan", "camera_rate:='nan': expected a positive number"),
-    ("params_file", "/no/such.yaml", "params_file:='/no/such.yaml': no such file"),
-    ("profile", " ", "profile is empty"),
-])
+@pytest.mark.parametrize(
+    "name, value, expected",
+    [
+        ("sim", "yes", "sim:='yes': expected true or false"),
+        ("rviz", "", "rviz:='': expected true or false"),
+        ("dry_run", "maybe", "dry_run:='maybe': expected true or false"),
+        ("steps", "0", "steps:='0': expected a positive integer or auto"),
+        ("steps", "2.5", "steps:='2.5': expected a positive integer or auto"),
+        ("torch_threads", "-1", "torch_threads:='-1': expected a positive integer or auto"),
+        ("camera_rate", "nan", "camera_rate:='nan': expected a positive number"),
+        ("params_file", "/no/such.yaml", "params_file:='/no/such.yaml': no such file"),
+        ("profile", " ", "profile is empty"),
+    ],
+)
 def test_every_bad_argument_fails_naming_it_and_what_it_accepts(name, value, expected):
     from motus_ros.launch_config import LaunchArgumentError, make_plan
 

@@ -2,6 +2,7 @@
 simulated ALOHA is test_server_sim_loop.py): commands flow at about the control rate while chunks are computed,
 never leave the joint limits, hold on stale input, and runs end by limit, cancel, preemption or e-stop; dry run
 publishes the plan and no commands; diagnostics are published."""
+
 from __future__ import annotations
 
 import threading
@@ -10,15 +11,13 @@ import time
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
+from ros_helpers import SensorThread, server_command, start_process, stop_process, wait_until_serving
 from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
 from motus_msgs.msg import ErrorCode
-
 from motus_ros.client import GOAL_STATUS_ABORTED, GOAL_STATUS_CANCELED, GOAL_STATUS_SUCCEEDED, MotusClient
 from motus_ros.profiles import load_profile
-
-from ros_helpers import SensorThread, wait_until_serving, server_command, start_process, stop_process
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -88,7 +87,9 @@ def test_run_sends_a_command_every_control_tick_within_limits(rig, server):
     while not client.is_task_complete(0.1):
         pass
     result = client.get_result()
-    assert client.policy_task.status == GOAL_STATUS_SUCCEEDED and result.termination == "completed", result.error.message
+    assert client.policy_task.status == GOAL_STATUS_SUCCEEDED and result.termination == "completed", (
+        result.error.message
+    )
     assert result.chunks >= 2, "the policy did not keep requesting chunks"
     client.spin(0.5)  # the last commands in flight
     sent = command_array(commands.since(start))
@@ -101,10 +102,14 @@ def test_run_sends_a_command_every_control_tick_within_limits(rig, server):
     steps = np.abs(np.diff(sent, axis=0))
     assert np.all(steps <= np.asarray(PROFILE.max_delta_per_step) + 1e-9), "a command exceeded the per-step delta"
     assert max(f.last_inference_ms for f in feedback) > 0 and feedback[-1].chunks >= 1
-    assert any(not f.holding for f in feedback), (f"the policy only held: {sorted({f.hold_reason for f in feedback})}, "
-                                                  f"inference {max(f.last_inference_ms for f in feedback):.0f} ms")
+    assert any(not f.holding for f in feedback), (
+        f"the policy only held: {sorted({f.hold_reason for f in feedback})}, "
+        f"inference {max(f.last_inference_ms for f in feedback):.0f} ms"
+    )
     # Diagnostics with the control rate and the inference latency.
-    statuses = [status for _, message in diagnostics.since(start) for status in message.status if "policy" in status.name]
+    statuses = [
+        status for _, message in diagnostics.since(start) for status in message.status if "policy" in status.name
+    ]
     assert statuses, "no /diagnostics from the policy node"
     keys = {value.key for value in statuses[-1].values}
     assert {"control_rate_hz", "inference_latency_ms", "holding", "hold_reason", "estop", "dry_run"} <= keys
@@ -121,7 +126,9 @@ def test_joint_state_beyond_the_limits_holds(rig):
     start = time.monotonic()
     try:
         assert client.run_policy("pick", max_steps=60)
-        client.spin(10.0, until=lambda: bool(client.get_feedback() and "out of limits" in client.get_feedback().hold_reason))
+        client.spin(
+            10.0, until=lambda: bool(client.get_feedback() and "out of limits" in client.get_feedback().hold_reason)
+        )
         feedback = client.get_feedback()
         assert feedback.holding and "left_arm_waist" in feedback.hold_reason, feedback
         result = client.get_result(60)
@@ -140,7 +147,12 @@ def test_stale_input_holds_and_cancel_stops(rig):
     assert client.run_policy("pick")
     client.spin(2.0)
     sensors.paused = True  # the drivers go silent: stale input
-    client.spin(2.5, until=lambda: bool(client.get_feedback() and client.get_feedback().holding and "stale" in client.get_feedback().hold_reason))
+    client.spin(
+        2.5,
+        until=lambda: bool(
+            client.get_feedback() and client.get_feedback().holding and "stale" in client.get_feedback().hold_reason
+        ),
+    )
     feedback = client.get_feedback()
     assert feedback.holding and "stale" in feedback.hold_reason, feedback
     hold_start = time.monotonic()
@@ -187,7 +199,11 @@ def test_new_goal_preempts_and_estop_stops(rig):
 def test_dry_run_publishes_the_plan_and_no_commands(rig, spawn_process):
     client, sensors, commands, _ = rig
     sensors.reset()
-    spawn_process(server_command(ros_args=("-r", "__ns:=/dry"), dry_run=True, **SMALL), ready_line="MOTUS SERVER READY", timeout=120)
+    spawn_process(
+        server_command(ros_args=("-r", "__ns:=/dry"), dry_run=True, **SMALL),
+        ready_line="MOTUS SERVER READY",
+        timeout=120,
+    )
     dry = MotusClient(node_name="dry_run_client", namespace="/dry")
     plans: list[JointTrajectory] = []
     dry.node.create_subscription(JointTrajectory, "/dry/policy/planned_trajectory", plans.append, 10)
@@ -212,7 +228,11 @@ def test_sigterm_during_a_run_holds_and_exits_cleanly(rig, spawn_process):
     process exits 0 within seconds."""
     client, sensors, commands, _ = rig
     sensors.reset()
-    process = spawn_process(server_command(ros_args=("-r", "__ns:=/term"), max_denoising_steps=10000), ready_line="MOTUS SERVER READY", timeout=120)
+    process = spawn_process(
+        server_command(ros_args=("-r", "__ns:=/term"), max_denoising_steps=10000),
+        ready_line="MOTUS SERVER READY",
+        timeout=120,
+    )
     term = MotusClient(node_name="sigterm_client", namespace="/term")
     try:
         assert term.wait_for_server(60)

@@ -1,19 +1,18 @@
 """motus_server in a child process (tiny random-weight model, aloha_sim profile); this process plays the robot's
 drivers (FakeSensors) and calls every service and action through MotusClient: each returns a well-formed result,
 feedback arrives per denoising step, imagined frames are published, and cancel works mid-denoising."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from ros_helpers import SensorThread, server_command, start_process, stop_process, wait_until_serving
 from sensor_msgs.msg import Image
 
 from motus_msgs.msg import ErrorCode
-
 from motus_ros.client import GOAL_STATUS_CANCELED, GOAL_STATUS_SUCCEEDED, MotusClient
 from motus_ros.conversions import image_to_numpy, trajectory_to_actions
 from motus_ros.profiles import load_profile
-
-from ros_helpers import SensorThread, wait_until_serving, server_command, start_process, stop_process
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -24,7 +23,9 @@ ROLES = [camera.role for camera in PROFILE.cameras]
 @pytest.fixture(scope="module")
 def server():
     """One server for the module (starting it costs seconds); stopped at the end."""
-    process = start_process(server_command("--max-waiting-requests", "2", max_denoising_steps=100000), "MOTUS SERVER READY")
+    process = start_process(
+        server_command("--max-waiting-requests", "2", max_denoising_steps=100000), "MOTUS SERVER READY"
+    )
     yield process
     stop_process(process)
 

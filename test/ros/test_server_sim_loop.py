@@ -1,6 +1,7 @@
 """Closed loop: motus_sim (gym-aloha, MuJoCo) and motus_server in separate processes. The server's policy node
 reads the sim's cameras and joint states, and its commands move the simulated arms at about the control rate
 while chunks are being inferred (one command per control tick; the command rate itself: bench/bench_ros.py)."""
+
 from __future__ import annotations
 
 import threading
@@ -8,13 +9,12 @@ import time
 
 import numpy as np
 import pytest
+from ros_helpers import server_command, sim_command, wait_until_serving
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray
 
 from motus_ros.client import GOAL_STATUS_SUCCEEDED, MotusClient
 from motus_ros.profiles import load_profile
-
-from ros_helpers import server_command, sim_command, wait_until_serving
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -29,8 +29,11 @@ def test_policy_drives_the_simulated_aloha(ros_context, spawn_process):
     # motus-tiny's 4-step chunk (80 ms) would arrive already in the past and the policy would only ever hold.
     # One torch thread: the simulator's rendering takes most of a core, and two intra-op threads waiting on each
     # other made chunks take seconds on a loaded machine.
-    spawn_process(server_command("--torch-threads", "1", preset="motus-small", default_steps=1, chunk_request_threshold=10),
-                  ready_line="MOTUS SERVER READY", timeout=120)
+    spawn_process(
+        server_command("--torch-threads", "1", preset="motus-small", default_steps=1, chunk_request_threshold=10),
+        ready_line="MOTUS SERVER READY",
+        timeout=120,
+    )
     client = MotusClient(node_name="sim_loop_client")
     lock = threading.Lock()
     commands: list[tuple[float, np.ndarray]] = []
@@ -70,10 +73,13 @@ def test_policy_drives_the_simulated_aloha(ros_context, spawn_process):
         assert abs(result.steps - len(sent)) <= 2, f"{result.steps} commands published, {len(sent)} received"
         assert result.steps >= client.policy_task.feedback[-1].step - 1, "a control tick published no command"
         sent = np.stack(sent)
-        assert np.all(sent >= np.asarray(PROFILE.lower_limits) - 1e-9) and np.all(sent <= np.asarray(PROFILE.upper_limits) + 1e-9)
+        assert np.all(sent >= np.asarray(PROFILE.lower_limits) - 1e-9) and np.all(
+            sent <= np.asarray(PROFILE.upper_limits) + 1e-9
+        )
         holding = [f for f in client.policy_task.feedback if not f.holding]
-        assert holding, ("the policy never left the hold state: "
-                         f"{sorted({f.hold_reason for f in client.policy_task.feedback})}")
+        assert holding, (
+            f"the policy never left the hold state: {sorted({f.hold_reason for f in client.policy_task.feedback})}"
+        )
         client.spin(1.0)
         after = states[-1]
         # The simulated arms followed the commands: the joint state moved towards the last command.

@@ -1,6 +1,7 @@
 """The shipped checkpoint models/motus-small-aloha-transfer-cube: it loads in the engine (a motus-small-aloha model
 with the demonstrations' normalisation stats), motus_server serves it by name, and with the simulated robot the
 commands it sends stay within the aloha_sim profile's joint limits. Also: checkpoint names resolve, or fail clearly."""
+
 from __future__ import annotations
 
 import threading
@@ -9,15 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ros_helpers import server_command, sim_command, start_process, stop_process
 from std_msgs.msg import Float64MultiArray
 
 from motus_msgs.msg import ErrorCode
-
 from motus_ros.checkpoints import DEFAULT_SIM_CHECKPOINT, DEFAULT_SIM_INSTRUCTION, resolve_checkpoint, shipped_models
 from motus_ros.client import GOAL_STATUS_SUCCEEDED, MotusClient
 from motus_ros.profiles import load_profile
-
-from ros_helpers import server_command, sim_command, start_process, stop_process
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -61,8 +60,9 @@ def test_shipped_checkpoint_loads_as_a_motus_small_aloha_model():
         assert not np.allclose(stats["action"]["mean"], 0.0)
         views = {role: np.full((240, 320, 3), 90, np.uint8) for role in ("high", "left_wrist", "right_wrist")}
         start = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 1.0] * 2)
-        result = engine.infer(MotusRequest(mode="vla", images=views, state=start, instruction=DEFAULT_SIM_INSTRUCTION,
-                                           steps=2, seed=0))
+        result = engine.infer(
+            MotusRequest(mode="vla", images=views, state=start, instruction=DEFAULT_SIM_INSTRUCTION, steps=2, seed=0)
+        )
         assert result.actions.shape == (16, 14) and np.all(np.isfinite(result.actions))
     finally:
         engine.close()
@@ -77,9 +77,17 @@ def test_server_serves_the_shipped_checkpoint_by_name_within_the_joint_limits(ro
     try:
         processes.append(start_process(sim_command("-p", "camera_rate_hz:=4.0"), "MOTUS_SIM READY", timeout=120))
         server = start_process(
-            server_command("--checkpoint", DEFAULT_SIM_CHECKPOINT, "--torch-threads", "1",
-                           default_steps=1, chunk_request_threshold=16),
-            "MOTUS SERVER READY", timeout=180)
+            server_command(
+                "--checkpoint",
+                DEFAULT_SIM_CHECKPOINT,
+                "--torch-threads",
+                "1",
+                default_steps=1,
+                chunk_request_threshold=16,
+            ),
+            "MOTUS SERVER READY",
+            timeout=180,
+        )
         processes.append(server)
         output = "".join(server.output)
         assert f"models/{DEFAULT_SIM_CHECKPOINT}" in output and "loading the Motus checkpoint" in output, output[-3000:]
@@ -120,7 +128,8 @@ def test_server_serves_the_shipped_checkpoint_by_name_within_the_joint_limits(ro
         assert sent.shape[1] == 14 and np.all(np.isfinite(sent))
         lower, upper = np.asarray(PROFILE.lower_limits), np.asarray(PROFILE.upper_limits)
         assert np.all(sent >= lower - 1e-9) and np.all(sent <= upper + 1e-9), (
-            f"commands outside the joint limits: min {sent.min(axis=0)}, max {sent.max(axis=0)}")
+            f"commands outside the joint limits: min {sent.min(axis=0)}, max {sent.max(axis=0)}"
+        )
     finally:
         if client is not None:
             client.destroy()

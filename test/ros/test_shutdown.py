@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ros_helpers import server_command, start_process
 
 from motus_ros.profiles import load_profile
 from motus_ros.server import READY_LINE as SERVER_READY
 from motus_ros.sim.aloha_sim_node import READY_LINE as SIM_READY
-
-from ros_helpers import server_command, start_process
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,8 +42,18 @@ def signal_and_wait(process, signals: list[int], gap_s: float = 0.05, timeout: f
 def test_sim_exits_cleanly(ros_context, small_profile, signals):
     for trial in range(3 if len(signals) > 1 else 1):  # the race was intermittent (3 of 11 runs)
         process = start_process(
-            ["-m", "motus_ros.sim.aloha_sim_node", "--ros-args", "-p", f"profile:={small_profile}", "-p", "camera_rate_hz:=50.0"],
-            SIM_READY, timeout=90)
+            [
+                "-m",
+                "motus_ros.sim.aloha_sim_node",
+                "--ros-args",
+                "-p",
+                f"profile:={small_profile}",
+                "-p",
+                "camera_rate_hz:=50.0",
+            ],
+            SIM_READY,
+            timeout=90,
+        )
         time.sleep(0.5)  # rendering and publishing under way
         code, output = signal_and_wait(process, signals)
         assert code == 0 and "Traceback" not in output, f"trial {trial}: exit {code}\n{output}"

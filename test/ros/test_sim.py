@@ -6,6 +6,7 @@ Regressions pinned:
   joint states fall far below 50 Hz on a CPU (the count of joint states per camera frame catches it);
 - camera rendering runs off the physics thread: joint states keep their rate while cameras render.
 """
+
 import dataclasses
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ import rclpy
 import yaml
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
+from ros_helpers import spin_until
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64
 from std_srvs.srv import Trigger
@@ -24,7 +26,6 @@ from motus_ros.command_adapters import make_command_adapter
 from motus_ros.conversions import image_to_numpy, stamp_to_seconds
 from motus_ros.profiles import load_profile
 from motus_ros.sim.aloha_sim_node import PARAMETERS, READY_LINE
-from ros_helpers import spin_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -62,9 +63,20 @@ def small_profile(tmp_path: Path) -> Path:
 @pytest.fixture
 def sim(spawn_process, small_profile):
     return spawn_process(
-        ["-m", "motus_ros.sim.aloha_sim_node", "--ros-args", "-p", f"profile:={small_profile}",
-         "-p", f"camera_rate_hz:={CAMERA_RATE_HZ}", "-p", "seed:=3"],
-        ready_line=READY_LINE, timeout=90)
+        [
+            "-m",
+            "motus_ros.sim.aloha_sim_node",
+            "--ros-args",
+            "-p",
+            f"profile:={small_profile}",
+            "-p",
+            f"camera_rate_hz:={CAMERA_RATE_HZ}",
+            "-p",
+            "seed:=3",
+        ],
+        ready_line=READY_LINE,
+        timeout=90,
+    )
 
 
 class Recorder:
@@ -73,8 +85,9 @@ class Recorder:
         self.images: dict[str, list[Image]] = {camera.role: [] for camera in profile.cameras}
         self.rewards: list[float] = []
         self.successes: list[bool] = []
-        node.create_subscription(JointState, profile.joint_state_topics[0],
-                                 lambda m: self.joint_states.append((time.monotonic(), m)), 50)
+        node.create_subscription(
+            JointState, profile.joint_state_topics[0], lambda m: self.joint_states.append((time.monotonic(), m)), 50
+        )
         for camera in profile.cameras:
             node.create_subscription(Image, camera.topic, self.images[camera.role].append, qos_profile_sensor_data)
         node.create_subscription(Float64, "/aloha_sim/reward", lambda m: self.rewards.append(m.data), 10)
@@ -89,7 +102,8 @@ def wait_for_pose(node, recorder, target: np.ndarray, joints: list[int], timeout
         return bool(recorder.joint_states) and np.all(np.abs(recorder.position()[joints] - target[joints]) < 0.03)
 
     assert spin_until(node, close, timeout), (
-        f"joint states did not reach the command: target {target[joints]}, got {recorder.position()[joints]}")
+        f"joint states did not reach the command: target {target[joints]}, got {recorder.position()[joints]}"
+    )
     return recorder.position()
 
 
@@ -102,13 +116,16 @@ def test_sim_publishes_moves_resets(ros_context, sim, small_profile):
         # collect until every camera sent 3 frames; joint states, published every physics step off the render
         # thread, must outnumber each camera's frames many times (50 Hz vs 4 Hz: ~12x; renders on the physics
         # thread would bring them down to the camera's pace).
-        assert spin_until(node, lambda: recorder.joint_states and all(recorder.images.values()), 30), "no data from the sim"
+        assert spin_until(node, lambda: recorder.joint_states and all(recorder.images.values()), 30), (
+            "no data from the sim"
+        )
         for box in (recorder.joint_states, *recorder.images.values()):
             box.clear()
         assert spin_until(node, lambda: all(len(images) >= 3 for images in recorder.images.values()), 30)
         frames = {role: len(images) for role, images in recorder.images.items()}
         assert len(recorder.joint_states) >= 4 * max(frames.values()), (
-            f"{len(recorder.joint_states)} joint states while the cameras sent {frames}: physics waits on rendering")
+            f"{len(recorder.joint_states)} joint states while the cameras sent {frames}: physics waits on rendering"
+        )
         for role, images in recorder.images.items():
             pixels = image_to_numpy(images[-1], expected_encoding="rgb8", expected_shape=(48, 64))
             assert pixels.std() > 1.0, f"{role} image is blank"
@@ -127,12 +144,18 @@ def test_sim_publishes_moves_resets(ros_context, sim, small_profile):
             ("joint_state_per_arm", ["/joint_left_states", "/joint_right_states"], arms),
         ]
         if have_interbotix():  # the sim subscribes to it only where interbotix_xs_msgs imports
-            interfaces.append(("interbotix", ["/follower_left/commands/joint_group",
-                                              "/follower_right/commands/joint_group"], arms))
+            interfaces.append(
+                ("interbotix", ["/follower_left/commands/joint_group", "/follower_right/commands/joint_group"], arms)
+            )
         target = start.copy()
         for k, (interface, topics, groups) in enumerate(interfaces):
-            commanding = dataclasses.replace(profile, command_interface=interface, command_topics=topics,
-                                             command_joint_groups=groups, command_joint_names=[])
+            commanding = dataclasses.replace(
+                profile,
+                command_interface=interface,
+                command_topics=topics,
+                command_joint_groups=groups,
+                command_joint_names=[],
+            )
             adapter = make_command_adapter(node, commanding, dry_run=False)
             target = target.copy()
             target[0] += 0.25  # left waist
@@ -141,7 +164,9 @@ def test_sim_publishes_moves_resets(ros_context, sim, small_profile):
             reached = False
             while time.monotonic() < deadline and not reached:
                 adapter.send(target)
-                reached = spin_until(node, lambda: np.all(np.abs(recorder.position()[[0, 9]] - target[[0, 9]]) < 0.03), 0.2)
+                reached = spin_until(
+                    node, lambda target=target: np.all(np.abs(recorder.position()[[0, 9]] - target[[0, 9]]) < 0.03), 0.2
+                )
             assert reached, f"{interface}: target {target[[0, 9]]}, got {recorder.position()[[0, 9]]}"
             adapter.destroy()
         assert recorder.position()[0] - start[0] > 0.25 * len(interfaces) - 0.05  # every move really happened
@@ -152,7 +177,9 @@ def test_sim_publishes_moves_resets(ros_context, sim, small_profile):
         future = client.call_async(Trigger.Request())
         assert spin_until(node, future.done, 10) and future.result().success
         assert "seed 3" in future.result().message
-        wait_for_pose(node, recorder, np.concatenate([START_POSE, [0], START_POSE, [0]]), list(range(6)) + list(range(7, 13)))
+        wait_for_pose(
+            node, recorder, np.concatenate([START_POSE, [0], START_POSE, [0]]), list(range(6)) + list(range(7, 13))
+        )
 
         # 4. Task status.
         assert spin_until(node, lambda: recorder.rewards and recorder.successes, 10)
@@ -165,8 +192,9 @@ def test_sim_publishes_moves_resets(ros_context, sim, small_profile):
 def test_trajectory_is_interpolated_from_the_target_at_receipt():
     from motus_ros.sim.aloha_sim_node import _Trajectory
 
-    trajectory = _Trajectory([0, 9], np.array([0.0, 1.0]), np.array([0.1, 0.3]),
-                             np.array([[1.0, 1.0], [2.0, 0.0]]), start_s=5.0)
+    trajectory = _Trajectory(
+        [0, 9], np.array([0.0, 1.0]), np.array([0.1, 0.3]), np.array([[1.0, 1.0], [2.0, 0.0]]), start_s=5.0
+    )
     assert trajectory.sample(4.9) is None  # scheduled in the future: keep the current target
     np.testing.assert_allclose(trajectory.sample(5.05), [0.5, 1.0])
     np.testing.assert_allclose(trajectory.sample(5.2), [1.5, 0.5])

@@ -27,22 +27,35 @@ def header(t_ns: int) -> Any:
 def image(t_ns: int, rgb: np.ndarray, encoding: str = "rgb8") -> Any:
     data = rgb[:, :, ::-1] if encoding == "bgr8" else rgb
     height, width = rgb.shape[:2]
-    return T["sensor_msgs/msg/Image"](header=header(t_ns), height=height, width=width, encoding=encoding,
-                                      is_bigendian=0, step=width * 3, data=np.ascontiguousarray(data).reshape(-1))
+    return T["sensor_msgs/msg/Image"](
+        header=header(t_ns),
+        height=height,
+        width=width,
+        encoding=encoding,
+        is_bigendian=0,
+        step=width * 3,
+        data=np.ascontiguousarray(data).reshape(-1),
+    )
 
 
 def compressed(t_ns: int, rgb: np.ndarray, fmt: str = "jpeg") -> Any:
     """As image_transport's compressed plugin publishes it (format e.g. "rgb8; jpeg compressed bgr8")."""
     ext = ".png" if "png" in fmt else ".jpg"
-    ok, buffer = cv2.imencode(ext, np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95] if ext == ".jpg" else [])
+    ok, buffer = cv2.imencode(
+        ext, np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95] if ext == ".jpg" else []
+    )
     assert ok
     return T["sensor_msgs/msg/CompressedImage"](header=header(t_ns), format=fmt, data=buffer.reshape(-1))
 
 
 def joint_state(t_ns: int, names: list[str], positions: np.ndarray) -> Any:
-    return T["sensor_msgs/msg/JointState"](header=header(t_ns), name=list(names),
-                                           position=np.asarray(positions, dtype=np.float64),
-                                           velocity=np.zeros(0), effort=np.zeros(0))
+    return T["sensor_msgs/msg/JointState"](
+        header=header(t_ns),
+        name=list(names),
+        position=np.asarray(positions, dtype=np.float64),
+        velocity=np.zeros(0),
+        effort=np.zeros(0),
+    )
 
 
 def float64_array(values: np.ndarray) -> Any:
@@ -61,8 +74,12 @@ def joint_single(name: str, value: float) -> Any:
 def joint_trajectory(t_ns: int, names: list[str], positions: np.ndarray) -> Any:
     duration = T["builtin_interfaces/msg/Duration"](sec=0, nanosec=20_000_000)
     point = T["trajectory_msgs/msg/JointTrajectoryPoint"](
-        positions=np.asarray(positions, dtype=np.float64), velocities=np.zeros(0), accelerations=np.zeros(0),
-        effort=np.zeros(0), time_from_start=duration)
+        positions=np.asarray(positions, dtype=np.float64),
+        velocities=np.zeros(0),
+        accelerations=np.zeros(0),
+        effort=np.zeros(0),
+        time_from_start=duration,
+    )
     return T["trajectory_msgs/msg/JointTrajectory"](header=header(t_ns), joint_names=list(names), points=[point])
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from training_helpers import write_tiny_dataset
 
 

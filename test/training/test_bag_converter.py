@@ -75,13 +75,17 @@ def write_bag(path, duration_s: float = 0.6):
     for frame in range(int(duration_s * 25) + 1):  # cameras at 25 Hz
         t = START_NS + frame * 40_000_000
         for camera, spec in enumerate(PROFILE["cameras"]):
-            events.append((t, spec["topic"], "sensor_msgs/msg/Image", image(t, image_at(camera, frame), spec["encoding"])))
+            events.append(
+                (t, spec["topic"], "sensor_msgs/msg/Image", image(t, image_at(camera, frame), spec["encoding"]))
+            )
     for tick in range(int(duration_s * 100) + 1):  # joint states at 100 Hz, one message per arm
         t = START_NS + tick * 10_000_000 + 1_000_000
         q = joints_at(t)
         for arm, topic in enumerate(PROFILE["joint_state_topics"]):
             # same names on both arms, as Interbotix publishes them
-            events.append((t, topic, "sensor_msgs/msg/JointState", joint_state(t, ARM_JOINTS, q[7 * arm : 7 * arm + 7])))
+            events.append(
+                (t, topic, "sensor_msgs/msg/JointState", joint_state(t, ARM_JOINTS, q[7 * arm : 7 * arm + 7]))
+            )
     for tick in range(int(duration_s * 50) + 1):  # commands at 50 Hz
         t = START_NS + tick * 20_000_000 + 2_000_000
         events.append((t, "/commands", "std_msgs/msg/Float64MultiArray", float64_array(command_at(t))))
@@ -95,7 +99,9 @@ def test_bag_round_trip(tmp_path):
     dataset = LeRobotDataset(root)
     assert dataset.num_episodes == 1
     assert dataset.camera_keys == (
-        "observation.images.cam_high", "observation.images.cam_left_wrist", "observation.images.cam_right_wrist"
+        "observation.images.cam_high",
+        "observation.images.cam_left_wrist",
+        "observation.images.cam_right_wrist",
     )
     episode = dataset.load_episode(0)
     assert episode["task"] == "pick the cube"
@@ -142,12 +148,16 @@ def write_per_arm_command_bag(path, duration_s: float = 0.3, by_name: bool = Fal
     for frame in range(int(duration_s * 25) + 1):
         t = START_NS + frame * 40_000_000
         for camera, spec in enumerate(PROFILE["cameras"]):
-            events.append((t, spec["topic"], "sensor_msgs/msg/Image", image(t, image_at(camera, frame), spec["encoding"])))
+            events.append(
+                (t, spec["topic"], "sensor_msgs/msg/Image", image(t, image_at(camera, frame), spec["encoding"]))
+            )
     for tick in range(int(duration_s * 100) + 1):
         t = START_NS + tick * 10_000_000 + 1_000_000
         q = joints_at(t)
         for arm, topic in enumerate(PROFILE["joint_state_topics"]):
-            events.append((t, topic, "sensor_msgs/msg/JointState", joint_state(t, ARM_JOINTS, q[7 * arm : 7 * arm + 7])))
+            events.append(
+                (t, topic, "sensor_msgs/msg/JointState", joint_state(t, ARM_JOINTS, q[7 * arm : 7 * arm + 7]))
+            )
     for tick in range(int(duration_s * 50) + 1):
         t = START_NS + tick * 20_000_000 + 2_000_000
         command = command_at(t)
@@ -170,16 +180,31 @@ def test_cli_converts_with_a_robot_profile_yaml(tmp_path, capsys):
     # a profile YAML as config/robots holds them: per-arm command topics, camera sizes (the converter reads
     # commands by message type, whatever the command_interface)
     profile = dict(PROFILE)
-    profile.update({
-        "cameras": [dict(c, height=HEIGHT, width=WIDTH) for c in PROFILE["cameras"]],
-        "command_interface": "joint_trajectory",
-        "command_topics": ["/follower_left/commands", "/follower_right/commands"],
-        "command_joint_groups": [list(range(7)), list(range(7, 14))],
-    })
+    profile.update(
+        {
+            "cameras": [dict(c, height=HEIGHT, width=WIDTH) for c in PROFILE["cameras"]],
+            "command_interface": "joint_trajectory",
+            "command_topics": ["/follower_left/commands", "/follower_right/commands"],
+            "command_joint_groups": [list(range(7)), list(range(7, 14))],
+        }
+    )
     (tmp_path / "profile.yaml").write_text(yaml.safe_dump(profile))
     bag = write_per_arm_command_bag(tmp_path / "episode")
-    assert main(["convert-bag", str(bag), "--profile", str(tmp_path / "profile.yaml"),
-                 "--output", str(tmp_path / "dataset"), "--task", "fold"]) == 0
+    assert (
+        main(
+            [
+                "convert-bag",
+                str(bag),
+                "--profile",
+                str(tmp_path / "profile.yaml"),
+                "--output",
+                str(tmp_path / "dataset"),
+                "--task",
+                "fold",
+            ]
+        )
+        == 0
+    )
     dataset = LeRobotDataset(tmp_path / "dataset")
     assert dataset.fps == 50.0 and dataset.task(0) == "fold"
     episode = dataset.load_episode(0)
@@ -194,9 +219,12 @@ def test_cli_converts_with_a_robot_profile_yaml(tmp_path, capsys):
 
 @pytest.mark.timeout(60)
 def test_per_arm_joint_state_commands_are_read_by_the_drivers_names(tmp_path):
-    profile = dict(PROFILE, command_interface="joint_state_per_arm",
-                   command_topics=["/follower_left/commands", "/follower_right/commands"],
-                   command_joint_groups=[list(range(7)), list(range(7, 14))])
+    profile = dict(
+        PROFILE,
+        command_interface="joint_state_per_arm",
+        command_topics=["/follower_left/commands", "/follower_right/commands"],
+        command_joint_groups=[list(range(7)), list(range(7, 14))],
+    )
     bag = write_per_arm_command_bag(tmp_path / "episode", by_name=True)
     dataset = LeRobotDataset(convert_bags([bag], profile, tmp_path / "dataset", fps=50, task="fold"))
     episode = dataset.load_episode(0)
@@ -211,11 +239,24 @@ def test_cli_names_a_bad_profile_in_one_line(tmp_path, capsys):
     from motus_model.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["convert-bag", str(tmp_path / "x.mcap"), "--profile", "no_such_robot",
-              "--output", str(tmp_path / "dataset"), "--task", "fold"])
+        main(
+            [
+                "convert-bag",
+                str(tmp_path / "x.mcap"),
+                "--profile",
+                "no_such_robot",
+                "--output",
+                str(tmp_path / "dataset"),
+                "--task",
+                "fold",
+            ]
+        )
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and "\n" not in err and "Traceback" not in err
-    assert err.startswith("motus: error: --profile no_such_robot: unknown robot profile 'no_such_robot'") and "searched" in err
+    assert (
+        err.startswith("motus: error: --profile no_such_robot: unknown robot profile 'no_such_robot'")
+        and "searched" in err
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -236,8 +277,14 @@ INTERBOTIX_PROFILE = dict(
 )
 
 
-def write_interbotix_bag(folder, storage="mcap", duration_s=0.3, formats=("jpeg", "rgb8; jpeg compressed bgr8", "png"),
-                         single_commands=True, start_ns=START_NS):
+def write_interbotix_bag(
+    folder,
+    storage="mcap",
+    duration_s=0.3,
+    formats=("jpeg", "rgb8; jpeg compressed bgr8", "png"),
+    single_commands=True,
+    start_ns=START_NS,
+):
     """What `ros2 bag record` gives on an Interbotix ALOHA: compressed cameras (<topic>/compressed), per-arm joint
     states, JointGroupCommand "arm" (6 values) + JointSingleCommand "gripper" per arm."""
     from bag_helpers import compressed, joint_group, joint_single
@@ -246,22 +293,42 @@ def write_interbotix_bag(folder, storage="mcap", duration_s=0.3, formats=("jpeg"
     for frame in range(int(duration_s * 25) + 1):
         t = start_ns + frame * 40_000_000
         for camera, spec in enumerate(INTERBOTIX_PROFILE["cameras"]):
-            events.append((t, spec["topic"] + "/compressed", "sensor_msgs/msg/CompressedImage",
-                           compressed(t, image_at(camera, frame), formats[camera])))
+            events.append(
+                (
+                    t,
+                    spec["topic"] + "/compressed",
+                    "sensor_msgs/msg/CompressedImage",
+                    compressed(t, image_at(camera, frame), formats[camera]),
+                )
+            )
     for tick in range(int(duration_s * 100) + 1):
         t = start_ns + tick * 10_000_000 + 1_000_000
         q = joints_at(t)
         for arm, topic in enumerate(INTERBOTIX_PROFILE["joint_state_topics"]):
-            events.append((t, topic, "sensor_msgs/msg/JointState", joint_state(t, ARM_JOINTS, q[7 * arm : 7 * arm + 7])))
+            events.append(
+                (t, topic, "sensor_msgs/msg/JointState", joint_state(t, ARM_JOINTS, q[7 * arm : 7 * arm + 7]))
+            )
     for tick in range(int(duration_s * 50) + 1):
         t = start_ns + tick * 20_000_000 + 2_000_000
         command = command_at(t)
         for arm, robot in enumerate(("follower_left", "follower_right")):
-            events.append((t + 10 * arm, f"/{robot}/commands/joint_group", "interbotix_xs_msgs/msg/JointGroupCommand",
-                           joint_group("arm", command[7 * arm : 7 * arm + 6])))
+            events.append(
+                (
+                    t + 10 * arm,
+                    f"/{robot}/commands/joint_group",
+                    "interbotix_xs_msgs/msg/JointGroupCommand",
+                    joint_group("arm", command[7 * arm : 7 * arm + 6]),
+                )
+            )
             if single_commands:
-                events.append((t + 10 * arm + 5, f"/{robot}/commands/joint_single",
-                               "interbotix_xs_msgs/msg/JointSingleCommand", joint_single("gripper", command[7 * arm + 6])))
+                events.append(
+                    (
+                        t + 10 * arm + 5,
+                        f"/{robot}/commands/joint_single",
+                        "interbotix_xs_msgs/msg/JointSingleCommand",
+                        joint_single("gripper", command[7 * arm + 6]),
+                    )
+                )
     return write_rosbag(folder, events, storage)
 
 
@@ -331,8 +398,17 @@ def test_bad_bags_give_one_line_errors_and_leave_no_dataset(tmp_path, capsys):
     (tmp_path / "no_meta").mkdir()
     assert "without metadata.yaml" in _cli_error(tmp_path, capsys, base + [str(tmp_path / "no_meta")])
     # a good bag first, then a bad one: the whole conversion fails and no half dataset is left behind
-    missing = write_rosbag(tmp_path / "no_cameras", [(START_NS, "/follower_left/joint_states", "sensor_msgs/msg/JointState",
-                                                     joint_state(START_NS, ARM_JOINTS, np.zeros(7)))])
+    missing = write_rosbag(
+        tmp_path / "no_cameras",
+        [
+            (
+                START_NS,
+                "/follower_left/joint_states",
+                "sensor_msgs/msg/JointState",
+                joint_state(START_NS, ARM_JOINTS, np.zeros(7)),
+            )
+        ],
+    )
     err = _cli_error(tmp_path, capsys, base + [str(good), str(missing)])
     assert "no_cameras: topic /cam_high/camera/color/image_rect_raw (camera) is not in the bag" in err
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".dataset")]
@@ -345,11 +421,15 @@ def test_bad_bags_give_one_line_errors_and_leave_no_dataset(tmp_path, capsys):
 
 
 def test_failed_append_leaves_the_dataset_as_it_was(tmp_path, capsys):
-    root = convert_bags([write_interbotix_bag(tmp_path / "a")], INTERBOTIX_PROFILE, tmp_path / "dataset", fps=50, task="t")
+    root = convert_bags(
+        [write_interbotix_bag(tmp_path / "a")], INTERBOTIX_PROFILE, tmp_path / "dataset", fps=50, task="t"
+    )
     before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
     bad = write_interbotix_bag(tmp_path / "bad", single_commands=False)
     with pytest.raises(ValueError, match="joint group has 7"):
-        convert_bags([write_interbotix_bag(tmp_path / "b"), bad], INTERBOTIX_PROFILE, root, fps=50, task="t", append=True)
+        convert_bags(
+            [write_interbotix_bag(tmp_path / "b"), bad], INTERBOTIX_PROFILE, root, fps=50, task="t", append=True
+        )
     after = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
     assert after == before
     assert LeRobotDataset(root).num_episodes == 1

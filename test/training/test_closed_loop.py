@@ -10,9 +10,9 @@ import pytest
 
 import motus_sim.closed_loop as closed_loop
 from motus_model.action_chunks import upsample_chunk
-from motus_sim.closed_loop import ClosedLoopConfig, EpisodeResult, evaluate, summarize, wilson_interval
 from motus_model.cli import main as motus_main
 from motus_model.data.video import read_video
+from motus_sim.closed_loop import ClosedLoopConfig, EpisodeResult, evaluate, summarize, wilson_interval
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "motus-small-aloha-transfer-cube"
 
@@ -49,10 +49,25 @@ def test_bad_configs_fail_clearly():
 @pytest.mark.timeout(240)
 def test_motus_eval_runs_a_short_episode_end_to_end_with_the_shipped_checkpoint(tmp_path, capsys):
     out = tmp_path / "eval"
-    status = motus_main([
-        "eval", "--checkpoint", str(SHIPPED), "--episodes", "1", "--max-steps", "40", "--videos", "1",
-        "--imagine", "1", "--inference-steps", "2", "--out", str(out),
-    ])
+    status = motus_main(
+        [
+            "eval",
+            "--checkpoint",
+            str(SHIPPED),
+            "--episodes",
+            "1",
+            "--max-steps",
+            "40",
+            "--videos",
+            "1",
+            "--imagine",
+            "1",
+            "--inference-steps",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert status == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["episodes"] == 1 and len(printed["success_rate_ci95"]) == 2
@@ -72,8 +87,16 @@ def test_motus_eval_runs_a_short_episode_end_to_end_with_the_shipped_checkpoint(
 
 @pytest.mark.timeout(240)
 def test_expert_can_drive_the_start_then_hand_over(tmp_path):
-    config = ClosedLoopConfig(checkpoint=str(SHIPPED), episodes=1, max_steps=40, expert_steps=33, videos=0, imagine=0,
-                              inference_steps=2, out=str(tmp_path))
+    config = ClosedLoopConfig(
+        checkpoint=str(SHIPPED),
+        episodes=1,
+        max_steps=40,
+        expert_steps=33,
+        videos=0,
+        imagine=0,
+        inference_steps=2,
+        out=str(tmp_path),
+    )
     episode = evaluate(config, show_progress=False)["episodes"][0]
     assert episode["steps"] == 40 and episode["chunks"] == 1  # the policy planned once, at step 33
     with pytest.raises(ValueError, match="expert_steps"):
@@ -91,7 +114,9 @@ def test_temporal_ensembling_executes_the_weighted_vote_of_overlapping_chunks(tm
     def recording_submit(request, *args, **kwargs):
         future = submit(request, *args, **kwargs)
         rate = engine.config.temporal.downsample_rate
-        future.add_done_callback(lambda done: planned.append(upsample_chunk(done.result().actions, request.state, rate)))
+        future.add_done_callback(
+            lambda done: planned.append(upsample_chunk(done.result().actions, request.state, rate))
+        )
         return future
 
     executed: list[np.ndarray] = []
@@ -105,8 +130,18 @@ def test_temporal_ensembling_executes_the_weighted_vote_of_overlapping_chunks(tm
 
     monkeypatch.setattr(engine, "submit", recording_submit)
     monkeypatch.setattr(closed_loop, "make_joint_environment", recording_environment)
-    config = ClosedLoopConfig(checkpoint=str(SHIPPED), episodes=1, max_steps=20, execute_steps=8, blending="temporal_ensemble",
-                              ensemble_decay=0.5, videos=0, imagine=0, inference_steps=2, out=str(tmp_path))
+    config = ClosedLoopConfig(
+        checkpoint=str(SHIPPED),
+        episodes=1,
+        max_steps=20,
+        execute_steps=8,
+        blending="temporal_ensemble",
+        ensemble_decay=0.5,
+        videos=0,
+        imagine=0,
+        inference_steps=2,
+        out=str(tmp_path),
+    )
     try:
         episode = evaluate(config, engine=engine, show_progress=False)["episodes"][0]
     finally:
@@ -114,7 +149,9 @@ def test_temporal_ensembling_executes_the_weighted_vote_of_overlapping_chunks(tm
     assert episode["chunks"] == len(planned) == 3 and len(executed) == 20  # planned at steps 0, 8 and 16
     weights = np.exp(-0.5 * np.arange(3))  # the oldest chunk weighs most (ACT)
     np.testing.assert_allclose(executed[5], planned[0][5])  # one chunk covers step 5
-    np.testing.assert_allclose(executed[12], (weights[0] * planned[0][12] + weights[1] * planned[1][4]) / weights[:2].sum())
+    np.testing.assert_allclose(
+        executed[12], (weights[0] * planned[0][12] + weights[1] * planned[1][4]) / weights[:2].sum()
+    )
     vote = weights[0] * planned[0][17] + weights[1] * planned[1][9] + weights[2] * planned[2][1]
     np.testing.assert_allclose(executed[17], vote / weights.sum())
     with pytest.raises(ValueError, match="blending"):

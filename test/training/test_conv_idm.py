@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from training_helpers import write_tiny_dataset
 
 from motus_model.baselines.conv_idm import (
     ConvIDM,
@@ -28,8 +29,6 @@ from motus_model.data.torch_dataset import SampleKey, collate_samples
 from motus_model.modeling_utils import load_stats
 from motus_model.preprocessing import Normalizer
 
-from training_helpers import write_tiny_dataset
-
 PRESET = "motus-tiny"
 
 
@@ -38,8 +37,23 @@ def _last_json(capsys) -> dict:
 
 
 def _train_cli(dataset, output, steps=2) -> list[str]:
-    return ["train-conv-idm", "--dataset", str(dataset), "--preset", PRESET, "--output", str(output),
-            "--steps", str(steps), "--batch-size", "4", "--warmup-steps", "0", "--log-every", "1"]
+    return [
+        "train-conv-idm",
+        "--dataset",
+        str(dataset),
+        "--preset",
+        PRESET,
+        "--output",
+        str(output),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "4",
+        "--warmup-steps",
+        "0",
+        "--log-every",
+        "1",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +134,24 @@ def test_train_command_writes_a_loadable_folder(dataset, tmp_path, capsys):
     assert loaded_stats == stats and model.config.preset == PRESET
 
     # a wall-clock budget without --steps stops the run (here: at once) and still saves
-    assert main(["train-conv-idm", "--dataset", str(dataset), "--preset", PRESET, "--output", str(tmp_path / "budget"),
-                 "--max-minutes", "1e-9", "--batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "train-conv-idm",
+                "--dataset",
+                str(dataset),
+                "--preset",
+                PRESET,
+                "--output",
+                str(tmp_path / "budget"),
+                "--max-minutes",
+                "1e-9",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     summary = _last_json(capsys)
     assert summary["stopped_by"] == "max_minutes" and summary["steps"] == 0
     assert (tmp_path / "budget" / "model.safetensors").is_file()
@@ -131,21 +161,29 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     torch.manual_seed(1)
     config = ConvIDMConfig.from_preset(PRESET)
     model = ConvIDM(config).eval()
-    stats = {"mode": "mean_std", "eps": 1e-6, "stats": {
-        "state": {"mean": [0.1] * 14, "std": [2.0] * 14}, "action": {"mean": [-0.2] * 14, "std": [0.5] * 14}}}
+    stats = {
+        "mode": "mean_std",
+        "eps": 1e-6,
+        "stats": {"state": {"mean": [0.1] * 14, "std": [2.0] * 14}, "action": {"mean": [-0.2] * 14, "std": [0.5] * 14}},
+    }
     model.save_pretrained(tmp_path / "m", stats=stats)
     loaded, loaded_stats = ConvIDM.from_pretrained(tmp_path / "m"), load_stats(tmp_path / "m")
     assert loaded_stats == stats
     generator = torch.Generator().manual_seed(0)
-    inputs = (torch.rand(3, 3, 32, 32, generator=generator) * 2 - 1,
-              torch.rand(3, 2, 3, 32, 32, generator=generator) * 2 - 1, torch.randn(3, 14, generator=generator))
+    inputs = (
+        torch.rand(3, 3, 32, 32, generator=generator) * 2 - 1,
+        torch.rand(3, 2, 3, 32, 32, generator=generator) * 2 - 1,
+        torch.randn(3, 14, generator=generator),
+    )
     with torch.no_grad():
         assert torch.equal(model(*inputs), loaded(*inputs))
 
     # the robot-unit predictor: raw state in, raw actions out, through the saved normaliser
     predictor = ConvIDMPredictor.from_pretrained(tmp_path / "m")
     rng = np.random.default_rng(0)
-    views = lambda: {role: rng.integers(0, 255, (24, 32, 3), dtype=np.uint8) for role in ("high", "left_wrist", "right_wrist")}
+    views = lambda: {
+        role: rng.integers(0, 255, (24, 32, 3), dtype=np.uint8) for role in ("high", "left_wrist", "right_wrist")
+    }
     images, future, state = views(), [views(), views()], rng.normal(size=14).astype(np.float32)
     condition, future_t, state_t = predictor.inputs(images, future, state)
     np.testing.assert_allclose(state_t[0].numpy(), (state - 0.1) / (2.0 + 1e-6), rtol=1e-5)
@@ -162,8 +200,21 @@ def test_idm_eval_reports_three_methods(dataset, motus_checkpoint, tmp_path, cap
     assert main(_train_cli(dataset, conv, steps=2)) == 0
     capsys.readouterr()
     out = tmp_path / "eval" / "idm.json"
-    args = ["idm-eval", "--dataset", str(dataset), "--motus", str(motus_checkpoint), "--conv-idm", str(conv),
-            "--samples", "5", "--seed", "0", "--out", str(out)]
+    args = [
+        "idm-eval",
+        "--dataset",
+        str(dataset),
+        "--motus",
+        str(motus_checkpoint),
+        "--conv-idm",
+        str(conv),
+        "--samples",
+        "5",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     report = _last_json(capsys)
     assert json.loads(out.read_text()) == report
@@ -212,8 +263,19 @@ def test_bad_inputs_give_clear_errors(dataset, motus_checkpoint, tmp_path):
     small = tmp_path / "conv_small"
     ConvIDM(ConvIDMConfig.from_preset("motus-small-aloha")).save_pretrained(small)
     with pytest.raises(ValueError, match="preset mismatch.*motus-small-aloha.*action_chunk: conv IDM 16 vs Motus 4"):
-        main(["idm-eval", "--dataset", str(dataset), "--motus", str(motus_checkpoint), "--conv-idm", str(small),
-              "--samples", "2"])
+        main(
+            [
+                "idm-eval",
+                "--dataset",
+                str(dataset),
+                "--motus",
+                str(motus_checkpoint),
+                "--conv-idm",
+                str(small),
+                "--samples",
+                "2",
+            ]
+        )
     with pytest.raises(FileNotFoundError, match="--dataset .* does not exist"):
         main(["idm-eval", "--dataset", str(tmp_path / "nowhere"), "--conv-idm", str(small), "--samples", "2"])
     with pytest.raises(FileNotFoundError, match="--conv-idm .* does not exist"):

@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_helpers import write_tiny_dataset
 
 from motus_model.conditioning import build_tiny_qwen3_vl, build_tiny_umt5
-
-from training_helpers import write_tiny_dataset
 
 SOURCE = Path(__file__).resolve().parents[2] / "src"
 RUNNER = """
@@ -45,10 +44,22 @@ def _run(
     tmp_path: Path, name: str, processes: int, accumulation: int, num_workers: int = 0
 ) -> tuple[list[dict], dict[str, torch.Tensor]]:
     config = {
-        "stage": 3, "training_mode": "finetune", "preset": "motus-tiny", "dataset": str(tmp_path / "ds"),
-        "output": str(tmp_path / name), "steps": 2, "batch_size": 4, "gradient_accumulation": accumulation,
-        "learning_rate": 1e-3, "warmup_steps": 0, "log_every": 1, "checkpoint_every": 0,
-        "reinit_prefixes": [], "num_workers": num_workers, "text_encoder_path": str(tmp_path / "text_encoder"), "vlm_path": str(tmp_path / "vlm"),
+        "stage": 3,
+        "training_mode": "finetune",
+        "preset": "motus-tiny",
+        "dataset": str(tmp_path / "ds"),
+        "output": str(tmp_path / name),
+        "steps": 2,
+        "batch_size": 4,
+        "gradient_accumulation": accumulation,
+        "learning_rate": 1e-3,
+        "warmup_steps": 0,
+        "log_every": 1,
+        "checkpoint_every": 0,
+        "reinit_prefixes": [],
+        "num_workers": num_workers,
+        "text_encoder_path": str(tmp_path / "text_encoder"),
+        "vlm_path": str(tmp_path / "vlm"),
     }
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
@@ -57,8 +68,13 @@ def _run(
         command = [sys.executable, str(script), json.dumps(config)]
     else:
         command = [
-            sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-            f"--master_port={_free_port()}", str(script), json.dumps(config),
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={processes}",
+            f"--master_port={_free_port()}",
+            str(script),
+            json.dumps(config),
         ]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert completed.returncode == 0, completed.stderr[-4000:]

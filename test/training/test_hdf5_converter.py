@@ -66,13 +66,16 @@ def write_robotwin(path, seed: int = 0):
         for c, name in enumerate(("head_camera", "left_camera", "right_camera")):
             encoded = [cv2.imencode(".jpg", frame(c, t), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes() for t in range(T)]
             width = max(len(e) for e in encoded)
-            root.create_dataset(f"observation/{name}/rgb", data=np.array([e.ljust(width, b"\0") for e in encoded], dtype=f"S{width}"))
+            root.create_dataset(
+                f"observation/{name}/rgb", data=np.array([e.ljust(width, b"\0") for e in encoded], dtype=f"S{width}")
+            )
     return path
 
 
 def _assert_frames(dataset, episode, length):
-    for c, key in enumerate(("observation.images.cam_high", "observation.images.cam_left_wrist",
-                             "observation.images.cam_right_wrist")):
+    for c, key in enumerate(
+        ("observation.images.cam_high", "observation.images.cam_left_wrist", "observation.images.cam_right_wrist")
+    ):
         clip = dataset.frames(episode, key)
         assert clip.shape == (length, H, W, 3)
         for t in (0, length - 1):
@@ -108,7 +111,9 @@ def test_cli_with_a_profile_keeps_its_roles_and_reports_bad_files(tmp_path, caps
     from motus_model.embodiment import load_profile
 
     profile = load_profile("aloha_sim").to_dict()
-    profile.update(name="one_view", cameras=[{"role": "high", "topic": "/cam_high", "encoding": "rgb8"}])  # a single-view robot
+    profile.update(
+        name="one_view", cameras=[{"role": "high", "topic": "/cam_high", "encoding": "rgb8"}]
+    )  # a single-view robot
     (tmp_path / "one_view.yaml").write_text(yaml.safe_dump(profile))
     good = write_act(tmp_path / "good.hdf5", compress=True)
     out = tmp_path / "dataset"

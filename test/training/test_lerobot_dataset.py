@@ -21,7 +21,10 @@ def test_round_trip_exact_vectors_and_close_frames(tiny_dataset):
     assert info["total_frames"] == 48 and info["codebase_version"] == "v3.0"
     # v3.0: both episodes share one parquet file and one mp4 per camera
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet")) == [
-        "data/chunk-000/file-000.parquet", "meta/episodes/chunk-000/file-000.parquet", "meta/tasks.parquet"]
+        "data/chunk-000/file-000.parquet",
+        "meta/episodes/chunk-000/file-000.parquet",
+        "meta/tasks.parquet",
+    ]
     assert len(list(root.rglob("*.mp4"))) == 3
     for e, episode in enumerate(written):
         loaded = dataset.load_episode(e)

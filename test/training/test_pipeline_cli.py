@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_helpers import write_tiny_dataset
 
 from motus_model.cli import main
 from motus_model.conditioning import build_tiny_qwen3_vl, build_tiny_umt5
@@ -20,8 +21,6 @@ from motus_model.config import MotusConfig
 from motus_model.data.lerobot import LeRobotDataset
 from motus_model.modeling_motus import MotusModel
 from motus_model.training.trainer import load_stage_weights
-
-from training_helpers import write_tiny_dataset
 
 
 def _weights(run) -> dict[str, torch.Tensor]:
@@ -35,16 +34,57 @@ def test_three_stages_through_the_cli(tmp_path, capsys):
     build_tiny_umt5(24, directory=tmp_path / "te")
     build_tiny_qwen3_vl(24, directory=tmp_path / "vlm")
     encoders = ["--text-encoder", str(tmp_path / "te"), "--vlm", str(tmp_path / "vlm")]
-    common = ["--preset", "motus-tiny", "--steps", "2", "--batch-size", "2", "--checkpoint-every", "0",
-              "--warmup-steps", "0", "--lr", "1e-3", *encoders]
+    common = [
+        "--preset",
+        "motus-tiny",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--checkpoint-every",
+        "0",
+        "--warmup-steps",
+        "0",
+        "--lr",
+        "1e-3",
+        *encoders,
+    ]
 
     assert main(["stats", "--dataset", str(dataset)]) == 0
     assert set(json.loads(capsys.readouterr().out.strip().splitlines()[-1])) == {"observation.state", "action"}
 
-    assert main(["train-latent-vae", "--labelled", str(dataset), "--output", str(tmp_path / "vae"),
-                 "--steps", "3", "--batch-size", "4", "--shape", "tiny"]) == 0
-    assert main(["latent-actions", "--dataset", str(dataset), "--vae", str(tmp_path / "vae"),
-                 "--out", str(tmp_path / "ds_latent")]) == 0
+    assert (
+        main(
+            [
+                "train-latent-vae",
+                "--labelled",
+                str(dataset),
+                "--output",
+                str(tmp_path / "vae"),
+                "--steps",
+                "3",
+                "--batch-size",
+                "4",
+                "--shape",
+                "tiny",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "latent-actions",
+                "--dataset",
+                str(dataset),
+                "--vae",
+                str(tmp_path / "vae"),
+                "--out",
+                str(tmp_path / "ds_latent"),
+            ]
+        )
+        == 0
+    )
     assert "latent_action" in LeRobotDataset(tmp_path / "ds_latent").vector_keys
     assert "latent_action" not in LeRobotDataset(dataset).vector_keys  # --out leaves the source alone
 
@@ -52,15 +92,34 @@ def test_three_stages_through_the_cli(tmp_path, capsys):
     assert main(["train", "--stage", "1", "--dataset", str(dataset), "--output", str(tmp_path / "run1"), *common]) == 0
     stage1 = _weights(tmp_path / "run1")
     torch.manual_seed(0)
-    init = MotusModel(MotusConfig.from_dict({**MotusConfig.preset("motus-tiny").to_dict(), "training_mode": "pretrain"}))
+    init = MotusModel(
+        MotusConfig.from_dict({**MotusConfig.preset("motus-tiny").to_dict(), "training_mode": "pretrain"})
+    )
     init_state = init.state_dict()
     assert all(torch.equal(stage1[k], init_state[k]) for k in stage1 if k.startswith(("action_expert.", "und_expert.")))
     assert not torch.equal(stage1["video.blocks.0.self_attn.q.weight"], init_state["video.blocks.0.self_attn.q.weight"])
-    assert json.loads((tmp_path / "run1/checkpoints/step_0000002/config.json").read_text())["training_mode"] == "pretrain"
+    assert (
+        json.loads((tmp_path / "run1/checkpoints/step_0000002/config.json").read_text())["training_mode"] == "pretrain"
+    )
 
     # stage 2: latent actions, every expert trains, starts from stage 1
-    assert main(["train", "--stage", "2", "--dataset", str(tmp_path / "ds_latent"), "--output", str(tmp_path / "run2"),
-                 "--init-from", str(tmp_path / "run1/checkpoints/step_0000002"), *common]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--stage",
+                "2",
+                "--dataset",
+                str(tmp_path / "ds_latent"),
+                "--output",
+                str(tmp_path / "run2"),
+                "--init-from",
+                str(tmp_path / "run1/checkpoints/step_0000002"),
+                *common,
+            ]
+        )
+        == 0
+    )
     stage2 = _weights(tmp_path / "run2")
     assert not torch.equal(stage2["action_expert.blocks.0.o.weight"], stage1["action_expert.blocks.0.o.weight"])
     stats2 = json.loads((tmp_path / "run2/checkpoints/step_0000002/stats.json").read_text())
@@ -68,20 +127,63 @@ def test_three_stages_through_the_cli(tmp_path, capsys):
     np.testing.assert_allclose(stats2["stats"]["action"]["mean"], latent_stats["mean"])
 
     # stage 3: real actions, finetune mode, from stage 2
-    assert main(["train", "--stage", "3", "--dataset", str(dataset), "--output", str(tmp_path / "run3"),
-                 "--init-from", str(tmp_path / "run2/checkpoints/step_0000002"), "--lr-cycle-steps", "2",
-                 "--lr-min-factor", "0.05", "--state-noise-std", "0.5", "--episode-start-fraction", "0.5",
-                 "--episode-start-rows", "4", *common]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--stage",
+                "3",
+                "--dataset",
+                str(dataset),
+                "--output",
+                str(tmp_path / "run3"),
+                "--init-from",
+                str(tmp_path / "run2/checkpoints/step_0000002"),
+                "--lr-cycle-steps",
+                "2",
+                "--lr-min-factor",
+                "0.05",
+                "--state-noise-std",
+                "0.5",
+                "--episode-start-fraction",
+                "0.5",
+                "--episode-start-rows",
+                "4",
+                *common,
+            ]
+        )
+        == 0
+    )
     run3_config = json.loads((tmp_path / "run3/training_config.json").read_text())
     assert (run3_config["lr_cycle_steps"], run3_config["lr_f_min"]) == (2, 0.05)
-    assert (run3_config["state_noise_std"], run3_config["episode_start_fraction"], run3_config["episode_start_rows"]) == (0.5, 0.5, 4)
+    assert (
+        run3_config["state_noise_std"],
+        run3_config["episode_start_fraction"],
+        run3_config["episode_start_rows"],
+    ) == (0.5, 0.5, 4)
     checkpoint = tmp_path / "run3/checkpoints/step_0000002"
     # given encoder folders are linked into the checkpoint, not copied
-    assert (checkpoint / "text_encoder").is_symlink() and (checkpoint / "text_encoder").resolve() == (tmp_path / "te").resolve()
+    assert (checkpoint / "text_encoder").is_symlink() and (checkpoint / "text_encoder").resolve() == (
+        tmp_path / "te"
+    ).resolve()
     stage3 = _weights(tmp_path / "run3")
     assert "action_expert.registers" in stage3 and "action_expert.registers" not in stage2
     # A run continues from its saved config (which names the output folder); the flags given override it.
-    assert main(["train", "--stage", "3", "--config", str(tmp_path / "run3/training_config.json"), "--steps", "3", "--resume"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--stage",
+                "3",
+                "--config",
+                str(tmp_path / "run3/training_config.json"),
+                "--steps",
+                "3",
+                "--resume",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "run3/checkpoints/step_0000003").is_dir()
     assert json.loads((tmp_path / "run3/training_config.json").read_text())["steps"] == 3
     with pytest.raises(ValueError, match="--output"):
@@ -92,9 +194,16 @@ def test_three_stages_through_the_cli(tmp_path, capsys):
     engine = MotusEngine.from_pretrained(checkpoint)
     try:
         episode = LeRobotDataset(dataset).load_episode(0)
-        images = {role: episode["frames"][f"observation.images.cam_{role}"][0] for role in ("high", "left_wrist", "right_wrist")}
-        result = engine.infer(MotusRequest(mode="vla", images=images, state=episode["observation.state"][0],
-                                           instruction="task 0", seed=0), timeout=60)
+        images = {
+            role: episode["frames"][f"observation.images.cam_{role}"][0]
+            for role in ("high", "left_wrist", "right_wrist")
+        }
+        result = engine.infer(
+            MotusRequest(
+                mode="vla", images=images, state=episode["observation.state"][0], instruction="task 0", seed=0
+            ),
+            timeout=60,
+        )
     finally:
         engine.close()
     assert result.actions.shape == (4, 14) and np.all(np.isfinite(result.actions))
@@ -109,8 +218,12 @@ def test_stage3_reinitialises_action_encoder_and_decoder():
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
     report = load_stage_weights(model, previous, ["action_expert.action_encoder.", "action_expert.head."])
     state = model.state_dict()
-    assert report["reinitialised"] and all(k.startswith(("action_expert.action_encoder.", "action_expert.head.")) for k in report["reinitialised"])
-    assert set(report["new"]) == {k for k in state if k.startswith(("action_expert.state_encoder.", "action_expert.registers"))}
+    assert report["reinitialised"] and all(
+        k.startswith(("action_expert.action_encoder.", "action_expert.head.")) for k in report["reinitialised"]
+    )
+    assert set(report["new"]) == {
+        k for k in state if k.startswith(("action_expert.state_encoder.", "action_expert.registers"))
+    }
     for key in report["reinitialised"] + report["new"]:
         assert torch.equal(state[key], fresh[key]), key
     for key in report["loaded"]:

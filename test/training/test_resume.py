@@ -6,22 +6,31 @@ import json
 
 import pytest
 import torch
+from training_helpers import write_tiny_dataset
 
 from motus_model.conditioning import build_tiny_qwen3_vl, build_tiny_umt5
 from motus_model.training.config import TrainingConfig
 from motus_model.training.trainer import Trainer, latest_checkpoint
 
-from training_helpers import write_tiny_dataset
-
 
 def _config(tmp_path, output: str, steps: int, encoders) -> TrainingConfig:
     text_dir, vlm_dir = encoders
     return TrainingConfig.for_stage(
-        3, preset="motus-tiny", dataset=str(tmp_path / "ds"), output=str(tmp_path / output), steps=steps,
-        batch_size=2, learning_rate=1e-3, warmup_steps=2, log_every=1, checkpoint_every=3,
-        text_encoder_path=str(text_dir), vlm_path=str(vlm_dir),
+        3,
+        preset="motus-tiny",
+        dataset=str(tmp_path / "ds"),
+        output=str(tmp_path / output),
+        steps=steps,
+        batch_size=2,
+        learning_rate=1e-3,
+        warmup_steps=2,
+        log_every=1,
+        checkpoint_every=3,
+        text_encoder_path=str(text_dir),
+        vlm_path=str(vlm_dir),
         # the state augmentation draws from the per-step generator, so it must resume exactly too
-        state_noise_std=0.3, state_dropout=0.25,
+        state_noise_std=0.3,
+        state_dropout=0.25,
     )
 
 
@@ -94,7 +103,9 @@ def test_state_augmentation_reaches_the_model(tmp_path):
         config = _config(tmp_path, name, 1, encoders)
         config.state_noise_std, config.state_dropout = noise, dropout
         trainer = Trainer(config)
-        trainer.objective.register_forward_pre_hook(lambda _, args, name=name: seen.update({name: args[0]["state"].clone()}))
+        trainer.objective.register_forward_pre_hook(
+            lambda _, args, name=name: seen.update({name: args[0]["state"].clone()})
+        )
         trainer.train_step()
     difference = seen["augmented"] - seen["plain"]  # same step, same samples
     assert 0.1 < float(difference.std()) < 0.5

@@ -92,8 +92,9 @@ def test_mixture_sampler_oversamples_the_episode_start():
     mixture = MixtureConfig.single("a")
     lengths = [[200, 200, 6 + 8]]  # the last episode has 6 condition rows, fewer than the start window
     plain = MixtureSampler(mixture, lengths, action_chunk=4, downsample_rate=2, seed=3)
-    start = MixtureSampler(mixture, lengths, action_chunk=4, downsample_rate=2, seed=3,
-                           episode_start_fraction=0.5, episode_start_rows=16)
+    start = MixtureSampler(
+        mixture, lengths, action_chunk=4, downsample_rate=2, seed=3, episode_start_fraction=0.5, episode_start_rows=16
+    )
     long_episodes = lambda keys: np.array([k.condition for k in keys if k.episode < 2])  # noqa: E731
     plain_rows, start_rows = long_episodes(plain.draw_batch(6000)), long_episodes(start.draw_batch(6000))
     # Uniform over 192 rows puts 16/192 in the first 16; half the draws forced there adds 0.5.
@@ -102,4 +103,6 @@ def test_mixture_sampler_oversamples_the_episode_start():
     assert start_rows.max() > 150  # the rest of the episode is still drawn
     assert all(k.condition < 6 for k in start.draw_batch(500) if k.episode == 2)  # never past a short episode
     with pytest.raises(ValueError, match="episode_start_fraction"):
-        MixtureSampler(mixture, lengths, action_chunk=4, downsample_rate=2, episode_start_fraction=0.5, episode_start_rows=0)
+        MixtureSampler(
+            mixture, lengths, action_chunk=4, downsample_rate=2, episode_start_fraction=0.5, episode_start_rows=0
+        )

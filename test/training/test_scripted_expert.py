@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from motus_model.data.lerobot import LeRobotDataset
 from motus_sim import CAMERA_NAMES, DemoRecordingConfig, main, record_demonstrations, run_expert_episode
 from motus_sim.scripted_expert import (
     _COMMAND_NOISE_STREAM,
@@ -17,7 +18,6 @@ from motus_sim.scripted_expert import (
     interpolate_waypoints,
     plan_joint_trajectory,
 )
-from motus_model.data.lerobot import LeRobotDataset
 
 
 @pytest.mark.timeout(120)
@@ -54,7 +54,13 @@ def test_waypoint_interpolation_is_linear_and_holds_after_the_end():
 def test_tiny_recording_round_trips_through_the_lerobot_reader(tmp_path):
     steps, height, width = 12, 24, 32
     config = DemoRecordingConfig(
-        task="transfer_cube", episodes=1, seed=3, out=str(tmp_path / "demos"), image_height=height, image_width=width, num_steps=steps
+        task="transfer_cube",
+        episodes=1,
+        seed=3,
+        out=str(tmp_path / "demos"),
+        image_height=height,
+        image_width=width,
+        num_steps=steps,
     )
     summary = record_demonstrations(config, show_progress=False)
     assert summary["episodes_recorded"] == 1
@@ -93,7 +99,22 @@ def test_bad_arguments_fail_loudly(tmp_path):
 @pytest.mark.timeout(120)
 def test_command_line_records_and_prints_the_summary(tmp_path, capsys):
     out = tmp_path / "cli"
-    code = main(["--task", "insertion", "--episodes", "1", "--seed", "0", "--num-steps", "3", "--image-size", "16x24", "--out", str(out)])
+    code = main(
+        [
+            "--task",
+            "insertion",
+            "--episodes",
+            "1",
+            "--seed",
+            "0",
+            "--num-steps",
+            "3",
+            "--image-size",
+            "16x24",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     assert "insertion: expert success 0/1 (0%; 0 still done at the end), recorded 1 episodes" in capsys.readouterr().out
     dataset = LeRobotDataset(out)
@@ -129,7 +150,10 @@ def test_noisy_episode_records_the_clean_plan_as_its_actions():
     # The labels are the plan: absolute targets that lead back from wherever the noise pushed the arm.
     np.testing.assert_array_equal(noisy.actions, clean.actions)
     assert np.abs(noisy.states[40:, ARM_COLUMNS] - clean.states[40:, ARM_COLUMNS]).max() > 0.02
-    np.testing.assert_allclose(noisy.command_offsets, CommandNoise(std=0.05).sample(clean.actions, np.random.default_rng([5, _COMMAND_NOISE_STREAM])))
+    np.testing.assert_allclose(
+        noisy.command_offsets,
+        CommandNoise(std=0.05).sample(clean.actions, np.random.default_rng([5, _COMMAND_NOISE_STREAM])),
+    )
     repeat = run_expert_episode("transfer_cube", 5, num_steps=80, command_noise=CommandNoise(std=0.05))
     np.testing.assert_array_equal(repeat.states, noisy.states)
 
@@ -139,7 +163,10 @@ def test_noisy_episodes_append_to_a_clean_dataset_with_parallel_workers(tmp_path
     out = tmp_path / "demos"
     common = ["--episodes", "1", "--num-steps", "6", "--image-size", "16x24", "--out", str(out)]
     assert main(["--seed", "0", *common]) == 0
-    assert main(["--seed", "10", "--episodes", "2", "--command-noise", "0.05", "--append", "--workers", "2", *common[2:]]) == 0
+    assert (
+        main(["--seed", "10", "--episodes", "2", "--command-noise", "0.05", "--append", "--workers", "2", *common[2:]])
+        == 0
+    )
     assert "recorded 2 episodes" in capsys.readouterr().out.splitlines()[-1]
 
     dataset = LeRobotDataset(out)
@@ -149,13 +176,29 @@ def test_noisy_episodes_append_to_a_clean_dataset_with_parallel_workers(tmp_path
     np.testing.assert_allclose(dataset.stats["observation.state"]["mean"], states.mean(axis=0), atol=1e-5)
     assert dataset.read_table(2)["index"].to_pylist() == list(range(12, 18))
     # The appended episodes are in seed order (the pool keeps it), with the clean plan as actions.
-    np.testing.assert_array_equal(dataset.vectors(2)["action"], run_expert_episode("transfer_cube", 11, num_steps=6).actions.astype(np.float32))
+    np.testing.assert_array_equal(
+        dataset.vectors(2)["action"], run_expert_episode("transfer_cube", 11, num_steps=6).actions.astype(np.float32)
+    )
     records = json.loads((out / "meta" / "expert_episodes.json").read_text())
     assert [r["seed"] for r in records] == [0, 10, 11]
     assert records[0]["command_noise_rms"] == 0 and records[1]["command_noise_rms"] > 0
     assert [c["command_noise"] for c in json.loads((out / "meta" / "demo_generation.json").read_text())] == [0.0, 0.05]
     # Appending different image sizes, or without --append, fails before anything is simulated.
     with pytest.raises(ValueError, match="16x24"):
-        main(["--seed", "20", "--append", "--episodes", "1", "--num-steps", "6", "--image-size", "32x48", "--out", str(out)])
+        main(
+            [
+                "--seed",
+                "20",
+                "--append",
+                "--episodes",
+                "1",
+                "--num-steps",
+                "6",
+                "--image-size",
+                "32x48",
+                "--out",
+                str(out),
+            ]
+        )
     with pytest.raises(FileExistsError, match="append"):
         main(["--seed", "20", *common])

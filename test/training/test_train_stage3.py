@@ -6,20 +6,29 @@ import json
 
 import pytest
 import torch
+from training_helpers import write_tiny_dataset
 
 from motus_model.checkpoint import load_pretrained
 from motus_model.training.config import TrainingConfig
 from motus_model.training.trainer import Trainer
-
-from training_helpers import write_tiny_dataset
 
 
 @pytest.mark.timeout(240)
 def test_stage3_lowers_loss_and_writes_loadable_checkpoint(tmp_path):
     root, _ = write_tiny_dataset(tmp_path / "ds", num_episodes=2, length=20)
     config = TrainingConfig.for_stage(
-        3, preset="motus-tiny", dataset=str(root), eval_dataset=str(root), output=str(tmp_path / "run"),
-        steps=30, batch_size=4, learning_rate=2e-3, warmup_steps=0, log_every=5, checkpoint_every=0, eval_batches=1,
+        3,
+        preset="motus-tiny",
+        dataset=str(root),
+        eval_dataset=str(root),
+        output=str(tmp_path / "run"),
+        steps=30,
+        batch_size=4,
+        learning_rate=2e-3,
+        warmup_steps=0,
+        log_every=5,
+        checkpoint_every=0,
+        eval_batches=1,
     )
     trainer = Trainer(config)
     assert trainer.model.config.training_mode == "finetune"

@@ -33,7 +33,9 @@ def write_tiny_dataset(root, num_episodes: int = 2, length: int = 24, height: in
         t = np.arange(length)[:, None]
         state = np.sin(0.1 * t + rng.uniform(0, 3, size=(1, 14))).astype(np.float32)
         action = np.roll(state, -1, axis=0)
-        frames = {key: smooth_frames(length, height, width, seed * 10 + e * 3 + i) for i, key in enumerate(ALOHA_CAMERA_KEYS)}
+        frames = {
+            key: smooth_frames(length, height, width, seed * 10 + e * 3 + i) for i, key in enumerate(ALOHA_CAMERA_KEYS)
+        }
         task = f"task {e % 2}"
         writer.add_episode(frames, state, action, task)
         written.append({"frames": frames, "state": state, "action": action, "task": task})

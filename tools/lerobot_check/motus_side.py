@@ -1,9 +1,9 @@
 """The motus half of the two-way LeRobot check (runs in the project's environment).
 
-    python motus_side.py write DATASET                 write a v3.0 dataset with LeRobotDatasetWriter
-    python motus_side.py compare-load DATASET OUT.npz  check what lerobot loaded from it
-    python motus_side.py source SOURCE.npz             the frames lerobot is asked to write
-    python motus_side.py compare-read DATASET SOURCE.npz  read lerobot's dataset with LeRobotDataset, compare
+python motus_side.py write DATASET                 write a v3.0 dataset with LeRobotDatasetWriter
+python motus_side.py compare-load DATASET OUT.npz  check what lerobot loaded from it
+python motus_side.py source SOURCE.npz             the frames lerobot is asked to write
+python motus_side.py compare-read DATASET SOURCE.npz  read lerobot's dataset with LeRobotDataset, compare
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def _source() -> dict[str, np.ndarray]:
             for step in range(LENGTH):
                 for channel in range(3):
                     clip[e, step, :, :, channel] = 127 + 100 * np.sin(
-                        2 * np.pi * (xs + ys) + e + c + 0.3 * channel + 0.2 * step)
+                        2 * np.pi * (xs + ys) + e + c + 0.3 * channel + 0.2 * step
+                    )
         data[key] = clip
     return data
 
@@ -51,7 +52,9 @@ def write(root: Path) -> None:
     data = _source()
     writer = LeRobotDatasetWriter(root, fps=FPS, camera_keys=CAMERAS)
     for e in range(EPISODES):
-        writer.add_episode({key: data[key][e] for key in CAMERAS}, data["state"][e], data["action"][e], str(data["tasks"][e]))
+        writer.add_episode(
+            {key: data[key][e] for key in CAMERAS}, data["state"][e], data["action"][e], str(data["tasks"][e])
+        )
     writer.finalize()
 
 

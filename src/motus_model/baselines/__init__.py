@@ -19,12 +19,18 @@ from typing import Any
 def conv_idm_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``motus train-conv-idm``."""
     parser.add_argument("--dataset", required=True, help="LeRobot dataset folder (the one Motus trains on)")
-    parser.add_argument("--preset", default="motus-small-aloha",
-                        help="Motus preset giving the composite size and temporal layout (default motus-small-aloha)")
+    parser.add_argument(
+        "--preset",
+        default="motus-small-aloha",
+        help="Motus preset giving the composite size and temporal layout (default motus-small-aloha)",
+    )
     parser.add_argument("--output", required=True, help="folder to write (config.json, model.safetensors, stats.json)")
-    parser.add_argument("--max-minutes", type=float, default=0.0, help="stop after this much training time (0: no limit)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="optimisation steps (default: until --max-minutes; 1000 without it)")
+    parser.add_argument(
+        "--max-minutes", type=float, default=0.0, help="stop after this much training time (0: no limit)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="optimisation steps (default: until --max-minutes; 1000 without it)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     parser.add_argument("--weight-decay", type=float, default=1e-4)
@@ -39,9 +45,18 @@ def run_conv_idm(args: argparse.Namespace) -> int:
 
     steps = args.steps if args.steps is not None else (None if args.max_minutes else 1000)
     config = ConvIDMTrainConfig(
-        dataset=args.dataset, preset=args.preset, output=args.output, steps=steps, max_minutes=args.max_minutes,
-        batch_size=args.batch_size, learning_rate=args.lr, weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps, seed=args.seed, log_every=args.log_every, video_cache_mb=args.video_cache_mb,
+        dataset=args.dataset,
+        preset=args.preset,
+        output=args.output,
+        steps=steps,
+        max_minutes=args.max_minutes,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        seed=args.seed,
+        log_every=args.log_every,
+        video_cache_mb=args.video_cache_mb,
     )
     result = train_conv_idm(config)
     print(json.dumps(result))
@@ -63,10 +78,18 @@ def idm_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def run_idm_eval(args: argparse.Namespace) -> int:
     from motus_model.baselines.idm_eval import IDMEvalConfig, evaluate_idm
 
-    report: dict[str, Any] = evaluate_idm(IDMEvalConfig(
-        dataset=args.dataset, motus=args.motus, conv_idm=args.conv_idm, samples=args.samples, seed=args.seed,
-        steps=args.steps, device=args.device, out=args.out,
-    ))
+    report: dict[str, Any] = evaluate_idm(
+        IDMEvalConfig(
+            dataset=args.dataset,
+            motus=args.motus,
+            conv_idm=args.conv_idm,
+            samples=args.samples,
+            seed=args.seed,
+            steps=args.steps,
+            device=args.device,
+            out=args.out,
+        )
+    )
     print(json.dumps(report))
     return 0
 

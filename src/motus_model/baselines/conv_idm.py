@@ -35,9 +35,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,8 +86,18 @@ class ConvIDMConfig:
             raise ValueError(f"not a ConvIDM config: model_type {self.model_type!r} (expected {MODEL_TYPE!r})")
         if not self.channels or min(self.channels) < 1:
             raise ValueError(f"channels must be a non-empty list of positive widths, got {self.channels}")
-        for name in ("image_height", "image_width", "num_future_frames", "action_chunk", "downsample_rate",
-                     "video_action_ratio", "state_dim", "action_dim", "feature_channels", "hidden_dim"):
+        for name in (
+            "image_height",
+            "image_width",
+            "num_future_frames",
+            "action_chunk",
+            "downsample_rate",
+            "video_action_ratio",
+            "state_dim",
+            "action_dim",
+            "feature_channels",
+            "hidden_dim",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.action_chunk != self.num_future_frames * self.video_action_ratio:
@@ -98,17 +109,22 @@ class ConvIDMConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     @classmethod
-    def from_preset(cls, preset: str, **overrides: Any) -> "ConvIDMConfig":
+    def from_preset(cls, preset: str, **overrides: Any) -> ConvIDMConfig:
         """Composite size, temporal layout and widths of the Motus preset ``preset``."""
         from motus_model.config import MotusConfig
 
         motus = MotusConfig.preset(preset)
         temporal = motus.temporal
         values = dict(
-            preset=preset, image_height=int(motus.latents.image_height), image_width=int(motus.latents.image_width),
-            num_future_frames=int(temporal.num_video_frames), action_chunk=int(temporal.action_chunk),
-            downsample_rate=int(temporal.downsample_rate), video_action_ratio=int(temporal.video_action_ratio),
-            state_dim=int(motus.action.state_dim), action_dim=int(motus.action.action_dim),
+            preset=preset,
+            image_height=int(motus.latents.image_height),
+            image_width=int(motus.latents.image_width),
+            num_future_frames=int(temporal.num_video_frames),
+            action_chunk=int(temporal.action_chunk),
+            downsample_rate=int(temporal.downsample_rate),
+            video_action_ratio=int(temporal.video_action_ratio),
+            state_dim=int(motus.action.state_dim),
+            action_dim=int(motus.action.action_dim),
         )
         values.update(overrides)
         return cls(**values)
@@ -120,10 +136,14 @@ class ConvIDMConfig:
     def layout_signature(self) -> dict[str, int]:
         """What must agree with a Motus config for both to see the same samples (see ``motus_signature``)."""
         return {
-            "image_height": self.image_height, "image_width": self.image_width,
-            "num_future_frames": self.num_future_frames, "action_chunk": self.action_chunk,
-            "downsample_rate": self.downsample_rate, "video_action_ratio": self.video_action_ratio,
-            "state_dim": self.state_dim, "action_dim": self.action_dim,
+            "image_height": self.image_height,
+            "image_width": self.image_width,
+            "num_future_frames": self.num_future_frames,
+            "action_chunk": self.action_chunk,
+            "downsample_rate": self.downsample_rate,
+            "video_action_ratio": self.video_action_ratio,
+            "state_dim": self.state_dim,
+            "action_dim": self.action_dim,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,7 +152,7 @@ class ConvIDMConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ConvIDMConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> ConvIDMConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -143,7 +163,7 @@ class ConvIDMConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "ConvIDMConfig":
+    def load(cls, path: str | Path) -> ConvIDMConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
@@ -151,10 +171,14 @@ def motus_signature(config: Any) -> dict[str, int]:
     """``ConvIDMConfig.layout_signature`` of a ``MotusConfig``."""
     temporal = config.temporal
     return {
-        "image_height": int(config.latents.image_height), "image_width": int(config.latents.image_width),
-        "num_future_frames": int(temporal.num_video_frames), "action_chunk": int(temporal.action_chunk),
-        "downsample_rate": int(temporal.downsample_rate), "video_action_ratio": int(temporal.video_action_ratio),
-        "state_dim": int(config.action.state_dim), "action_dim": int(config.action.action_dim),
+        "image_height": int(config.latents.image_height),
+        "image_width": int(config.latents.image_width),
+        "num_future_frames": int(temporal.num_video_frames),
+        "action_chunk": int(temporal.action_chunk),
+        "downsample_rate": int(temporal.downsample_rate),
+        "video_action_ratio": int(temporal.video_action_ratio),
+        "state_dim": int(config.action.state_dim),
+        "action_dim": int(config.action.action_dim),
     }
 
 
@@ -211,9 +235,14 @@ class ConvIDM(PretrainedMixin, nn.Module):
         config = self.config
         expected = (config.num_future_frames, 3, config.image_height, config.image_width)
         if condition_image.ndim != 4 or tuple(condition_image.shape[1:]) != expected[1:]:
-            raise ValueError(f"condition_image: expected [B, {', '.join(map(str, expected[1:]))}], got {tuple(condition_image.shape)}")
+            raise ValueError(
+                f"condition_image: expected [B, {', '.join(map(str, expected[1:]))}], "
+                f"got {tuple(condition_image.shape)}"
+            )
         if future_images.ndim != 5 or tuple(future_images.shape[1:]) != expected:
-            raise ValueError(f"future_images: expected [B, {', '.join(map(str, expected))}], got {tuple(future_images.shape)}")
+            raise ValueError(
+                f"future_images: expected [B, {', '.join(map(str, expected))}], got {tuple(future_images.shape)}"
+            )
         if state.ndim != 2 or state.shape[1] != config.state_dim:
             raise ValueError(f"state: expected [B, {config.state_dim}], got {tuple(state.shape)}")
         batch = condition_image.shape[0]
@@ -244,7 +273,7 @@ class ConvIDMPredictor:
         self.layout = CompositeLayout(self.config.image_height, self.config.image_width)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu") -> "ConvIDMPredictor":
+    def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu") -> ConvIDMPredictor:
         model, stats = ConvIDM.from_pretrained(directory, device=device), load_stats(directory)
         if stats is None:
             logger.warning("ConvIDM folder %s has no stats.json: state and actions are in raw units", directory)
@@ -257,18 +286,25 @@ class ConvIDMPredictor:
         return np.concatenate([values, np.zeros(values.shape[:-1] + (width - values.shape[-1],), np.float32)], -1)
 
     def inputs(
-        self, images: Mapping[str, np.ndarray] | np.ndarray, future_frames: Sequence[Mapping[str, np.ndarray] | np.ndarray],
+        self,
+        images: Mapping[str, np.ndarray] | np.ndarray,
+        future_frames: Sequence[Mapping[str, np.ndarray] | np.ndarray],
         state: np.ndarray,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Model inputs (batch of one) from robot inputs."""
         if len(future_frames) != self.config.num_future_frames:
-            raise ValueError(f"future_frames: expected {self.config.num_future_frames} observations, got {len(future_frames)}")
+            raise ValueError(
+                f"future_frames: expected {self.config.num_future_frames} observations, got {len(future_frames)}"
+            )
         condition = preprocess_images(images, self.layout)
         future = torch.stack([preprocess_images(frame, self.layout) for frame in future_frames])
         normalised = self.normalizer.normalize("state", np.asarray(state, dtype=np.float32))
         normalised = self._pad(np.asarray(normalised, dtype=np.float32), self.config.state_dim, "state")
-        return (condition[None].to(self.device), future[None].to(self.device),
-                torch.from_numpy(normalised)[None].to(self.device))
+        return (
+            condition[None].to(self.device),
+            future[None].to(self.device),
+            torch.from_numpy(normalised)[None].to(self.device),
+        )
 
     @torch.no_grad()
     def predict_normalized(self, images, future_frames, state) -> np.ndarray:
@@ -319,7 +355,8 @@ class ConvIDMTrainConfig:
             raise ValueError(f"need steps >= 1 and batch_size >= 1, got {self.steps}, {self.batch_size}")
         if self.max_minutes < 0 or self.learning_rate <= 0 or self.warmup_steps < 0:
             raise ValueError(
-                f"need max_minutes >= 0, lr > 0, warmup_steps >= 0; got {self.max_minutes}, {self.learning_rate}, {self.warmup_steps}"
+                f"need max_minutes >= 0, lr > 0, warmup_steps >= 0; "
+                f"got {self.max_minutes}, {self.learning_rate}, {self.warmup_steps}"
             )
         self.betas = tuple(self.betas)  # type: ignore[assignment]
 
@@ -343,7 +380,9 @@ def batch_tensors(samples: Mapping[str, Any], device: torch.device | str = "cpu"
     return tuple(samples[name].to(device) for name in names)
 
 
-def train_step(model: ConvIDM, optimizer: torch.optim.Optimizer, batch: Sequence[torch.Tensor], grad_clip: float = 1.0) -> dict[str, float]:
+def train_step(
+    model: ConvIDM, optimizer: torch.optim.Optimizer, batch: Sequence[torch.Tensor], grad_clip: float = 1.0
+) -> dict[str, float]:
     """One AdamW step on the MSE of the normalised actions."""
     condition, future, state, actions = batch
     model.train()
@@ -369,7 +408,11 @@ def build_data(config: ConvIDMTrainConfig, model_config: Any) -> tuple[Any, Any,
         raise FileNotFoundError(f"--dataset {root} is not a LeRobot dataset (no meta/info.json)")
     # the stage-3 preset is what `motus train --stage 3` uses: same action column and normalisation mode
     motus_training = TrainingConfig.for_stage(
-        3, dataset=str(root), preset=config.preset, output=config.output, video_cache_mb=config.video_cache_mb,
+        3,
+        dataset=str(root),
+        preset=config.preset,
+        output=config.output,
+        video_cache_mb=config.video_cache_mb,
     )
     if motus_training.action_key is None:
         raise ValueError("the stage-3 training preset has no action column")
@@ -401,7 +444,9 @@ def train_conv_idm(config: ConvIDMTrainConfig, show_progress: bool = True) -> di
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, betas=tuple(config.betas), weight_decay=config.weight_decay
     )
-    logger.info("ConvIDM: %d parameters, preset %s, dataset %s", model.count_parameters(), config.preset, config.dataset)
+    logger.info(
+        "ConvIDM: %d parameters, preset %s, dataset %s", model.count_parameters(), config.preset, config.dataset
+    )
     budget_s = 60.0 * config.max_minutes
     started = time.perf_counter()
     losses: list[float] = []

@@ -53,7 +53,9 @@ class IDMEvalConfig:
         if self.samples < 1:
             raise ValueError(f"--samples must be >= 1, got {self.samples}")
         if not self.motus and not self.conv_idm:
-            raise ValueError("give --motus and/or --conv-idm (the hold-state baseline alone needs a model's temporal layout)")
+            raise ValueError(
+                "give --motus and/or --conv-idm (the hold-state baseline alone needs a model's temporal layout)"
+            )
 
 
 def _check_folder(path: str, what: str) -> Path:
@@ -63,7 +65,9 @@ def _check_folder(path: str, what: str) -> Path:
     return folder
 
 
-def check_same_layout(conv: dict[str, int], motus: dict[str, int], conv_preset: str, conv_path: str, motus_path: str) -> None:
+def check_same_layout(
+    conv: dict[str, int], motus: dict[str, int], conv_preset: str, conv_path: str, motus_path: str
+) -> None:
     """Raise if the ConvIDM and the Motus checkpoint do not see the same samples."""
     differing = {key: (conv[key], motus[key]) for key in conv if conv[key] != motus.get(key)}
     if differing:
@@ -89,9 +93,12 @@ def _method_metrics(predictions: np.ndarray, targets: np.ndarray, normalizer: An
         return float(values.std(ddof=1) / np.sqrt(count)) if count > 1 else float("nan")
 
     return {
-        "mae_arm_rad": float(arm.mean()), "mae_arm_rad_sem": sem(arm),
-        "mae_gripper": float(gripper.mean()), "mae_gripper_sem": sem(gripper),
-        "nmse": float(squared.mean()), "nmse_sem": sem(squared),
+        "mae_arm_rad": float(arm.mean()),
+        "mae_arm_rad_sem": sem(arm),
+        "mae_gripper": float(gripper.mean()),
+        "mae_gripper_sem": sem(gripper),
+        "nmse": float(squared.mean()),
+        "nmse_sem": sem(squared),
         "mae_arm_rad_by_step": [round(float(v), 6) for v in errors[..., ARM_JOINTS].mean(axis=(0, 2))],
         "ms_per_sample": round(1000.0 * seconds / count, 2),
     }
@@ -128,17 +135,26 @@ def evaluate_idm(config: IDMEvalConfig) -> dict[str, Any]:
             raise FileNotFoundError(f"--motus {motus_dir} is not a Motus checkpoint (no {CONFIG_NAME})")
         motus_config = MotusConfig.load(motus_dir / CONFIG_NAME)
         if conv is not None:  # before loading the (large) engine
-            check_same_layout(conv.config.layout_signature(), motus_signature(motus_config), conv.config.preset,
-                              config.conv_idm, config.motus)
+            check_same_layout(
+                conv.config.layout_signature(),
+                motus_signature(motus_config),
+                conv.config.preset,
+                config.conv_idm,
+                config.motus,
+            )
         if not motus_config.uses_state:
-            raise ValueError(f"--motus {motus_dir} is a pretrain-mode (latent action) checkpoint; IDM needs real actions")
+            raise ValueError(
+                f"--motus {motus_dir} is a pretrain-mode (latent action) checkpoint; IDM needs real actions"
+            )
         engine = MotusEngine.from_pretrained(motus_dir, device=config.device)
 
     layout = conv.config.layout_signature() if conv is not None else motus_signature(engine.config)
     chunk, rate = layout["action_chunk"], layout["downsample_rate"]
     ratio, action_dim = layout["video_action_ratio"], layout["action_dim"]
     if action_dim != 14:
-        raise ValueError(f"the metrics assume ALOHA's 14-d actions (12 arm joints, 2 grippers); the model has {action_dim}")
+        raise ValueError(
+            f"the metrics assume ALOHA's 14-d actions (12 arm joints, 2 grippers); the model has {action_dim}"
+        )
 
     dataset = LeRobotDataset(root, max_frame_width=layout["image_width"], video_cache_size=16)
     missing = [key for key in ALOHA_CAMERA_MAP.values() if key not in dataset.camera_keys]
@@ -165,7 +181,6 @@ def evaluate_idm(config: IDMEvalConfig) -> dict[str, Any]:
     steps = config.steps
     if engine is not None and steps is None:
         steps = int(engine.config.schedule.inference_steps)
-    targets, predictions = [], {name: [] for name in METHODS}
     seconds = {name: 0.0 for name in METHODS}
     vector_cache: dict[int, dict[str, np.ndarray]] = {}
 
@@ -189,10 +204,17 @@ def evaluate_idm(config: IDMEvalConfig) -> dict[str, Any]:
             from motus_model.engine import MotusRequest
 
             tick = time.perf_counter()
-            result = engine.infer(MotusRequest(
-                mode="idm", images=images, future_frames=future, state=state, instruction=dataset.task(key.episode),
-                steps=steps, seed=config.seed * 1_000_003 + index,
-            ))
+            result = engine.infer(
+                MotusRequest(
+                    mode="idm",
+                    images=images,
+                    future_frames=future,
+                    state=state,
+                    instruction=dataset.task(key.episode),
+                    steps=steps,
+                    seed=config.seed * 1_000_003 + index,
+                )
+            )
             seconds["motus_idm"] += time.perf_counter() - tick
             entry["motus_idm"] = np.asarray(result.actions, dtype=np.float32)
         if conv is not None:
@@ -227,7 +249,9 @@ def evaluate_idm(config: IDMEvalConfig) -> dict[str, Any]:
         "layout": layout,
         "normalised_with": normalised_with,
         "stats_agree": (
-            bool(conv.normalizer.to_dict() == engine.normalizer.to_dict()) if conv is not None and engine is not None else None
+            bool(conv.normalizer.to_dict() == engine.normalizer.to_dict())
+            if conv is not None and engine is not None
+            else None
         ),
         "device": str(torch.device(config.device)),
         "methods": methods,

@@ -14,7 +14,8 @@ Camera roles become LeRobot keys ``observation.images.cam_<role>`` for the compo
 
 Cameras: sensor_msgs/Image (rgb8, bgr8, mono8, rgba8, bgra8) or sensor_msgs/CompressedImage (jpeg, png), per
 camera, whichever the bag holds on the camera's topic; a camera topic ``X`` missing from the bag is looked up as
-``X/compressed`` (where image_transport's compressed plugin publishes). Raw images are decoded by motus_model.images, the decoder serving uses.
+``X/compressed`` (where image_transport's compressed plugin publishes). Raw images are decoded by
+motus_model.images, the decoder serving uses.
 
 Command messages: std_msgs/Float64MultiArray (forward command controllers) or
 interbotix_xs_msgs/JointGroupCommand (values of topic k fill ``command_joint_groups[k]``; default: concatenated
@@ -81,8 +82,10 @@ def _command_name_indices(profile: RobotProfile) -> list[dict[str, int]]:
     A topic's messages may carry the profile's joint_names or that topic's command_joint_names (the names the
     robot's driver uses, e.g. unprefixed per-arm names)."""
     full = {name: index for index, name in enumerate(profile.joint_names)}
-    return [{**full, **dict(zip(names, group))}
-            for names, group in zip(profile.command_joint_names, profile.command_joint_groups)]
+    return [
+        {**full, **dict(zip(names, group))}
+        for names, group in zip(profile.command_joint_names, profile.command_joint_groups)
+    ]
 
 
 def _stamp_ns(message: Any, log_time_ns: int, time_source: str) -> int:
@@ -96,14 +99,17 @@ def _by_name(names: Iterable[str], values: Iterable[float]) -> dict[str, float]:
     return dict(zip(list(names), [float(v) for v in values]))
 
 
-def _update_by_name(values: dict[int, float], indices: dict[str, int], names: Iterable[str],
-                    positions: Iterable[float], topic: str) -> None:
+def _update_by_name(
+    values: dict[int, float], indices: dict[str, int], names: Iterable[str], positions: Iterable[float], topic: str
+) -> None:
     """Store a by-name command's positions at their action indices; unknown names are an error."""
     names, positions = list(names), [float(p) for p in positions]
     unknown = sorted(set(names) - set(indices))
     if unknown:
-        raise ValueError(f"command on {topic} names joints {unknown} the profile does not know; "
-                         f"expected names from {sorted(indices)}")
+        raise ValueError(
+            f"command on {topic} names joints {unknown} the profile does not know; "
+            f"expected names from {sorted(indices)}"
+        )
     values.update({indices[name]: position for name, position in zip(names, positions)})
 
 
@@ -165,7 +171,8 @@ def _read_streams(bag: BagReader, profile: RobotProfile, time_source: str, show_
     command_topics = list(profile.command_topics)
     bag.require(command_topics, "commands")
     single_topics = {
-        _single_command_topic(t): t for t in command_topics
+        _single_command_topic(t): t
+        for t in command_topics
         if bag.topics[t].endswith("JointGroupCommand") and _single_command_topic(t) in bag.topics
     }
     topics = set(camera_roles) | joint_topics | set(command_topics) | set(single_topics)
@@ -201,8 +208,10 @@ def _read_streams(bag: BagReader, profile: RobotProfile, time_source: str, show_
             stamp = _stamp_ns(message, log_time_ns, time_source)
             prefix = profile.joint_name_prefixes[profile.joint_state_topics.index(topic)]
             if len(message.position) != len(message.name):
-                raise BagError(f"{bag_path}: {topic}: JointState with {len(message.name)} names and "
-                               f"{len(message.position)} positions; the recording is damaged")
+                raise BagError(
+                    f"{bag_path}: {topic}: JointState with {len(message.name)} names and "
+                    f"{len(message.position)} positions; the recording is damaged"
+                )
             latest_joints.update(_by_name([_prefixed(n, prefix, joint_index) for n in message.name], message.position))
             if all(name in latest_joints for name in joint_index):
                 joint_samples.append((stamp, np.array([latest_joints[n] for n in profile.joint_names])))
@@ -217,10 +226,13 @@ def _read_streams(bag: BagReader, profile: RobotProfile, time_source: str, show_
                     continue
             if schema.endswith("Float64MultiArray") or schema.endswith("JointGroupCommand"):
                 if time_source == "header":
-                    raise BagError(f"{bag_path}: {topic}: {schema} commands have no header stamp; use --time-source log")
+                    raise BagError(
+                        f"{bag_path}: {topic}: {schema} commands have no header stamp; use --time-source log"
+                    )
                 if not from_single:
                     latest_group[topic] = np.asarray(
-                        message.data if schema.endswith("Float64MultiArray") else message.cmd, dtype=np.float64)
+                        message.data if schema.endswith("Float64MultiArray") else message.cmd, dtype=np.float64
+                    )
                 values = latest_group[topic]
                 group_size = len(groups[command_topics.index(topic)]) if groups else None
                 if group_size is not None and values.size < group_size and topic in single_topics.values():
@@ -236,12 +248,19 @@ def _read_streams(bag: BagReader, profile: RobotProfile, time_source: str, show_
                     hint = ""
                     if schema.endswith("JointGroupCommand") and topic not in single_topics.values():
                         hint = f" (no {_single_command_topic(topic)} JointSingleCommand topic in the bag for the rest)"
-                    raise BagError(f"{bag_path}: {error}{hint}; fix command_joint_groups in the profile "
-                                   "or record every command topic") from None
+                    raise BagError(
+                        f"{bag_path}: {error}{hint}; fix command_joint_groups in the profile "
+                        "or record every command topic"
+                    ) from None
                 stamp = int(log_time_ns)  # these messages have no header
             elif schema.endswith("JointState"):
-                _update_by_name(latest_command_values, command_names[command_topics.index(topic)], message.name,
-                                message.position, topic)
+                _update_by_name(
+                    latest_command_values,
+                    command_names[command_topics.index(topic)],
+                    message.name,
+                    message.position,
+                    topic,
+                )
                 if len(latest_command_values) < len(joint_index):
                     continue
                 command = np.array([latest_command_values[i] for i in range(len(joint_index))])
@@ -249,8 +268,13 @@ def _read_streams(bag: BagReader, profile: RobotProfile, time_source: str, show_
             elif schema.endswith("JointTrajectory"):
                 if not message.points:
                     raise BagError(f"{bag_path}: JointTrajectory on {topic} has no points; the recording is damaged")
-                _update_by_name(latest_command_values, command_names[command_topics.index(topic)],
-                                message.joint_names, message.points[0].positions, topic)
+                _update_by_name(
+                    latest_command_values,
+                    command_names[command_topics.index(topic)],
+                    message.joint_names,
+                    message.points[0].positions,
+                    topic,
+                )
                 if len(latest_command_values) < len(joint_index):
                     continue
                 command = np.array([latest_command_values[i] for i in range(len(joint_index))])
@@ -264,8 +288,10 @@ def _read_streams(bag: BagReader, profile: RobotProfile, time_source: str, show_
 
     def _sorted(samples: list[tuple[int, Any]], what: str) -> tuple[np.ndarray, list[Any]]:
         if not samples:
-            raise BagError(f"{bag_path}: no usable {what} messages (the topic is empty or never completes a "
-                           "sample); record the topic or fix the profile")
+            raise BagError(
+                f"{bag_path}: no usable {what} messages (the topic is empty or never completes a "
+                "sample); record the topic or fix the profile"
+            )
         samples.sort(key=lambda sample: sample[0])
         return np.array([s[0] for s in samples], dtype=np.int64), [s[1] for s in samples]
 
@@ -358,12 +384,16 @@ def convert_bags(
         append=append,
     )
     with writer:
-        for bag_path, episode_task in tqdm(list(zip(bag_paths, tasks)), desc="bags", unit="bag", disable=not show_progress):
+        for bag_path, episode_task in tqdm(
+            list(zip(bag_paths, tasks)), desc="bags", unit="bag", disable=not show_progress
+        ):
             episode = resample_bag(bag_path, bag_profile, fps, time_source, show_progress)
             for key, shape in writer.frame_shapes.items():
                 if episode["frames"][key].shape[1:] != shape:
-                    raise BagError(f"{bag_path}: {key} images are {episode['frames'][key].shape[1:3]}, the dataset's "
-                                   f"{shape[:2]}; convert bags of different camera sizes into separate datasets")
+                    raise BagError(
+                        f"{bag_path}: {key} images are {episode['frames'][key].shape[1:3]}, the dataset's "
+                        f"{shape[:2]}; convert bags of different camera sizes into separate datasets"
+                    )
             writer.add_episode(episode["frames"], episode["state"], episode["action"], episode_task)
             logger.info("converted %s: %d frames", bag_path, episode["state"].shape[0])
         return writer.finalize()

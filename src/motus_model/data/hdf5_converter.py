@@ -40,7 +40,12 @@ CAMERA_KEY_PREFIX = "observation.images."
 COMPOSITE_ROLES = ("high", "left_wrist", "right_wrist")
 # file camera name -> camera role, per layout
 ACT_CAMERAS = {"cam_high": "high", "cam_left_wrist": "left_wrist", "cam_right_wrist": "right_wrist", "cam_low": "low"}
-ROBOTWIN_CAMERAS = {"head_camera": "high", "left_camera": "left_wrist", "right_camera": "right_wrist", "front_camera": "front"}
+ROBOTWIN_CAMERAS = {
+    "head_camera": "high",
+    "left_camera": "left_wrist",
+    "right_camera": "right_wrist",
+    "front_camera": "front",
+}
 
 
 class Hdf5Error(DataInputError):
@@ -67,8 +72,9 @@ def _decode(buffer: Any, path: Path, key: str, index: int) -> np.ndarray:
     data = np.frombuffer(bytes(buffer), dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
-        raise Hdf5Error(f"{path}: {key} frame {index} is neither raw uint8 [H, W, 3] nor a JPEG/PNG image; "
-                        "re-export the episode")
+        raise Hdf5Error(
+            f"{path}: {key} frame {index} is neither raw uint8 [H, W, 3] nor a JPEG/PNG image; re-export the episode"
+        )
     return image
 
 
@@ -77,8 +83,10 @@ def _frames(dataset: Any, path: Path, key: str) -> np.ndarray:
     if dataset.dtype == np.uint8 and dataset.ndim == 4 and dataset.shape[-1] == 3:
         return np.asarray(dataset[()])
     if dataset.ndim not in (1, 2):
-        raise Hdf5Error(f"{path}: {key} has shape {dataset.shape} {dataset.dtype}; expected raw uint8 [T, H, W, 3] "
-                        "or one JPEG/PNG per frame")
+        raise Hdf5Error(
+            f"{path}: {key} has shape {dataset.shape} {dataset.dtype}; expected raw uint8 [T, H, W, 3] "
+            "or one JPEG/PNG per frame"
+        )
     images = [_decode(row, path, key, i) for i, row in enumerate(dataset[()])]
     if len({image.shape for image in images}) > 1:
         raise Hdf5Error(f"{path}: {key} frames change size within the episode")
@@ -94,7 +102,10 @@ def _array(handle: Any, key: str, path: Path) -> np.ndarray:
 
 
 def read_episode(
-    path: str | Path, cameras: dict[str, str] | None = None, roles: list[str] | None = None, num_joints: int | None = None
+    path: str | Path,
+    cameras: dict[str, str] | None = None,
+    roles: list[str] | None = None,
+    num_joints: int | None = None,
 ) -> dict[str, Any]:
     """One HDF5 episode as {"frames": {camera key: uint8 [T,H,W,3]}, "state", "action", "layout"}.
 
@@ -114,7 +125,9 @@ def read_episode(
     try:
         handle = h5py.File(path, "r")
     except OSError as error:
-        raise Hdf5Error(f"{path}: not a readable HDF5 file ({error}); it is truncated or corrupt: copy it again") from None
+        raise Hdf5Error(
+            f"{path}: not a readable HDF5 file ({error}); it is truncated or corrupt: copy it again"
+        ) from None
     try:
         with handle:
             layout = detect_layout(handle, path)
@@ -126,8 +139,11 @@ def read_episode(
                 vector = _array(handle, "joint_action/vector", path)
                 state, action = vector[:-1], vector[1:]
                 defaults = ROBOTWIN_CAMERAS
-                available = {name: f"observation/{name}/rgb" for name, group in handle["observation"].items()
-                             if hasattr(group, "keys") and "rgb" in group}
+                available = {
+                    name: f"observation/{name}/rgb"
+                    for name, group in handle["observation"].items()
+                    if hasattr(group, "keys") and "rgb" in group
+                }
             if cameras is None:
                 by_role = {role: name for name, role in defaults.items() if name in available}
                 unknown = [name for name in available if name not in defaults]
@@ -138,13 +154,17 @@ def read_episode(
             if roles is not None:
                 missing = [role for role in roles if role not in by_role]
                 if missing:
-                    raise Hdf5Error(f"{path}: no camera for the profile's role(s) {missing}; the file has "
-                                    f"{sorted(available)}: map them with --camera ROLE=NAME")
+                    raise Hdf5Error(
+                        f"{path}: no camera for the profile's role(s) {missing}; the file has "
+                        f"{sorted(available)}: map them with --camera ROLE=NAME"
+                    )
                 by_role = {role: by_role[role] for role in roles}
             for role, name in by_role.items():
                 if name not in available:
-                    raise Hdf5Error(f"{path}: camera {name!r} (role {role}) not in the file, which has {sorted(available)}; "
-                                    "fix --camera ROLE=NAME")
+                    raise Hdf5Error(
+                        f"{path}: camera {name!r} (role {role}) not in the file, which has {sorted(available)}; "
+                        "fix --camera ROLE=NAME"
+                    )
             if not by_role:
                 raise Hdf5Error(f"{path}: no camera images in the file")
             length = state.shape[0]
@@ -155,12 +175,16 @@ def read_episode(
     except Hdf5Error:
         raise
     except (OSError, KeyError, RuntimeError) as error:
-        raise Hdf5Error(f"{path}: reading failed ({type(error).__name__}: {error}); the file is truncated or corrupt") from None
+        raise Hdf5Error(
+            f"{path}: reading failed ({type(error).__name__}: {error}); the file is truncated or corrupt"
+        ) from None
     if state.ndim != 2 or action.shape != state.shape:
         raise Hdf5Error(f"{path}: state {state.shape} and action {action.shape} must both be [T, joints]")
     if num_joints is not None and state.shape[1] != num_joints:
-        raise Hdf5Error(f"{path}: {state.shape[1]} joints per row, the robot profile has {num_joints}; "
-                        "choose the matching --profile")
+        raise Hdf5Error(
+            f"{path}: {state.shape[1]} joints per row, the robot profile has {num_joints}; "
+            "choose the matching --profile"
+        )
     if state.shape[0] == 0:
         raise Hdf5Error(f"{path}: the episode has no frames")
     for key, clip in frames.items():
@@ -191,11 +215,20 @@ def convert_hdf5(
             episode = read_episode(path, cameras, roles, num_joints)
             if writer is None:
                 dim = episode["state"].shape[1]
-                writer = LeRobotDatasetWriter(output, fps=fps, camera_keys=tuple(episode["frames"]), robot_type=robot_type,
-                                              state_dim=dim, action_dim=dim, append=append)
+                writer = LeRobotDatasetWriter(
+                    output,
+                    fps=fps,
+                    camera_keys=tuple(episode["frames"]),
+                    robot_type=robot_type,
+                    state_dim=dim,
+                    action_dim=dim,
+                    append=append,
+                )
             if set(episode["frames"]) != set(writer.camera_keys) or episode["state"].shape[1] != writer.state_dim:
-                raise Hdf5Error(f"{path}: cameras {sorted(episode['frames'])} / {episode['state'].shape[1]} joints differ "
-                                "from the first file's; convert different robots into separate datasets")
+                raise Hdf5Error(
+                    f"{path}: cameras {sorted(episode['frames'])} / {episode['state'].shape[1]} joints differ "
+                    "from the first file's; convert different robots into separate datasets"
+                )
             writer.add_episode(episode["frames"], episode["state"], episode["action"], task)
         assert writer is not None
         return writer.finalize()

@@ -217,7 +217,7 @@ class LeRobotDatasetWriter:
             raise ValueError(f"cannot write LeRobot {self.version!r}; choose one of {SUPPORTED_WRITE_VERSIONS}")
         (self._staging / "meta").mkdir(parents=True, exist_ok=True)
 
-    def __enter__(self) -> "LeRobotDatasetWriter":
+    def __enter__(self) -> LeRobotDatasetWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
@@ -240,9 +240,12 @@ class LeRobotDatasetWriter:
             raise ValueError(f"cannot append at {self.fps} fps to {self.root}, recorded at {existing.fps} fps")
         if set(existing.camera_keys) != set(self.camera_keys):
             raise ValueError(
-                f"cannot append cameras {sorted(self.camera_keys)} to {self.root}, which has {sorted(existing.camera_keys)}"
+                f"cannot append cameras {sorted(self.camera_keys)} to {self.root}, "
+                f"which has {sorted(existing.camera_keys)}"
             )
-        if set(existing.vector_keys) != set(expected) or any(list(features[k]["shape"]) != [d] for k, d in expected.items()):
+        if set(existing.vector_keys) != set(expected) or any(
+            list(features[k]["shape"]) != [d] for k, d in expected.items()
+        ):
             raise ValueError(
                 f"cannot append to {self.root}: its vector columns {list(existing.vector_keys)} are not "
                 f"state [{self.state_dim}] and action [{self.action_dim}] only"
@@ -292,7 +295,9 @@ class LeRobotDatasetWriter:
         for key, clip in frames.items():
             clip = np.asarray(clip)
             if clip.dtype != np.uint8 or clip.ndim != 4 or clip.shape[0] != length or clip.shape[-1] != 3:
-                raise ValueError(f"frames[{key!r}] must be uint8 [{length}, H, W, 3], got {clip.dtype} {tuple(clip.shape)}")
+                raise ValueError(
+                    f"frames[{key!r}] must be uint8 [{length}, H, W, 3], got {clip.dtype} {tuple(clip.shape)}"
+                )
             known = self._frame_shapes.setdefault(key, tuple(clip.shape[1:]))
             if known != tuple(clip.shape[1:]):
                 raise ValueError(f"frames[{key!r}] size changed between episodes: {known} then {tuple(clip.shape[1:])}")
@@ -346,7 +351,8 @@ class LeRobotDatasetWriter:
             # appending never reopens an existing file: the new episodes start the next one
             self._data_file = (
                 _next_file(int(previous[-1]["data/chunk_index"]), int(previous[-1]["data/file_index"]))
-                if previous else (0, 0)
+                if previous
+                else (0, 0)
             )
         chunk_index, file_index = self._data_file
         path = self._staging / V3_DATA_PATH.format(chunk_index=chunk_index, file_index=file_index)
@@ -378,14 +384,19 @@ class LeRobotDatasetWriter:
         for key, clips in self._pending_videos.items():
             previous = [e for e in self._episodes if f"videos/{key}/chunk_index" in e]
             location = (
-                _next_file(int(previous[-1][f"videos/{key}/chunk_index"]), int(previous[-1][f"videos/{key}/file_index"]))
-                if previous else (0, 0)
+                _next_file(
+                    int(previous[-1][f"videos/{key}/chunk_index"]), int(previous[-1][f"videos/{key}/file_index"])
+                )
+                if previous
+                else (0, 0)
             )
             group: list[tuple[Path, int]] = []
             size = 0.0
 
             def flush(location: tuple[int, int], group: list[tuple[Path, int]], key: str = key) -> None:
-                target = self._staging / V3_VIDEO_PATH.format(video_key=key, chunk_index=location[0], file_index=location[1])
+                target = self._staging / V3_VIDEO_PATH.format(
+                    video_key=key, chunk_index=location[0], file_index=location[1]
+                )
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if len(group) == 1:
                     os.replace(group[0][0], target)
@@ -395,12 +406,14 @@ class LeRobotDatasetWriter:
                 for _, episode_index in group:
                     episode = by_index[episode_index]
                     duration = int(episode["length"]) / self.fps
-                    episode.update({
-                        f"videos/{key}/chunk_index": location[0],
-                        f"videos/{key}/file_index": location[1],
-                        f"videos/{key}/from_timestamp": start,
-                        f"videos/{key}/to_timestamp": start + duration,
-                    })
+                    episode.update(
+                        {
+                            f"videos/{key}/chunk_index": location[0],
+                            f"videos/{key}/file_index": location[1],
+                            f"videos/{key}/from_timestamp": start,
+                            f"videos/{key}/to_timestamp": start + duration,
+                        }
+                    )
                     start += duration
 
             for path, episode_index in clips:
@@ -423,21 +436,30 @@ class LeRobotDatasetWriter:
             height, width, channels = self._frame_shapes[key]
             video_info = {"video.fps": self.fps, "video.codec": "h264", "video.pix_fmt": "yuv420p"}
             if self.version == "v3.0":
-                video_info.update({"video.height": height, "video.width": width, "video.channels": channels,
-                                   "video.is_depth_map": False, "has_audio": False})
+                video_info.update(
+                    {
+                        "video.height": height,
+                        "video.width": width,
+                        "video.channels": channels,
+                        "video.is_depth_map": False,
+                        "has_audio": False,
+                    }
+                )
             features[key] = {
                 "dtype": "video",
                 "shape": [height, width, channels],
                 "names": ["height", "width", "channels"],
                 "info": video_info,
             }
-        features.update({
-            "timestamp": {"dtype": "float32", "shape": [1], "names": None},
-            "frame_index": {"dtype": "int64", "shape": [1], "names": None},
-            "episode_index": {"dtype": "int64", "shape": [1], "names": None},
-            "index": {"dtype": "int64", "shape": [1], "names": None},
-            "task_index": {"dtype": "int64", "shape": [1], "names": None},
-        })
+        features.update(
+            {
+                "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+                "frame_index": {"dtype": "int64", "shape": [1], "names": None},
+                "episode_index": {"dtype": "int64", "shape": [1], "names": None},
+                "index": {"dtype": "int64", "shape": [1], "names": None},
+                "task_index": {"dtype": "int64", "shape": [1], "names": None},
+            }
+        )
         for key, value in self._existing_features.items():  # names and info of the dataset appended to
             if key in features and value.get("names"):
                 features[key]["names"] = value["names"]
@@ -461,46 +483,64 @@ class LeRobotDatasetWriter:
             "total_tasks": len(self._tasks),
         }
         if self.version == "v3.0":
-            info.update({
-                "chunks_size": CHUNK_SIZE,
-                "data_files_size_in_mb": DATA_FILE_SIZE_MB,
-                "video_files_size_in_mb": VIDEO_FILE_SIZE_MB,
-                "fps": self.fps if self.fps != int(self.fps) else int(self.fps),
-                "splits": {"train": f"0:{num_episodes}"},
-                "data_path": V3_DATA_PATH,
-                "video_path": V3_VIDEO_PATH,
-                "features": self._features(),
-            })
+            info.update(
+                {
+                    "chunks_size": CHUNK_SIZE,
+                    "data_files_size_in_mb": DATA_FILE_SIZE_MB,
+                    "video_files_size_in_mb": VIDEO_FILE_SIZE_MB,
+                    "fps": self.fps if self.fps != int(self.fps) else int(self.fps),
+                    "splits": {"train": f"0:{num_episodes}"},
+                    "data_path": V3_DATA_PATH,
+                    "video_path": V3_VIDEO_PATH,
+                    "features": self._features(),
+                }
+            )
         else:
-            info.update({
-                "total_videos": num_episodes * len(self.camera_keys),
-                "total_chunks": _episode_chunk(num_episodes - 1) + 1,
-                "chunks_size": CHUNK_SIZE,
-                "fps": self.fps if self.fps != int(self.fps) else int(self.fps),
-                "splits": {"train": f"0:{num_episodes}"},
-                "data_path": DATA_PATH,
-                "video_path": VIDEO_PATH,
-                "features": self._features(),
-            })
+            info.update(
+                {
+                    "total_videos": num_episodes * len(self.camera_keys),
+                    "total_chunks": _episode_chunk(num_episodes - 1) + 1,
+                    "chunks_size": CHUNK_SIZE,
+                    "fps": self.fps if self.fps != int(self.fps) else int(self.fps),
+                    "splits": {"train": f"0:{num_episodes}"},
+                    "data_path": DATA_PATH,
+                    "video_path": VIDEO_PATH,
+                    "features": self._features(),
+                }
+            )
         meta = self._staging / "meta"
         _replace_text(meta / "info.json", json.dumps(info, indent=4))
         if self.version == "v3.0":
             self._write_v3_meta(meta)
         else:
-            _replace_text(meta / "episodes.jsonl", "".join(
-                json.dumps({k: e[k] for k in ("episode_index", "tasks", "length")}) + "\n" for e in self._episodes
-            ))
-            _replace_text(meta / "tasks.jsonl", "".join(
-                json.dumps({"task_index": i, "task": t}) + "\n" for t, i in self._tasks.items()
-            ))
+            _replace_text(
+                meta / "episodes.jsonl",
+                "".join(
+                    json.dumps({k: e[k] for k in ("episode_index", "tasks", "length")}) + "\n" for e in self._episodes
+                ),
+            )
+            _replace_text(
+                meta / "tasks.jsonl",
+                "".join(json.dumps({"task_index": i, "task": t}) + "\n" for t, i in self._tasks.items()),
+            )
             # v2.1 requires the per-episode stats (LeRobot 0.3 and its v2.1 -> v3.0 converter read them)
-            _replace_text(meta / "episodes_stats.jsonl", "".join(
-                json.dumps({"episode_index": e["episode_index"], "stats": e["stats"]}) + "\n"
-                for e in self._episodes if "stats" in e
-            ))
+            _replace_text(
+                meta / "episodes_stats.jsonl",
+                "".join(
+                    json.dumps({"episode_index": e["episode_index"], "stats": e["stats"]}) + "\n"
+                    for e in self._episodes
+                    if "stats" in e
+                ),
+            )
         write_stats(self._staging)
         self._move_into_place()
-        logger.info("finalized dataset %s (%s): %d episodes, %d frames", self.root, self.version, num_episodes, self._total_frames)
+        logger.info(
+            "finalized dataset %s (%s): %d episodes, %d frames",
+            self.root,
+            self.version,
+            num_episodes,
+            self._total_frames,
+        )
         return Path(self.root)
 
     def _write_v3_meta(self, meta: Path) -> None:
@@ -600,13 +640,16 @@ class LeRobotDataset:
             camera_keys = video_keys
         in_parquet = [k for k in camera_keys if k in image_keys]
         if in_parquet:
-            raise ValueError(f"cameras {in_parquet} are stored as images inside the parquet files; only mp4 video features are read")
+            raise ValueError(
+                f"cameras {in_parquet} are stored as images inside the parquet files; only mp4 video features are read"
+            )
         missing = [k for k in camera_keys if k not in video_keys]
         if missing:
             raise ValueError(f"camera keys {missing} not in the dataset; it has {list(video_keys)}")
         self.camera_keys = tuple(camera_keys)
         self.vector_keys = tuple(
-            k for k, v in features.items()
+            k
+            for k, v in features.items()
             if v["dtype"].startswith("float") and k not in _INDEX_COLUMNS and len(v.get("shape", [])) == 1
         )
         self._episode_stats: list[dict[str, Any]] = []
@@ -626,7 +669,9 @@ class LeRobotDataset:
             elif self._episode_stats:
                 self.stats = self.aggregated_episode_stats()
             else:
-                raise FileNotFoundError(f"meta/stats.json missing in {self.root}; run `motus stats --dataset {self.root}`")
+                raise FileNotFoundError(
+                    f"meta/stats.json missing in {self.root}; run `motus stats --dataset {self.root}`"
+                )
         self._video_cache: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         self._video_cache_size = video_cache_size
         self._video_cache_bytes = None if video_cache_mb is None else int(video_cache_mb * 2**20)
@@ -645,7 +690,7 @@ class LeRobotDataset:
             stats: dict[str, dict[str, Any]] = {}
             for key, value in row.items():
                 if key.startswith("stats/"):
-                    feature, _, name = key[len("stats/"):].rpartition("/")
+                    feature, _, name = key[len("stats/") :].rpartition("/")
                     if value is not None:
                         stats.setdefault(feature, {})[name] = value
                 else:
@@ -662,7 +707,9 @@ class LeRobotDataset:
         if not self._episode_stats:
             return {}
         features = set.intersection(*(set(stats) for stats in self._episode_stats)) - (exclude or set())
-        return {feature: aggregate_stats([stats[feature] for stats in self._episode_stats]) for feature in sorted(features)}
+        return {
+            feature: aggregate_stats([stats[feature] for stats in self._episode_stats]) for feature in sorted(features)
+        }
 
     @property
     def num_episodes(self) -> int:
@@ -708,7 +755,9 @@ class LeRobotDataset:
         if self.version != "v3.0":
             return pq.read_table(path)
         table = self._file_table(path)
-        mask = pa.compute.equal(table["episode_index"], pa.scalar(episode_index, table.schema.field("episode_index").type))
+        mask = pa.compute.equal(
+            table["episode_index"], pa.scalar(episode_index, table.schema.field("episode_index").type)
+        )
         return table.filter(mask)
 
     def iter_tables(self) -> Any:
@@ -747,12 +796,16 @@ class LeRobotDataset:
         else:
             clip = read_video(path, max_width=self.max_frame_width)
         if clip.shape[0] != expected:
-            raise ValueError(f"{path} has {clip.shape[0]} frames for episode {episode_index}, the metadata says {expected}")
+            raise ValueError(
+                f"{path} has {clip.shape[0]} frames for episode {episode_index}, the metadata says {expected}"
+            )
         self._video_cache[cache_key] = clip
         while len(self._video_cache) > 1 and (
             len(self._video_cache) > self._video_cache_size
-            or (self._video_cache_bytes is not None
-                and sum(c.nbytes for c in self._video_cache.values()) > self._video_cache_bytes)
+            or (
+                self._video_cache_bytes is not None
+                and sum(c.nbytes for c in self._video_cache.values()) > self._video_cache_bytes
+            )
         ):
             self._video_cache.popitem(last=False)
         return clip
@@ -785,7 +838,9 @@ class LeRobotDataset:
             values = np.asarray(values, dtype=np.float32)
             length = self.episode_length(episode_index)
             if values.shape != (length, dim):
-                raise ValueError(f"episode {episode_index}: {name} must be [{length}, {dim}], got {tuple(values.shape)}")
+                raise ValueError(
+                    f"episode {episode_index}: {name} must be [{length}, {dim}], got {tuple(values.shape)}"
+                )
             checked.append(values)
         # Rewrite each data file once (v3.0 files hold many episodes), rows in the file's own episode order.
         by_file: dict[Path, list[int]] = {}

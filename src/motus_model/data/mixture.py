@@ -79,12 +79,12 @@ class MixtureConfig:
             raise ValueError(f"tier names must be unique, got {names}")
 
     @classmethod
-    def single(cls, path: str | Path, action_key: str | None = "action") -> "MixtureConfig":
+    def single(cls, path: str | Path, action_key: str | None = "action") -> MixtureConfig:
         """A one-dataset mixture (the common stage-3 case)."""
         return cls([TierConfig("target", 1.0, [DatasetEntry(str(path), 1.0, action_key)])])
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "MixtureConfig":
+    def from_yaml(cls, path: str | Path) -> MixtureConfig:
         data = yaml.safe_load(Path(path).read_text())
         if not isinstance(data, dict) or "tiers" not in data:
             raise ValueError(f"{path}: expected a mapping with a 'tiers' list")
@@ -148,7 +148,7 @@ class MixtureSampler:
             for lengths in episode_lengths
         ]
         self._usable = [np.flatnonzero(counts > 0) for counts in self._condition_counts]
-        for (tier, entry), usable in zip(entries, self._usable):
+        for (_, entry), usable in zip(entries, self._usable):
             if usable.size == 0:
                 raise ValueError(
                     f"dataset {entry.path} has no episode longer than chunk {action_chunk} x rate {downsample_rate}"
@@ -157,7 +157,7 @@ class MixtureSampler:
         self.tier_probabilities = tier_weights / tier_weights.sum()
         self._tier_datasets: list[np.ndarray] = []
         self._dataset_probabilities: list[np.ndarray] = []
-        for t, tier in enumerate(mixture.tiers):
+        for t in range(len(mixture.tiers)):
             flat = np.array([i for i, (tier_index, _) in enumerate(entries) if tier_index == t])
             weights = np.array([entries[i][1].weight for i in flat], dtype=np.float64)
             self._tier_datasets.append(flat)

@@ -70,7 +70,7 @@ class BagReader:
         _check_path(self.path)
         self._reader = AnyReader([self.path], default_typestore=typestore or motus_typestore())
 
-    def __enter__(self) -> "BagReader":
+    def __enter__(self) -> BagReader:
         try:
             self._reader.open()
         except Exception as error:  # rosbags / sqlite3 / mcap errors all mean an unreadable bag here

@@ -47,7 +47,9 @@ def sample_indices(
             f"{action_chunk}, {downsample_rate}, {video_action_ratio}"
         )
     if action_chunk % video_action_ratio:
-        raise ValueError(f"action_chunk ({action_chunk}) must be a multiple of video_action_ratio ({video_action_ratio})")
+        raise ValueError(
+            f"action_chunk ({action_chunk}) must be a multiple of video_action_ratio ({video_action_ratio})"
+        )
     last_condition = episode_length - action_chunk * downsample_rate - 1
     if not 0 <= condition <= last_condition:
         raise ValueError(
@@ -60,9 +62,7 @@ def sample_indices(
     return SampleIndices(condition=int(condition), action_rows=action_rows, video_rows=video_rows)
 
 
-def draw_condition(
-    rng: np.random.Generator, episode_length: int, action_chunk: int, downsample_rate: int
-) -> int:
+def draw_condition(rng: np.random.Generator, episode_length: int, action_chunk: int, downsample_rate: int) -> int:
     """Uniform condition index in [0, T - chunk*rate - 1]."""
     count = num_condition_indices(episode_length, action_chunk, downsample_rate)
     if count == 0:

@@ -16,8 +16,9 @@ Each sample holds (shapes for the model's composite H x W, F = chunk // ratio fu
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,14 @@ from torch.utils.data import Dataset
 
 from motus_model.data.lerobot import ACTION_KEY, STATE_KEY, LeRobotDataset
 from motus_model.data.sampling import sample_indices
-from motus_model.preprocessing import CAMERA_ROLES, CompositeLayout, Normalizer, compose_views, fit_composite, image_to_tensor
+from motus_model.preprocessing import (
+    CAMERA_ROLES,
+    CompositeLayout,
+    Normalizer,
+    compose_views,
+    fit_composite,
+    image_to_tensor,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +60,7 @@ class SamplingConfig:
         return self.action_chunk // self.video_action_ratio
 
     @classmethod
-    def from_model_config(cls, config: Any) -> "SamplingConfig":
+    def from_model_config(cls, config: Any) -> SamplingConfig:
         temporal = config.temporal
         return cls(int(temporal.action_chunk), int(temporal.downsample_rate), int(temporal.video_action_ratio))
 
@@ -88,10 +96,14 @@ class DatasetSource:
     def __post_init__(self) -> None:
         roles = set(self.camera_map)
         if roles != set(CAMERA_ROLES) and roles != {COMPOSITE_ROLE}:
-            raise ValueError(f"camera_map roles must be {list(CAMERA_ROLES)} or ['{COMPOSITE_ROLE}'], got {sorted(roles)}")
+            raise ValueError(
+                f"camera_map roles must be {list(CAMERA_ROLES)} or ['{COMPOSITE_ROLE}'], got {sorted(roles)}"
+            )
         missing = [key for key in self.camera_map.values() if key not in self.dataset.camera_keys]
         if missing:
-            raise ValueError(f"camera keys {missing} not in {self.dataset.root}; it has {list(self.dataset.camera_keys)}")
+            raise ValueError(
+                f"camera keys {missing} not in {self.dataset.root}; it has {list(self.dataset.camera_keys)}"
+            )
         if self.action_key is not None and self.action_key not in self.dataset.vector_keys:
             raise ValueError(
                 f"action column {self.action_key!r} not in {self.dataset.root}; it has {list(self.dataset.vector_keys)}"
@@ -168,7 +180,11 @@ class MotusTrainingDataset(Dataset):
         source = self.sources[key.dataset]
         length = source.dataset.episode_length(key.episode)
         rows = sample_indices(
-            key.condition, length, self.sampling.action_chunk, self.sampling.downsample_rate, self.sampling.video_action_ratio
+            key.condition,
+            length,
+            self.sampling.action_chunk,
+            self.sampling.downsample_rate,
+            self.sampling.video_action_ratio,
         )
         vectors = self._vectors(key)
         normalizer = source.normalizer or self.normalizer

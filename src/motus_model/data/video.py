@@ -122,8 +122,20 @@ def concat_videos(paths: list[Path], output: str | Path) -> None:
     listing = output.with_name(output.name + ".concat.txt")
     listing.write_text("".join(f"file '{Path(p).resolve()}'\n" for p in paths))
     command = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(output),
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "concat",
+        "-safe",
+        "0",
+        "-i",
+        str(listing),
+        "-c",
+        "copy",
+        str(output),
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     listing.unlink()

@@ -33,7 +33,9 @@ def _check_pair(frame0: np.ndarray, frame1: np.ndarray) -> None:
     for name, frame in (("frame0", frame0), ("frame1", frame1)):
         if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             shape = getattr(frame, "shape", None)
-            raise ValueError(f"{name} must be a uint8 RGB array [H, W, 3], got {getattr(frame, 'dtype', type(frame))} {shape}")
+            raise ValueError(
+                f"{name} must be a uint8 RGB array [H, W, 3], got {getattr(frame, 'dtype', type(frame))} {shape}"
+            )
     if frame0.shape != frame1.shape:
         raise ValueError(f"frames must have the same size, got {frame0.shape} and {frame1.shape}")
 
@@ -90,7 +92,9 @@ class RAFTFlowEstimator(FlowEstimator):
         num_flow_updates: RAFT refinement iterations.
     """
 
-    def __init__(self, weights_path: str | Path | None, variant: str = "large", device: str = "cpu", num_flow_updates: int = 12) -> None:
+    def __init__(
+        self, weights_path: str | Path | None, variant: str = "large", device: str = "cpu", num_flow_updates: int = 12
+    ) -> None:
         try:
             from torchvision.models.optical_flow import raft_large, raft_small
         except ImportError as error:
@@ -150,7 +154,9 @@ class PTLFlowEstimator(FlowEstimator):
         return outputs["flows"][0, 0].permute(1, 2, 0).cpu().numpy().astype(np.float32)
 
 
-def make_flow_estimator(name: str = "opencv", weights_path: str | Path | None = None, device: str = "cpu") -> FlowEstimator:
+def make_flow_estimator(
+    name: str = "opencv", weights_path: str | Path | None = None, device: str = "cpu"
+) -> FlowEstimator:
     """Build an estimator by name: "opencv" (DIS), "opencv-farneback", "raft", "raft-small", "dpflow"."""
     if name == "opencv":
         return OpenCVFlowEstimator("dis")
@@ -171,8 +177,14 @@ def make_flow_estimator(name: str = "opencv", weights_path: str | Path | None = 
 def make_color_wheel() -> np.ndarray:
     """The 55-colour Middlebury wheel [55, 3] in [0, 255]: red-yellow 15, yellow-green 6, green-cyan 4,
     cyan-blue 11, blue-magenta 13, magenta-red 6 (Baker et al.)."""
-    segments = [(15, (255, 0, 0), (255, 255, 0)), (6, (255, 255, 0), (0, 255, 0)), (4, (0, 255, 0), (0, 255, 255)),
-                (11, (0, 255, 255), (0, 0, 255)), (13, (0, 0, 255), (255, 0, 255)), (6, (255, 0, 255), (255, 0, 0))]
+    segments = [
+        (15, (255, 0, 0), (255, 255, 0)),
+        (6, (255, 255, 0), (0, 255, 0)),
+        (4, (0, 255, 0), (0, 255, 255)),
+        (11, (0, 255, 255), (0, 0, 255)),
+        (13, (0, 0, 255), (255, 0, 255)),
+        (6, (255, 0, 255), (255, 0, 0)),
+    ]
     colors = []
     for count, start, end in segments:
         fractions = np.arange(count) / count

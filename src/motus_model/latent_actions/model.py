@@ -93,7 +93,7 @@ class LatentActionVAEConfig:
             raise ValueError(f"image_size {self.image_size} must be divisible by the DC-AE downsampling {downsample}")
 
     @classmethod
-    def published(cls) -> "LatentActionVAEConfig":
+    def published(cls) -> LatentActionVAEConfig:
         """The paper's shape: 64x64 flow image -> DC-AE f32 (diffusers defaults) -> 2x2x512 = 4 tokens x 512 -> 14."""
         return cls(
             image_size=64,
@@ -121,7 +121,7 @@ class LatentActionVAEConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LatentActionVAEConfig":
+    def from_dict(cls, data: dict[str, Any]) -> LatentActionVAEConfig:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
@@ -217,7 +217,11 @@ class LatentActionVAE(PretrainedMixin, nn.Module):
             # mean over the labelled samples only; a batch without labels contributes 0
             alignment = (per_sample * weights).sum() / weights.sum().clamp(min=1.0)
         config = self.config
-        loss = config.reconstruction_weight * reconstruction_loss + config.alignment_weight * alignment + config.kl_weight * kl
+        loss = (
+            config.reconstruction_weight * reconstruction_loss
+            + config.alignment_weight * alignment
+            + config.kl_weight * kl
+        )
         return {"loss": loss, "reconstruction": reconstruction_loss, "alignment": alignment, "kl": kl, "mean": mean}
 
     # Folder I/O (config.json + model.safetensors): modeling_utils.PretrainedMixin.

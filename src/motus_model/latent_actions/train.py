@@ -26,7 +26,9 @@ from motus_model.preprocessing import Normalizer
 logger = logging.getLogger(__name__)
 
 
-def flow_image(estimator: FlowEstimator, frame0: np.ndarray, frame1: np.ndarray, config: LatentActionVAEConfig) -> np.ndarray:
+def flow_image(
+    estimator: FlowEstimator, frame0: np.ndarray, frame1: np.ndarray, config: LatentActionVAEConfig
+) -> np.ndarray:
     """Two RGB frames -> uint8 flow image [S, S, 3] (Middlebury coding at the config's fixed max radius)."""
     flow = estimator.estimate(frame0, frame1)
     image = flow_to_image(flow, max_radius=config.flow_max_radius).image
@@ -72,7 +74,7 @@ class FlowPairPool:
         labelled: bool,
         estimator: FlowEstimator | None = None,
         every: int = 1,
-    ) -> "FlowPairPool":
+    ) -> FlowPairPool:
         """Compute flow images for every ``every``-th row; labelled pools carry actions normalised with
         each dataset's mean/std (the alignment target). The pool lives in memory (S*S*3 bytes a row)."""
         estimator = estimator or make_flow_estimator(config.flow_estimator)
@@ -85,7 +87,8 @@ class FlowPairPool:
                     episode_actions = dataset.vectors(episode)[ACTION_KEY][::every]
                     if episode_actions.shape[1] != config.latent_dim:
                         raise ValueError(
-                            f"{dataset.root}: actions are {episode_actions.shape[1]}-d, latent actions {config.latent_dim}-d"
+                            f"{dataset.root}: actions are {episode_actions.shape[1]}-d, "
+                            f"latent actions {config.latent_dim}-d"
                         )
                     actions.append(normalizer.normalize(ACTION_KEY, episode_actions))
         if not images:
@@ -145,7 +148,9 @@ def train_latent_action_vae(
     history = []
     progress = tqdm(range(steps), desc="latent-action VAE", disable=steps < 10)
     for _ in progress:
-        batch = draw_vae_batch(rng, labelled, unlabelled, batch_size, model.config.labelled_fraction, model.config.latent_dim)
+        batch = draw_vae_batch(
+            rng, labelled, unlabelled, batch_size, model.config.labelled_fraction, model.config.latent_dim
+        )
         losses = model(batch["flow_images"], batch["actions"], batch["labelled"], generator=generator)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()

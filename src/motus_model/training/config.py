@@ -30,6 +30,7 @@ import yaml
 
 logger = logging.getLogger(__name__)
 
+
 def stage_preset_dir() -> Path:
     """config/training/ of the source tree, else of the installed package (share/motus_ros/config/training
     under the install prefix, found from this file's location, sys.prefix or AMENT_PREFIX_PATH)."""
@@ -125,7 +126,8 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         if self.state_noise_std < 0 or not 0 <= self.state_dropout < 1:
             raise ValueError(
-                f"state_noise_std must be >= 0 and state_dropout in [0, 1), got {self.state_noise_std}, {self.state_dropout}"
+                f"state_noise_std must be >= 0 and state_dropout in [0, 1), "
+                f"got {self.state_noise_std}, {self.state_dropout}"
             )
         if not 0 <= self.episode_start_fraction <= 1 or self.episode_start_rows < 1:
             raise ValueError(
@@ -161,7 +163,7 @@ class TrainingConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainingConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -169,14 +171,14 @@ class TrainingConfig:
         return cls(**data)
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainingConfig":
+    def load(cls, path: str | Path) -> TrainingConfig:
         path = Path(path)
         text = path.read_text()
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         return cls.from_dict(data or {})
 
     @classmethod
-    def for_stage(cls, stage: int, preset_dir: str | Path | None = None, **overrides: Any) -> "TrainingConfig":
+    def for_stage(cls, stage: int, preset_dir: str | Path | None = None, **overrides: Any) -> TrainingConfig:
         """The stage preset (config/training/stage{N}.yaml) with ``overrides`` (None values are ignored)."""
         directory = Path(preset_dir) if preset_dir is not None else stage_preset_dir()
         path = directory / f"stage{stage}.yaml"

@@ -11,7 +11,8 @@ Noise and sigmas come from a fixed seed, so numbers are comparable across evalua
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +53,15 @@ def mode_losses(
     noisy_actions = (1 - action_sigma.view(-1, 1, 1)) * actions_x0 + action_sigma.view(-1, 1, 1) * action_noise
     state = batch["state"] if model.config.uses_state else None
     video_pred, action_pred = model.forward_uncached(
-        noisy_video, video_sigma, noisy_actions, action_sigma, state,
-        batch["text_context"], batch["vlm_hidden"], text_mask=batch.get("text_mask"), vlm_mask=batch.get("vlm_mask"),
+        noisy_video,
+        video_sigma,
+        noisy_actions,
+        action_sigma,
+        state,
+        batch["text_context"],
+        batch["vlm_hidden"],
+        text_mask=batch.get("text_mask"),
+        vlm_mask=batch.get("vlm_mask"),
     )
     losses = {}
     if mode.video is Treatment.DENOISED:

@@ -119,7 +119,9 @@ def build_encoders(
         text_dir = work_dir / TEXT_ENCODER_DIR
         built.append(text_dir)
         if not (text_dir / "config.json").is_file():
-            logger.warning("no text encoder given: building a tiny random umT5 (%d wide) in %s", video.text_dim, text_dir)
+            logger.warning(
+                "no text encoder given: building a tiny random umT5 (%d wide) in %s", video.text_dim, text_dir
+            )
             build_tiny_umt5(video.text_dim, directory=text_dir, seed=seed)
     else:
         text_dir = Path(text_encoder_path)
@@ -129,11 +131,15 @@ def build_encoders(
         vlm_dir = work_dir / VLM_DIR
         built.append(vlm_dir)
         if not (vlm_dir / "config.json").is_file():
-            logger.warning("no VLM given: building a tiny random Qwen3-VL (%d wide) in %s", understanding.vlm_dim, vlm_dir)
+            logger.warning(
+                "no VLM given: building a tiny random Qwen3-VL (%d wide) in %s", understanding.vlm_dim, vlm_dir
+            )
             build_tiny_qwen3_vl(understanding.vlm_dim, directory=vlm_dir, seed=seed)
     else:
         vlm_dir = Path(vlm_path)
-    text_encoder = UMT5TextEncoder.from_pretrained(text_dir, video.text_len, device=device, truncate=truncate_instructions)
+    text_encoder = UMT5TextEncoder.from_pretrained(
+        text_dir, video.text_len, device=device, truncate=truncate_instructions
+    )
     vlm = Qwen3VLFeatureExtractor.from_pretrained(vlm_dir, device=device)
     for module in (text_encoder.model, vlm.model):
         module.requires_grad_(False)  # frozen in every stage

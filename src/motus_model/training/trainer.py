@@ -114,7 +114,8 @@ _STATE_AUGMENTATION_STREAM = 0x5EED  # mixed into the shard seed for the state a
 def perturb_state(state: torch.Tensor, noise_std: float, dropout: float, generator: torch.Generator) -> torch.Tensor:
     """Training-time augmentation of the normalised state [B, S] (``TrainingConfig.state_noise_std``,
     ``state_dropout``): Gaussian noise of ``noise_std`` state stds, then a ``dropout`` fraction of the rows
-    set to 0 (the mean state under mean_std normalisation). Draws from ``generator`` so a resumed run repeats it exactly."""
+    set to 0 (the mean state under mean_std normalisation). Draws from ``generator`` so a resumed run repeats it
+    exactly."""
     if noise_std > 0:
         noise = torch.randn(state.shape, generator=generator, device=generator.device, dtype=torch.float32)
         state = state + noise_std * noise.to(state.device, state.dtype)
@@ -153,7 +154,9 @@ def build_model(config: TrainingConfig) -> MotusModel:
     return model
 
 
-def load_stage_weights(model: MotusModel, previous: dict[str, torch.Tensor], reinit_prefixes: list[str]) -> dict[str, list[str]]:
+def load_stage_weights(
+    model: MotusModel, previous: dict[str, torch.Tensor], reinit_prefixes: list[str]
+) -> dict[str, list[str]]:
     """Copy the previous stage's weights into ``model`` with an explicit account of every key.
 
     Keys under ``reinit_prefixes`` keep their fresh initialisation. Keys the new model has and the
@@ -235,7 +238,9 @@ def build_training_data(
     for _, entry in mixture.entries():
         # no view of the composite is wider than the composite: decode at most that wide
         dataset = LeRobotDataset(
-            entry.path, max_frame_width=model_config.latents.image_width, video_cache_size=1_000_000,
+            entry.path,
+            max_frame_width=model_config.latents.image_width,
+            video_cache_size=1_000_000,
             video_cache_mb=config.video_cache_mb,
         )
         normalizer = dataset_normalizer(dataset, entry.action_key, config.normalization)
@@ -243,13 +248,21 @@ def build_training_data(
         normalizers.append(normalizer)
     sampling = SamplingConfig.from_model_config(model_config)
     training = MotusTrainingDataset(
-        sources, sampling, CompositeLayout.from_config(model_config),
-        state_dim=model_config.action.state_dim, action_dim=model_config.action.action_dim,
+        sources,
+        sampling,
+        CompositeLayout.from_config(model_config),
+        state_dim=model_config.action.state_dim,
+        action_dim=model_config.action.action_dim,
     )
     lengths = [training.episode_lengths(i) for i in range(len(sources))]
     sampler = MixtureSampler(
-        mixture, lengths, sampling.action_chunk, sampling.downsample_rate, seed=seed,
-        episode_start_fraction=config.episode_start_fraction, episode_start_rows=config.episode_start_rows,
+        mixture,
+        lengths,
+        sampling.action_chunk,
+        sampling.downsample_rate,
+        seed=seed,
+        episode_start_fraction=config.episode_start_fraction,
+        episode_start_rows=config.episode_start_rows,
     )
     return training, sampler, normalizers
 
@@ -280,8 +293,15 @@ class StepBatches(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, dataset: MotusTrainingDataset, sampler: MixtureSampler, batch_size: int, shard_size: int,
-        rank: int, accumulation: int, start_step: int, end_step: int,
+        self,
+        dataset: MotusTrainingDataset,
+        sampler: MixtureSampler,
+        batch_size: int,
+        shard_size: int,
+        rank: int,
+        accumulation: int,
+        start_step: int,
+        end_step: int,
     ) -> None:
         self.dataset, self.sampler = dataset, sampler
         self.batch_size, self.shard_size = batch_size, shard_size
@@ -338,7 +358,8 @@ class Trainer:
         shards = self.world_size * config.gradient_accumulation
         if config.batch_size % shards:
             raise ValueError(
-                f"global batch_size {config.batch_size} must divide into world_size x gradient_accumulation = {shards} shards"
+                f"global batch_size {config.batch_size} must divide into "
+                f"world_size x gradient_accumulation = {shards} shards"
             )
         self.shard_size = config.batch_size // shards
         self.output = Path(config.output)
@@ -368,7 +389,9 @@ class Trainer:
             logger.warning(
                 "a video token holds %d latent values but the video expert is %d wide: sampled frames will keep "
                 "the noise outside the head's %d directions (see MotusConfig.video_token_dim)",
-                model_config.video_token_dim, model_config.video.dim, model_config.video.dim,
+                model_config.video_token_dim,
+                model_config.video.dim,
+                model_config.video.dim,
             )
 
         # 2. data
@@ -397,26 +420,39 @@ class Trainer:
         )
         self.scheduler = make_scheduler(
             self.optimizer,
-            LinearWarmupDecay(config.warmup_steps, config.lr_f_start, config.lr_f_max, config.lr_f_min, config.lr_cycle_steps),
+            LinearWarmupDecay(
+                config.warmup_steps, config.lr_f_start, config.lr_f_max, config.lr_f_min, config.lr_cycle_steps
+            ),
         )
-        self.objective, self.optimizer = self.accelerator.prepare(FlowMatchingObjective(self.model, loss_config), self.optimizer)
+        self.objective, self.optimizer = self.accelerator.prepare(
+            FlowMatchingObjective(self.model, loss_config), self.optimizer
+        )
         self.step = 0
         if self.resume_from is not None:
             self._load_training_state(self.resume_from / TRAINING_STATE_DIR)
         self.tensorboard = self._open_tensorboard()
         logger.info(
             "stage %d, %s, %d trainable / %d frozen parameters, world size %d, global batch %d (%d per shard)",
-            config.stage, self.model.config.training_mode, sum(p.numel() for p in trainable),
-            sum(p.numel() for p in self.model.parameters() if not p.requires_grad), self.world_size,
-            config.batch_size, self.shard_size,
+            config.stage,
+            self.model.config.training_mode,
+            sum(p.numel() for p in trainable),
+            sum(p.numel() for p in self.model.parameters() if not p.requires_grad),
+            self.world_size,
+            config.batch_size,
+            self.shard_size,
         )
 
     # -- pieces --------------------------------------------------------------------------------
     def _build_encoders(self) -> ConditioningEncoders:
         config = self.config
         return build_encoders(
-            self.model.config, self.output / "encoders", config.text_encoder_path, config.vlm_path,
-            config.video_vae_path, device=self.device, truncate_instructions=config.truncate_instructions,
+            self.model.config,
+            self.output / "encoders",
+            config.text_encoder_path,
+            config.vlm_path,
+            config.video_vae_path,
+            device=self.device,
+            truncate_instructions=config.truncate_instructions,
             seed=config.seed,
         )
 
@@ -440,8 +476,14 @@ class Trainer:
     def step_batches(self, end_step: int | None = None) -> StepBatches:
         config = self.config
         return StepBatches(
-            self.dataset, self.sampler, config.batch_size, self.shard_size, self.rank, config.gradient_accumulation,
-            self.step, config.steps if end_step is None else end_step,
+            self.dataset,
+            self.sampler,
+            config.batch_size,
+            self.shard_size,
+            self.rank,
+            config.gradient_accumulation,
+            self.step,
+            config.steps if end_step is None else end_step,
         )
 
     def _autocast(self):
@@ -466,7 +508,9 @@ class Trainer:
             if batch.get("state") is not None and (config.state_noise_std > 0 or config.state_dropout > 0):
                 # its own generator: switching the augmentation on leaves the loss's noise draws unchanged
                 augmentation = torch.Generator(device=self.device).manual_seed(seed ^ _STATE_AUGMENTATION_STREAM)
-                batch["state"] = perturb_state(batch["state"], config.state_noise_std, config.state_dropout, augmentation)
+                batch["state"] = perturb_state(
+                    batch["state"], config.state_noise_std, config.state_dropout, augmentation
+                )
             sync = nullcontext() if micro == accumulation - 1 else self.accelerator.no_sync(self.objective)
             with sync:
                 with self._autocast():
@@ -546,7 +590,9 @@ class Trainer:
         model = MotusModel(self.model.config)
         if self.accelerator.is_main_process:
             prefix = "model."
-            model.load_state_dict({key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}, strict=True)
+            model.load_state_dict(
+                {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}, strict=True
+            )
         return model
 
     def _prune_checkpoints(self) -> None:
@@ -560,8 +606,12 @@ class Trainer:
     def _load_training_state(self, state_dir: Path) -> None:
         trainer_state = json.loads((state_dir / "trainer_state.json").read_text())
         if trainer_state["stage"] != self.config.stage:
-            raise ValueError(f"checkpoint is from stage {trainer_state['stage']}, this run is stage {self.config.stage}")
-        self.optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location=self.device, weights_only=True))
+            raise ValueError(
+                f"checkpoint is from stage {trainer_state['stage']}, this run is stage {self.config.stage}"
+            )
+        self.optimizer.load_state_dict(
+            torch.load(state_dir / "optimizer.pt", map_location=self.device, weights_only=True)
+        )
         scheduler_state = torch.load(state_dir / "scheduler.pt", weights_only=True)
         # Only the step comes from the checkpoint; the schedule's shape is this run's config, so a resumed run
         # can extend or anneal the schedule (LambdaLR would otherwise restore the saved factor's fields).
@@ -570,7 +620,9 @@ class Trainer:
         rng = torch.load(state_dir / "rng.pt", weights_only=True)
         torch.set_rng_state(rng["torch"])
         position, has_gauss, cached_gaussian = rng["numpy_rest"]
-        np.random.set_state(("MT19937", rng["numpy_keys"].numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+        np.random.set_state(
+            ("MT19937", rng["numpy_keys"].numpy().astype(np.uint32), position, has_gauss, cached_gaussian)
+        )
         version, internal, gauss_next = rng["python"]
         random.setstate((version, tuple(internal), gauss_next))
         if torch.cuda.is_available() and "cuda" in rng:
@@ -597,13 +649,19 @@ class Trainer:
         config = self.config
         result = TrainResult(step=self.step, output=self.output, last_checkpoint=self.resume_from)
         progress = tqdm(
-            total=config.steps, initial=self.step, desc=f"stage {config.stage}",
+            total=config.steps,
+            initial=self.step,
+            desc=f"stage {config.stage}",
             disable=not self.accelerator.is_main_process,
         )
         started = time.perf_counter()
         loader = torch.utils.data.DataLoader(
-            self.step_batches(), batch_size=None, shuffle=False, num_workers=config.num_workers,
-            prefetch_factor=2 if config.num_workers else None, persistent_workers=False,
+            self.step_batches(),
+            batch_size=None,
+            shuffle=False,
+            num_workers=config.num_workers,
+            prefetch_factor=2 if config.num_workers else None,
+            persistent_workers=False,
         )
         for micro_batches in loader:
             metrics = self.train_step(micro_batches)

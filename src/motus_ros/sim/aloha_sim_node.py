@@ -22,6 +22,7 @@ instead, exactly as dm_control's Environment.step does minus the observation.
 
 Run: `motus_sim` (defaults from config/sim.yaml), e.g. `motus_sim --ros-args -p task:=insertion`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -71,16 +72,31 @@ PARAMETERS = (
     Param("seed", 0, "seed of the object pose sampled at start-up and by ~/reset"),
     Param("camera_rate_hz", 10.0, "camera publishing rate (each publish renders every camera)", rate=True),
     Param("status_rate_hz", 10.0, "rate of ~/success and ~/reward", rate=True),
-    Param("mujoco_cameras", ["top", "left_wrist", "right_wrist"],
-          "MuJoCo camera rendered for each profile camera, in the profile's camera order"),
-    Param("forward_command_topic", "/arms_controller/commands",
-          "std_msgs/Float64MultiArray with all joints in profile order (forward_command_controller)"),
-    Param("trajectory_topics", ["/arms_controller/joint_trajectory"],
-          "trajectory_msgs/JointTrajectory topics (JointTrajectoryController style), any subset of the joints"),
-    Param("joint_state_command_topics", ["/joint_left_states", "/joint_right_states"],
-          "sensor_msgs/JointState command topics (AgileX style), any subset of the joints by name"),
-    Param("interbotix_namespaces", ["/follower_left/commands", "/follower_right/commands"],
-          "per-arm Interbotix command namespaces (<ns>/joint_group, <ns>/joint_single), left arm first"),
+    Param(
+        "mujoco_cameras",
+        ["top", "left_wrist", "right_wrist"],
+        "MuJoCo camera rendered for each profile camera, in the profile's camera order",
+    ),
+    Param(
+        "forward_command_topic",
+        "/arms_controller/commands",
+        "std_msgs/Float64MultiArray with all joints in profile order (forward_command_controller)",
+    ),
+    Param(
+        "trajectory_topics",
+        ["/arms_controller/joint_trajectory"],
+        "trajectory_msgs/JointTrajectory topics (JointTrajectoryController style), any subset of the joints",
+    ),
+    Param(
+        "joint_state_command_topics",
+        ["/joint_left_states", "/joint_right_states"],
+        "sensor_msgs/JointState command topics (AgileX style), any subset of the joints by name",
+    ),
+    Param(
+        "interbotix_namespaces",
+        ["/follower_left/commands", "/follower_right/commands"],
+        "per-arm Interbotix command namespaces (<ns>/joint_group, <ns>/joint_single), left arm first",
+    ),
 )
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -104,8 +120,9 @@ def default_config_path() -> Path | None:
 class _Trajectory:
     """A JointTrajectory being executed: linear interpolation from the target at receipt through its points."""
 
-    def __init__(self, indices: list[int], start_values: np.ndarray, times: np.ndarray, positions: np.ndarray,
-                 start_s: float) -> None:
+    def __init__(
+        self, indices: list[int], start_values: np.ndarray, times: np.ndarray, positions: np.ndarray, start_s: float
+    ) -> None:
         self.indices = indices
         self.times = np.concatenate([[0.0], times])  # [P + 1]
         self.positions = np.vstack([start_values[None], positions])  # [P + 1, J]
@@ -134,10 +151,14 @@ class AlohaSimNode(Node):
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         mujoco_cameras = list(self.get_parameter("mujoco_cameras").value)
         if len(mujoco_cameras) != len(self.profile.cameras):
-            raise ValueError(f"mujoco_cameras must name one MuJoCo camera per profile camera "
-                             f"({len(self.profile.cameras)}: {self.profile.camera_roles}), got {mujoco_cameras}")
+            raise ValueError(
+                f"mujoco_cameras must name one MuJoCo camera per profile camera "
+                f"({len(self.profile.cameras)}: {self.profile.camera_roles}), got {mujoco_cameras}"
+            )
         if self.profile.action_dim != 14:
-            raise ValueError(f"the ALOHA sim needs a 14-joint profile, {self.profile.name!r} has {self.profile.action_dim}")
+            raise ValueError(
+                f"the ALOHA sim needs a 14-joint profile, {self.profile.name!r} has {self.profile.action_dim}"
+            )
 
         # 1. Physics: gym-aloha's env object, driven without its rendering step()/reset().
         from gym_aloha.env import AlohaEnv
@@ -163,8 +184,9 @@ class AlohaSimNode(Node):
 
         # 3. Every command interface.
         self._name_index = {name: i for i, name in enumerate(self.profile.joint_names)}
-        self.create_subscription(Float64MultiArray, self.get_parameter("forward_command_topic").value,
-                                 self._on_forward_command, COMMAND_QOS)
+        self.create_subscription(
+            Float64MultiArray, self.get_parameter("forward_command_topic").value, self._on_forward_command, COMMAND_QOS
+        )
         for topic in self.get_parameter("trajectory_topics").value:
             self.create_subscription(JointTrajectory, topic, self._on_trajectory, COMMAND_QOS)
         for topic in self.get_parameter("joint_state_command_topics").value:
@@ -183,7 +205,8 @@ class AlohaSimNode(Node):
         self.get_logger().info(
             f"gym-aloha {task} with profile {self.profile.name!r}: physics {1 / self.dt:g} Hz, cameras "
             f"{self.profile.camera_roles} at {self.get_parameter('camera_rate_hz').value:g} Hz, "
-            f"interbotix commands {'on' if self.interbotix else 'off (interbotix_xs_msgs missing)'}")
+            f"interbotix commands {'on' if self.interbotix else 'off (interbotix_xs_msgs missing)'}"
+        )
 
     # --- episode -------------------------------------------------------------------------------------
     def reset_episode(self, seed: int) -> None:
@@ -292,15 +315,19 @@ class AlohaSimNode(Node):
         if unknown or len(set(names)) != len(names):
             self.get_logger().warning(
                 f"ignored a {source} command: unknown or repeated joint names {unknown or list(names)}; "
-                f"expected names from {self.profile.joint_names}", throttle_duration_sec=2.0)
+                f"expected names from {self.profile.joint_names}",
+                throttle_duration_sec=2.0,
+            )
             return None
         return [self._name_index[name] for name in names]
 
     def _set_target(self, indices: list[int], values, source: str) -> None:
         values = np.asarray(values, dtype=np.float64)
         if values.shape != (len(indices),) or not np.all(np.isfinite(values)):
-            self.get_logger().warning(f"ignored a {source} command: expected {len(indices)} finite values, "
-                                      f"got {values.shape}", throttle_duration_sec=2.0)
+            self.get_logger().warning(
+                f"ignored a {source} command: expected {len(indices)} finite values, got {values.shape}",
+                throttle_duration_sec=2.0,
+            )
             return
         with self._lock:
             # A direct command supersedes any trajectory on the same joints.
@@ -321,14 +348,18 @@ class AlohaSimNode(Node):
         if indices is None:
             return
         if not msg.points or any(len(p.positions) != len(indices) for p in msg.points):
-            self.get_logger().warning("ignored a JointTrajectory: no points, or points without one position per "
-                                      "joint", throttle_duration_sec=2.0)
+            self.get_logger().warning(
+                "ignored a JointTrajectory: no points, or points without one position per joint",
+                throttle_duration_sec=2.0,
+            )
             return
         times = np.array([duration_to_seconds(p.time_from_start) for p in msg.points])
         positions = np.array([p.positions for p in msg.points], dtype=np.float64)
         if np.any(np.diff(times) <= 0) or times[0] < 0 or not np.all(np.isfinite(positions)):
-            self.get_logger().warning("ignored a JointTrajectory: time_from_start must increase and positions be "
-                                      "finite", throttle_duration_sec=2.0)
+            self.get_logger().warning(
+                "ignored a JointTrajectory: time_from_start must increase and positions be finite",
+                throttle_duration_sec=2.0,
+            )
             return
         stamp = stamp_to_seconds(msg.header.stamp)
         start = stamp if stamp > 0 else self.now_s()  # JTC: a zero stamp starts on receipt

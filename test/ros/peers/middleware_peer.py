@@ -2,6 +2,7 @@
 
 The RunPolicy server sends feedback every 50 ms for `max_steps` steps and honours cancel requests.
 """
+
 import time
 
 import rclpy
@@ -25,7 +26,10 @@ class Peer(Node):
         self.create_timer(0.05, self.publish, callback_group=group)
         self.create_service(PredictActions, "peer/predict_actions", self.predict, callback_group=group)
         self.action_server = ActionServer(
-            self, RunPolicy, "peer/run_policy", self.execute,
+            self,
+            RunPolicy,
+            "peer/run_policy",
+            self.execute,
             goal_callback=lambda goal: GoalResponse.ACCEPT,
             cancel_callback=lambda handle: CancelResponse.ACCEPT,
             callback_group=group,
