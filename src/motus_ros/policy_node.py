@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import math
+import re
 import threading
 import time
 import traceback
@@ -46,11 +47,21 @@ from motus_ros.requests import REQUEST_QOS, RequestError, action_server_options,
 from motus_ros.safety import MeasuredState, SafetyFilter
 from motus_ros.server_context import ServerContext
 
-TERMINATION_COMPLETED = "completed"
-TERMINATION_CANCELLED = "cancelled"
-TERMINATION_ESTOP = "estop"
-TERMINATION_PREEMPTED = "preempted"
-TERMINATION_ERROR = "error"
+# The termination vocabulary is declared in RunPolicy.action (one home; test_server_policy pins it).
+TERMINATION_COMPLETED = RunPolicy.Result.TERMINATION_COMPLETED
+TERMINATION_HELD_THROUGHOUT = RunPolicy.Result.TERMINATION_HELD_THROUGHOUT
+TERMINATION_NO_OBSERVATION = RunPolicy.Result.TERMINATION_NO_OBSERVATION
+TERMINATION_CANCELLED = RunPolicy.Result.TERMINATION_CANCELLED
+TERMINATION_ESTOP = RunPolicy.Result.TERMINATION_ESTOP
+TERMINATION_PREEMPTED = RunPolicy.Result.TERMINATION_PREEMPTED
+TERMINATION_ERROR = RunPolicy.Result.TERMINATION_ERROR
+MAIN_HOLD_REASONS = 3  # how many hold reasons a result lists
+_NUMBER = re.compile(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?")
+
+
+def hold_reason_kind(reason: str) -> str:
+    """A hold reason without its numbers ("stale: high is 1.1 s old" and "... 1.3 s old" are one kind)."""
+    return _NUMBER.sub("#", reason)
 
 
 class RateMeter:
@@ -84,6 +95,11 @@ class PolicyRun:
     max_steps: int = 0  # 0 = no limit
     step: int = 0  # control ticks since the run started
     published: int = 0  # commands computed (sent, or planned in dry run)
+    moving_steps: int = 0  # ticks that commanded a policy action
+    observed_ticks: int = 0  # ticks with a usable observation
+    held_ticks: int = 0
+    hold_kinds: collections.Counter = field(default_factory=collections.Counter)  # hold_reason_kind -> ticks
+    hold_examples: dict[str, str] = field(default_factory=dict)  # hold_reason_kind -> its latest wording
     holding: bool = True
     hold_reason: str = HOLD_FIRST_CHUNK
     error: str = ""  # a failure that ends the run
@@ -287,6 +303,8 @@ class PolicyNode(MotusLifecycleNode):
                 reason = f"{reason} (rejected: {rejected})" if rejected else reason
             elif problem := self.safety.state_problem(observation.state):
                 reason, observation = problem, None  # out of the limits: refused as input, hold
+            if observation is not None:
+                run.observed_ticks += 1
             if observation is None or self.safety.engaged:
                 run.policy.poll()
                 self._check_policy_error(run)
@@ -310,6 +328,7 @@ class PolicyNode(MotusLifecycleNode):
                 self.get_logger().warning("command clamped to the joint/delta limits", throttle_duration_sec=2.0)
             run.holding, run.hold_reason = False, ""
             run.published += 1
+            run.moving_steps += 1
 
     def _check_policy_error(self, run: PolicyRun) -> bool:
         """A failed chunk request ends the run (the execute loop reports it); True when it did."""
@@ -326,6 +345,10 @@ class PolicyNode(MotusLifecycleNode):
         if not run.holding or run.hold_reason != reason:
             self.get_logger().info(f"holding: {reason}", throttle_duration_sec=1.0)
         run.holding, run.hold_reason = True, reason
+        run.held_ticks += 1
+        kind = hold_reason_kind(reason)
+        run.hold_kinds[kind] += 1
+        run.hold_examples[kind] = reason
         if self.safety.hold(self._measured()) is not None:  # the last command sent; nothing without a reference
             run.published += 1
 
@@ -408,7 +431,13 @@ class PolicyNode(MotusLifecycleNode):
             result.error = ErrorCode(code=code, message=message)
             result.termination = termination
             if run is not None:
-                result.steps, result.chunks = run.published, run.chunks
+                with run.lock:
+                    result.steps, result.chunks, result.moving_steps = run.published, run.chunks, run.moving_steps
+                    result.held_fraction = float(run.held_ticks / run.step) if run.step else 1.0
+                    result.hold_reasons = [
+                        f"{count} ticks: {run.hold_examples[kind]}"
+                        for kind, count in run.hold_kinds.most_common(MAIN_HOLD_REASONS)
+                    ]
                 result.duration_s = float(time.monotonic() - run.started_s)
             if termination == TERMINATION_COMPLETED:
                 goal_handle.succeed()
@@ -464,13 +493,29 @@ class PolicyNode(MotusLifecycleNode):
                 goal.max_duration_s > 0 and elapsed >= goal.max_duration_s
             ):
                 self._stop_run(run)
-                return finish(ErrorCode.NONE, "", TERMINATION_COMPLETED, run)
+                return finish(*self._outcome(run), run)
             feedback.step, feedback.chunks = run.step, run.chunks
             feedback.last_inference_ms = float(run.policy.stats.last_inference_ms)
             feedback.control_rate_hz = float(self._rate.rate(self.now_s()))
             feedback.holding, feedback.hold_reason = bool(run.holding), str(run.hold_reason)
             goal_handle.publish_feedback(feedback)
             time.sleep(period)
+
+    @staticmethod
+    def _outcome(run: PolicyRun) -> tuple[int, str, str]:
+        """(code, message, termination) of a run that reached its limit: it completed only if the robot moved."""
+        if run.moving_steps:
+            return ErrorCode.NONE, "", TERMINATION_COMPLETED
+        reasons = "; ".join(
+            f"{count} ticks: {run.hold_examples[kind]}" for kind, count in run.hold_kinds.most_common(2)
+        )
+        if not run.observed_ticks:
+            return (
+                ErrorCode.NO_OBSERVATION,
+                f"no usable observation during the run ({reasons})",
+                TERMINATION_NO_OBSERVATION,
+            )
+        return ErrorCode.HELD, f"the robot held throughout ({reasons})", TERMINATION_HELD_THROUGHOUT
 
     # --- services --------------------------------------------------------------------------------------------------
 

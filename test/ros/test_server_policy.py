@@ -115,6 +115,50 @@ def test_run_sends_a_command_every_control_tick_within_limits(rig, server):
     assert {"control_rate_hz", "inference_latency_ms", "holding", "hold_reason", "estop", "dry_run"} <= keys
 
 
+def test_no_camera_means_no_observation_not_completed(rig):
+    """No camera publishes: the run reaches its limit holding throughout and says so (not "completed")."""
+    client, sensors, _, _ = rig
+    sensors.reset()
+    sensors.skip = {camera.role for camera in PROFILE.cameras}
+    try:
+        client.spin(1.5)  # the last frames age past max_age_s
+        assert client.run_policy("pick", max_steps=40)
+        result = client.get_result(60)
+        assert result.termination == "no_observation" and result.error.code == ErrorCode.NO_OBSERVATION, result
+        assert result.moving_steps == 0 and result.chunks == 0 and result.held_fraction == 1.0
+        assert result.hold_reasons and "ticks: " in result.hold_reasons[0]
+        assert client.policy_task.status == GOAL_STATUS_ABORTED
+    finally:
+        sensors.reset()
+        client.spin(1.0)
+
+
+def test_termination_vocabulary_is_the_action_files():
+    """The node terminates only with the values RunPolicy.action declares (read from the file, not the node)."""
+    import re
+    from pathlib import Path
+
+    from motus_ros import policy_node
+
+    action = (Path(__file__).resolve().parents[2] / "src" / "motus_msgs" / "action" / "RunPolicy.action").read_text()
+    declared = dict(re.findall(r"^string TERMINATION_(\w+)=(\w+)", action, re.MULTILINE))
+    assert set(declared.values()) == {
+        "completed",
+        "held_throughout",
+        "no_observation",
+        "cancelled",
+        "estop",
+        "preempted",
+        "error",
+    }
+    used = {
+        name[len("TERMINATION_") :]: value
+        for name, value in vars(policy_node).items()
+        if name.startswith("TERMINATION_")
+    }
+    assert used == declared
+
+
 def test_joint_state_beyond_the_limits_holds(rig):
     """The robot reports a waist far beyond its limit: refused as input (hold with the reason), and every command
     stays inside the limits and one delta from the previous one."""
@@ -132,7 +176,11 @@ def test_joint_state_beyond_the_limits_holds(rig):
         feedback = client.get_feedback()
         assert feedback.holding and "left_arm_waist" in feedback.hold_reason, feedback
         result = client.get_result(60)
-        assert result.termination == "completed" and result.chunks == 0, "a chunk was requested from an absurd state"
+        # Honest outcome: not "completed" when the robot never moved (no usable observation: the state was refused).
+        assert result.termination == "no_observation" and result.error.code == ErrorCode.NO_OBSERVATION
+        assert result.chunks == 0, "a chunk was requested from an absurd state"
+        assert result.moving_steps == 0 and result.held_fraction == 1.0 and "left_arm_waist" in result.hold_reasons[0]
+        assert client.policy_task.status == GOAL_STATUS_ABORTED
         sent = command_array(commands.since(start))
         assert np.all(sent >= LOWER - 1e-9) and np.all(sent <= UPPER + 1e-9)
         assert np.all(np.abs(np.diff(sent, axis=0)) <= np.asarray(PROFILE.max_delta_per_step) + 1e-9)
