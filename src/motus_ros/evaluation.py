@@ -160,7 +160,8 @@ def _run_episodes(config: RosEvalConfig, out: Path) -> tuple[list[Any], list[dic
                 pass
             sim.end_episode()
             result = client.get_result()
-            if result.termination != "completed":
+            # A run that held throughout is a failed episode, not a broken evaluation; anything else is.
+            if result.termination not in ("completed", "held_throughout", "no_observation"):
                 raise RuntimeError(
                     f"episode {index}: the policy ended with {result.termination!r}: {result.error.message}"
                 )

@@ -67,3 +67,18 @@ def spawn_process():
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture
+def small_profile(tmp_path: Path) -> Path:
+    """aloha_sim with 48x64 cameras: cheap rendering for simulator tests (the image size does not matter there)."""
+    import yaml
+
+    from motus_ros.profiles import load_profile
+
+    data = load_profile("aloha_sim").to_dict()
+    for camera in data["cameras"]:
+        camera.update(height=48, width=64)
+    path = tmp_path / "aloha_sim_small.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path

@@ -181,17 +181,17 @@ def sim_command(*ros_args: str) -> list[str]:
     return ["-m", "motus_ros.sim.aloha_sim_node", *(["--ros-args", *ros_args] if ros_args else [])]
 
 
-class SensorThread:
-    """Runs FakeSensors on their own node and executor in a background thread, so the streams keep flowing while
-    the test blocks on calls."""
+class Spinner:
+    """A node spun by its own executor on a background thread (drivers, recorders), so its callbacks keep running
+    while the test blocks on calls."""
 
-    def __init__(self, profile, rate_hz: float = 15.0, node_name: str = "fake_robot_drivers") -> None:
+    def __init__(self, name: str, period_s: float = 0.02) -> None:
         import threading
 
         from rclpy.executors import SingleThreadedExecutor
 
-        self.node = Node(node_name)
-        self.sensors = FakeSensors(self.node, profile, rate_hz)
+        self.node = Node(name)
+        self.period_s = period_s
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
         self._stop = threading.Event()
@@ -200,13 +200,22 @@ class SensorThread:
 
     def _spin(self) -> None:
         while not self._stop.is_set():
-            self.executor.spin_once(timeout_sec=0.05)
+            self.executor.spin_once(timeout_sec=self.period_s)
 
     def close(self) -> None:
         self._stop.set()
         self.thread.join(timeout=5)
         self.executor.remove_node(self.node)
         self.node.destroy_node()
+
+
+class SensorThread(Spinner):
+    """Runs FakeSensors on their own node and executor in a background thread, so the streams keep flowing while
+    the test blocks on calls."""
+
+    def __init__(self, profile, rate_hz: float = 15.0, node_name: str = "fake_robot_drivers") -> None:
+        super().__init__(node_name, period_s=0.05)
+        self.sensors = FakeSensors(self.node, profile, rate_hz)
 
 
 def start_process(args: list[str], ready_line: str, timeout: float = 120.0):

@@ -27,6 +27,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from ros_helpers import (
+    Spinner,
     camera_frame,
     image_msg,
     server_command,
@@ -143,28 +144,6 @@ class HostileDrivers:
         message = JointState(name=list(PROFILE.joint_names), position=q.tolist())
         message.header.stamp = stamp
         self.joints.publish(message)
-
-
-class Spinner:
-    """A node spun on its own thread (drivers, recorders)."""
-
-    def __init__(self, name: str) -> None:
-        self.node = Node(name)
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(self.node)
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        while not self._stop.is_set():
-            self.executor.spin_once(timeout_sec=0.02)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.thread.join(timeout=5)
-        self.executor.remove_node(self.node)
-        self.node.destroy_node()
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import time
 
 import numpy as np
 import pytest
-from ros_helpers import server_command, sim_command
+from ros_helpers import Spinner, server_command, sim_command
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
-from test_faults import COMMAND_TOPIC, PROFILE, Spinner, check_commands
+from test_faults import COMMAND_TOPIC, PROFILE, check_commands
 
 from motus_msgs.msg import ErrorCode
 from motus_ros.client import MotusClient

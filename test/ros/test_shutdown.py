@@ -5,27 +5,14 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 from ros_helpers import server_command, start_process
 
-from motus_ros.profiles import load_profile
 from motus_ros.server import READY_LINE as SERVER_READY
 from motus_ros.sim.aloha_sim_node import READY_LINE as SIM_READY
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def small_profile(tmp_path: Path) -> Path:
-    data = load_profile("aloha_sim").to_dict()
-    for camera in data["cameras"]:
-        camera.update(height=48, width=64)
-    path = tmp_path / "aloha_sim_small.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def signal_and_wait(process, signals: list[int], gap_s: float = 0.05, timeout: float = 60.0) -> tuple[int, str]:

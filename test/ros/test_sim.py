@@ -50,17 +50,6 @@ def test_sim_yaml_matches_the_declared_defaults():
 
 
 @pytest.fixture
-def small_profile(tmp_path: Path) -> Path:
-    """aloha_sim with 48x64 cameras: rendering cost, not image size, is what the test measures."""
-    data = load_profile("aloha_sim").to_dict()
-    for camera in data["cameras"]:
-        camera.update(height=48, width=64)
-    path = tmp_path / "aloha_sim_small.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-@pytest.fixture
 def sim(spawn_process, small_profile):
     return spawn_process(
         [
