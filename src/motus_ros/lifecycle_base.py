@@ -19,6 +19,7 @@ import threading
 import traceback
 from typing import Any
 
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -48,6 +49,12 @@ class MotusLifecycleNode(ModelRequests, LifecycleNode):
         self.timer_group = MutuallyExclusiveCallbackGroup()  # periodic publishing
         for name, (default, descriptor) in COMMON_PARAMETERS.items():
             self.declare_parameter(name, default, descriptor)
+        # Every node reports its health on /diagnostics while active. The timer lives as long as the node, so
+        # lifecycle transitions never create or destroy it.
+        self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diagnostics_timer = self.create_timer(
+            1.0 / float(self.param("diagnostics_rate_hz")), self._publish_diagnostics, callback_group=self.timer_group
+        )
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
@@ -132,6 +139,33 @@ class MotusLifecycleNode(ModelRequests, LifecycleNode):
 
     def _on_deactivated(self) -> None:
         """Called on deactivate and shutdown, after requests stop being accepted."""
+
+    # --- diagnostics -----------------------------------------------------------------------------------------------
+
+    def diagnostic_status(self) -> DiagnosticStatus:
+        """This node's health: the model it serves, the engine's pending requests, the last request's latency.
+        Subclasses add their own values (and may change the level and message)."""
+        status = DiagnosticStatus(name=f"motus_server: {self.get_name()}", hardware_id=self.profile.name)
+        status.level, status.message = DiagnosticStatus.OK, "active"
+        stats = self.engine.stats if self.engine is not None else {}
+        finished = sum(stats.get(name, 0) for name in ("completed", "failed", "cancelled"))
+        pending = stats.get("requests", 0) - finished
+        values = {
+            "model": self.model_spec().describe(),
+            "engine_pending_requests": str(max(pending, 0)),
+            "engine_completed_requests": str(stats.get("completed", 0)),
+            "waiting_requests_limit": str(self.shared.max_waiting_requests),
+            "last_request_latency_ms": f"{self.last_request_ms:.1f}",
+        }
+        status.values = [KeyValue(key=key, value=value) for key, value in values.items()]
+        return status
+
+    def _publish_diagnostics(self) -> None:
+        if not self.is_active or self.profile is None:
+            return
+        message = DiagnosticArray(status=[self.diagnostic_status()])
+        message.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_publisher.publish(message)
 
     @property
     def is_active(self) -> bool:

@@ -63,4 +63,8 @@ COMMON_PARAMETERS = {
         120.0,
         float_descriptor("how long a service waits for the model before answering INTERNAL", 1.0, 3600.0),
     ),
+    "diagnostics_rate_hz": (
+        1.0,
+        float_descriptor("rate of this node's /diagnostics status", 0.1, 50.0, read_only=True),
+    ),
 }

@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.parameter import Parameter
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
@@ -138,7 +139,6 @@ class PolicyNode(MotusLifecycleNode):
         )
         self.declare_parameter("max_instruction_chars", 512, int_descriptor("longest instruction accepted", 1, 100000))
         self.declare_parameter("feedback_rate_hz", 10.0, float_descriptor("RunPolicy feedback rate", 0.1, 100.0))
-        self.declare_parameter("diagnostics_rate_hz", 1.0, float_descriptor("rate of /diagnostics messages", 0.1, 50.0))
         self.declare_parameter(
             "policy_seed", -1, int_descriptor("noise seed of each chunk request; -1 = nondeterministic", -1, 2**31 - 1)
         )
@@ -181,7 +181,6 @@ class PolicyNode(MotusLifecycleNode):
             **action_server_options(self.request_group),
         )
         self._planned_publisher = self.create_publisher(JointTrajectory, "~/planned_trajectory", 10)
-        self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -198,6 +197,8 @@ class PolicyNode(MotusLifecycleNode):
             raise ValueError(f"blending_mode must be temporal_ensemble or replace, got {mode!r}")
         self.control_rate_hz = float(self.param("control_rate_hz")) or float(profile.control_rate_hz)
         self.dry_run = bool(self.optional_param("dry_run", profile.dry_run_default))
+        # The effective value, visible to `ros2 param get /policy dry_run` (unset meant: the profile's default).
+        self.set_parameters([Parameter("dry_run", Parameter.Type.BOOL, self.dry_run)])
         self.adapter = make_command_adapter(self, profile, dry_run=self.dry_run)
         buffer = self.shared.observations.buffer
         if buffer is None:
@@ -219,10 +220,7 @@ class PolicyNode(MotusLifecycleNode):
         self._control_timer = self.create_timer(
             1.0 / self.control_rate_hz, self._control_tick, callback_group=MutuallyExclusiveCallbackGroup()
         )
-        self._diagnostics_timer = self.create_timer(
-            1.0 / float(self.param("diagnostics_rate_hz")), self._publish_diagnostics, callback_group=self.timer_group
-        )
-        self._resources += [self._control_timer, self._diagnostics_timer]
+        self._resources += [self._control_timer]
         self.get_logger().info(
             f"robot {profile.name!r}: {len(profile.cameras)} cameras, control at {self.control_rate_hz:g} Hz via "
             f"{profile.command_interface}{' (DRY RUN: no commands are sent)' if self.dry_run else ''}"
@@ -573,17 +571,16 @@ class PolicyNode(MotusLifecycleNode):
 
     # --- diagnostics -------------------------------------------------------------------------------------------------
 
-    def _publish_diagnostics(self) -> None:
-        if not self.is_active:
-            return
+    def diagnostic_status(self) -> DiagnosticStatus:
+        """The common values (model, engine queue, latency) and the control loop's: rate, holding, input, e-stop."""
+        status = super().diagnostic_status()
         now = self.now_s()
         run = self._run
-        ok, reason = (False, "not configured")
+        ok, reason = (False, "no sensor intake")
         if self.shared.observations.buffer is not None:
             ok, reason = self.shared.observations.buffer.status(now)
         holding = run.holding if run is not None else False
         hold_reason = run.hold_reason if run is not None else ""
-        status = DiagnosticStatus(name=f"motus_server: {self.get_name()}", hardware_id=self.profile.name)
         if self.safety is not None and self.safety.engaged:
             status.level, status.message = DiagnosticStatus.ERROR, "e-stop engaged"
         elif not ok:
@@ -606,7 +603,5 @@ class PolicyNode(MotusLifecycleNode):
             "commands_withheld_dry_run": str(self.adapter.suppressed if self.adapter is not None else 0),
             "running": str(run is not None).lower(),
         }
-        status.values = [KeyValue(key=key, value=value) for key, value in values.items()]
-        message = DiagnosticArray(status=[status])
-        message.header.stamp = self.get_clock().now().to_msg()
-        self._diagnostics_publisher.publish(message)
+        status.values += [KeyValue(key=key, value=value) for key, value in values.items()]
+        return status

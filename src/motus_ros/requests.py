@@ -63,6 +63,8 @@ def action_server_options(callback_group: Any) -> dict[str, Any]:
 class ModelRequests:
     """Request helpers of the Motus nodes (see the module docstring)."""
 
+    last_request_ms = 0.0  # wall time of the last request this node waited for (diagnostics)
+
     def steps_for(self, requested: int) -> int | None:
         """Denoising steps for a request: the request's, else the node parameter's, else the model default (None).
         More than `max_denoising_steps` is refused (INVALID_REQUEST)."""
@@ -144,10 +146,12 @@ class ModelRequests:
                 ErrorCode.BUSY,
                 f"{self.shared.max_waiting_requests} requests are already waiting for the model; retry later",
             )
+        started = time.monotonic()
         try:
             return self.wait_result(self.engine.submit(request, progress=progress), should_cancel)
         finally:
             slots.release()
+            self.last_request_ms = (time.monotonic() - started) * 1e3
 
     def wait_result(self, future: Future, should_cancel: Callable[[], bool] | None = None, poll_s: float = 0.02):
         """Wait for an engine future from a request callback; cancels it when `should_cancel()` turns true.

@@ -167,3 +167,35 @@ def test_requests_beyond_the_waiting_limit_get_busy(robot, server):
         assert task.result(60).error.code == ErrorCode.CANCELLED
     response = client.predict_actions("again", steps=1)
     assert response.error.code == ErrorCode.NONE and server.poll() is None
+
+
+def test_every_node_reports_on_diagnostics_and_the_effective_dry_run(robot):
+    """Each of the four nodes publishes its status (model, engine queue, last latency) on /diagnostics; the
+    policy's effective dry_run (unset: the profile's default, false for the sim) is a readable parameter."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rcl_interfaces.srv import GetParameters
+
+    client, _, node = robot
+    seen: dict[str, set[str]] = {}
+
+    def record(message: DiagnosticArray) -> None:
+        for status in message.status:
+            seen[status.name] = {value.key for value in status.values}
+
+    subscription = node.create_subscription(DiagnosticArray, "/diagnostics", record, 50)
+    try:
+        names = {f"motus_server: {name}" for name in ("policy", "world_model", "idm", "imagination")}
+        client.spin(15.0, until=lambda: names <= set(seen))
+        assert names <= set(seen), f"diagnostics only from {sorted(seen)}"
+        for name in names:
+            assert {"model", "engine_pending_requests", "last_request_latency_ms"} <= seen[name], name
+        assert "control_rate_hz" in seen["motus_server: policy"]
+    finally:
+        node.destroy_subscription(subscription)
+    parameters = node.create_client(GetParameters, "/policy/get_parameters")
+    try:
+        assert parameters.wait_for_service(timeout_sec=10)
+        value = client.spin_until(parameters.call_async(GetParameters.Request(names=["dry_run"])), 10).values[0]
+        assert value.type == 1 and value.bool_value is False  # PARAMETER_BOOL, the sim profile's default
+    finally:
+        node.destroy_client(parameters)
