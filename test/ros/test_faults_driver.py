@@ -1,15 +1,18 @@
-"""Fault suite (issue 15), driver loss: SIGKILL of the simulator mid-run holds within 3 control periods (counted in
-commands, not timed), and a restarted simulator is driven again, with no delta violation throughout. Its own module:
-the simulator's topics must not be shared with the hostile drivers of test_faults.py."""
+"""Fault suite, driver loss: SIGKILL of the robot's driver mid-run holds within 3 control periods (counted in
+commands, not timed), and a restarted driver is driven again, with no delta violation throughout. The driver is a
+kinematic stand-in in its own process (test/ros/peers/kinematic_robot.py: joint states at 50 Hz that follow the
+commands, synthetic cameras), so the test does not depend on how fast a loaded CPU renders MuJoCo. Its own module:
+its topics must not be shared with the hostile drivers of test_faults.py."""
 
 from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
-from ros_helpers import Spinner, server_command, sim_command
+from ros_helpers import Spinner, server_command
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from test_faults import COMMAND_TOPIC, PROFILE, check_commands
@@ -18,13 +21,14 @@ from motus_msgs.msg import ErrorCode
 from motus_ros.client import MotusClient
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
+DRIVER = Path(__file__).resolve().parent / "peers" / "kinematic_robot.py"
 
 
 def test_driver_loss_holds_within_three_control_periods_and_restart_resumes(ros_context, spawn_process):
-    """SIGKILL of the simulator mid-run (the default joint-state bound: 3 control periods): after the last joint
+    """SIGKILL of the driver mid-run (the default joint-state bound: 3 control periods): after the last joint
     state received here, at most 3 commands still move (one more for delivery order between the two topics), then
-    the run holds with a stale joint state; a restarted simulator is driven again; no delta violation throughout."""
-    sim = spawn_process(sim_command("-p", "camera_rate_hz:=4.0"), ready_line="MOTUS_SIM READY", timeout=120)
+    the run holds with a stale joint state; a restarted driver is driven again; no delta violation throughout."""
+    driver = spawn_process([str(DRIVER)], ready_line="KINEMATIC ROBOT READY", timeout=60)
     spawn_process(
         server_command(
             "--torch-threads",
@@ -58,7 +62,7 @@ def test_driver_loss_holds_within_three_control_periods_and_restart_resumes(ros_
         assert client.wait_for_server(60)
         deadline = time.monotonic() + 60
         while client.predict_actions("pick", steps=1).error.code != ErrorCode.NONE:
-            assert time.monotonic() < deadline, "the server never had a usable observation from the sim"
+            assert time.monotonic() < deadline, "the server never had a usable observation from the driver"
             client.spin(0.3)
         assert client.run_policy("pick")
 
@@ -69,8 +73,8 @@ def test_driver_loss_holds_within_three_control_periods_and_restart_resumes(ros_
 
         client.spin(90, until=moving)
         assert moving(), f"the policy never moved: {client.get_feedback()}"
-        sim.kill()
-        sim.wait()
+        driver.kill()
+        driver.wait()
         client.spin(
             20, until=lambda: bool(client.get_feedback() and "joint_state" in client.get_feedback().hold_reason)
         )
@@ -90,7 +94,7 @@ def test_driver_loss_holds_within_three_control_periods_and_restart_resumes(ros_
         )
         assert np.allclose(sequence[-1], sequence[-5:]), "the hold moved"
         # The driver comes back: the run leaves the stale hold and drives again.
-        spawn_process(sim_command("-p", "camera_rate_hz:=4.0"), ready_line="MOTUS_SIM READY", timeout=120)
+        spawn_process([str(DRIVER)], ready_line="KINEMATIC ROBOT READY", timeout=60)
         client.spin(
             60, until=lambda: bool(client.get_feedback() and "joint_state" not in client.get_feedback().hold_reason)
         )
