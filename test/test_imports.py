@@ -67,7 +67,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
             if node == target.rsplit(".", 1)[0] and target.startswith(node + "."):
                 continue
             if state.get(target) == 1:
-                return stack[stack.index(target):] + [target]
+                return stack[stack.index(target) :] + [target]
             if target not in state and (cycle := visit(target)):
                 return cycle
         stack.pop()
