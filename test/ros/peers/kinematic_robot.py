@@ -12,7 +12,6 @@ import numpy as np
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray
 
@@ -30,11 +29,9 @@ class KinematicRobot(Node):
         lower, upper = np.asarray(self.profile.lower_limits), np.asarray(self.profile.upper_limits)
         self.position = np.clip(np.full(len(self.profile.joint_names), 0.2), lower, upper)
         self.frames = 0
-        self.joints = self.create_publisher(JointState, self.profile.joint_state_topics[0], qos_profile_sensor_data)
-        self.cameras = [
-            (camera, self.create_publisher(Image, camera.topic, qos_profile_sensor_data))
-            for camera in self.profile.cameras
-        ]
+        # Reliable, as the simulator and real drivers publish: best-effort and reliable readers both match it.
+        self.joints = self.create_publisher(JointState, self.profile.joint_state_topics[0], 10)
+        self.cameras = [(camera, self.create_publisher(Image, camera.topic, 1)) for camera in self.profile.cameras]
         self.create_subscription(Float64MultiArray, self.profile.command_topics[0], self.on_command, 100)
         self.create_timer(1.0 / self.profile.control_rate_hz, self.publish_joints)
         self.create_timer(0.1, self.publish_cameras)
