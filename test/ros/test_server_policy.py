@@ -25,6 +25,10 @@ PROFILE = load_profile("aloha_sim")
 COMMAND_TOPIC = PROFILE.command_topics[0]  # forward_command: Float64MultiArray
 SMALL = {"preset": "motus-small", "default_steps": 2, "chunk_request_threshold": 10}
 LOWER, UPPER = np.asarray(PROFILE.lower_limits), np.asarray(PROFILE.upper_limits)
+# A run that reaches its limit: "completed" when the robot moved, "held_throughout" when every chunk arrived too
+# late to use (inference slower than a chunk on a loaded CPU). Which one depends on the machine's load; these tests
+# check the commands, so both are fine here (test_no_camera_* pins the honest outcome itself).
+ENDED_BY_LIMIT = {(GOAL_STATUS_SUCCEEDED, "completed"), (GOAL_STATUS_ABORTED, "held_throughout")}
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +91,7 @@ def test_run_sends_a_command_every_control_tick_within_limits(rig, server):
     while not client.is_task_complete(0.1):
         pass
     result = client.get_result()
-    assert client.policy_task.status == GOAL_STATUS_SUCCEEDED and result.termination == "completed", (
-        result.error.message
-    )
+    assert (client.policy_task.status, result.termination) in ENDED_BY_LIMIT, result.error.message
     assert result.chunks >= 2, "the policy did not keep requesting chunks"
     client.spin(0.5)  # the last commands in flight
     sent = command_array(commands.since(start))
@@ -241,7 +243,7 @@ def test_new_goal_preempts_and_estop_stops(rig):
     assert client.estop(False).success
     assert client.run_policy("pick", max_steps=25)
     done = client.get_result(60)
-    assert done.termination == "completed" and done.steps >= 20
+    assert done.termination in ("completed", "held_throughout") and done.steps >= 20
 
 
 def test_dry_run_publishes_the_plan_and_no_commands(rig, spawn_process):
@@ -262,7 +264,7 @@ def test_dry_run_publishes_the_plan_and_no_commands(rig, spawn_process):
         while not dry.is_task_complete(0.1):
             pass
         result = dry.get_result()
-        assert result.termination == "completed" and result.chunks >= 1, result.error.message
+        assert result.termination in ("completed", "held_throughout") and result.chunks >= 1, result.error.message
         assert plans, "no plan on ~/planned_trajectory in dry run"
         assert list(plans[-1].joint_names) == PROFILE.joint_names and len(plans[-1].points) >= 1
         assert len(commands.since(start)) == 0, "dry run sent commands to the robot"
