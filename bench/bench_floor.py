@@ -371,6 +371,12 @@ def parts_json(parts: dict[str, Counts]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A context, not torch.set_grad_enabled(False): a test that calls main() in-process must get gradients back.
+    with torch.no_grad():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT, help="the embedded checkpoint folder")
     parser.add_argument("--steps", type=int, default=10)
@@ -381,7 +387,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(1)
-    torch.set_grad_enabled(False)
     started = time.perf_counter()
 
     pipe = MotusPipeline.from_pretrained(args.checkpoint)

@@ -315,11 +315,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A context, not torch.set_grad_enabled(False): a test that calls main() in-process must get gradients back.
+    with torch.no_grad():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     started = time.perf_counter()
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    torch.set_grad_enabled(False)
     report: dict[str, Any] = {
         "benchmark": "bench_gpu",
         "environment": {

@@ -228,9 +228,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A context, not torch.set_grad_enabled(False): a test that calls main() in-process must get gradients back.
+    with torch.no_grad():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = parse_args(argv)
-    torch.set_grad_enabled(False)
     started = time.perf_counter()
     results = {
         "benchmark": "bench_model",
