@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(240)
 
 PROFILE = load_profile("aloha_sim")
 COMMAND_TOPIC = PROFILE.command_topics[0]  # forward_command: Float64MultiArray
-SMALL = {"preset": "motus-small", "default_steps": 2, "chunk_request_threshold": 10}
+SMALL = {"preset": "motus-small", "default_steps": 1, "chunk_request_threshold": 10}
 LOWER, UPPER = np.asarray(PROFILE.lower_limits), np.asarray(PROFILE.upper_limits)
 # A run that reaches its limit: "completed" when the robot moved, "held_throughout" when every chunk arrived too
 # late to use (inference slower than a chunk on a loaded CPU). Which one depends on the machine's load; these tests
@@ -34,7 +34,7 @@ ENDED_BY_LIMIT = {(GOAL_STATUS_SUCCEEDED, "completed"), (GOAL_STATUS_ABORTED, "h
 @pytest.fixture(scope="module")
 def server():
     # motus-small: its 16-step chunk (320 ms at 50 Hz) outlasts a 2-step inference here, so chunks arrive in time.
-    process = start_process(server_command(**SMALL), "MOTUS SERVER READY")
+    process = start_process(server_command("--torch-threads", "1", **SMALL), "MOTUS SERVER READY")
     yield process
     stop_process(process)
 
