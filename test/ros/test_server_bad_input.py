@@ -211,6 +211,7 @@ def change_state(client: MotusClient, node: str, transition: int) -> bool:
         client.node.destroy_client(service)
 
 
+@pytest.mark.flaky(reruns=2, reruns_delay=5)  # real processes on 2 shared cores: a starved run is retried
 def test_requests_while_unconfigured_get_not_ready_then_lifecycle_brings_them_up(robot, spawn_process):
     """A second server in its own namespace with autostart off: every interface answers NOT_READY; configure and
     activate through the lifecycle services make it serve (the world model alone first: it needs no other node);
