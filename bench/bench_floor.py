@@ -24,7 +24,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -40,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_report import emit
 from motus_counts import (
     QWEN3_VL_2B_TEXT,
     QWEN3_VL_2B_VISION,
@@ -483,11 +483,7 @@ def _main(argv: list[str] | None = None) -> int:
             pipe, args.steps, measured["vla"]["cpu"]["chunk_ms"], presets["motus-small"]["modes"]["vla"]["step_gflop"]
         )
     report["wall_s"] = round(time.perf_counter() - started, 1)
-    text = json.dumps(report, indent=2, default=str)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     return 0
 
 

@@ -22,7 +22,6 @@ Writes the JSON to stdout (and to --out).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -41,6 +40,7 @@ from torch.utils._pytree import tree_leaves
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_report import emit
 from motus_counts import (
     QWEN3_VL_2B_TEXT,
     QWEN3_VL_2B_VISION,
@@ -361,11 +361,7 @@ def _main(argv: list[str] | None = None) -> int:
             results[mode][variant] = time_variant(variant, model, config, Mode(mode), args, device, dtype)
     report["latency"] = results
     report["wall_s"] = round(time.perf_counter() - started, 1)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     return 0
 
 

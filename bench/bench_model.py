@@ -20,7 +20,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench_report import emit
 from motus_model.config import MotusConfig
 from motus_model.engine import MotusEngine, MotusRequest
 from motus_model.flow_matching import Mode
@@ -254,11 +254,7 @@ def _main(argv: list[str] | None = None) -> int:
         "presets": [bench_preset(name, args) for name in args.preset],
     }
     results["wall_s"] = round(time.perf_counter() - started, 1)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(results, args.out)
     return 0
 
 

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -24,6 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from bench_report import emit
 
 ROOT = Path(__file__).resolve().parents[1]
 READY = "MOTUS SERVER READY"
@@ -281,11 +282,7 @@ def main() -> None:
         server.terminate()
         server.wait(30)
         Path(server.params_file).unlink(missing_ok=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if options.out:
-        Path(options.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(options.out).write_text(text + "\n")
+    emit(report, options.out)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,13 @@ count (test/ros/test_sim.py); the rates live here because they depend on the mac
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
 from pathlib import Path
+
+from bench_report import emit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "test" / "ros"))  # sim_command / start_process
@@ -68,11 +69,7 @@ def main() -> int:
         node.destroy_node()
         rclpy.try_shutdown()
         stop_process(sim)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     return 0
 
 

@@ -12,7 +12,6 @@ holding (from RunPolicy feedback).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -21,6 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from bench_report import emit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "test" / "ros"))  # server_command / sim_command / start_process
@@ -170,11 +171,7 @@ def main() -> int:
         rclpy.try_shutdown()
         stop_process(server)
         stop_process(sim)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     return 0
 
 
