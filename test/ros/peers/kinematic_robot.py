@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ros_helpers
 
+from peer_main import spin_peer  # noqa: E402
 from ros_helpers import camera_frame, image_msg  # noqa: E402
 
 from motus_ros.profiles import load_profile  # noqa: E402
@@ -54,17 +55,7 @@ class KinematicRobot(Node):
 
 def main() -> None:
     rclpy.init()
-    node = KinematicRobot()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    print("KINEMATIC ROBOT READY", flush=True)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_peer(KinematicRobot(), SingleThreadedExecutor(), "KINEMATIC ROBOT READY")
 
 
 if __name__ == "__main__":

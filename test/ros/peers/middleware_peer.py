@@ -6,9 +6,10 @@ The RunPolicy server sends feedback every 50 ms for `max_steps` steps and honour
 import time
 
 import rclpy
+from peer_main import spin_peer
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectoryPoint
@@ -68,17 +69,7 @@ class Peer(Node):
 
 def main() -> None:
     rclpy.init()
-    node = Peer()
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    print("PEER READY", flush=True)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_peer(Peer(), MultiThreadedExecutor(num_threads=4), "PEER READY")
 
 
 if __name__ == "__main__":
