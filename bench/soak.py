@@ -12,6 +12,7 @@ holding (from RunPolicy feedback).
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import platform
 import sys
@@ -120,6 +121,8 @@ def main() -> int:
         "feedback": 0,
         "feedback_holding": 0,
     }
+    world_model_errors: collections.Counter = collections.Counter()
+    terminations: collections.Counter = collections.Counter()
     try:
         assert client.wait_for_server(120), "the server's interfaces did not appear"
         started = time.monotonic()
@@ -146,8 +149,11 @@ def main() -> int:
                     )
                     counts["world_model_requests"] += 1
                     counts["world_model_ok"] += int(result.error.code == 0)
+                    if result.error.code != 0:  # why, not only how many (held input, queue full, ...)
+                        world_model_errors[f"{result.error.code}: {result.error.message}"] += 1
             result = client.get_result()
             counts["goals_completed"] += int(result.termination == "completed")
+            terminations[result.termination] += 1
         with lock:
             gaps_ms = list(np.diff(arrivals) * 1e3) if len(arrivals) > 1 else []
         report = {
@@ -164,6 +170,8 @@ def main() -> int:
             "command_gap_ms": percentiles(gaps_ms),
             "hold_fraction": round(counts["feedback_holding"] / counts["feedback"], 3) if counts["feedback"] else None,
             **counts,
+            "terminations": dict(terminations),
+            "world_model_errors": dict(world_model_errors.most_common(5)),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         }
     finally:
