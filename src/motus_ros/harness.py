@@ -214,7 +214,7 @@ class SimMonitor:
 
     def __init__(self, client: Any, profile: Any, sim_node: str = SIM_NODE, video_role: str = "high") -> None:
         from rcl_interfaces.srv import SetParameters
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import CompressedImage, Image
         from std_msgs.msg import Bool, Float64
         from std_srvs.srv import Trigger
 
@@ -227,8 +227,11 @@ class SimMonitor:
         self.active = False
         self.rewards: list[float] = []
         self.success_seen = False
-        for camera in profile.cameras:
-            self.node.create_subscription(Image, camera.topic, lambda m, role=camera.role: self._on_image(role, m), 10)
+        for camera in profile.cameras:  # its own transport: raw Image, or CompressedImage on <topic>/compressed
+            kind = CompressedImage if camera.transport == "compressed" else Image
+            self.node.create_subscription(
+                kind, camera.transport_topic, lambda m, role=camera.role: self._on_image(role, m), 10
+            )
         self.node.create_subscription(Float64, f"{sim_node}/reward", self._on_reward, 10)
         self.node.create_subscription(Bool, f"{sim_node}/success", self._on_success, 10)
         self._reset = self.node.create_client(Trigger, f"{sim_node}/reset")
