@@ -34,6 +34,9 @@ from motus_model.images import IMAGE_ENCODINGS
 logger = logging.getLogger(__name__)
 
 COMMAND_INTERFACES = ("joint_trajectory", "forward_command", "joint_state_per_arm", "interbotix")
+# How a camera reaches the server (image_transport's names): `raw` = sensor_msgs/Image on `topic`; `compressed` =
+# sensor_msgs/CompressedImage (jpeg/png) on `topic`/compressed, where the compressed plugin publishes it.
+CAMERA_TRANSPORTS = ("raw", "compressed")
 # Where profile names resolve without ROS: config/robots of a source checkout (src/motus_model/embodiment.py ->
 # repository root), and the copy setup.py installs beside an installed package
 # (<prefix>/lib/pythonX.Y/site-packages/motus_model -> <prefix>/share/motus_ros/config/robots).
@@ -44,13 +47,24 @@ INSTALLED_PROFILE_DIR = _HERE.parents[min(4, len(_HERE.parents) - 1)] / "share" 
 
 @dataclass
 class CameraSpec:
-    """One camera: `role` is the model's name for the view (high, left_wrist, right_wrist)."""
+    """One camera: `role` is the model's name for the view (high, left_wrist, right_wrist).
+
+    `topic` is the raw image topic (image_transport's base name, e.g. /cam_high/image_raw); with `transport:
+    compressed` the server reads `topic`/compressed instead. `encoding` is checked on raw images only (a
+    compressed image carries its codec in its `format`); the size is checked for both.
+    """
 
     role: str
     topic: str
     encoding: str = "rgb8"
     height: int = 480
     width: int = 640
+    transport: str = "raw"
+
+    @property
+    def transport_topic(self) -> str:
+        """The topic the camera's messages arrive on for its transport (image_transport naming)."""
+        return f"{self.topic.rstrip('/')}/compressed" if self.transport == "compressed" else self.topic
 
 
 @dataclass
@@ -157,6 +171,11 @@ class RobotProfile:
                 raise ValueError(
                     f"{where}: camera {camera.role!r} encoding must be one of {IMAGE_ENCODINGS}, "
                     f"got {camera.encoding!r}"
+                )
+            if camera.transport not in CAMERA_TRANSPORTS:
+                raise ValueError(
+                    f"{where}: camera {camera.role!r} transport must be one of {CAMERA_TRANSPORTS} "
+                    f"(compressed: sensor_msgs/CompressedImage on <topic>/compressed), got {camera.transport!r}"
                 )
             if camera.height <= 0 or camera.width <= 0:
                 raise ValueError(

@@ -1,9 +1,11 @@
-"""Raw camera images <-> uint8 RGB arrays: the one decoder (and encoder) of the project.
+"""Camera images <-> uint8 RGB arrays: the one decoder (and encoder) of the project, raw and compressed.
 
 Serving (motus_ros.conversions, sensor_msgs/Image from a live camera) and training (the bag converter,
 sensor_msgs/Image recorded in a bag) both decode through `decode_image`, so a camera that works in one
-works in the other. Everything here is numpy only (no ROS, no torch) so that profile validation and the
-bag converter import it cheaply.
+works in the other; compressed cameras (sensor_msgs/CompressedImage, jpeg/png, as image_transport's
+`compressed` plugin publishes on `<topic>/compressed`) go through `decode_compressed_image` in both. No ROS,
+no torch: numpy, and OpenCV for the codecs (imported only when a compressed image is (de)coded, so profile
+validation stays cheap).
 
 The wire layout is sensor_msgs/Image's (REP 118 / sensor_msgs/image_encodings.hpp): `height` rows of
 `step` bytes each; a row holds `width` pixels of `channels` bytes followed by optional padding. All the
@@ -17,6 +19,8 @@ import numpy as np
 # Bytes per pixel of every supported encoding. Alpha is dropped on decode; mono8 is repeated to grey RGB.
 CHANNELS: dict[str, int] = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 IMAGE_ENCODINGS: tuple[str, ...] = tuple(CHANNELS)
+# Codecs of sensor_msgs/CompressedImage we read and write (image_transport's compressed plugin: jpeg, png).
+COMPRESSED_FORMATS: tuple[str, ...] = ("jpeg", "png")
 
 
 def check_encoding(encoding: str) -> int:
@@ -93,3 +97,76 @@ def encode_image(rgb: np.ndarray, encoding: str = "rgb8") -> tuple[bytes, int]:
         array = np.concatenate([array, alpha], axis=2)
     array = np.ascontiguousarray(array)
     return array.tobytes(), int(array.shape[1] * array.shape[2])
+
+
+# --------------------------------------------------------------------------------------------------
+# sensor_msgs/CompressedImage payloads (image_transport's `compressed` plugin)
+def compressed_codec(fmt: str) -> str:
+    """The codec ("jpeg" or "png") named by a CompressedImage `format`; ValueError for any other.
+
+    image_transport writes e.g. "jpeg", "png" or "rgb8; jpeg compressed bgr8" (source encoding; codec and the
+    encoding of the compressed pixels); the codec is what matters. compressedDepth (16-bit depth) is refused.
+    """
+    text = str(fmt).lower()
+    if "compresseddepth" not in text:
+        if "png" in text:
+            return "png"
+        if "jpeg" in text or "jpg" in text:
+            return "jpeg"
+    raise ValueError(
+        f"CompressedImage format {fmt!r} is not supported (jpeg and png colour images are); publish or record the "
+        "camera with image_transport's 'compressed' plugin (jpeg/png) or as raw sensor_msgs/Image"
+    )
+
+
+def decode_compressed_image(
+    data: bytes | bytearray | memoryview | np.ndarray, fmt: str, expected_shape: tuple[int, int] | None = None
+) -> np.ndarray:
+    """A CompressedImage payload (jpeg or png) -> a new uint8 RGB array [H, W, 3].
+
+    The codecs store colour in its true order (OpenCV hands back BGR, reordered here), so the result does not
+    depend on the "bgr8"/"rgb8" words of `fmt`; grey images come back as three equal channels.
+    expected_shape (height, width): a decoded image of any other size is a ValueError (a camera that changed
+    resolution must not feed the model silently). Undecodable bytes are a ValueError too.
+    """
+    import cv2  # lazily: importing OpenCV costs more than everything else here
+
+    codec = compressed_codec(fmt)
+    buffer = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1)
+    if buffer.dtype != np.uint8:
+        buffer = buffer.astype(np.uint8)
+    try:
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    except cv2.error:  # OpenCV raises (rather than returning None) for some malformed headers
+        image = None
+    if image is None:
+        raise ValueError(f"a {codec} CompressedImage ({buffer.size} bytes) does not decode: the image data is damaged")
+    if expected_shape is not None and tuple(image.shape[:2]) != tuple(expected_shape):
+        raise ValueError(
+            f"image size: expected {expected_shape[0]}x{expected_shape[1]}, got {image.shape[0]}x{image.shape[1]} "
+            f"({codec})"
+        )
+    return np.ascontiguousarray(image[:, :, ::-1])  # BGR -> RGB (a copy)
+
+
+def encode_compressed_image(rgb: np.ndarray, codec: str = "jpeg", jpeg_quality: int = 90) -> tuple[bytes, str]:
+    """A uint8 RGB array [H, W, 3] -> (payload, format) as image_transport's compressed plugin publishes it.
+
+    The format string is the plugin's ("rgb8; jpeg compressed bgr8"), so ROS tools (rqt_image_view, rviz,
+    image_transport republish) decode it to the colours given here. decode_compressed_image inverts it (png
+    exactly, jpeg within its loss).
+    """
+    import cv2
+
+    if codec not in COMPRESSED_FORMATS:
+        raise ValueError(f"compressed codec must be one of {COMPRESSED_FORMATS}, got {codec!r}")
+    array = np.asarray(rgb)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"image array must be uint8 RGB [H, W, 3], got {array.dtype} {array.shape}")
+    if not 1 <= int(jpeg_quality) <= 100:
+        raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if codec == "jpeg" else []
+    ok, payload = cv2.imencode(".jpg" if codec == "jpeg" else ".png", np.ascontiguousarray(array[:, :, ::-1]), params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {array.shape} image as {codec}")
+    return payload.tobytes(), f"rgb8; {codec} compressed bgr8"

@@ -14,11 +14,18 @@ from collections.abc import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from motus_model.embodiment import RobotProfile
-from motus_model.images import check_encoding, check_image_layout, decode_image, encode_image
+from motus_model.images import (
+    check_encoding,
+    check_image_layout,
+    decode_compressed_image,
+    decode_image,
+    encode_compressed_image,
+    encode_image,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +119,27 @@ def numpy_to_image(array: np.ndarray, stamp: Time | float, frame_id: str = "", e
     msg.encoding = encoding
     msg.is_bigendian = 0
     msg.step = step
+    msg.data = data
+    return msg
+
+
+def compressed_to_numpy(msg: CompressedImage, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg/png, image_transport's compressed plugin) -> uint8 RGB [H, W, 3].
+
+    expected_shape (height, width): reject any other size. Unknown formats and undecodable data are ValueErrors.
+    """
+    return decode_compressed_image(msg.data, msg.format, expected_shape)
+
+
+def numpy_to_compressed(
+    array: np.ndarray, stamp: Time | float, frame_id: str = "", codec: str = "jpeg", jpeg_quality: int = 90
+) -> CompressedImage:
+    """uint8 RGB [H, W, 3] -> sensor_msgs/CompressedImage as image_transport's compressed plugin publishes it."""
+    data, fmt = encode_compressed_image(np.asarray(array), codec, jpeg_quality)
+    msg = CompressedImage()
+    msg.header.stamp = to_stamp(stamp)
+    msg.header.frame_id = frame_id
+    msg.format = fmt
     msg.data = data
     return msg
 

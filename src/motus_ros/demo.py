@@ -6,8 +6,10 @@
    RunPolicy goal for one episode while counting the commands that reach the robot's command topic;
 3. asks the world model to predict the future of the robot's next chunk, and the imagination node to imagine
    the task (both replayed on ~/imagined/<camera> for rviz);
-4. prints what happened (which checkpoint, commands, control rate, inference latency, imagined frames, the
-   episode's outcome) and stops the children.
+4. writes an mp4 (`--video`, default outputs/demo/motus_demo.mp4): the live cameras during the episode, then the
+   last live view beside the world model's predicted frames and the imagined ones, one row per camera;
+5. prints what happened (which checkpoint, commands, control rate, inference latency, imagined frames, the
+   episode's outcome, the video's path) and stops the children.
 
 `--random-weights` runs the preset with random weights instead: the arms move, but not towards the cube.
 
@@ -19,9 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from motus_ros.checkpoints import DEFAULT_SIM_CHECKPOINT, DEFAULT_SIM_INSTRUCTION, resolve_checkpoint
 from motus_ros.harness import (
@@ -83,6 +90,12 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help="simulated camera rate (Hz); CPU rendering competes with inference for the 2 cores",
     )
     parser.add_argument("--task", default="transfer_cube", help="gym-aloha task: transfer_cube or insertion")
+    parser.add_argument(
+        "--video",
+        default="outputs/demo/motus_demo.mp4",
+        help="mp4 of the live cameras beside the predicted and imagined frames ('' or --no-video: none)",
+    )
+    parser.add_argument("--no-video", action="store_true", help="write no mp4")
     parser.add_argument("--verbose", action="store_true", help="echo the children's logs")
     return parser.parse_args(argv)
 
@@ -145,16 +158,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_demo(options: argparse.Namespace) -> dict:
     """Reset the episode, drive the robot, query the world model and the imagination node; returns what happened."""
     import rclpy
-    from sensor_msgs.msg import Image, JointState
+    from sensor_msgs.msg import CompressedImage, Image, JointState
 
     from motus_ros.client import MotusClient
+    from motus_ros.conversions import stamp_to_seconds
     from motus_ros.profiles import load_profile
 
     profile = load_profile(options.profile)
     rclpy.init()
     client = MotusClient(node_name="motus_demo")
-    counts = {"commands": 0, "imagined_frames": 0, "predicted_frames": 0}
+    counts = {"commands": 0, "imagined_frames": 0, "predicted_frames": 0, "compressed_frames": 0}
+    predicted_stamps: list[float] = []
     latest_state: list = []
+    record = bool(options.video) and not options.no_video
     try:
         node = client.node
         command_type = command_message_type(profile)
@@ -168,21 +184,28 @@ def run_demo(options: argparse.Namespace) -> dict:
             lambda _: counts.__setitem__("imagined_frames", counts["imagined_frames"] + 1),
             10,
         )
+
+        def on_predicted(message: Any) -> None:
+            counts["predicted_frames"] += 1
+            predicted_stamps.append(stamp_to_seconds(message.header.stamp))
+
+        node.create_subscription(Image, "/world_model/imagined/high", on_predicted, 10)
         node.create_subscription(
-            Image,
-            "/world_model/imagined/high",
-            lambda _: counts.__setitem__("predicted_frames", counts["predicted_frames"] + 1),
+            CompressedImage,
+            "/world_model/imagined/high/compressed",
+            lambda _: counts.__setitem__("compressed_frames", counts["compressed_frames"] + 1),
             10,
         )
         node.create_subscription(JointState, profile.joint_state_topics[0], lambda m: latest_state.append(m), 10)
-        sim = SimMonitor(client, profile)
+        # Every camera at half size for the video (the demo's cameras are 240x320: 10 s is ~15 MB at 25 Hz).
+        sim = SimMonitor(client, profile, record_roles=profile.camera_roles, record_stride=2)
         if not client.wait_for_server(60) or not sim.wait_for_sim(30):
             raise RuntimeError("the server's or the simulator's interfaces did not appear")
         client.spin(3.0, until=lambda: len(latest_state) > 5)
 
         # 1. A fresh episode: the cube at the seed's pose, the arms at their start pose; then the policy drives.
         sim.reset(options.seed)
-        sim.begin_episode()
+        sim.begin_episode(record=record)
         counts["commands"] = 0
         start = time.monotonic()
         if not client.run_policy(options.instruction, max_duration_s=options.duration):
@@ -242,6 +265,25 @@ def run_demo(options: argparse.Namespace) -> dict:
                 counts["imagined_frames"] >= len(imagined.frames) and counts["predicted_frames"] >= len(future.frames)
             ),
         )
+        # The replay's own stamps give the model's video frame rate (frame i stamped start + i / fps).
+        intervals = np.diff(predicted_stamps[: len(future.frames)])
+        model_fps = float(1.0 / np.median(intervals)) if len(intervals) and np.median(intervals) > 0 else 0.0
+        video = {"path": None}
+        if record:
+            live = sim.recorded_views()
+            live_fps = max(1, round(len(live) / max(elapsed, 1e-3)))
+            try:
+                video = write_demo_video(
+                    Path(options.video),
+                    live,
+                    [observation_views(o) for o in future.frames],
+                    [observation_views(o) for o in imagined.frames],
+                    profile.camera_roles,
+                    live_fps,
+                    model_fps or 2.0,
+                )
+            except (OSError, ValueError, RuntimeError) as exc:  # the report still comes; the video says why not
+                video = {"path": None, "error": f"no video written: {exc}"}
         return {
             "policy": policy,
             "world_model": {
@@ -250,6 +292,8 @@ def run_demo(options: argparse.Namespace) -> dict:
                 "cameras": list(future.frames[0].camera_names) if future.frames else [],
                 "total_ms": round(future.timing.total_ms, 1),
                 "published_frames_seen": counts["predicted_frames"],
+                "compressed_frames_seen": counts["compressed_frames"],
+                "replay_fps_from_stamps": round(model_fps, 2),
             },
             "imagination": {
                 "error": imagined.error.message or "ok",
@@ -259,10 +303,108 @@ def run_demo(options: argparse.Namespace) -> dict:
                 "replayed_frames_seen": counts["imagined_frames"],
             },
             "episode": episode,
+            "video": video,
         }
     finally:
         client.destroy()
         rclpy.try_shutdown()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The demo video: live cameras beside the predicted (world model) and imagined frames
+VIDEO_COLUMNS = ("live", "world model", "imagination")
+CELL = (120, 160)  # (height, width) of one view in the video: the sim's 240x320 cameras at half size
+HEADER = 20  # rows of the label strip
+
+
+def observation_views(observation: Any) -> dict[str, np.ndarray]:
+    """motus_msgs/Observation -> camera role -> uint8 RGB."""
+    from motus_ros.conversions import image_to_numpy
+
+    return {role: image_to_numpy(image) for role, image in zip(observation.camera_names, observation.images)}
+
+
+def _cell(view: np.ndarray | None, label: str = "") -> np.ndarray:
+    import cv2
+
+    if view is None:  # nothing to show in this column yet
+        cell = np.full((*CELL, 3), 32, dtype=np.uint8)
+        if label:
+            cv2.putText(cell, label, (8, CELL[0] // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (160, 160, 160), 1)
+        return cell
+    return cv2.resize(np.ascontiguousarray(view), (CELL[1], CELL[0]), interpolation=cv2.INTER_AREA)
+
+
+def _grid(roles: Sequence[str], columns: Sequence[dict[str, np.ndarray] | None], placeholder: str = "") -> np.ndarray:
+    """One video frame: a label strip, then one row per camera role and one column per source."""
+    import cv2
+
+    header = np.zeros((HEADER, CELL[1] * len(columns), 3), dtype=np.uint8)
+    for index, label in enumerate(VIDEO_COLUMNS[: len(columns)]):
+        cv2.putText(header, label, (index * CELL[1] + 6, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1)
+    rows = [
+        np.concatenate([_cell(None if views is None else views.get(role), placeholder) for views in columns], axis=1)
+        for role in roles
+    ]
+    return np.concatenate([header, *rows], axis=0)
+
+
+def demo_video_frames(
+    live: Sequence[dict[str, np.ndarray]],
+    predicted: Sequence[dict[str, np.ndarray]],
+    imagined: Sequence[dict[str, np.ndarray]],
+    roles: Sequence[str],
+    live_fps: float,
+    model_fps: float,
+    loops: int = 3,
+) -> np.ndarray:
+    """[T, H, W, 3] uint8: first the episode (live cameras; the model columns wait), then the last live view beside
+    predicted frame k and imagined frame k, each held for 1/model_fps of video time, the clip shown `loops` times.
+    Columns: live | world model | imagination; rows: the camera roles."""
+    frames = [_grid(roles, [views, None, None], "after the episode") for views in live]
+    hold = max(1, round(float(live_fps) / float(model_fps))) if model_fps > 0 else 1
+    last = live[-1] if live else None
+    for _ in range(loops):
+        for k in range(max(len(predicted), len(imagined))):
+            columns = [
+                last,
+                predicted[k] if k < len(predicted) else None,
+                imagined[k] if k < len(imagined) else None,
+            ]
+            frames.extend([_grid(roles, columns)] * hold)
+    if not frames:
+        raise ValueError("no frames for the demo video: nothing was recorded or imagined")
+    return np.stack(frames)
+
+
+def write_demo_video(
+    path: Path,
+    live: Sequence[dict[str, np.ndarray]],
+    predicted: Sequence[dict[str, np.ndarray]],
+    imagined: Sequence[dict[str, np.ndarray]],
+    roles: Sequence[str],
+    live_fps: float,
+    model_fps: float,
+) -> dict[str, Any]:
+    """Encode the demo video with the project's writer (motus_model.data.video); an interrupted write leaves no
+    half file (written beside, then renamed)."""
+    from motus_model.data.video import write_video
+
+    frames = demo_video_frames(live, predicted, imagined, roles, live_fps, model_fps)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.mp4")
+    try:
+        write_video(partial, frames, fps=live_fps)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return {
+        "path": str(path.resolve()),
+        "frames": int(frames.shape[0]),
+        "fps": live_fps,
+        "live_frames": len(live),
+        "layout": f"{' | '.join(VIDEO_COLUMNS)} x {', '.join(roles)}",
+    }
 
 
 def print_report(report: dict) -> None:
@@ -283,9 +425,11 @@ def print_report(report: dict) -> None:
         f"inference:     {policy['inference_latency_ms_median']} ms median per chunk; control rate "
         f"{policy['feedback_control_rate_hz_median']} Hz median; holding {policy['holding_fraction']} of the time"
     )
+    world_model = report["world_model"]
     print(
-        f"world model:   {report['world_model']['frames']} predicted frames per camera, "
-        f"{report['world_model']['published_frames_seen']} published"
+        f"world model:   {world_model['frames']} predicted frames per camera, {world_model['published_frames_seen']} "
+        f"replayed on ~/imagined/high ({world_model.get('compressed_frames_seen', 0)} on .../compressed) at "
+        f"{world_model.get('replay_fps_from_stamps', 0)} frames/s of predicted time"
     )
     print(
         f"imagination:   {report['imagination']['frames']} imagined frames, "
@@ -296,6 +440,11 @@ def print_report(report: dict) -> None:
         f"episode:       seed {episode['seed']}: success={episode['success']} max_reward={episode['max_reward']} "
         f"final_reward={episode['final_reward']}"
     )
+    video = report.get("video") or {}
+    if video.get("path"):
+        print(f"video:         {video['path']} ({video['frames']} frames at {video['fps']} fps: {video['layout']})")
+    elif video.get("error"):
+        print(f"video:         {video['error']}")
     if "wall_time_s" in report:
         print(f"wall time:     {report['wall_time_s']} s")
     print(json.dumps(report, indent=2), flush=True)

@@ -6,7 +6,7 @@ view of the simulated robot. Used by the demo (motus_ros.demo) and by `motus eva
 - the children get the params files of the launch file's plan for `sim:=true` (motus_ros.launch_config, with
   config/sim_realtime.yaml); `use_private_domain` keeps two runs apart;
 - `SimMonitor` resets episodes (seed + ~/reset), waits for fresh camera frames, tracks reward and success and
-  keeps the high camera's frames for a video;
+  keeps camera frames for a video (the high camera's, or every camera's for the demo);
 - `policy_timing` summarises a RunPolicy goal's feedback (control rate, inference latency, holding share).
 """
 
@@ -210,11 +210,21 @@ class SimMonitor:
     frames, the reward and success of the current episode, and the high camera's frames kept for a video.
 
     Rewards and frames count only between begin_episode() and end_episode(); call `client.spin` (or any spin of
-    the client's executor) to receive them."""
+    the client's executor) to receive them. `record_roles` (default: the video role) are the cameras kept while
+    recording, each frame as (stamp, uint8 RGB) in `recordings[role]`, subsampled by `record_stride` in both
+    directions (the demo keeps half-size frames: a few MB a second instead of tens)."""
 
-    def __init__(self, client: Any, profile: Any, sim_node: str = SIM_NODE, video_role: str = "high") -> None:
+    def __init__(
+        self,
+        client: Any,
+        profile: Any,
+        sim_node: str = SIM_NODE,
+        video_role: str = "high",
+        record_roles: Sequence[str] | None = None,
+        record_stride: int = 1,
+    ) -> None:
         from rcl_interfaces.srv import SetParameters
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import CompressedImage, Image
         from std_msgs.msg import Bool, Float64
         from std_srvs.srv import Trigger
 
@@ -223,12 +233,17 @@ class SimMonitor:
         self.roles = [camera.role for camera in profile.cameras]
         self.latest_stamp: dict[str, float] = {}
         self.recording = False
-        self.frames: list[Any] = []
+        self.record_roles = list(record_roles) if record_roles else [video_role]
+        self.record_stride = max(1, int(record_stride))
+        self.recordings: dict[str, list[tuple[float, Any]]] = {role: [] for role in self.record_roles}
         self.active = False
         self.rewards: list[float] = []
         self.success_seen = False
-        for camera in profile.cameras:
-            self.node.create_subscription(Image, camera.topic, lambda m, role=camera.role: self._on_image(role, m), 10)
+        for camera in profile.cameras:  # its own transport: raw Image, or CompressedImage on <topic>/compressed
+            kind = CompressedImage if camera.transport == "compressed" else Image
+            self.node.create_subscription(
+                kind, camera.transport_topic, lambda m, role=camera.role: self._on_image(role, m), 10
+            )
         self.node.create_subscription(Float64, f"{sim_node}/reward", self._on_reward, 10)
         self.node.create_subscription(Bool, f"{sim_node}/success", self._on_success, 10)
         self._reset = self.node.create_client(Trigger, f"{sim_node}/reset")
@@ -236,13 +251,31 @@ class SimMonitor:
         self._trigger_type = Trigger
 
     def _on_image(self, role: str, message: Any) -> None:
-        from motus_ros.conversions import stamp_to_seconds
+        from motus_ros import conversions
 
-        self.latest_stamp[role] = stamp_to_seconds(message.header.stamp)
-        if self.recording and role == self.video_role:
-            from motus_ros.conversions import image_to_numpy_fallback
+        stamp = conversions.stamp_to_seconds(message.header.stamp)
+        self.latest_stamp[role] = stamp
+        if self.recording and role in self.recordings:
+            if hasattr(message, "format"):  # CompressedImage
+                image = conversions.compressed_to_numpy(message)
+            else:
+                image = conversions.image_to_numpy_fallback(message)
+            stride = self.record_stride
+            self.recordings[role].append((stamp, image[::stride, ::stride] if stride > 1 else image))
 
-            self.frames.append(image_to_numpy_fallback(message))
+    @property
+    def frames(self) -> list[Any]:
+        """The video role's recorded frames, in arrival order."""
+        return [image for _, image in self.recordings.get(self.video_role, [])]
+
+    def recorded_views(self) -> list[dict[str, Any]]:
+        """The recorded frames grouped by stamp (the simulator renders every camera of one instant together), in
+        time order; instants that miss a camera are left out."""
+        by_stamp: dict[float, dict[str, Any]] = {}
+        for role, frames in self.recordings.items():
+            for stamp, image in frames:
+                by_stamp.setdefault(stamp, {})[role] = image
+        return [views for _, views in sorted(by_stamp.items()) if len(views) == len(self.recordings)]
 
     def _on_reward(self, message: Any) -> None:
         if self.active:
@@ -289,7 +322,8 @@ class SimMonitor:
         return reset_s
 
     def begin_episode(self, record: bool = False) -> None:
-        self.rewards, self.success_seen, self.frames = [], False, []
+        self.rewards, self.success_seen = [], False
+        self.recordings = {role: [] for role in self.record_roles}
         self.active, self.recording = True, record
 
     def end_episode(self) -> None:

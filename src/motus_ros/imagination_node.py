@@ -1,27 +1,31 @@
 """The imagination node: `~/imagine` (Imagine action), video generation p(o' | o, l) or the joint mode
 p(o', a | o, l) when `with_actions` is set.
 
-Imagined clips are returned split per camera and, with `publish`, replayed on `~/imagined/<camera_role>` by a
-timer at the video frame rate so rviz shows them beside the live cameras.
+Imagined clips are returned split per camera and, with `publish`, replayed on `~/imagined/<camera_role>` (and its
+`/compressed` sibling) at the video frame rate, each frame stamped with the time it shows, so rviz shows them
+beside the live cameras (motus_ros.frame_publishing, shared with the world-model node).
 """
 
 from __future__ import annotations
 
-import collections
-import threading
 import time
 from typing import Any
 
-import numpy as np
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 
 from motus_msgs.action import Imagine
 from motus_msgs.msg import ErrorCode
+from motus_ros.frame_publishing import FramePublisher, replay_start_stamp
 from motus_ros.lifecycle_base import MotusLifecycleNode
 from motus_ros.parameters import float_descriptor, int_descriptor, text_descriptor
 from motus_ros.requests import action_server_options
 from motus_ros.server_context import ServerContext
-from motus_ros.world_model_node import ImagePublishers, feedback_publisher, finish_goal
+from motus_ros.world_model_node import (
+    REPLAY_FPS_DESCRIPTION,
+    feedback_publisher,
+    finish_goal,
+    replay_fps,
+)
 
 
 class ImaginationNode(MotusLifecycleNode):
@@ -29,20 +33,12 @@ class ImaginationNode(MotusLifecycleNode):
 
     def __init__(self, context: ServerContext, node_name: str = "imagination", **kwargs: Any) -> None:
         super().__init__(node_name, context, **kwargs)
-        self.declare_parameter(
-            "replay_fps",
-            0.0,
-            float_descriptor("replay rate of imagined clips; 0 = the model's video frame rate", 0.0, 120.0),
-        )
+        self.declare_parameter("replay_fps", 0.0, float_descriptor(REPLAY_FPS_DESCRIPTION, 0.0, 120.0))
         self.declare_parameter(
             "replay_loop", False, text_descriptor("replay the last imagined clip in a loop instead of once")
         )
         self.declare_parameter("max_instruction_chars", 512, int_descriptor("longest instruction accepted", 1, 100000))
-        self.images: ImagePublishers | None = None
-        self._replay: collections.deque[dict[str, np.ndarray]] = collections.deque()
-        self._clip: list[dict[str, np.ndarray]] = []
-        self._replay_lock = threading.Lock()
-        self._timer = None
+        self.images: FramePublisher | None = None
         self._action_server = ActionServer(
             self,
             Imagine,
@@ -54,42 +50,20 @@ class ImaginationNode(MotusLifecycleNode):
         )
 
     def video_fps(self) -> float:
-        """Frames per second of the model's video: the control rate over the control steps between two frames."""
-        configured = float(self.param("replay_fps"))
-        if configured > 0:
-            return configured
-        temporal = self.engine.config.temporal
-        return float(self.profile.control_rate_hz) / float(temporal.downsample_rate * temporal.video_action_ratio)
+        """Frames per second of the replay: `replay_fps`, or the model's video frame rate when it is 0."""
+        return replay_fps(self)
 
     def _setup(self) -> None:
-        self.images = ImagePublishers(self, self.camera_roles())
-        self._timer = self.create_timer(1.0 / self.video_fps(), self._replay_tick, callback_group=self.timer_group)
+        self.images = FramePublisher(self, self.camera_roles(), "~/imagined", callback_group=self.timer_group)
 
     def _teardown(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self.destroy_timer(self._timer)
-            self._timer = None
         if self.images is not None:
             self.images.destroy()
             self.images = None
-        with self._replay_lock:
-            self._replay.clear()
-            self._clip = []
 
     def _on_deactivated(self) -> None:
-        with self._replay_lock:
-            self._replay.clear()
-
-    def _replay_tick(self) -> None:
-        if not self.is_active or self.images is None:
-            return
-        with self._replay_lock:
-            if not self._replay and self._clip and bool(self.param("replay_loop")):
-                self._replay.extend(self._clip)
-            views = self._replay.popleft() if self._replay else None
-        if views is not None:
-            self.images.publish(views)
+        if self.images is not None:
+            self.images.stop_replay()
 
     @property
     def frames_published(self) -> int:
@@ -101,6 +75,7 @@ class ImaginationNode(MotusLifecycleNode):
         from motus_model.flow_matching import Mode
 
         started = time.monotonic()
+        received_s = self.now_s()
         goal = goal_handle.request
         result = Imagine.Result()
         try:
@@ -125,12 +100,11 @@ class ImaginationNode(MotusLifecycleNode):
             if goal.with_actions and output.actions is not None:
                 actions_robot = self.chunk_to_robot(output.actions, state)
                 result.trajectory = self.trajectory_of(actions_robot)
-            if goal.publish:
-                clip = self.split_frames(output.frames)
-                with self._replay_lock:
-                    self._clip = clip
-                    self._replay.clear()
-                    self._replay.extend(clip)
+            if goal.publish and self.images is not None:
+                fps = self.video_fps()
+                start = replay_start_stamp(goal.observation, received_s, fps)
+                loop = bool(self.param("replay_loop"))
+                self.images.replay(self.split_frames(output.frames), start, fps, loop=loop)
             result.timing = self.timing_of(output, (time.monotonic() - started) * 1e3)
             result.error = ErrorCode(code=ErrorCode.NONE, message="")
         except Exception as exc:

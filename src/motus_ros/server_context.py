@@ -8,7 +8,9 @@ sensor intake that feeds it.
   when a request leaves its observation empty ("use the latest").
 - `ServerContext`: the three above, and the bound on requests waiting for the model.
 - `SensorIntake`: a plain node (`sensors`) that the server creates before the lifecycle nodes. It subscribes the
-  profile's cameras and joint-state topics once, checks and converts each message (encoding, size, joint names,
+  profile's cameras (sensor_msgs/Image, or CompressedImage on `<topic>/compressed` for a camera declared
+  `transport: compressed`, decoded here once) and joint-state topics once, checks and converts each message
+  (encoding, size, joint names,
   NaN, future stamps, a joint state outside the profile's physical range) and keeps the latest synchronised
   observation in the shared `ObservationBuffer`, with the reason of the last rejected message per topic. The
   policy, world-model, IDM and imagination nodes only read it, so any of them works alone.
@@ -28,7 +30,7 @@ from typing import Any
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 
 from motus_model.embodiment import RobotProfile
 from motus_ros import conversions
@@ -223,9 +225,10 @@ class SensorIntake(Node):
         context.observations.set_buffer(self.buffer)
         group = MutuallyExclusiveCallbackGroup()
         for camera in self.profile.cameras:
+            compressed = camera.transport == "compressed"
             self.create_subscription(
-                Image,
-                camera.topic,
+                CompressedImage if compressed else Image,
+                camera.transport_topic,
                 lambda msg, camera=camera: self._on_image(camera, msg),
                 qos_profile_sensor_data,
                 callback_group=group,
@@ -240,7 +243,7 @@ class SensorIntake(Node):
             )
         self.get_logger().info(
             f"robot {self.profile.name!r}: subscribed {len(self.profile.cameras)} cameras "
-            f"({', '.join(camera.topic for camera in self.profile.cameras)}) "
+            f"({', '.join(camera.transport_topic for camera in self.profile.cameras)}) "
             f"and {', '.join(self.profile.joint_state_topics)}"
         )
 
@@ -252,16 +255,18 @@ class SensorIntake(Node):
             return header.stamp.sec + header.stamp.nanosec * 1e-9
         return self.now_s()
 
-    def _on_image(self, camera: Any, msg: Image) -> None:
+    def _on_image(self, camera: Any, msg: Image | CompressedImage) -> None:
+        shape = (int(camera.height), int(camera.width))
         try:
-            image = conversions.image_to_numpy(
-                msg, expected_encoding=camera.encoding, expected_shape=(int(camera.height), int(camera.width))
-            )
+            if isinstance(msg, CompressedImage):  # decoded once, here: every node reads the decoded array
+                image = conversions.compressed_to_numpy(msg, expected_shape=shape)
+            else:
+                image = conversions.image_to_numpy(msg, expected_encoding=camera.encoding, expected_shape=shape)
             self.buffer.update_image(camera.role, image, self._stamp_s(msg.header), received_s=self.now_s())
-        except ValueError as exc:  # wrong encoding or size, or stamped in the future
-            self._reject(camera.topic, str(exc))
+        except ValueError as exc:  # wrong encoding or size, undecodable, or stamped in the future
+            self._reject(camera.transport_topic, str(exc))
             return
-        self.shared.observations.rejected.pop(camera.topic, None)
+        self.shared.observations.rejected.pop(camera.transport_topic, None)
 
     def _on_joint_state(self, topic: str, msg: JointState) -> None:
         self._joint_messages[topic] = msg

@@ -2,8 +2,9 @@
 
 Given an action chunk (a JointTrajectory in the profile's joint order) and an observation (or the latest one),
 it returns the predicted future frames split per camera, sends feedback after every denoising step and honours
-cancel requests between denoising steps (result CANCELLED). With `publish` set, the frames are also published as
-sensor_msgs/Image on `~/imagined/<camera_role>` for rviz.
+cancel requests between denoising steps (result CANCELLED). With `publish` set, the frames are also replayed at the
+video frame rate on `~/imagined/<camera_role>` (sensor_msgs/Image) and `~/imagined/<camera_role>/compressed`
+(jpeg) for rviz, each stamped with the time it predicts (motus_ros.frame_publishing).
 """
 
 from __future__ import annotations
@@ -13,36 +14,15 @@ from typing import Any
 
 import numpy as np
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
-from sensor_msgs.msg import Image
 
 from motus_msgs.action import PredictFuture
 from motus_msgs.msg import ErrorCode
 from motus_ros import conversions
+from motus_ros.frame_publishing import FramePublisher, replay_start_stamp, video_frame_rate
 from motus_ros.lifecycle_base import MotusLifecycleNode
+from motus_ros.parameters import float_descriptor
 from motus_ros.requests import RequestError, action_server_options
 from motus_ros.server_context import ServerContext
-
-
-class ImagePublishers:
-    """One sensor_msgs/Image publisher per camera role on `~/imagined/<role>`."""
-
-    def __init__(self, node: MotusLifecycleNode, roles: list[str]) -> None:
-        self.node = node
-        self.publishers = {role: node.create_publisher(Image, f"~/imagined/{role}", 5) for role in roles}
-        self.published = 0
-
-    def publish(self, views: dict[str, np.ndarray]) -> None:
-        stamp = self.node.get_clock().now().to_msg()
-        for role, view in views.items():
-            publisher = self.publishers.get(role)
-            if publisher is not None:
-                publisher.publish(conversions.numpy_to_image(view, stamp, f"imagined_{role}"))
-        self.published += 1
-
-    def destroy(self) -> None:
-        for publisher in self.publishers.values():
-            self.node.destroy_publisher(publisher)
-        self.publishers = {}
 
 
 def feedback_publisher(goal_handle, feedback_type, started: float):
@@ -55,6 +35,17 @@ def feedback_publisher(goal_handle, feedback_type, started: float):
         goal_handle.publish_feedback(feedback)
 
     return progress
+
+
+def replay_fps(node: MotusLifecycleNode) -> float:
+    """The node's `replay_fps` parameter, or the model's video frame rate when it is 0."""
+    configured = float(node.param("replay_fps"))
+    if configured > 0:
+        return configured
+    return video_frame_rate(node.profile.control_rate_hz, node.engine.config.temporal)
+
+
+REPLAY_FPS_DESCRIPTION = "replay rate of ~/imagined/<camera> frames; 0 = the model's video frame rate"
 
 
 def finish_goal(goal_handle, result: Any) -> Any:
@@ -73,7 +64,8 @@ class WorldModelNode(MotusLifecycleNode):
 
     def __init__(self, context: ServerContext, node_name: str = "world_model", **kwargs: Any) -> None:
         super().__init__(node_name, context, **kwargs)
-        self.images: ImagePublishers | None = None
+        self.declare_parameter("replay_fps", 0.0, float_descriptor(REPLAY_FPS_DESCRIPTION, 0.0, 120.0))
+        self.images: FramePublisher | None = None
         self._action_server = ActionServer(
             self,
             PredictFuture,
@@ -85,7 +77,11 @@ class WorldModelNode(MotusLifecycleNode):
         )
 
     def _setup(self) -> None:
-        self.images = ImagePublishers(self, self.camera_roles())
+        self.images = FramePublisher(self, self.camera_roles(), "~/imagined", callback_group=self.timer_group)
+
+    def _on_deactivated(self) -> None:
+        if self.images is not None:
+            self.images.stop_replay()
 
     def _teardown(self) -> None:
         if self.images is not None:
@@ -121,6 +117,7 @@ class WorldModelNode(MotusLifecycleNode):
         from motus_model.flow_matching import Mode
 
         started = time.monotonic()
+        received_s = self.now_s()
         goal = goal_handle.request
         result = PredictFuture.Result()
         try:
@@ -143,8 +140,9 @@ class WorldModelNode(MotusLifecycleNode):
             )
             result.frames = self.frames_to_observations(output.frames)
             if goal.publish and self.images is not None:
-                for views in self.split_frames(output.frames):
-                    self.images.publish(views)
+                fps = replay_fps(self)
+                start = replay_start_stamp(goal.observation, received_s, fps)
+                self.images.replay(self.split_frames(output.frames), start, fps)
             result.timing = self.timing_of(output, (time.monotonic() - started) * 1e3)
             result.error = ErrorCode(code=ErrorCode.NONE, message="")
         except Exception as exc:

@@ -86,6 +86,7 @@ def test_to_dict_is_plain_data_and_round_trips(tmp_path: Path):
         "encoding": "rgb8",
         "height": 480,
         "width": 640,
+        "transport": "raw",
     }
     assert data["command_topics"] == ["/joint_left_states", "/joint_right_states"]
     assert data["joint_state_topics"] == ["/puppet/joint_left", "/puppet/joint_right"]
@@ -107,6 +108,7 @@ def _sim_dict() -> dict:
         (lambda d: d.update(upper_limits=d["lower_limits"]), "lower_limits must be < upper_limits"),
         (lambda d: d.update(command_joint_groups=[list(range(13))]), "cover each action index"),
         (lambda d: d["cameras"][0].update(encoding="yuv422"), "encoding must be one of"),
+        (lambda d: d["cameras"][1].update(transport="theora"), "'left_wrist' transport must be one of"),
         (lambda d: d["grippers"][0].update(robot_open=0.0), "divide by zero"),
         (lambda d: d.update(control_rate=50), "unknown profile keys"),
     ],
@@ -147,6 +149,16 @@ def test_every_image_encoding_the_decoder_takes_is_a_valid_camera_encoding():
     for encoding in IMAGE_ENCODINGS:  # one encoding set for profiles, serving and training
         data["cameras"][0]["encoding"] = encoding
         assert RobotProfile.from_dict(data).cameras[0].encoding == encoding
+
+
+def test_camera_transport_defaults_to_raw_and_compressed_reads_the_image_transport_topic():
+    data = load_profile("aloha_sim").to_dict()
+    assert {camera["transport"] for camera in data["cameras"]} == {"raw"}  # every shipped profile: raw by default
+    data["cameras"][0]["transport"] = "compressed"
+    profile = RobotProfile.from_dict(data)
+    assert profile.cameras[0].transport_topic == "/cam_high/image_raw/compressed"
+    assert profile.cameras[1].transport_topic == "/cam_left_wrist/image_raw"
+    assert RobotProfile.from_dict(profile.to_dict()).cameras[0].transport == "compressed"
 
 
 def test_profile_from_dict_requires_the_core_keys():

@@ -13,7 +13,7 @@ import numpy as np
 import rclpy
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 
 from motus_msgs.msg import Observation
 
@@ -77,8 +77,10 @@ def image_msg(array: np.ndarray, stamp, encoding: str = "rgb8") -> Image:
 class FakeSensors:
     """Publishes every camera and the joint state of a robot profile at `rate_hz` from a node of the test process.
 
+    Cameras the profile declares `transport: compressed` go out as jpeg CompressedImage on `<topic>/compressed`.
     Knobs for the bad-input tests: `encoding` (per role), `size` (per role), `skip` (roles not published),
-    `joint_names` (replaces the profile's), `nan_joint` (index set to NaN), `paused` (publish nothing).
+    `garbage` (compressed roles whose payload is not an image), `joint_names` (replaces the profile's),
+    `nan_joint` (index set to NaN), `paused` (publish nothing).
     """
 
     def __init__(self, node: Node, profile, rate_hz: float = 15.0) -> None:
@@ -87,13 +89,18 @@ class FakeSensors:
         self.encoding: dict[str, str] = {}
         self.size: dict[str, tuple[int, int]] = {}
         self.skip: set[str] = set()
+        self.garbage: set[str] = set()
         self.joint_names: list[str] | None = None
         self.nan_joint: int | None = None
         self.paused = False
         self.position = np.clip(np.zeros(len(profile.joint_names)), profile.lower_limits, profile.upper_limits)
         self.step = 0
         self.image_publishers = {
-            camera.role: node.create_publisher(Image, camera.topic, qos_profile_sensor_data)
+            camera.role: node.create_publisher(
+                CompressedImage if camera.transport == "compressed" else Image,
+                camera.transport_topic,
+                qos_profile_sensor_data,
+            )
             for camera in profile.cameras
         }
         self.joint_publishers = [
@@ -102,7 +109,7 @@ class FakeSensors:
         self.timer = node.create_timer(1.0 / rate_hz, self.publish)
 
     def reset(self) -> None:
-        self.encoding, self.size, self.skip = {}, {}, set()
+        self.encoding, self.size, self.skip, self.garbage = {}, {}, set(), set()
         self.joint_names, self.nan_joint, self.paused = None, None, False
 
     def publish(self) -> None:
@@ -115,9 +122,15 @@ class FakeSensors:
                 continue
             height, width = self.size.get(camera.role, (camera.height, camera.width))
             frame = camera_frame(camera.role, height, width, self.step)
-            self.image_publishers[camera.role].publish(
-                image_msg(frame, stamp, self.encoding.get(camera.role, camera.encoding))
-            )
+            if camera.transport == "compressed":
+                from motus_ros.conversions import numpy_to_compressed
+
+                message = numpy_to_compressed(frame, stamp, "camera")
+                if camera.role in self.garbage:
+                    message.data = b"\xff\xd8 not a jpeg any more"
+            else:
+                message = image_msg(frame, stamp, self.encoding.get(camera.role, camera.encoding))
+            self.image_publishers[camera.role].publish(message)
         position = self.position.copy()
         if self.nan_joint is not None:
             position[self.nan_joint] = np.nan
@@ -139,6 +152,22 @@ class FakeSensors:
             )
         message.joint_state = JointState(name=list(self.profile.joint_names), position=self.position.tolist())
         return message
+
+
+def compressed_profile(path: Path, size: tuple[int, int] | None = None) -> Path:
+    """aloha_sim with every camera `transport: compressed` (optionally resized), written to `path` (a YAML file)."""
+    import yaml
+
+    from motus_ros.profiles import load_profile
+
+    data = load_profile("aloha_sim").to_dict()
+    data["name"] = "aloha_sim_compressed"
+    for camera in data["cameras"]:
+        camera["transport"] = "compressed"
+        if size is not None:
+            camera.update(height=size[0], width=size[1])
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 def server_command(*extra: str, ros_args: tuple[str, ...] = (), **overrides) -> list[str]:

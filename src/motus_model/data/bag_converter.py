@@ -13,9 +13,9 @@ Camera roles become LeRobot keys ``observation.images.cam_<role>`` for the compo
 (high, left_wrist, right_wrist: LeRobot's ALOHA names) and ``observation.images.<role>`` otherwise.
 
 Cameras: sensor_msgs/Image (rgb8, bgr8, mono8, rgba8, bgra8) or sensor_msgs/CompressedImage (jpeg, png), per
-camera, whichever the bag holds on the camera's topic; a camera topic ``X`` missing from the bag is looked up as
-``X/compressed`` (where image_transport's compressed plugin publishes). Raw images are decoded by
-motus_model.images, the decoder serving uses.
+camera, whichever the bag holds on the camera's topic; a camera topic ``X`` missing from the bag, or declared
+``transport: compressed`` in the profile, is read from ``X/compressed`` (where image_transport's compressed plugin
+publishes). Both kinds are decoded by motus_model.images, the decoders serving uses.
 
 Command messages: std_msgs/Float64MultiArray (forward command controllers) or
 interbotix_xs_msgs/JointGroupCommand (values of topic k fill ``command_joint_groups[k]``; default: concatenated
@@ -45,9 +45,9 @@ import numpy as np
 from tqdm import tqdm
 
 from motus_model.data.lerobot import LeRobotDatasetWriter
-from motus_model.data.rosbag_io import BagError, BagReader, compressed_image_to_rgb
+from motus_model.data.rosbag_io import BagError, BagReader
 from motus_model.embodiment import RobotProfile, load_profile
-from motus_model.images import decode_image
+from motus_model.images import decode_compressed_image, decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -162,8 +162,9 @@ def _read_streams(bag: BagReader, profile: RobotProfile, time_source: str, show_
     camera_roles = {}
     for camera in profile.cameras:
         topic = camera.topic
-        if topic not in bag.topics and f"{topic}/compressed" in bag.topics:
-            topic = f"{topic}/compressed"  # image_transport's compressed plugin
+        compressed = f"{topic}/compressed"  # image_transport's compressed plugin
+        if compressed in bag.topics and (camera.transport == "compressed" or topic not in bag.topics):
+            topic = compressed
         camera_roles[topic] = camera
     bag.require(list(camera_roles), "camera")
     joint_topics = set(profile.joint_state_topics)
@@ -197,7 +198,10 @@ def _read_streams(bag: BagReader, profile: RobotProfile, time_source: str, show_
             camera = camera_roles[topic]
             stamp = _stamp_ns(message, log_time_ns, time_source)
             if schema.endswith("CompressedImage"):
-                image = compressed_image_to_rgb(message, topic)
+                try:
+                    image = decode_compressed_image(message.data, message.format)
+                except ValueError as error:
+                    raise BagError(f"{bag_path}: {topic}: {error}") from None
             else:
                 try:
                     image = image_message_to_rgb(message, camera.encoding)

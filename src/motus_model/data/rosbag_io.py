@@ -16,8 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
@@ -125,21 +123,3 @@ class BagReader:
                 f"{self.path}: reading stopped early ({type(error).__name__}: {error}); the bag is truncated or "
                 "corrupt: re-record it, or run `ros2 bag reindex` on the folder"
             ) from None
-
-
-def compressed_image_to_rgb(message: Any, topic: str = "") -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg or png, as image_transport's compressed plugin writes) -> uint8 [H, W, 3].
-
-    Decoded with OpenCV (the project's image library); ``format`` is e.g. "jpeg", "png" or
-    "rgb8; jpeg compressed bgr8": the codec name is what matters, the decoded pixels are BGR either way.
-    """
-    fmt = str(message.format).lower()
-    if "compresseddepth" in fmt or not any(codec in fmt for codec in ("jpeg", "jpg", "png")):
-        raise BagError(
-            f"{topic}: CompressedImage format {message.format!r} is not supported (jpeg and png colour images are); "
-            "record the camera with the 'compressed' image_transport (jpeg/png) or as raw sensor_msgs/Image"
-        )
-    image = cv2.imdecode(np.frombuffer(bytes(message.data), dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise BagError(f"{topic}: a {message.format!r} CompressedImage does not decode; the image data is damaged")
-    return np.ascontiguousarray(image[:, :, ::-1])

@@ -6,8 +6,10 @@ What it owns:
   a normalised gripper per arm);
 - joint states: sensor_msgs/JointState with the profile's joint names on its joint state topic, every step;
 - cameras: the profile's cameras rendered from the MuJoCo cameras `top`, `left_wrist`, `right_wrist`
-  (sensor_msgs/Image rgb8 at the profile's size) at `camera_rate_hz`, on a render thread with its own
-  MjData copy, so slow CPU rendering never stalls the physics;
+  (sensor_msgs/Image in the camera's encoding at the profile's size, or, for a camera declared
+  `transport: compressed`, a jpeg sensor_msgs/CompressedImage on `<topic>/compressed` as image_transport's
+  compressed plugin publishes it) at `camera_rate_hz`, on a render thread with its own MjData copy, so slow
+  CPU rendering never stalls the physics;
 - commands: every command interface at once, the latest message wins:
   Float64MultiArray (forward_command_controller), JointTrajectory (JTC: executed over its time_from_start,
   interpolated), per-arm JointState (AgileX style), and Interbotix JointGroupCommand/JointSingleCommand where
@@ -41,13 +43,13 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from motus_model.embodiment import RobotProfile
-from motus_ros.conversions import duration_to_seconds, numpy_to_image, stamp_to_seconds
+from motus_ros.conversions import duration_to_seconds, numpy_to_compressed, numpy_to_image, stamp_to_seconds
 from motus_ros.profiles import load_profile
 
 logger = logging.getLogger(__name__)
@@ -178,7 +180,12 @@ class AlohaSimNode(Node):
 
         # 2. Publishers.
         self.joint_state_pub = self.create_publisher(JointState, self.profile.joint_state_topics[0], 10)
-        self.image_pubs = [self.create_publisher(Image, camera.topic, IMAGE_QOS) for camera in self.profile.cameras]
+        self.image_pubs = [
+            self.create_publisher(
+                CompressedImage if camera.transport == "compressed" else Image, camera.transport_topic, IMAGE_QOS
+            )
+            for camera in self.profile.cameras
+        ]
         self.success_pub = self.create_publisher(Bool, "~/success", 10)
         self.reward_pub = self.create_publisher(Float64, "~/reward", 10)
 
@@ -293,7 +300,11 @@ class AlohaSimNode(Node):
                     image = renderer.render()
                     if self._stop.is_set() or not self.context.ok():
                         return  # shutting down: the publishers are going away
-                    publisher.publish(numpy_to_image(image, stamp, frame_id=camera.role, encoding=camera.encoding))
+                    if camera.transport == "compressed":
+                        message = numpy_to_compressed(image, stamp, frame_id=camera.role)
+                    else:
+                        message = numpy_to_image(image, stamp, frame_id=camera.role, encoding=camera.encoding)
+                    publisher.publish(message)
                 next_time += period
                 delay = next_time - time.monotonic()
                 if delay < 0:  # rendering is slower than the rate: skip, never build a backlog
