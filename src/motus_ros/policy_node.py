@@ -42,6 +42,7 @@ from motus_msgs.msg import ErrorCode
 from motus_msgs.srv import PredictActions
 from motus_ros import conversions
 from motus_ros.command_adapters import make_command_adapter
+from motus_ros.frame_publishing import FramePublisher, video_frame_rate
 from motus_ros.lifecycle_base import MotusLifecycleNode
 from motus_ros.parameters import float_descriptor, int_descriptor, text_descriptor
 from motus_ros.requests import REQUEST_QOS, RequestError, action_server_options, request_error_of
@@ -142,6 +143,19 @@ class PolicyNode(MotusLifecycleNode):
         self.declare_parameter(
             "policy_seed", -1, int_descriptor("noise seed of each chunk request; -1 = nondeterministic", -1, 2**31 - 1)
         )
+        self.declare_parameter(
+            "preview",
+            False,
+            text_descriptor(
+                "for each chunk about to run, ask the world model for the frames it leads to and publish them on "
+                "~/preview/<camera> (read at configure; costs engine time: a chunk request may wait behind a preview)"
+            ),
+        )
+        self.declare_parameter(
+            "preview_steps",
+            1,
+            int_descriptor("Euler steps of each preview request (0 = the node's default_steps)", 0, 1000),
+        )
         self.declare_optional_bool(
             "dry_run",
             "compute and publish the plan on ~/planned_trajectory but send no commands; "
@@ -160,6 +174,9 @@ class PolicyNode(MotusLifecycleNode):
         self._kept_estop = ""  # the e-stop reason when it was engaged at cleanup
         self.adapter: Any = None
         self.dry_run = False
+        self.preview: FramePublisher | None = None  # ~/preview/<camera>, when the preview parameter is set
+        self._preview_future: Any = None  # the preview request in flight (at most one: never a backlog)
+        self.previews = {"requested": 0, "published": 0, "skipped_busy": 0, "failed": 0}
 
         # Interfaces exist from the start so requests while unconfigured get NOT_READY instead of silence.
         self.create_service(
@@ -216,6 +233,9 @@ class PolicyNode(MotusLifecycleNode):
         if self._kept_estop:  # a cleanup never releases the e-stop
             self.safety.estop(self._kept_estop)
 
+        if bool(self.param("preview")):
+            self.preview = FramePublisher(self, self.camera_roles(), "~/preview", callback_group=self.timer_group)
+
         # The control tick has a group of its own: nothing else ever delays it.
         self._control_timer = self.create_timer(
             1.0 / self.control_rate_hz, self._control_tick, callback_group=MutuallyExclusiveCallbackGroup()
@@ -238,6 +258,12 @@ class PolicyNode(MotusLifecycleNode):
         if self.adapter is not None:
             self.adapter.destroy()
         self.adapter = None
+        if self._preview_future is not None:
+            self._preview_future.cancel()
+            self._preview_future = None
+        if self.preview is not None:
+            self.preview.destroy()
+            self.preview = None
         if self.safety is not None:  # kept for the next configure: the same robot, the same reference and latch
             self._kept_command = self.safety.last_command
             self._kept_estop = self.safety.estop_reason if self.safety.engaged else ""
@@ -353,6 +379,54 @@ class PolicyNode(MotusLifecycleNode):
     def _on_chunk(self, chunk: PolicyChunk) -> None:
         self._last_inference_ms = chunk.inference_ms
         self._publish_plan(chunk.actions_robot)
+        if self.preview is not None:
+            self._request_preview(chunk)
+
+    # --- preview: what the chunk about to run leads to ---------------------------------------------------------------
+
+    def _request_preview(self, chunk: PolicyChunk) -> None:
+        """Ask the world model for the frames `chunk` leads to, from the observation it was predicted from.
+
+        At most one preview is in flight: while one runs, newer chunks get none (skipped_busy), so previews never
+        build a queue in front of the chunk requests that drive the robot."""
+        from motus_model.engine import MotusRequest
+        from motus_model.flow_matching import Mode
+
+        if self._preview_future is not None and not self._preview_future.done():
+            self.previews["skipped_busy"] += 1
+            return
+        run = self._run
+        # The observation's time: obs_step control steps into the run, `run.step` is now.
+        steps_ago = max(0, run.step - chunk.obs_step) if run is not None else 0
+        observed_s = self.now_s() - steps_ago / self.control_rate_hz
+        fps = video_frame_rate(self.control_rate_hz, self.engine.config.temporal)
+        request = MotusRequest(
+            mode=Mode.WORLD_MODEL,
+            images=dict(chunk.images),
+            state=self.profile.robot_to_model(np.asarray(chunk.state, dtype=np.float64)),
+            actions=chunk.actions_model,
+            steps=self.steps_for(int(self.param("preview_steps"))),
+            decode_video=True,
+        )
+        self.previews["requested"] += 1
+        future = self.engine.submit(request)
+        self._preview_future = future
+        future.add_done_callback(lambda done: self._publish_preview(done, observed_s + 1.0 / fps, fps))
+
+    def _publish_preview(self, future: Any, start_s: float, fps: float) -> None:
+        """Engine worker thread: replay the predicted frames on ~/preview/<camera>, frame i stamped with the time it
+        predicts (one video frame after the chunk's observation, then one per 1/fps)."""
+        preview = self.preview
+        if preview is None or future.cancelled():
+            return
+        try:
+            frames = future.result().frames
+        except Exception as exc:  # a failed preview never touches the run
+            self.previews["failed"] += 1
+            self.get_logger().warning(f"preview failed: {exc!r}", throttle_duration_sec=5.0)
+            return
+        preview.replay(self.split_frames(frames), start_s, fps)
+        self.previews["published"] += 1
 
     def _publish_plan(self, actions_robot: np.ndarray) -> None:
         trajectory = conversions.actions_to_trajectory(
@@ -602,6 +676,8 @@ class PolicyNode(MotusLifecycleNode):
             "commands_sent": str(self.adapter.published if self.adapter is not None else 0),
             "commands_withheld_dry_run": str(self.adapter.suppressed if self.adapter is not None else 0),
             "running": str(run is not None).lower(),
+            "preview": str(self.preview is not None).lower(),
+            **{f"previews_{key}": str(value) for key, value in self.previews.items()},
         }
         status.values += [KeyValue(key=key, value=value) for key, value in values.items()]
         return status
