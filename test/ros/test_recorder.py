@@ -144,15 +144,16 @@ def test_episodes_recorded_from_the_simulated_aloha_train(ros_context, spawn_pro
         ), result.error.message
         assert not dataset.exists()
 
+        # Short tasks: the tiny test text encoder that `motus train` uses below takes at most 7 characters.
         # Episode 0: to its time limit. Cameras at 4 Hz, frames at 10 fps (a camera image is the latest one).
-        first = client.start_record_episode("transfer the cube", dataset=str(dataset), max_duration_s=2.5, fps=10)
+        first = client.start_record_episode("cube", dataset=str(dataset), max_duration_s=2.5, fps=10)
         result0 = first.result(120)
         assert first.status == GOAL_STATUS_SUCCEEDED and result0.termination == "completed", result0
         assert result0.episode_index == 0 and result0.frames >= 10 and result0.frames_without_command == 0, result0
         assert result0.dataset == str(dataset.resolve())
 
         # Episode 1: until a cancel, which saves it; a goal meanwhile is refused BUSY and the recording goes on.
-        second = client.start_record_episode("pick up the cube", dataset=str(dataset), fps=10)
+        second = client.start_record_episode("pick", dataset=str(dataset), fps=10)
         assert second.wait_for_feedback(1, 30)
         client.spin(30.0, until=lambda: second.last_feedback is not None and second.last_feedback.frames >= 8)
         busy = client.start_record_episode("another", dataset=str(dataset), max_duration_s=1.0).result(30)
@@ -177,7 +178,7 @@ def test_episodes_recorded_from_the_simulated_aloha_train(ros_context, spawn_pro
     assert sorted(path.name for path in tmp_path.iterdir()) == ["recorded"]
     recorded = LeRobotDataset(dataset)
     assert recorded.version == "v3.0" and recorded.num_episodes == 2 and recorded.fps == 10
-    for index, (result, task) in enumerate([(result0, "transfer the cube"), (result1, "pick up the cube")]):
+    for index, (result, task) in enumerate([(result0, "cube"), (result1, "pick")]):
         assert recorded.episode_length(index) == result.frames
         assert recorded.task(index) == task
         vectors = recorded.vectors(index)

@@ -30,7 +30,8 @@ messages' header stamps (``"header"``; messages without a header, such as Float6
 commands, refuse it). The streams are resampled to the control rate: for each tick t, from the moment every
 stream has a sample to the end of the shortest stream, each stream contributes its latest sample at or before t
 ("nearest-before", so no sample from the future leaks into a frame). Joint states from several topics are
-merged by name; a command vector exists once every command topic has been seen.
+merged by name; a command vector exists once every command topic has been seen. The command decoding is
+``CommandDecoder``, shared with the ROS recorder (motus_ros/recorder_node.py), which feeds it live messages.
 """
 
 from __future__ import annotations

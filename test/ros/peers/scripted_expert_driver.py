@@ -2,8 +2,9 @@
 
 Plans the transfer-cube expert's joint targets for the object pose of `--seed` (the pose motus_sim starts with for
 the same seed; motus_sim.scripted_expert.plan_joint_trajectory, the targets the demonstrations replay) and publishes
-them on the aloha_sim profile's forward-command topic at its control rate, one per tick; after the plan's last row it
-keeps repeating that row. Usage: scripted_expert_driver.py [--seed N] [--steps N]
+them on the aloha_sim profile's forward-command topic at its control rate, one per tick, then plays the plan backwards
+and forwards again (ping-pong: the arms keep moving smoothly, whenever a recording starts).
+Usage: scripted_expert_driver.py [--seed N] [--steps N]
 """
 
 import argparse
@@ -29,7 +30,9 @@ class ScriptedExpertDriver(Node):
         self.create_timer(1.0 / self.profile.control_rate_hz, self.publish_command)
 
     def publish_command(self) -> None:
-        row = self.plan[min(self.step, len(self.plan) - 1)]
+        period = 2 * (len(self.plan) - 1)
+        phase = self.step % period
+        row = self.plan[phase if phase < len(self.plan) else period - phase]
         self.publisher.publish(Float64MultiArray(data=row.tolist()))
         self.step += 1
 
