@@ -31,7 +31,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
-from motus_msgs.action import Imagine, PredictFuture, RunPolicy
+from motus_msgs.action import Imagine, PredictFuture, RecordEpisode, RunPolicy
 from motus_msgs.msg import Observation
 from motus_msgs.srv import InferActions, PredictActions
 
@@ -110,6 +110,7 @@ class MotusClient:
         )
         self._imagine = ActionClient(self.node, Imagine, f"{prefix}imagination/imagine", **ACTION_QOS)
         self._run_policy = ActionClient(self.node, RunPolicy, f"{prefix}policy/run_policy", **ACTION_QOS)
+        self._record_episode = ActionClient(self.node, RecordEpisode, f"{prefix}recorder/record_episode", **ACTION_QOS)
         self.server_timeout_s = server_timeout_s
         self._policy_task: GoalTask | None = None
 
@@ -247,6 +248,26 @@ class MotusClient:
         """Video generation p(o' | o, l) (or joint mode with with_actions=True); waits for the result."""
         return self.start_imagine(instruction, **kwargs).result(timeout_s)
 
+    def start_record_episode(
+        self,
+        instruction: str,
+        dataset: str = "",
+        max_duration_s: float = 0.0,
+        fps: float = 0.0,
+        discard_on_cancel: bool = False,
+        timeout_s: float = 30.0,
+    ) -> GoalTask:
+        """Start recording one episode into a LeRobot dataset (the recorder node); `task.cancel()` stops it and
+        saves it (unless discard_on_cancel), `task.result()` says where it went."""
+        goal = RecordEpisode.Goal(
+            instruction=instruction,
+            dataset=str(dataset),
+            max_duration_s=float(max_duration_s),
+            fps=float(fps),
+            discard_on_cancel=bool(discard_on_cancel),
+        )
+        return GoalTask(self, self._record_episode, goal, timeout_s)
+
     def _trajectory(self, actions: JointTrajectory | np.ndarray, joint_names: Sequence[str] | None) -> JointTrajectory:
         if isinstance(actions, JointTrajectory):
             return actions
@@ -302,7 +323,7 @@ class MotusClient:
             self.executor.spin_once(timeout_sec=0.02)
 
     def destroy(self) -> None:
-        for action in (self._predict_future, self._imagine, self._run_policy):
+        for action in (self._predict_future, self._imagine, self._run_policy, self._record_episode):
             action.destroy()
         self.executor.remove_node(self.node)
         self.node.destroy_node()

@@ -71,6 +71,11 @@ class CommandAdapter:
         """The topics this adapter publishes on (empty in dry run)."""
         return [publisher.topic_name for publisher in self._publishers]
 
+    @classmethod
+    def message_types(cls, profile: RobotProfile) -> dict[str, type]:
+        """Topic -> message class of everything this interface publishes (what a recorder listens to)."""
+        raise NotImplementedError
+
     def _create_publishers(self) -> None:
         raise NotImplementedError
 
@@ -105,6 +110,10 @@ class CommandAdapter:
 class JointTrajectoryAdapter(CommandAdapter):
     interface = "joint_trajectory"
 
+    @classmethod
+    def message_types(cls, profile: RobotProfile) -> dict[str, type]:
+        return {topic: JointTrajectory for topic in profile.command_topics}
+
     def _create_publishers(self) -> None:
         self._publishers = [
             self.node.create_publisher(JointTrajectory, topic, COMMAND_QOS) for topic in self.profile.command_topics
@@ -124,6 +133,10 @@ class JointTrajectoryAdapter(CommandAdapter):
 class ForwardCommandAdapter(CommandAdapter):
     interface = "forward_command"
 
+    @classmethod
+    def message_types(cls, profile: RobotProfile) -> dict[str, type]:
+        return {profile.command_topics[0]: Float64MultiArray}
+
     def _create_publishers(self) -> None:
         self._publishers = [self.node.create_publisher(Float64MultiArray, self.profile.command_topics[0], COMMAND_QOS)]
 
@@ -137,6 +150,10 @@ class ForwardCommandAdapter(CommandAdapter):
 
 class JointStatePerArmAdapter(CommandAdapter):
     interface = "joint_state_per_arm"
+
+    @classmethod
+    def message_types(cls, profile: RobotProfile) -> dict[str, type]:
+        return {topic: JointState for topic in profile.command_topics}
 
     def _create_publishers(self) -> None:
         self._publishers = [
@@ -168,6 +185,15 @@ class InterbotixAdapter(CommandAdapter):
             self._group_cls, self._single_cls = import_interbotix_msgs()
         super().__init__(node, profile, dry_run)
 
+    @classmethod
+    def message_types(cls, profile: RobotProfile) -> dict[str, type]:
+        group_cls, single_cls = import_interbotix_msgs()
+        types: dict[str, type] = {}
+        for topic in profile.command_topics:
+            types[topic] = group_cls
+            types[f"{topic[: -len('/joint_group')]}/joint_single"] = single_cls
+        return types
+
     def _create_publishers(self) -> None:
         self._arm_publishers = []
         for topic in self.profile.command_topics:  # <robot>/commands/joint_group (checked by the profile)
@@ -190,6 +216,18 @@ ADAPTERS: dict[str, type[CommandAdapter]] = {
     cls.interface: cls
     for cls in (JointTrajectoryAdapter, ForwardCommandAdapter, JointStatePerArmAdapter, InterbotixAdapter)
 }
+
+
+def command_message_types(profile: RobotProfile) -> dict[str, type]:
+    """Topic -> message class of every topic the profile's command interface publishes on (ValueError for an
+    unknown interface, ImportError when its message package is missing)."""
+    try:
+        cls = ADAPTERS[profile.command_interface]
+    except KeyError:
+        raise ValueError(
+            f"unknown command_interface {profile.command_interface!r}; expected one of {sorted(ADAPTERS)}"
+        ) from None
+    return cls.message_types(profile)
 
 
 def make_command_adapter(node: Node, profile: RobotProfile, dry_run: bool) -> CommandAdapter:

@@ -1,5 +1,6 @@
-"""motus_server: one process, one MotusEngine, four lifecycle nodes (policy, world_model, idm, imagination) and one
-sensor intake (node `sensors`, server_context.py) that subscribes the robot's cameras and joint states for all.
+"""motus_server: one process, one MotusEngine, five lifecycle nodes (policy, world_model, idm, imagination, and
+recorder: episodes into a LeRobot dataset, recorder_node.py) and one sensor intake (node `sensors`,
+server_context.py) that subscribes the robot's cameras and joint states for all.
 
     motus_server [--profile NAME|PATH] [--checkpoint DIR|NAME] [--preset NAME] [--device DEV] [--no-autostart]
                  [--max-waiting-requests N] [--torch-threads N] [--ros-args --params-file config/motus_server.yaml ...]
@@ -39,13 +40,14 @@ from motus_ros.idm_node import IdmNode
 from motus_ros.imagination_node import ImaginationNode
 from motus_ros.lifecycle_base import MotusLifecycleNode
 from motus_ros.policy_node import PolicyNode
+from motus_ros.recorder_node import RecorderNode
 from motus_ros.server_context import ModelSpec, SensorIntake, ServerContext, SharedModel
 from motus_ros.world_model_node import WorldModelNode
 
 logger = logging.getLogger(__name__)
 
 READY_LINE = "MOTUS SERVER READY"
-NODE_NAMES = ("policy", "world_model", "idm", "imagination")
+NODE_NAMES = ("policy", "world_model", "idm", "imagination", "recorder")
 # Every node of the server, for params files with one section per node.
 PARAMETER_SECTIONS = ("sensors", *NODE_NAMES)
 
@@ -121,7 +123,13 @@ def parse_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]
 
 
 def create_nodes(context: ServerContext) -> list[MotusLifecycleNode]:
-    return [PolicyNode(context), WorldModelNode(context), IdmNode(context), ImaginationNode(context)]
+    return [
+        PolicyNode(context),
+        WorldModelNode(context),
+        IdmNode(context),
+        ImaginationNode(context),
+        RecorderNode(context),
+    ]
 
 
 def start_nodes(nodes: Sequence[MotusLifecycleNode]) -> bool:

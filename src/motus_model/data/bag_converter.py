@@ -30,7 +30,8 @@ messages' header stamps (``"header"``; messages without a header, such as Float6
 commands, refuse it). The streams are resampled to the control rate: for each tick t, from the moment every
 stream has a sample to the end of the shortest stream, each stream contributes its latest sample at or before t
 ("nearest-before", so no sample from the future leaks into a frame). Joint states from several topics are
-merged by name; a command vector exists once every command topic has been seen.
+merged by name; a command vector exists once every command topic has been seen. The command decoding is
+``CommandDecoder``, shared with the ROS recorder (motus_ros/recorder_node.py), which feeds it live messages.
 """
 
 from __future__ import annotations
@@ -142,6 +143,118 @@ def _single_command_topic(group_topic: str) -> str:
     return group_topic.rsplit("/", 1)[0] + "/joint_single"
 
 
+# Command message types without a header: their samples are stamped with the receive (log) time.
+HEADERLESS_COMMANDS = ("Float64MultiArray", "JointGroupCommand")
+_BY_NAME_COMMANDS = ("JointState", "JointTrajectory")
+
+
+class CommandDecoder:
+    """The profile's command messages -> the full commanded joint vector [J] (robot units, profile joint order).
+
+    The one home of how each command interface lays out its values (the inverse of motus_ros.command_adapters):
+    ``motus convert-bag`` feeds it recorded messages and the ROS recorder live ones; both pass any object with
+    the ROS field names (rosbags' decoded messages, rclpy messages).
+
+    - Float64MultiArray (``data``) / interbotix JointGroupCommand (``cmd``): topic k's values fill
+      ``command_joint_groups[k]``. An Interbotix group of 6 values for a 7-joint group is completed by the
+      JointSingleCommand (the gripper) on the sibling ``<robot>/commands/joint_single`` topic when it is among
+      ``types``.
+    - JointState (``name``/``position``) / JointTrajectory (``joint_names``, first point): by joint name (the
+      profile's joint_names or that topic's command_joint_names).
+
+    A command exists once every command topic has contributed (every joint for by-name commands); from then on
+    each message updates its joints and the others keep their last value.
+
+    Args:
+        profile: the robot profile.
+        types: topic -> message type name (e.g. ``std_msgs/msg/Float64MultiArray``) of every command topic and of
+            any JointSingleCommand sibling topic; only the name's end is looked at.
+    """
+
+    def __init__(self, profile: RobotProfile, types: dict[str, str]) -> None:
+        self.profile = profile
+        self.command_topics = list(profile.command_topics)
+        self.types = dict(types)
+        missing = [topic for topic in self.command_topics if topic not in self.types]
+        if missing:
+            raise ValueError(f"no message type given for command topics {missing}")
+        for topic in self.command_topics:
+            if not self.types[topic].endswith(HEADERLESS_COMMANDS + _BY_NAME_COMMANDS):
+                raise ValueError(
+                    f"unsupported command type {self.types[topic]} on {topic}; expected Float64MultiArray, "
+                    "JointGroupCommand, JointState or JointTrajectory: fix command_topics in the profile"
+                )
+        # JointSingleCommand topic -> its JointGroupCommand topic
+        self.single_topics = {
+            _single_command_topic(t): t
+            for t in self.command_topics
+            if self.types[t].endswith("JointGroupCommand") and _single_command_topic(t) in self.types
+        }
+        self._num_joints = len(profile.joint_names)
+        self._groups = profile.command_joint_groups
+        self._names = _command_name_indices(profile)
+        self._parts: dict[str, np.ndarray] = {}  # latest values per group topic (complete groups)
+        self._group: dict[str, np.ndarray] = {}  # latest JointGroupCommand / Float64MultiArray values
+        self._single: dict[str, float] = {}  # latest gripper (JointSingleCommand) per group topic
+        self._by_name: dict[int, float] = {}  # commands sent by name, by action index
+
+    @property
+    def topics(self) -> list[str]:
+        """Every topic whose messages this decoder reads (command topics and JointSingleCommand siblings)."""
+        return self.command_topics + list(self.single_topics)
+
+    def group_topic(self, topic: str) -> str:
+        """The command topic a message on ``topic`` belongs to (a JointSingleCommand's JointGroupCommand topic)."""
+        return self.single_topics.get(topic, topic)
+
+    def update(self, topic: str, message: Any) -> np.ndarray | None:
+        """Fold one message in; returns the full command [J] (a copy) once complete, else None.
+
+        Raises ValueError (one line naming the topic and the fix) for a message that cannot be a command."""
+        if topic in self.single_topics:
+            topic = self.single_topics[topic]
+            self._single[topic] = float(message.cmd)  # the gripper of an Interbotix arm
+            if topic not in self._group:
+                return None
+            return self._fold_group(topic)
+        kind = self.types[topic]
+        if kind.endswith(HEADERLESS_COMMANDS):
+            self._group[topic] = np.asarray(
+                message.data if kind.endswith("Float64MultiArray") else message.cmd, dtype=np.float64
+            )
+            return self._fold_group(topic)
+        index = self.command_topics.index(topic)
+        if kind.endswith("JointState"):
+            _update_by_name(self._by_name, self._names[index], message.name, message.position, topic)
+        else:
+            if not message.points:
+                raise ValueError(f"JointTrajectory on {topic} has no points")
+            _update_by_name(self._by_name, self._names[index], message.joint_names, message.points[0].positions, topic)
+        if len(self._by_name) < self._num_joints:
+            return None
+        return np.array([self._by_name[i] for i in range(self._num_joints)])
+
+    def _fold_group(self, topic: str) -> np.ndarray | None:
+        values = self._group[topic]
+        group_size = len(self._groups[self.command_topics.index(topic)]) if self._groups else None
+        if group_size is not None and values.size < group_size and topic in self.single_topics.values():
+            if topic not in self._single:
+                return None  # the gripper's JointSingleCommand has not arrived yet
+            values = np.append(values, self._single[topic])
+        self._parts[topic] = values
+        if len(self._parts) < len(self.command_topics):
+            return None
+        try:
+            return _assemble_groups(self._parts, self.command_topics, self._groups, self._num_joints)
+        except ValueError as error:
+            hint = ""
+            if self.types[topic].endswith("JointGroupCommand") and topic not in self.single_topics.values():
+                hint = f" (no {_single_command_topic(topic)} JointSingleCommand topic for the rest)"
+            raise ValueError(
+                f"{error}{hint}; fix command_joint_groups in the profile or record every command topic"
+            ) from None
+
+
 def read_bag_streams(
     bag_path: str | Path, profile: RobotProfile, time_source: str = "log", show_progress: bool = False
 ) -> dict[str, Any]:
@@ -171,24 +284,32 @@ def _read_streams(bag: BagReader, profile: RobotProfile, time_source: str, show_
     bag.require(sorted(joint_topics), "joint states")
     command_topics = list(profile.command_topics)
     bag.require(command_topics, "commands")
-    single_topics = {
-        _single_command_topic(t): t
-        for t in command_topics
-        if bag.topics[t].endswith("JointGroupCommand") and _single_command_topic(t) in bag.topics
-    }
-    topics = set(camera_roles) | joint_topics | set(command_topics) | set(single_topics)
+    types = {topic: bag.topics[topic] for topic in command_topics}
+    types.update(
+        {
+            _single_command_topic(t): bag.topics[_single_command_topic(t)]
+            for t in command_topics
+            if bag.topics[t].endswith("JointGroupCommand") and _single_command_topic(t) in bag.topics
+        }
+    )
+    try:
+        commands = CommandDecoder(profile, types)
+    except ValueError as error:
+        raise BagError(f"{bag_path}: {error}") from None
+    if time_source == "header":
+        headerless = [t for t in command_topics if types[t].endswith(HEADERLESS_COMMANDS)]
+        if headerless:
+            raise BagError(
+                f"{bag_path}: {headerless[0]}: {types[headerless[0]]} commands have no header stamp; "
+                "use --time-source log"
+            )
+    topics = set(camera_roles) | joint_topics | set(commands.topics)
     joint_index = {name: i for i, name in enumerate(profile.joint_names)}
 
     camera_samples: dict[str, list[tuple[int, np.ndarray]]] = {camera.role: [] for camera in profile.cameras}
     joint_samples: list[tuple[int, np.ndarray]] = []
     command_samples: list[tuple[int, np.ndarray]] = []
     latest_joints: dict[str, float] = {}
-    latest_command_parts: dict[str, np.ndarray] = {}
-    latest_command_values: dict[int, float] = {}  # commands sent by name, by action index
-    command_names = _command_name_indices(profile)
-    latest_single: dict[str, float] = {}
-    latest_group: dict[str, np.ndarray] = {}
-    groups = profile.command_joint_groups
 
     messages = bag.messages(sorted(topics))
     if show_progress:
@@ -220,74 +341,19 @@ def _read_streams(bag: BagReader, profile: RobotProfile, time_source: str, show_
             if all(name in latest_joints for name in joint_index):
                 joint_samples.append((stamp, np.array([latest_joints[n] for n in profile.joint_names])))
         else:
-            from_single = topic in single_topics
-            if from_single:
-                # the gripper of an Interbotix arm: completes (and updates) that arm's group command
-                latest_single[single_topics[topic]] = float(message.cmd)
-                topic = single_topics[topic]
-                schema = bag.topics[topic]
-                if topic not in latest_group:
-                    continue
-            if schema.endswith("Float64MultiArray") or schema.endswith("JointGroupCommand"):
-                if time_source == "header":
-                    raise BagError(
-                        f"{bag_path}: {topic}: {schema} commands have no header stamp; use --time-source log"
-                    )
-                if not from_single:
-                    latest_group[topic] = np.asarray(
-                        message.data if schema.endswith("Float64MultiArray") else message.cmd, dtype=np.float64
-                    )
-                values = latest_group[topic]
-                group_size = len(groups[command_topics.index(topic)]) if groups else None
-                if group_size is not None and values.size < group_size and topic in single_topics.values():
-                    if topic not in latest_single:
-                        continue  # the gripper's JointSingleCommand has not arrived yet
-                    values = np.append(values, latest_single[topic])
-                latest_command_parts[topic] = values
-                if len(latest_command_parts) < len(command_topics):
-                    continue
-                try:
-                    command = _assemble_groups(latest_command_parts, command_topics, groups, len(joint_index))
-                except ValueError as error:
-                    hint = ""
-                    if schema.endswith("JointGroupCommand") and topic not in single_topics.values():
-                        hint = f" (no {_single_command_topic(topic)} JointSingleCommand topic in the bag for the rest)"
-                    raise BagError(
-                        f"{bag_path}: {error}{hint}; fix command_joint_groups in the profile "
-                        "or record every command topic"
-                    ) from None
-                stamp = int(log_time_ns)  # these messages have no header
-            elif schema.endswith("JointState"):
-                _update_by_name(
-                    latest_command_values,
-                    command_names[command_topics.index(topic)],
-                    message.name,
-                    message.position,
-                    topic,
-                )
-                if len(latest_command_values) < len(joint_index):
-                    continue
-                command = np.array([latest_command_values[i] for i in range(len(joint_index))])
-                stamp = _stamp_ns(message, log_time_ns, time_source)
-            elif schema.endswith("JointTrajectory"):
-                if not message.points:
-                    raise BagError(f"{bag_path}: JointTrajectory on {topic} has no points; the recording is damaged")
-                _update_by_name(
-                    latest_command_values,
-                    command_names[command_topics.index(topic)],
-                    message.joint_names,
-                    message.points[0].positions,
-                    topic,
-                )
-                if len(latest_command_values) < len(joint_index):
-                    continue
-                command = np.array([latest_command_values[i] for i in range(len(joint_index))])
-                stamp = _stamp_ns(message, log_time_ns, time_source)
-            else:
-                raise BagError(
-                    f"{bag_path}: unsupported command type {schema} on {topic}; expected Float64MultiArray, "
-                    "JointGroupCommand, JointState or JointTrajectory: fix command_topics in the profile"
-                )
+            try:
+                command = commands.update(topic, message)
+            except ValueError as error:
+                raise BagError(f"{bag_path}: {error}") from None
+            if command is None:
+                continue
+            group_type = types[commands.group_topic(topic)]
+            # messages without a header are stamped with their log time
+            stamp = (
+                int(log_time_ns)
+                if group_type.endswith(HEADERLESS_COMMANDS)
+                else _stamp_ns(message, log_time_ns, time_source)
+            )
             command_samples.append((stamp, command))
 
     def _sorted(samples: list[tuple[int, Any]], what: str) -> tuple[np.ndarray, list[Any]]:
