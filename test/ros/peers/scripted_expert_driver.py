@@ -11,7 +11,8 @@ import argparse
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from peer_main import spin_peer
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from std_msgs.msg import Float64MultiArray
 
@@ -45,17 +46,7 @@ def main() -> None:
     task = get_task("transfer_cube")
     plan = plan_joint_trajectory("transfer_cube", task.sample_object_pose(options.seed), options.steps)
     rclpy.init()
-    node = ScriptedExpertDriver(plan)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    print(f"SCRIPTED EXPERT READY: {len(plan)} planned steps", flush=True)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_peer(ScriptedExpertDriver(plan), SingleThreadedExecutor(), f"SCRIPTED EXPERT READY: {len(plan)} planned steps")
 
 
 if __name__ == "__main__":
