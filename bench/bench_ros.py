@@ -5,6 +5,8 @@
    the ROS overhead (serialisation, executor, conversions, composite preprocessing of the message images).
 2. Command-rate jitter: a RunPolicy goal drives stand-in sensor streams; the periods between commands arriving on
    the robot's command topic while chunks are inferred.
+3. What the preview costs (`--preview-cost`, on by default): the same run on a second server with the policy node's
+   `preview` on (each chunk also sent to the world model); its chunk latency and holding beside run 2's.
 
     tools/env.sh python bench/bench_ros.py [--preset motus-small] [--repeats 10] [--run-s 8]
         [--out bench/results/ros.json]
@@ -49,7 +51,7 @@ def summary_ms(values_s: list[float]) -> dict:
     )
 
 
-def start_server(preset: str, steps: int) -> subprocess.Popen:
+def start_server(preset: str, steps: int, preview: bool = False) -> subprocess.Popen:
     import tempfile
 
     import yaml
@@ -62,6 +64,7 @@ def start_server(preset: str, steps: int) -> subprocess.Popen:
         "max_age_s": 1.0,
         "max_skew_s": 0.5,
         "chunk_request_threshold": 10,
+        "preview": preview,
     }
     sections = {f"/**/{name}": {"ros__parameters": dict(values)} for name in PARAMETER_SECTIONS}
     params = tempfile.NamedTemporaryFile("w", prefix="motus_bench_", suffix=".yaml", delete=False)
@@ -251,6 +254,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--run-s", type=float, default=8.0)
     parser.add_argument("--instruction", default="pick")
+    parser.add_argument("--no-preview-cost", action="store_true", help="skip run 3 (the preview's cost)")
     parser.add_argument("--out", help="also write the JSON here (e.g. bench/results/ros.json)")
     options = parser.parse_args()
 
@@ -275,14 +279,34 @@ def main() -> None:
             ),
             "command_rate": bench_command_jitter(client, profile, options.run_s, options.instruction),
         }
+        if not options.no_preview_cost:
+            stop_server(server)
+            server = start_server(options.preset, options.steps, preview=True)
+            if not client.wait_for_server(60):
+                raise RuntimeError("the preview server's interfaces did not appear")
+            client.spin(2.0)
+            with_preview = bench_command_jitter(client, profile, options.run_s, options.instruction)
+            without = report["command_rate"]
+            report["preview_cost"] = {
+                "with_preview": with_preview,
+                "inference_ms_median_ratio": round(
+                    with_preview["inference_ms_median"] / max(without["inference_ms_median"], 1e-9), 2
+                ),
+                "holding_fraction_without": without["holding_fraction"],
+                "holding_fraction_with": with_preview["holding_fraction"],
+            }
     finally:
         sensors.close()
         client.destroy()
         rclpy.try_shutdown()
-        server.terminate()
-        server.wait(30)
-        Path(server.params_file).unlink(missing_ok=True)
+        stop_server(server)
     emit(report, options.out)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.terminate()
+    server.wait(30)
+    Path(server.params_file).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,12 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help="mp4 of the live cameras beside the predicted and imagined frames ('' or --no-video: none)",
     )
     parser.add_argument("--no-video", action="store_true", help="write no mp4")
+    parser.add_argument(
+        "--preview",
+        action="store_true",
+        help="preview before acting: the world model's frames of each chunk on /policy/preview/<camera> "
+        "(costs inference time on a CPU)",
+    )
     parser.add_argument("--verbose", action="store_true", help="echo the children's logs")
     return parser.parse_args(argv)
 
@@ -127,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps=options.steps,
         chunk_request_threshold=options.chunk_request_threshold,
         torch_threads=options.torch_threads,
+        preview=options.preview,
         verbose=options.verbose,
     )
     report: dict = {}
@@ -167,7 +174,7 @@ def run_demo(options: argparse.Namespace) -> dict:
     profile = load_profile(options.profile)
     rclpy.init()
     client = MotusClient(node_name="motus_demo")
-    counts = {"commands": 0, "imagined_frames": 0, "predicted_frames": 0, "compressed_frames": 0}
+    counts = {"commands": 0, "imagined_frames": 0, "predicted_frames": 0, "compressed_frames": 0, "preview_frames": 0}
     predicted_stamps: list[float] = []
     latest_state: list = []
     record = bool(options.video) and not options.no_video
@@ -194,6 +201,12 @@ def run_demo(options: argparse.Namespace) -> dict:
             CompressedImage,
             "/world_model/imagined/high/compressed",
             lambda _: counts.__setitem__("compressed_frames", counts["compressed_frames"] + 1),
+            10,
+        )
+        node.create_subscription(
+            Image,
+            f"/policy/preview/{profile.camera_roles[0]}",
+            lambda _: counts.__setitem__("preview_frames", counts["preview_frames"] + 1),
             10,
         )
         node.create_subscription(JointState, profile.joint_state_topics[0], lambda m: latest_state.append(m), 10)
@@ -238,6 +251,7 @@ def run_demo(options: argparse.Namespace) -> dict:
             "feedback_control_rate_hz_median": timing["control_rate_hz_median"],
             "inference_latency_ms_median": timing["inference_ms_median"],
             "holding_fraction": timing["holding_fraction"],
+            "preview_frames_seen": counts["preview_frames"] if options.preview else None,
         }
         episode = {
             "seed": options.seed,
@@ -425,6 +439,8 @@ def print_report(report: dict) -> None:
         f"inference:     {policy['inference_latency_ms_median']} ms median per chunk; control rate "
         f"{policy['feedback_control_rate_hz_median']} Hz median; holding {policy['holding_fraction']} of the time"
     )
+    if policy.get("preview_frames_seen") is not None:
+        print(f"preview:       {policy['preview_frames_seen']} frames of chunk previews on /policy/preview/high")
     world_model = report["world_model"]
     print(
         f"world model:   {world_model['frames']} predicted frames per camera, {world_model['published_frames_seen']} "

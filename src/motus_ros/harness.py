@@ -124,8 +124,10 @@ class Suite:
         steps: int = DEFAULT_STEPS,
         chunk_request_threshold: int = CHUNK_REQUEST_THRESHOLD,
         torch_threads: int = DEFAULT_TORCH_THREADS,
+        preview: bool = False,
         verbose: bool = False,
     ) -> None:
+        self.preview = preview  # the policy node's preview before acting (world-model frames of each chunk)
         self.checkpoint, self.preset, self.profile, self.task, self.seed = checkpoint, preset, profile, task, seed
         self.camera_rate_hz, self.steps, self.chunk_request_threshold = camera_rate_hz, steps, chunk_request_threshold
         self.torch_threads, self.verbose = torch_threads, verbose
@@ -148,7 +150,14 @@ class Suite:
         server_params = [
             *plan.server_parameters,
             {"/**": {"ros__parameters": {"preset": self.preset}}},
-            {"/**/policy": {"ros__parameters": {"chunk_request_threshold": int(self.chunk_request_threshold)}}},
+            {
+                "/**/policy": {
+                    "ros__parameters": {
+                        "chunk_request_threshold": int(self.chunk_request_threshold),
+                        "preview": bool(self.preview),
+                    }
+                }
+            },
         ]
         sim_params = [
             *plan.sim_parameters,
