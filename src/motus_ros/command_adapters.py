@@ -218,27 +218,26 @@ ADAPTERS: dict[str, type[CommandAdapter]] = {
 }
 
 
-def command_message_types(profile: RobotProfile) -> dict[str, type]:
-    """Topic -> message class of every topic the profile's command interface publishes on (ValueError for an
-    unknown interface, ImportError when its message package is missing)."""
+def adapter_class(profile: RobotProfile) -> type[CommandAdapter]:
+    """The adapter class of profile.command_interface (ValueError naming the known ones otherwise)."""
     try:
-        cls = ADAPTERS[profile.command_interface]
+        return ADAPTERS[profile.command_interface]
     except KeyError:
         raise ValueError(
             f"unknown command_interface {profile.command_interface!r}; expected one of {sorted(ADAPTERS)}"
         ) from None
-    return cls.message_types(profile)
+
+
+def command_message_types(profile: RobotProfile) -> dict[str, type]:
+    """Topic -> message class of every topic the profile's command interface publishes on (ValueError for an
+    unknown interface, ImportError when its message package is missing)."""
+    return adapter_class(profile).message_types(profile)
 
 
 def make_command_adapter(node: Node, profile: RobotProfile, dry_run: bool) -> CommandAdapter:
     """The adapter for profile.command_interface (ValueError for an unknown one, ImportError when its
     message package is missing)."""
-    try:
-        cls = ADAPTERS[profile.command_interface]
-    except KeyError:
-        raise ValueError(
-            f"unknown command_interface {profile.command_interface!r}; expected one of {sorted(ADAPTERS)}"
-        ) from None
+    cls = adapter_class(profile)
     adapter = cls(node, profile, dry_run)
     node.get_logger().info(
         f"command adapter {cls.interface} for {profile.name!r}: "
