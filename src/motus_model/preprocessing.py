@@ -147,7 +147,7 @@ class CompositeLayout:
     height: int
     width: int
     roles: tuple[str, ...] = CAMERA_ROLES
-    tiling: str = "head_row"
+    tiling: str = ""  # "" = config.default_tiling(len(roles))
 
     def __post_init__(self) -> None:
         if self.height < 8 or self.width < 8:
