@@ -82,3 +82,26 @@ def test_cameras_option_picks_roles_and_a_missing_one_names_the_fix(tmp_path):
     }
     with pytest.raises(ValueError, match=r"no camera for role\(s\) \['low'\] .*--cameras"):
         camera_map_for(LeRobotDataset(dataset), ["high", "low"])
+
+
+@pytest.mark.timeout(240)
+def test_motus_eval_renders_only_the_checkpoints_cameras(tmp_path):
+    from motus_model.config import CameraConfig, MotusConfig
+    from motus_model.data.video import read_video
+    from motus_sim.closed_loop import ClosedLoopConfig, evaluate, model_views
+
+    config = MotusConfig.preset("motus-tiny")
+    config.cameras = CameraConfig(["high"])
+    config.video.text_len = 48  # the task's instruction, byte-tokenised by the tiny umT5
+    engine = MotusEngine.from_config(config, seed=0)
+    try:
+        run = ClosedLoopConfig(
+            checkpoint="in-memory", episodes=1, max_steps=8, videos=1, imagine=0, inference_steps=1, out=str(tmp_path)
+        )
+        episode = evaluate(run, engine=engine, show_progress=False)["episodes"][0]
+    finally:
+        engine.close()
+    assert episode["steps"] == 8 and episode["chunks"] == 2  # motus-tiny: a chunk covers 4 control steps
+    assert read_video(tmp_path / "rollout_000.mp4").shape == (4, 120, 160, 3)  # one view, not three side by side
+    with pytest.raises(ValueError, match=r"cameras \['high', 'low'\]: the scene renders only \["):
+        model_views(None, (24, 32), ["high", "low"])
