@@ -13,9 +13,18 @@ from training_helpers import write_tiny_dataset
 from motus_model.cli import main
 from motus_model.data.lerobot import ALOHA_CAMERA_KEYS, LeRobotDataset
 from motus_model.data.mixture import MixtureConfig
-from motus_model.data.torch_dataset import SampleKey, camera_map_for, camera_role, dataset_camera_roles
+from motus_model.data.torch_dataset import (
+    DatasetSource,
+    MotusTrainingDataset,
+    SampleKey,
+    SamplingConfig,
+    camera_map_for,
+    camera_role,
+    dataset_camera_roles,
+)
 from motus_model.engine import MotusEngine
 from motus_model.policy import MotusPolicy
+from motus_model.preprocessing import CompositeLayout, Normalizer
 from motus_model.training.config import TrainingConfig
 from motus_model.training.trainer import resolve_cameras
 
@@ -82,6 +91,12 @@ def test_cameras_option_picks_roles_and_a_missing_one_names_the_fix(tmp_path):
     }
     with pytest.raises(ValueError, match=r"no camera for role\(s\) \['low'\] .*--cameras"):
         camera_map_for(LeRobotDataset(dataset), ["high", "low"])
+    # a mixture's camera_map must name exactly the layout's roles
+    source = DatasetSource(LeRobotDataset(dataset), camera_map={"high": HIGH}, normalizer=Normalizer.identity())
+    sampling = SamplingConfig(action_chunk=4, downsample_rate=1, video_action_ratio=2)
+    with pytest.raises(ValueError, match=r"camera_map of .*missing camera \['left_wrist', 'right_wrist'\]"):
+        MotusTrainingDataset([source], sampling, CompositeLayout(32, 32))
+    assert MotusTrainingDataset([source], sampling, CompositeLayout(32, 32, ("high",))).num_episodes == 1
 
 
 @pytest.mark.timeout(240)

@@ -154,6 +154,15 @@ def build_model(config: TrainingConfig, cameras: CameraConfig | None = None) -> 
         model = MotusModel(model_config)
         logger.info("initialised %s from scratch (random weights)", config.preset)
     if cameras is not None:
+        if config.init_from and cameras != model.config.cameras:
+            logger.warning(
+                "the composite changes from %s's cameras %s (%s) to %s (%s): the video expert re-learns its views",
+                config.init_from,
+                model.config.cameras.roles,
+                model.config.cameras.tiling,
+                cameras.roles,
+                cameras.tiling,
+            )
         model.config.cameras = copy.deepcopy(cameras)
         logger.info("camera layout: %s, tiling %s", model.config.cameras.roles, model.config.cameras.tiling)
     model.gradient_checkpointing = config.gradient_checkpointing
