@@ -73,6 +73,17 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="LeRobot dataset folder")
     parser.add_argument("--mixture", help="data-pyramid mixture YAML (instead of --dataset)")
     parser.add_argument("--eval-dataset", help="held-out LeRobot dataset for per-mode evaluation")
+    parser.add_argument(
+        "--cameras",
+        type=lambda text: [role.strip() for role in text.split(",") if role.strip()],
+        help="the composite's camera roles in order, 1 to 4, e.g. high or high,low,left_wrist,right_wrist "
+        "(default: the dataset's cameras, the head first); saved in the checkpoint",
+    )
+    parser.add_argument(
+        "--camera-tiling",
+        choices=("grid", "head_row"),
+        help="how the views share the composite (default: grid for 1-2 cameras, head_row for 3-4)",
+    )
     parser.add_argument("--output", help="run folder (checkpoints, metrics.jsonl); default: the --config's output")
     parser.add_argument("--steps", type=int, help="total optimisation steps")
     parser.add_argument("--max-minutes", type=float, help="stop (and save) after this much training time")
@@ -130,6 +141,8 @@ def _train(args: argparse.Namespace) -> int:
             "dataset",
             "mixture",
             "eval_dataset",
+            "cameras",
+            "camera_tiling",
             "output",
             "steps",
             "max_minutes",

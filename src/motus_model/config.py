@@ -22,12 +22,23 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 TRAINING_MODES = ("finetune", "pretrain")
+# How the camera views share the composite (geometry in preprocessing.CompositeLayout):
+#   "grid":     equal cells filling the model's image, row by row: 1 view fills it, 2 are stacked top and
+#               bottom, 3 or 4 share a 2x2 grid (a 3-view grid leaves the last cell black);
+#   "head_row": the first view on top (the full width, 3/4 of it tall: a 4:3 slot), the others side by side in
+#               one row below (half the head's height), the canvas then resized with padding to the model's
+#               image. With high, left_wrist, right_wrist this is the thu-ml/Motus composite.
+CAMERA_TILINGS = ("grid", "head_row")
+MAX_CAMERAS = 4
+# The reference release's three ALOHA views, in composite order (cam_high, cam_left_wrist, cam_right_wrist): the
+# layout of every checkpoint whose config.json has no "cameras" section.
+DEFAULT_CAMERA_ROLES: tuple[str, ...] = ("high", "left_wrist", "right_wrist")
 LATENT_KINDS = ("wan_vae", "pixel_patch")
 INFERENCE_SIGMA_GRIDS = ("linear", "shifted")
 
@@ -264,6 +275,64 @@ class LossConfig:
             raise ValueError(f"loss weights must be >= 0, got video={self.video_weight}, action={self.action_weight}")
 
 
+def default_tiling(num_views: int) -> str:
+    """The tiling used when none is named: one or two views fill a grid, three or four put the head on top."""
+    return "grid" if num_views <= 2 else "head_row"
+
+
+@dataclass
+class CameraConfig:
+    """Which camera views the model sees, in composite order, and how they are tiled (``CAMERA_TILINGS``).
+
+    Saved in config.json, so training and serving build the same composite; a checkpoint without this section
+    (trained before it existed, like the shipped one) has the reference's three ALOHA views. Roles are the
+    robot profile's camera roles (``CameraSpec.role``) and the LeRobot keys ``observation.images[.cam_]<role>``.
+    An empty ``tiling`` takes ``default_tiling(len(roles))``.
+    """
+
+    roles: list[str] = field(default_factory=lambda: list(DEFAULT_CAMERA_ROLES))
+    tiling: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.roles, str) or not all(isinstance(role, str) for role in self.roles):
+            raise ValueError(f"cameras.roles must be a list of camera role names, got {self.roles!r}")
+        self.roles = list(self.roles)
+        if not 1 <= len(self.roles) <= MAX_CAMERAS:
+            raise ValueError(f"cameras.roles must name 1 to {MAX_CAMERAS} cameras, got {len(self.roles)}: {self.roles}")
+        bad = [role for role in self.roles if not role or not role.replace("_", "").isalnum() or role == "composite"]
+        if bad:
+            raise ValueError(
+                f"cameras.roles must be names of letters, digits and '_' (not 'composite'), got {bad} in {self.roles}"
+            )
+        if len(set(self.roles)) != len(self.roles):
+            raise ValueError(f"cameras.roles must be unique, got {self.roles}")
+        self.tiling = self.tiling or default_tiling(len(self.roles))
+        if self.tiling not in CAMERA_TILINGS:
+            raise ValueError(f"cameras.tiling must be one of {CAMERA_TILINGS}, got {self.tiling!r}")
+        if self.tiling == "head_row" and len(self.roles) < 2:
+            raise ValueError(f"cameras.tiling 'head_row' needs 2 to {MAX_CAMERAS} cameras, got {self.roles}")
+
+    def mismatch(self, roles: Iterable[str]) -> str:
+        """Why the camera roles `roles` cannot feed this layout ("" when they are exactly its roles)."""
+        given = list(roles)
+        missing = [role for role in self.roles if role not in given]
+        extra = sorted(set(given) - set(self.roles))
+        if not missing and not extra:
+            return ""
+        parts = ([f"missing camera {missing}"] if missing else []) + ([f"unknown camera {extra}"] if extra else [])
+        return (
+            f"cameras {sorted(given)} do not match the checkpoint's camera layout ({', '.join(parts)}): "
+            f"expected roles {self.roles}"
+        )
+
+    def check_roles(self, roles: Iterable[str], what: str) -> None:
+        """Raise ValueError("<what>: cameras [...] do not match ... expected roles [...]") unless `roles` are
+        exactly this layout's roles (any order)."""
+        problem = self.mismatch(roles)
+        if problem:
+            raise ValueError(f"{what}: {problem}")
+
+
 _SECTIONS: dict[str, type] = {
     "video": VideoExpertConfig,
     "action": ActionExpertConfig,
@@ -272,6 +341,7 @@ _SECTIONS: dict[str, type] = {
     "temporal": TemporalConfig,
     "schedule": ScheduleConfig,
     "loss": LossConfig,
+    "cameras": CameraConfig,
 }
 
 
@@ -292,6 +362,8 @@ class MotusConfig:
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    # The camera views of the composite (absent in older config.json files: the three ALOHA views).
+    cameras: CameraConfig = field(default_factory=CameraConfig)
     training_mode: str = "finetune"
     # Shared depth: every expert has one block per layer (30 in the release).
     num_layers: int = 30

@@ -58,7 +58,6 @@ from motus_model.flow_matching import FlowMatchSchedule, Mode, Treatment, euler_
 from motus_model.modeling_motus import MotusConditioning, MotusModel
 from motus_model.modeling_utils import STATS_NAME, MissingCheckpointFileError, load_stats
 from motus_model.preprocessing import (
-    CAMERA_ROLES,
     CompositeLayout,
     Normalizer,
     compose_views,
@@ -82,7 +81,7 @@ class MotusRequest:
 
     Attributes:
         mode: a `Mode` or its value ("vla", "world_model", "idm", "video_generation", "joint").
-        images: camera role ("high", "left_wrist", "right_wrist") -> uint8 RGB [H, W, 3], or one
+        images: camera role (exactly the checkpoint's `config.cameras.roles`) -> uint8 RGB [H, W, 3], or one
             already composed uint8 image (resized with padding to the model size).
         state: [state_dim] proprioception in raw units (required in finetune checkpoints).
         instruction: the task text (umT5 and Qwen3-VL inputs).
@@ -464,8 +463,7 @@ class MotusPipeline:
             raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
         return mode, int(steps), int(seed)
 
-    @staticmethod
-    def _check_images(images: Any, name: str) -> None:
+    def _check_images(self, images: Any, name: str) -> None:
         if images is None:
             raise ValueError(f"{name}: expected camera images (dict role -> uint8 [H, W, 3]) or a composite, got None")
         if isinstance(images, np.ndarray):
@@ -475,12 +473,8 @@ class MotusPipeline:
             raise ValueError(
                 f"{name}: expected a dict role -> uint8 [H, W, 3] or a composite array, got {type(images).__name__}"
             )
-        missing = [role for role in CAMERA_ROLES if role not in images]
-        if missing:
-            raise ValueError(
-                f"{name}: missing camera {missing}; expected roles {list(CAMERA_ROLES)}, got {sorted(images)}"
-            )
-        for role in CAMERA_ROLES:
+        self.layout.check_roles(images, name)  # exactly the checkpoint's cameras (config.cameras)
+        for role in self.layout.roles:
             validate_image(images[role], f"{name}[{role!r}]")
 
     @staticmethod
@@ -496,7 +490,7 @@ class MotusPipeline:
     def _composite(self, images: Mapping[str, np.ndarray] | np.ndarray) -> np.ndarray:
         if isinstance(images, np.ndarray):
             return fit_composite(images, self.layout)
-        return compose_views({role: images[role] for role in CAMERA_ROLES}, self.layout)
+        return compose_views(images, self.layout)
 
     def prepare_inputs(self, job: PreparedRequest) -> None:
         """Composite, latents of the given frames, normalised state/actions (once per request)."""

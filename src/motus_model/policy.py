@@ -4,6 +4,7 @@ It turns a stream of observations into one action per control step:
 
     reset(instruction)            a new episode / RunPolicy goal
     observe(step, images, state)  the observation of control step `step`; requests the next chunk when it is due
+                                  (images: exactly the checkpoint's cameras, `camera_roles`)
     action_for(step)              the action for `step` in robot units, or a hold reason
 
 and owns everything between the observation and the action: the robot transforms (robot units <-> the model's
@@ -152,6 +153,9 @@ class MotusPolicy:
         temporal = engine.config.temporal
         self.downsample_rate = int(temporal.downsample_rate)
         self.chunk_steps = int(temporal.action_chunk) * self.downsample_rate  # control steps one chunk covers
+        # The checkpoint's camera layout (config.cameras): what an observation must hold. None for a stand-in
+        # engine without one (tests), which then checks nothing here.
+        self.cameras = getattr(engine.config, "cameras", None)
         self.blender = ChunkBlender(self.config.blending, self.config.ensemble_decay)
         self.instruction = ""
         self.seed: int | None = self.config.seed
@@ -177,6 +181,11 @@ class MotusPolicy:
         if self._pending is not None:
             self._pending.future.cancel()
             self._pending = None
+
+    @property
+    def camera_roles(self) -> list[str]:
+        """The camera roles every observation must hold, in composite order (the checkpoint's `config.cameras`)."""
+        return list(self.cameras.roles) if self.cameras is not None else []
 
     @property
     def pending(self) -> bool:
@@ -266,6 +275,9 @@ class MotusPolicy:
         """The engine request for a chunk from this observation (state in robot units, mapped to the model here)."""
         from motus_model.engine import MotusRequest
 
+        if self.cameras is not None and not isinstance(images, np.ndarray):
+            # fail here, in the caller's thread, with the expected roles (not later in the engine's worker)
+            self.cameras.check_roles(images, "observation")
         if seed is None and self.seed is not None:
             seed = self.seed + self.stats.chunks
         return MotusRequest(

@@ -3,9 +3,10 @@
 This module owns the two transforms that must be identical on both sides (the
 reference release drifted here: its offline example resizes without padding, training pads):
 
-1. The **camera composite**: three camera views packed into one image, exactly
-   the thu-ml/Motus layout (its LeRobot loader builds the same): the head camera ("high") on
-   the top two thirds, the left and right wrist cameras side by side below, then
+1. The **camera composite**: one to four camera views packed into one image (`CompositeLayout`; the roles
+   and tiling come from the checkpoint's `config.cameras`). The default, and every checkpoint saved
+   without a camera section, is exactly the thu-ml/Motus layout (its LeRobot loader builds the same): the
+   head camera ("high") on the top two thirds, the left and right wrist cameras side by side below, then
    `resize_with_padding` to the model's composite size. For the published
    384x320 composite this is: head 240x320 on top, wrists 120x160 each below,
    a 360x320 canvas, padded to 384x320.
@@ -31,11 +32,13 @@ import cv2
 import numpy as np
 import torch
 
+from motus_model.config import DEFAULT_CAMERA_ROLES, CameraConfig
+
 logger = logging.getLogger(__name__)
 
-# Camera roles in the order the composite uses them (ALOHA naming: cam_high,
-# cam_left_wrist, cam_right_wrist).
-CAMERA_ROLES: tuple[str, str, str] = ("high", "left_wrist", "right_wrist")
+# The default camera roles in composite order (ALOHA naming: cam_high, cam_left_wrist, cam_right_wrist): the
+# layout of checkpoints saved without a "cameras" config section. A checkpoint's own roles: config.cameras.roles.
+CAMERA_ROLES: tuple[str, ...] = DEFAULT_CAMERA_ROLES
 
 PAD_VALUE_UINT8 = 0  # black; see the module docstring
 
@@ -123,45 +126,77 @@ def resize_with_padding(image: np.ndarray, height: int, width: int) -> np.ndarra
 
 @dataclass(frozen=True)
 class CompositeLayout:
-    """Geometry of the three-view composite for a given model image size.
+    """Geometry of the camera composite for a given model image size: which views, where (see
+    `config.CAMERA_TILINGS`).
 
-    The unpadded canvas is `width` wide and 9/8 * `width` tall (reference:
-    320 wide, 360 tall): the head view fills its top two thirds (3/4 * width
-    tall, a 4:3 view), the two wrist views share the bottom third side by side
-    (each width/2 wide). The canvas is then resized with padding to
-    (height, width): for 384x320 that adds 12 black rows on top and bottom.
+    `roles` are the views in composite order, `tiling` how they share the image:
+
+    - "head_row" (the default for 3 and 4 views): the unpadded canvas is `width` wide; the first view fills its
+      top (`width` x 3/4 `width`, a 4:3 slot), the others share one row below, side by side, half the head's
+      height tall (each `width // k` wide, the last one takes the remainder). The canvas is then resized with
+      padding to (height, width). With the three ALOHA views this is the reference's composite: for 384x320,
+      head 240x320, wrists 120x160, a 360x320 canvas with 12 black rows on top and bottom.
+    - "grid" (the default for 1 and 2 views): equal cells filling the whole (height, width) image, row by row,
+      no padding: 1 view fills it, 2 are stacked top and bottom, 3 or 4 share a 2x2 grid (3 leave the bottom
+      right cell black).
+
+    Each view is resized (no padding, aspect not kept) to its slot, as the reference does: the same in
+    training and serving, so the model learns whatever stretch the slot implies.
     """
 
     height: int
     width: int
+    roles: tuple[str, ...] = CAMERA_ROLES
+    tiling: str = ""  # "" = config.default_tiling(len(roles))
 
     def __post_init__(self) -> None:
         if self.height < 8 or self.width < 8:
             raise ValueError(f"composite size must be at least 8x8, got {self.height}x{self.width}")
+        cameras = CameraConfig(list(self.roles), self.tiling)  # the one validation of roles and tiling
+        object.__setattr__(self, "roles", tuple(cameras.roles))
+        object.__setattr__(self, "tiling", cameras.tiling)
 
     @classmethod
     def from_config(cls, config: Any) -> CompositeLayout:
-        """Layout for a `MotusConfig` (reads `config.latents.image_height/image_width`)."""
-        latents = config.latents
-        return cls(height=int(latents.image_height), width=int(latents.image_width))
+        """Layout for a `MotusConfig`: `config.latents.image_height/image_width` and `config.cameras`."""
+        latents, cameras = config.latents, config.cameras
+        return cls(int(latents.image_height), int(latents.image_width), tuple(cameras.roles), cameras.tiling)
+
+    @property
+    def cameras(self) -> CameraConfig:
+        """The roles and tiling as saved in config.json (with the role checks)."""
+        return CameraConfig(list(self.roles), self.tiling)
+
+    def check_roles(self, roles: Any, what: str) -> None:
+        """Raise ValueError naming the expected roles unless `roles` are exactly this layout's."""
+        self.cameras.check_roles(roles, what)
 
     @property
     def canvas_size(self) -> tuple[int, int]:
         """(height, width) of the unpadded composite."""
+        if self.tiling == "grid":
+            return self.height, self.width
         head_height, _ = self.head_size
-        wrist_height, _ = self.wrist_size
-        return head_height + wrist_height, self.width
+        below_height, _ = self.wrist_size
+        return head_height + below_height, self.width
 
     @property
     def head_size(self) -> tuple[int, int]:
-        """(height, width) of the head view: 2/3 of the canvas height (3/4 of its width)."""
+        """Tiling "head_row": (height, width) of the first view, 3/4 of the width tall (a 4:3 slot)."""
         return int(round(self.width * 3 / 4)), self.width
 
     @property
     def wrist_size(self) -> tuple[int, int]:
-        """(height, width) of each wrist view: half the head's height and half the width."""
+        """Tiling "head_row": (height, width) of the first view below the head (half the head's height; the last view
+        of the row takes the width's remainder)."""
         head_height, _ = self.head_size
-        return head_height // 2, self.width // 2
+        return head_height // 2, self.width // max(1, len(self.roles) - 1)
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """Tiling "grid": (rows, columns): 1 view 1x1, 2 views 2x1, 3 or 4 views 2x2."""
+        columns = 1 if len(self.roles) <= 2 else 2
+        return -(-len(self.roles) // columns), columns
 
     @property
     def content_box(self) -> PaddingBox:
@@ -169,36 +204,40 @@ class CompositeLayout:
         return padding_box(self.canvas_size, (self.height, self.width))
 
     def view_boxes(self) -> dict[str, tuple[int, int, int, int]]:
-        """Per role, (top, left, height, width) of the view inside the unpadded canvas."""
+        """Per role, in composite order, (top, left, height, width) of the view inside the unpadded canvas."""
+        if self.tiling == "grid":
+            rows, columns = self.grid_shape
+            boxes = {}
+            for index, role in enumerate(self.roles):
+                row, column = divmod(index, columns)
+                top, bottom = row * self.height // rows, (row + 1) * self.height // rows
+                left, right = column * self.width // columns, (column + 1) * self.width // columns
+                boxes[role] = (top, left, bottom - top, right - left)
+            return boxes
         head_height, head_width = self.head_size
-        wrist_height, wrist_width = self.wrist_size
-        return {
-            "high": (0, 0, head_height, head_width),
-            "left_wrist": (head_height, 0, wrist_height, wrist_width),
-            "right_wrist": (head_height, wrist_width, wrist_height, self.width - wrist_width),
-        }
+        below_height, below_width = self.wrist_size
+        boxes = {self.roles[0]: (0, 0, head_height, head_width)}
+        below = self.roles[1:]
+        for index, role in enumerate(below):
+            left = index * below_width
+            width = self.width - left if index == len(below) - 1 else below_width
+            boxes[role] = (head_height, left, below_height, width)
+        return boxes
 
 
 def compose_views(images: Mapping[str, np.ndarray], layout: CompositeLayout) -> np.ndarray:
-    """Build the padded uint8 composite [layout.height, layout.width, 3] from three camera views.
+    """Build the padded uint8 composite [layout.height, layout.width, 3] from the layout's camera views.
 
     Args:
-        images: camera role ("high", "left_wrist", "right_wrist") -> uint8 RGB [H, W, 3].
-            Each view is resized (no padding) to its slot, as the reference does.
+        images: camera role (exactly `layout.roles`, e.g. "high", "left_wrist", "right_wrist") -> uint8 RGB
+            [H, W, 3]. Each view is resized (no padding) to its slot, as the reference does.
     Raises:
         ValueError: a role is missing or an image is malformed. Extra roles are an error
             too, so a mis-named camera is not silently dropped.
     """
     if not isinstance(images, Mapping):
         raise ValueError(f"images: expected a dict camera role -> uint8 [H, W, 3], got {type(images).__name__}")
-    missing = [role for role in CAMERA_ROLES if role not in images]
-    if missing:
-        raise ValueError(
-            f"images: missing camera role(s) {missing}; expected {list(CAMERA_ROLES)}, got {sorted(images)}"
-        )
-    unknown = sorted(set(images) - set(CAMERA_ROLES))
-    if unknown:
-        raise ValueError(f"images: unknown camera role(s) {unknown}; expected {list(CAMERA_ROLES)}")
+    layout.check_roles(images, "images")
 
     canvas_height, canvas_width = layout.canvas_size
     canvas = np.zeros((canvas_height, canvas_width, 3), dtype=np.uint8)
@@ -247,7 +286,7 @@ def preprocess_images(images: Mapping[str, np.ndarray] | np.ndarray, layout: Com
 
 
 def split_composite(composite: np.ndarray, layout: CompositeLayout) -> dict[str, np.ndarray]:
-    """Inverse of `compose_views`: cut a padded uint8 composite back into the three views.
+    """Inverse of `compose_views`: cut a padded uint8 composite back into the layout's views.
 
     Args:
         composite: uint8 [layout.height, layout.width, 3] (e.g. an imagined frame).

@@ -68,7 +68,7 @@ class MotusLifecycleNode(ModelRequests, LifecycleNode):
                     f"({self.param('max_denoising_steps')}): lower default_steps or raise the cap"
                 )
             self.profile = self.shared.profile.attach(str(self.param("profile")))
-            self.engine = self.shared.model.attach(self.model_spec())
+            self.engine = self.shared.model.attach(self.model_spec(), self.profile)
             self._setup()
         except Exception as exc:  # rclpy would swallow it: log the reason and the traceback, then undo
             self.last_error = f"{self.get_name()}: configure failed: {exc}"

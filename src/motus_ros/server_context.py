@@ -62,8 +62,9 @@ class SharedModel:
         self._engine: Any = None
         self._spec: ModelSpec | None = None
 
-    def attach(self, spec: ModelSpec) -> Any:
-        """The engine for `spec`, loading it on first use; a node asking for a different model is an error."""
+    def attach(self, spec: ModelSpec, profile: RobotProfile | None = None) -> Any:
+        """The engine for `spec`, loading it on first use; a node asking for a different model is an error, and so
+        is a `profile` whose camera roles are not the model's camera layout (its config.cameras)."""
         with self._lock:
             if self._engine is None:
                 self._engine = self._build_engine(spec)
@@ -73,6 +74,14 @@ class SharedModel:
                     f"all nodes of one server share one model: this node asks for {spec} but the server "
                     f"already runs {self._spec}; give every node the same checkpoint/preset parameters"
                 )
+            if profile is not None:
+                cameras = self._engine.config.cameras
+                if cameras.mismatch(profile.camera_roles):
+                    raise ValueError(
+                        f"robot profile {profile.name!r} has cameras {profile.camera_roles} but {spec.describe()} "
+                        f"takes {cameras.roles} (tiling {cameras.tiling}): give the profile exactly these camera "
+                        "roles, or serve a checkpoint trained on the profile's cameras"
+                    )
             return self._engine
 
     @property

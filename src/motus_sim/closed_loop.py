@@ -1,7 +1,8 @@
 """Closed-loop evaluation in the gym-aloha scenes (``motus eval``), in-process and synchronous.
 
-The physics waits for the model: at each replanning step the three views are rendered (as the
-demonstrations were recorded: ``top`` as the high camera, both wrists, 120x160), the checkpoint predicts a
+The physics waits for the model: at each replanning step the checkpoint's cameras (``config.cameras``: the three
+views by default) are rendered (as the demonstrations were recorded: ``top`` as the high camera, both wrists,
+120x160), the checkpoint predicts a
 chunk in VLA mode, and the chunk is executed step by step (linearly upsampled to the 50 Hz control rate,
 by the policy runtime the policy node drives, `motus_model.policy.MotusPolicy`) until the next replanning
 step. So the success rate measures the model, not the CPU's speed; ``motus eval-ros`` measures the same through
@@ -12,7 +13,7 @@ seeds 0..49, so the default evaluation seeds start at 1000. Success is ACT's cri
 reward reached the task's maximum); ``success_at_end`` (still done on the last step) is reported too.
 
 Per run, the output folder holds ``results.json`` (config, per-episode results, the summary),
-``rollout_XXX.mp4`` for the first ``videos`` episodes (the three views side by side, 25 fps) and, for the
+``rollout_XXX.mp4`` for the first ``videos`` episodes (the views side by side, 25 fps) and, for the
 first ``imagine`` episodes, the world model's prediction of every executed chunk next to what happened:
 ``imagined_vs_actual_XXX.mp4`` (actual | imagined composites) and the per-frame errors in results.json
 (beside the error of the "repeat the last frame" baseline).
@@ -25,7 +26,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,7 @@ from tqdm import tqdm
 
 from motus_model.action_chunks import MODES as BLENDING_MODES
 from motus_model.action_chunks import ChunkBlender
-from motus_model.data.torch_dataset import ALOHA_CAMERA_MAP
-from motus_model.preprocessing import CAMERA_ROLES
+from motus_model.data.torch_dataset import camera_role
 from motus_sim.scripted_expert import (
     CAMERA_NAMES,
     get_task,
@@ -50,8 +50,8 @@ logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 POLICIES = ("motus", "expert")
-# LeRobot camera key (as the demonstrations are recorded) -> the model's composite role.
-_ROLES = {key: role for role, key in ALOHA_CAMERA_MAP.items()}
+# The model's camera role -> the LeRobot camera key the scene renders it as (as the demonstrations are recorded).
+_KEYS = {camera_role(key): key for key in CAMERA_NAMES}
 
 
 @dataclass
@@ -168,14 +168,18 @@ def summarize(episodes: list[EpisodeResult]) -> dict[str, Any]:
     return summary
 
 
-def model_views(physics: Any, size: tuple[int, int]) -> dict[str, np.ndarray]:
-    """The model's camera roles -> uint8 [H, W, 3], rendered as the demonstrations were."""
-    return {_ROLES[key]: image for key, image in render_views(physics, size, tuple(CAMERA_NAMES)).items()}
+def model_views(physics: Any, size: tuple[int, int], roles: Sequence[str]) -> dict[str, np.ndarray]:
+    """The checkpoint's camera roles (in its order) -> uint8 [H, W, 3], rendered as the demonstrations were."""
+    unknown = [role for role in roles if role not in _KEYS]
+    if unknown:
+        raise ValueError(f"the checkpoint's cameras {list(roles)}: the scene renders only {sorted(_KEYS)}")
+    rendered = render_views(physics, size, tuple(_KEYS[role] for role in roles))
+    return {role: rendered[_KEYS[role]] for role in roles}
 
 
 def _side_by_side(views: dict[str, np.ndarray]) -> np.ndarray:
-    """The three views left to right along the width axis: one frame [H, W, 3] or a clip [T, H, W, 3]."""
-    return np.concatenate([views[role] for role in CAMERA_ROLES], axis=-2)
+    """The views left to right along the width axis: one frame [H, W, 3] or a clip [T, H, W, 3]."""
+    return np.concatenate(list(views.values()), axis=-2)
 
 
 def _mse(a: np.ndarray, b: np.ndarray) -> float:
@@ -256,9 +260,8 @@ class MotusRollout:
             expert_drives = step < config.expert_steps
             needs_plan = not expert_drives and policy.wants_observation(step)
             compare_now = bool(pending) and pending[0][0] == step
-            views = (
-                model_views(physics, size) if needs_plan or compare_now or (record_video and step % 2 == 0) else None
-            )
+            render = needs_plan or compare_now or (record_video and step % 2 == 0)
+            views = model_views(physics, size, self.layout.roles) if render else None
             if compare_now:
                 _, imagined = pending.pop(0)
                 actual = compose_views(views, self.layout)
@@ -310,7 +313,7 @@ def _expert_episode(config: ClosedLoopConfig, index: int) -> tuple[EpisodeResult
     )
     video = None
     if size is not None:
-        video = _side_by_side({_ROLES[key]: frames[::2] for key, frames in episode.frames.items()})
+        video = _side_by_side({camera_role(key): frames[::2] for key, frames in episode.frames.items()})
     return result, video, None
 
 

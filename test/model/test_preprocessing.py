@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from motus_model.config import MotusConfig
 from motus_model.preprocessing import (
     CompositeLayout,
     Normalizer,
@@ -118,11 +119,13 @@ def test_bad_images_raise_clear_errors(bad, message):
 def test_missing_and_unknown_camera_roles():
     views = aloha_views()
     del views["right_wrist"]
-    with pytest.raises(ValueError, match="missing camera role"):
+    with pytest.raises(
+        ValueError, match=r"missing camera \['right_wrist'\]\): expected roles \['high', 'left_wrist', 'right_wrist'\]"
+    ):
         compose_views(views, CompositeLayout(384, 320))
     views = aloha_views()
     views["front"] = views["high"]
-    with pytest.raises(ValueError, match="unknown camera role"):
+    with pytest.raises(ValueError, match=r"unknown camera \['front'\]\): expected roles"):
         compose_views(views, CompositeLayout(384, 320))
 
 
@@ -176,3 +179,91 @@ def test_normalizer_dict_round_trip_and_errors():
         Normalizer(STATS, mode="zscore")
     with pytest.raises(ValueError, match="missing \\['min', 'max'\\]"):
         Normalizer({"action": {"mean": [0.0], "std": [1.0]}}, mode="min_max")
+
+
+# --------------------------------------------------------------------------------------
+# Camera layouts: one to four views (config.cameras -> CompositeLayout)
+# --------------------------------------------------------------------------------------
+
+
+def coloured(roles, colours=(RED, GREEN, BLUE, (255, 255, 0))) -> dict[str, np.ndarray]:
+    return {role: solid(480, 640, colour) for role, colour in zip(roles, colours)}
+
+
+def test_default_layout_is_the_reference_three_view_geometry():
+    # The layout of a checkpoint without a camera section: the same boxes as the reference composite.
+    layout = CompositeLayout(384, 320)
+    assert layout.roles == ("high", "left_wrist", "right_wrist") and layout.tiling == "head_row"
+    assert layout.view_boxes() == {
+        "high": (0, 0, 240, 320),
+        "left_wrist": (240, 0, 120, 160),
+        "right_wrist": (240, 160, 120, 160),
+    }
+    assert CompositeLayout.from_config(MotusConfig.preset("motus-8b")) == layout
+
+
+def test_one_view_fills_the_whole_composite():
+    layout = CompositeLayout(96, 80, ("high",))
+    assert layout.tiling == "grid" and layout.canvas_size == (96, 80)
+    composite = compose_views({"high": solid(480, 640, RED)}, layout)
+    assert composite.shape == (96, 80, 3) and (composite == RED).all()  # no padding anywhere
+
+
+def test_two_views_are_stacked_top_and_bottom():
+    layout = CompositeLayout(96, 80, ("high", "low"))
+    composite = compose_views(coloured(("high", "low")), layout)
+    assert (composite[:48] == RED).all() and (composite[48:] == GREEN).all()
+
+
+def test_four_views_head_row_puts_three_below_the_head():
+    roles = ("high", "low", "left_wrist", "right_wrist")
+    layout = CompositeLayout(384, 320, roles)
+    assert layout.tiling == "head_row" and layout.canvas_size == (360, 320)
+    composite = compose_views(coloured(roles), layout)
+    assert (composite[12:252] == RED).all()
+    # three slots of 106, 106, 108 columns below the head; padding rows stay black
+    assert (composite[252:372, :106] == GREEN).all() and (composite[252:372, 106:212] == BLUE).all()
+    assert (composite[252:372, 212:] == (255, 255, 0)).all()
+    assert (composite[:12] == 0).all() and (composite[372:] == 0).all()
+
+
+def test_four_views_grid_and_three_views_grid_leave_the_last_cell_black():
+    roles = ("a", "b", "c", "d")
+    composite = compose_views(coloured(roles), CompositeLayout(64, 64, roles, "grid"))
+    assert (composite[:32, :32] == RED).all() and (composite[:32, 32:] == GREEN).all()
+    assert (composite[32:, :32] == BLUE).all() and (composite[32:, 32:] == (255, 255, 0)).all()
+    three = compose_views(coloured(roles[:3]), CompositeLayout(64, 64, roles[:3], "grid"))
+    assert (three[32:, 32:] == 0).all() and (three[32:, :32] == BLUE).all()
+
+
+@pytest.mark.parametrize(
+    "roles, tiling",
+    [(("high",), "grid"), (("high", "low"), "grid"), (("high", "low", "left_wrist", "right_wrist"), "head_row")],
+)
+def test_split_composite_inverts_every_tiling(roles, tiling):
+    layout = CompositeLayout(96, 80, roles, tiling)
+    rng = np.random.default_rng(3)
+    views = {
+        role: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for role, (_, _, h, w) in layout.view_boxes().items()
+    }
+    back = split_composite(compose_views(views, layout), layout)
+    assert list(back) == list(roles)
+    for role, view in views.items():
+        np.testing.assert_array_equal(back[role], view)
+
+
+@pytest.mark.parametrize(
+    "roles, tiling, message",
+    [
+        ((), "", "1 to 4 cameras"),
+        (("a", "b", "c", "d", "e"), "", "1 to 4 cameras"),
+        (("high", "high"), "", "unique"),
+        (("high",), "head_row", "needs 2 to 4"),
+        (("high", "low"), "mosaic", "tiling must be one of"),
+        (("composite",), "", "not 'composite'"),
+        (("left wrist",), "", "letters, digits"),
+    ],
+)
+def test_bad_camera_layouts_are_refused_with_the_rule(roles, tiling, message):
+    with pytest.raises(ValueError, match=message):
+        CompositeLayout(96, 80, roles, tiling)

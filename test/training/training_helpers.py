@@ -24,18 +24,25 @@ def smooth_frames(length: int, height: int, width: int, seed: int) -> np.ndarray
     return frames
 
 
-def write_tiny_dataset(root, num_episodes: int = 2, length: int = 24, height: int = 32, width: int = 48, seed: int = 0):
-    """A tiny 3-camera dataset with smooth joint trajectories; returns (root, episodes as written)."""
+def write_tiny_dataset(
+    root,
+    num_episodes: int = 2,
+    length: int = 24,
+    height: int = 32,
+    width: int = 48,
+    seed: int = 0,
+    camera_keys: tuple[str, ...] = ALOHA_CAMERA_KEYS,
+):
+    """A tiny dataset (the three ALOHA cameras unless `camera_keys` names others) with smooth joint trajectories;
+    returns (root, episodes as written)."""
     rng = np.random.default_rng(seed)
-    writer = LeRobotDatasetWriter(root, fps=50)
+    writer = LeRobotDatasetWriter(root, fps=50, camera_keys=tuple(camera_keys))
     written = []
     for e in range(num_episodes):
         t = np.arange(length)[:, None]
         state = np.sin(0.1 * t + rng.uniform(0, 3, size=(1, 14))).astype(np.float32)
         action = np.roll(state, -1, axis=0)
-        frames = {
-            key: smooth_frames(length, height, width, seed * 10 + e * 3 + i) for i, key in enumerate(ALOHA_CAMERA_KEYS)
-        }
+        frames = {key: smooth_frames(length, height, width, seed * 10 + e * 3 + i) for i, key in enumerate(camera_keys)}
         task = f"task {e % 2}"
         writer.add_episode(frames, state, action, task)
         written.append({"frames": frames, "state": state, "action": action, "task": task})

@@ -5,7 +5,7 @@ A sample is addressed by a ``SampleKey`` (dataset, episode, condition index) cho
 with the training state: that is what makes resuming exact and multi-process batches reproducible.
 
 Each sample holds (shapes for the model's composite H x W, F = chunk // ratio future frames):
-    condition_image  float32 [3, H, W] in [-1, 1]   composite of the three views at row c
+    condition_image  float32 [3, H, W] in [-1, 1]   composite of the layout's views at row c
     future_images    float32 [F, 3, H, W] in [-1, 1] composites at the future video rows
     state            float32 [S]                    normalised qpos at row c
     actions          float32 [chunk, A]             normalised absolute targets (zeros if has_actions is False)
@@ -16,7 +16,7 @@ Each sample holds (shapes for the model's composite H x W, F = chunk // ratio fu
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,6 @@ from torch.utils.data import Dataset
 from motus_model.data.lerobot import ACTION_KEY, STATE_KEY, LeRobotDataset
 from motus_model.data.sampling import sample_indices
 from motus_model.preprocessing import (
-    CAMERA_ROLES,
     CompositeLayout,
     Normalizer,
     compose_views,
@@ -45,6 +44,39 @@ ALOHA_CAMERA_MAP: dict[str, str] = {
 }
 # A single role named "composite" means the dataset already stores one composed (or single) view.
 COMPOSITE_ROLE = "composite"
+CAMERA_KEY_PREFIX = "observation.images."
+# Composite order of the roles a dataset's cameras are given when no order is named (the head first: it takes the
+# top of a "head_row" composite); other roles follow in the dataset's order.
+PREFERRED_ROLE_ORDER = ("high", "low", "left_wrist", "right_wrist")
+
+
+def camera_role(key: str) -> str:
+    """The camera role of a LeRobot camera key: ``observation.images.cam_high`` -> ``high``,
+    ``observation.images.front`` -> ``front`` (the inverse of the bag and HDF5 converters' naming)."""
+    name = key[len(CAMERA_KEY_PREFIX) :] if key.startswith(CAMERA_KEY_PREFIX) else key
+    return name[len("cam_") :] if name.startswith("cam_") else name
+
+
+def dataset_camera_roles(camera_keys: Sequence[str]) -> list[str]:
+    """The roles of a dataset's cameras in composite order (``PREFERRED_ROLE_ORDER`` first, then the rest)."""
+    roles = [camera_role(key) for key in camera_keys]
+    if len(set(roles)) != len(roles):
+        raise ValueError(f"camera keys {list(camera_keys)} give duplicate roles {roles}; name them in a camera_map")
+    preferred = [role for role in PREFERRED_ROLE_ORDER if role in roles]
+    return preferred + [role for role in roles if role not in preferred]
+
+
+def camera_map_for(dataset: LeRobotDataset, roles: Sequence[str]) -> dict[str, str]:
+    """Role -> camera key of ``dataset`` for the composite's ``roles`` (by ``camera_role``), or a one-line
+    ValueError naming the roles, the dataset's cameras and the fix."""
+    by_role = {camera_role(key): key for key in dataset.camera_keys}
+    missing = [role for role in roles if role not in by_role]
+    if missing:
+        raise ValueError(
+            f"{dataset.root} has no camera for role(s) {missing} of the camera layout {list(roles)} (its cameras: "
+            f"{list(dataset.camera_keys)}); give its camera_map in a mixture, or choose the roles with --cameras"
+        )
+    return {role: by_role[role] for role in roles}
 
 
 @dataclass(frozen=True)
@@ -83,7 +115,8 @@ class DatasetSource:
         action_key: parquet column used as actions ("action": the commanded joint targets; "latent_action":
             stage-2 pseudo-actions; "observation.state": future qpos, exactly what the reference's loaders
             read as actions), or None for video-only data (no action loss).
-        camera_map: composite role -> camera key.
+        camera_map: composite role -> camera key: the layout's roles (``MotusTrainingDataset`` checks them),
+            or the single role ``"composite"`` for a dataset that stores one already composed image.
         normalizer: this dataset's own state/action normaliser (per embodiment, as the reference's
             per-embodiment stat.json); None uses the training dataset's shared one.
     """
@@ -94,11 +127,8 @@ class DatasetSource:
     normalizer: Normalizer | None = None
 
     def __post_init__(self) -> None:
-        roles = set(self.camera_map)
-        if roles != set(CAMERA_ROLES) and roles != {COMPOSITE_ROLE}:
-            raise ValueError(
-                f"camera_map roles must be {list(CAMERA_ROLES)} or ['{COMPOSITE_ROLE}'], got {sorted(roles)}"
-            )
+        if not self.camera_map:
+            raise ValueError(f"camera_map of {self.dataset.root} is empty: map each composite role to a camera key")
         missing = [key for key in self.camera_map.values() if key not in self.dataset.camera_keys]
         if missing:
             raise ValueError(
@@ -136,6 +166,9 @@ class MotusTrainingDataset(Dataset):
             raise ValueError("need at least one dataset source")
         if normalizer is None and any(source.normalizer is None for source in sources):
             raise ValueError("every source needs a normalizer when no shared one is given")
+        for source in sources:
+            if set(source.camera_map) != {COMPOSITE_ROLE}:
+                layout.check_roles(source.camera_map, f"camera_map of {source.dataset.root}")
         self.sources = sources
         self.sampling = sampling
         self.layout = layout

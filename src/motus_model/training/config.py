@@ -71,6 +71,11 @@ class TrainingConfig:
     # "observation.state" (future qpos, as the reference's loaders); None = video only
     action_key: str | None = "action"
     eval_dataset: str = ""  # held-out LeRobot dataset for the evaluation loss ("" = none)
+    # The composite's camera roles, in order (1 to 4; saved in the checkpoint's config.json as config.cameras).
+    # Empty: the first dataset's camera_map roles, else its cameras (observation.images[.cam_]<role>, the head
+    # first). Every dataset must have these roles.
+    cameras: list[str] = field(default_factory=list)
+    camera_tiling: str = ""  # "grid" | "head_row" | "" (grid for 1-2 cameras, head_row for 3-4)
     normalization: str = "mean_std"  # Normalizer mode for state and actions
     num_workers: int = 0  # data-loader worker processes preparing whole steps ahead (video decoding)
     # decoded clips kept in memory per process (and per worker); decoding dominates the data time, so a
@@ -152,6 +157,8 @@ class TrainingConfig:
         if not 0 <= self.lr_f_min <= self.lr_f_max:
             raise ValueError(f"need 0 <= lr_f_min <= lr_f_max, got {self.lr_f_min}, {self.lr_f_max}")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
+        if isinstance(self.cameras, str):  # "high,left_wrist" from a YAML scalar
+            self.cameras = [role.strip() for role in self.cameras.split(",") if role.strip()]
 
     # --- serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -54,15 +54,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from motus_model.config import MotusConfig
+from motus_model.config import CameraConfig, MotusConfig
 from motus_model.data.lerobot import ACTION_KEY, STATE_KEY, LeRobotDataset
 from motus_model.data.mixture import MixtureConfig, MixtureSampler
 from motus_model.data.torch_dataset import (
-    ALOHA_CAMERA_MAP,
+    COMPOSITE_ROLE,
     DatasetSource,
     MotusTrainingDataset,
     SamplingConfig,
+    camera_map_for,
     collate_samples,
+    dataset_camera_roles,
 )
 from motus_model.flow_matching import FlowMatchSchedule, flow_matching_loss
 from motus_model.modeling_motus import MotusModel
@@ -130,9 +132,10 @@ def perturb_state(state: torch.Tensor, noise_std: float, dropout: float, generat
 # ---------------------------------------------------------------------------------------------
 
 
-def build_model(config: TrainingConfig) -> MotusModel:
+def build_model(config: TrainingConfig, cameras: CameraConfig | None = None) -> MotusModel:
     """Model for the stage: the preset from scratch, or the previous stage's checkpoint with
-    ``reinit_prefixes`` re-initialised and keys new to this training mode left at their init."""
+    ``reinit_prefixes`` re-initialised and keys new to this training mode left at their init.
+    ``cameras`` (``resolve_cameras``) replaces the config's camera layout: no weight depends on it."""
     torch.manual_seed(config.seed)
     if config.init_from:
         from motus_model.checkpoint import load_pretrained
@@ -150,6 +153,18 @@ def build_model(config: TrainingConfig) -> MotusModel:
         model_config.__post_init__()
         model = MotusModel(model_config)
         logger.info("initialised %s from scratch (random weights)", config.preset)
+    if cameras is not None:
+        if config.init_from and cameras != model.config.cameras:
+            logger.warning(
+                "the composite changes from %s's cameras %s (%s) to %s (%s): the video expert re-learns its views",
+                config.init_from,
+                model.config.cameras.roles,
+                model.config.cameras.tiling,
+                cameras.roles,
+                cameras.tiling,
+            )
+        model.config.cameras = copy.deepcopy(cameras)
+        logger.info("camera layout: %s, tiling %s", model.config.cameras.roles, model.config.cameras.tiling)
     model.gradient_checkpointing = config.gradient_checkpointing
     return model
 
@@ -231,6 +246,25 @@ def checkpoint_stats(normalizer: Normalizer, action_key: str | None) -> dict[str
     return data
 
 
+def resolve_cameras(config: TrainingConfig, mixture: MixtureConfig) -> CameraConfig | None:
+    """The composite's camera layout for this run: ``config.cameras`` when given, else the first dataset's
+    ``camera_map`` roles, else its cameras (``dataset_camera_roles``). None when the first dataset stores one
+    composed image (the model's own layout is kept)."""
+    tiling = config.camera_tiling
+    if config.cameras:
+        return CameraConfig(list(config.cameras), tiling)
+    entry = mixture.entries()[0][1]
+    if entry.camera_map:
+        if set(entry.camera_map) == {COMPOSITE_ROLE}:
+            return None
+        return CameraConfig(list(entry.camera_map), tiling)
+    keys = LeRobotDataset(entry.path).camera_keys
+    try:
+        return CameraConfig(dataset_camera_roles(keys), tiling)
+    except ValueError as exc:
+        raise ValueError(f"{entry.path}: cameras {list(keys)}: {exc}; choose the composite's with --cameras") from exc
+
+
 def build_training_data(
     config: TrainingConfig, model_config: MotusConfig, mixture: MixtureConfig, seed: int
 ) -> tuple[MotusTrainingDataset, MixtureSampler, list[Normalizer]]:
@@ -244,7 +278,8 @@ def build_training_data(
             video_cache_mb=config.video_cache_mb,
         )
         normalizer = dataset_normalizer(dataset, entry.action_key, config.normalization)
-        sources.append(DatasetSource(dataset, entry.action_key, entry.camera_map or dict(ALOHA_CAMERA_MAP), normalizer))
+        camera_map = entry.camera_map or camera_map_for(dataset, model_config.cameras.roles)
+        sources.append(DatasetSource(dataset, entry.action_key, camera_map, normalizer))
         normalizers.append(normalizer)
     sampling = SamplingConfig.from_model_config(model_config)
     training = MotusTrainingDataset(
@@ -371,7 +406,8 @@ class Trainer:
         self.resume_from = latest_checkpoint(self.output) if resume else None
         if resume and self.resume_from is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {self.output} (no '{LATEST_FILE}' file)")
-        self.model = build_model(config)
+        mixture = make_mixture(config)
+        self.model = build_model(config, resolve_cameras(config, mixture))
         if self.resume_from is not None:
             from motus_model.checkpoint import load_pretrained
 
@@ -394,8 +430,7 @@ class Trainer:
                 model_config.video.dim,
             )
 
-        # 2. data
-        mixture = make_mixture(config)
+        # 2. data (the mixture was read with the model: it gives the camera layout)
         self.dataset, self.sampler, normalizers = build_training_data(config, self.model.config, mixture, config.seed)
         first_key = mixture.entries()[0][1].action_key
         self.stats = checkpoint_stats(normalizers[0], first_key)
