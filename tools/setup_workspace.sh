@@ -83,4 +83,4 @@ build_package() {  # build_package NAME PATH INPUT...
   echo "$hash" > "$stamp"
 }
 build_package motus_msgs src/motus_msgs src/motus_msgs
-build_package motus_ros . package.xml setup.py setup.cfg resource launch config models src/motus_ros src/motus_model
+build_package motus_ros . package.xml setup.py setup.cfg resource launch config models src/motus_ros src/motus_model src/motus_sim

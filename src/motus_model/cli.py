@@ -208,20 +208,46 @@ def _latent_actions_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flow", help="flow estimator (default: the VAE config's): opencv, raft, dpflow, ...")
     parser.add_argument("--flow-weights", help="local weights for a learned flow estimator")
     parser.add_argument("--batch-size", type=int, default=64)
+    # The VAE fixes both; giving them checks that the VAE is the one meant (a mismatch is refused).
+    parser.add_argument("--stride", type=int, help="expected frame stride (must equal the VAE's)")
+    parser.add_argument("--camera", help="expected camera: a key, a role (high, left_wrist, right_wrist) or composite")
 
 
 def _latent_actions(args: argparse.Namespace) -> int:
+    import uuid
+
     from motus_model.latent_actions import LatentActionVAE, label_dataset, make_flow_estimator
+    from motus_model.latent_actions.model import CAMERA_ROLE_KEYS
 
     dataset = Path(args.dataset)
-    if args.out:
-        if Path(args.out).exists():
-            raise FileExistsError(f"--out {args.out} already exists")
-        shutil.copytree(dataset, args.out)
-        dataset = Path(args.out)
+    if not (dataset / "meta" / "info.json").is_file():
+        raise FileNotFoundError(f"--dataset {dataset} is not a LeRobot dataset (no meta/info.json)")
+    if not (Path(args.vae) / "config.json").is_file():
+        raise FileNotFoundError(f"--vae {args.vae} is not a latent-action VAE folder (no config.json)")
     model = LatentActionVAE.from_pretrained(args.vae)
-    estimator = make_flow_estimator(args.flow or model.config.flow_estimator, args.flow_weights)
-    stats = label_dataset(dataset, model, estimator, column=args.column, batch_size=args.batch_size)
+    config = model.config
+    if args.stride is not None and args.stride != config.frame_stride:
+        raise ValueError(
+            f"--stride {args.stride} but the VAE at {args.vae} was trained with stride {config.frame_stride}"
+        )
+    if args.camera is not None and CAMERA_ROLE_KEYS.get(args.camera, args.camera) != config.camera_key:
+        raise ValueError(f"--camera {args.camera} but the VAE at {args.vae} was trained on {config.camera_key}")
+    estimator = make_flow_estimator(args.flow or config.flow_estimator, args.flow_weights)
+    if not args.out:
+        stats = label_dataset(dataset, model, estimator, column=args.column, batch_size=args.batch_size)
+    else:
+        out = Path(args.out)
+        if out.exists():
+            raise FileExistsError(f"--out {out} already exists")
+        # label a hidden copy and rename it into place: an interrupted run leaves no half-labelled --out
+        staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+        try:
+            shutil.copytree(dataset, staging)
+            stats = label_dataset(staging, model, estimator, column=args.column, batch_size=args.batch_size)
+            os.rename(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        dataset = out
     print(json.dumps({"dataset": str(dataset), "column": args.column, "mean": stats["mean"]}))
     return 0
 
@@ -231,6 +257,7 @@ def _train_latent_vae_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unlabelled", nargs="*", default=[], help="datasets used for flow reconstruction only")
     parser.add_argument("--output", required=True, help="VAE folder to write")
     parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--max-minutes", type=float, help="stop training (and save) after this many minutes")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument(
@@ -244,33 +271,84 @@ def _train_latent_vae_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--every", type=int, default=1, help="use every n-th row of each episode (flow pairs are kept in memory)"
     )
+    parser.add_argument("--stride", type=int, help="frames between the two frames of a flow pair (default 4)")
+    parser.add_argument(
+        "--camera", help="view whose flow is encoded: a key, a role (high, left_wrist, right_wrist) or composite"
+    )
+    parser.add_argument(
+        "--flow-percentile",
+        type=float,
+        help="percentile of the training flows' magnitudes coded at the colour wheel's edge (default 99)",
+    )
+    parser.add_argument(
+        "--flow-max-radius", type=float, help="a fixed flow scale in pixels instead of the data's percentile"
+    )
+    parser.add_argument(
+        "--align",
+        choices=("action_delta", "state_delta", "action"),
+        help="alignment target on labelled rows (default action_delta: the action change over the stride)",
+    )
+    parser.add_argument(
+        "--holdout",
+        type=float,
+        default=0.2,
+        help="fraction of labelled episodes held out for the R^2 probe (0: no probe)",
+    )
 
 
 def _train_latent_vae(args: argparse.Namespace) -> int:
-    import torch
+    import dataclasses
 
-    from motus_model.data.lerobot import LeRobotDataset
-    from motus_model.latent_actions import LatentActionVAE, LatentActionVAEConfig
-    from motus_model.latent_actions.train import FlowPairPool, train_latent_action_vae
+    from motus_model.latent_actions import LatentActionVAEConfig
+    from motus_model.latent_actions.train import fit_latent_action_vae
 
-    if not args.labelled and not args.unlabelled:
-        raise ValueError("give --labelled and/or --unlabelled datasets")
     if args.config:
         config = LatentActionVAEConfig.from_dict(json.loads(Path(args.config).read_text()))
     else:
         config = LatentActionVAEConfig() if args.shape == "tiny" else LatentActionVAEConfig.published()
-    torch.manual_seed(args.seed)
-    model = LatentActionVAE(config)
-
-    def pool(paths: list[str], labelled: bool) -> FlowPairPool | None:
-        if not paths:
-            return None
-        return FlowPairPool.from_datasets([LeRobotDataset(p) for p in paths], config, labelled, every=args.every)
-
-    labelled, unlabelled = pool(args.labelled, True), pool(args.unlabelled, False)
-    history = train_latent_action_vae(model, labelled, unlabelled, args.steps, args.batch_size, args.lr, args.seed)
-    model.save_pretrained(args.output)
-    print(json.dumps({"output": args.output, "final": history[-1] if history else None}))
+    changes = {
+        "frame_stride": args.stride,
+        "camera_key": args.camera,
+        "flow_scale_percentile": args.flow_percentile,
+        "alignment_target": args.align,
+    }
+    if args.flow_max_radius is not None:
+        changes.update(flow_max_radius=args.flow_max_radius, flow_scale_percentile=None)
+    if args.config:
+        clashes = [
+            f"--{flag} {value} vs {getattr(config, field)}"
+            for flag, field, value in (("stride", "frame_stride", args.stride), ("camera", "camera_key", args.camera))
+            if value is not None
+            and getattr(dataclasses.replace(config, **{field: value}), field) != getattr(config, field)
+        ]
+        if clashes:
+            raise ValueError(f"options contradict --config {args.config}: {', '.join(clashes)}")
+    config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
+    metrics = fit_latent_action_vae(
+        config,
+        args.labelled,
+        args.unlabelled,
+        args.output,
+        args.steps,
+        args.batch_size,
+        args.lr,
+        args.seed,
+        args.every,
+        args.holdout,
+        args.max_minutes,
+    )
+    probe = metrics["probe"]
+    print(
+        json.dumps(
+            {
+                "output": args.output,
+                "probe_r2": probe["r2"] if probe else None,
+                "flow_max_radius": metrics["flow_max_radius"],
+                "near_white_share": metrics["near_white_share"],
+                "final": metrics["final_losses"],
+            }
+        )
+    )
     return 0
 
 
@@ -412,10 +490,13 @@ register_command(
     "latent-actions",
     "label a dataset with latent actions (stage-2 pseudo-actions)",
     _latent_actions_arguments,
-    _latent_actions,
+    _as_input_error(_latent_actions),
 )
 register_command(
-    "train-latent-vae", "train the latent-action VAE on flow images", _train_latent_vae_arguments, _train_latent_vae
+    "train-latent-vae",
+    "train the latent-action VAE on flow images",
+    _train_latent_vae_arguments,
+    _as_input_error(_train_latent_vae),
 )
 register_command(
     "convert-bag",

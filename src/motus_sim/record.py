@@ -31,6 +31,8 @@ from motus_model.data.lerobot import LeRobotDatasetWriter
 from motus_sim.scripted_expert import (
     ARM_COLUMNS,
     CAMERA_NAMES,
+    RANDOM_MOTION_INSTRUCTION,
+    RANDOM_MOTION_TASK,
     TASKS,
     CommandNoise,
     ExpertEpisode,
@@ -41,6 +43,8 @@ from motus_sim.scripted_expert import (
 logger = logging.getLogger(__name__)
 
 EXPERT_EPISODES_FILE = "expert_episodes.json"
+# What `generate-demos --task` records: the scripted tasks, and task-agnostic random motions (no goal, no expert).
+RECORDING_TASKS = (*sorted(TASKS), RANDOM_MOTION_TASK)
 GENERATION_CONFIG_FILE = "demo_generation.json"
 
 
@@ -49,7 +53,8 @@ class DemoRecordingConfig:
     """What to record.
 
     Args:
-        task: "transfer_cube" or "insertion".
+        task: "transfer_cube", "insertion", or "random_motion" (task-agnostic: random, reachable,
+            collision-free joint-space motions in the transfer-cube scene; see ``plan_random_motion``).
         episodes: number of expert episodes to run (recorded: all, or the successful ones).
         seed: episode i uses the object pose of seed + i.
         out: dataset folder (must not hold a dataset yet, unless ``append``).
@@ -75,7 +80,10 @@ class DemoRecordingConfig:
     workers: int = 1
 
     def __post_init__(self) -> None:
-        get_task(self.task)
+        if self.task != RANDOM_MOTION_TASK:
+            get_task(self.task)
+        elif self.command_noise > 0:
+            raise ValueError("--command-noise perturbs an expert's plan; random_motion has none")
         CommandNoise(std=self.command_noise)
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
@@ -95,7 +103,7 @@ def record_demonstrations(config: DemoRecordingConfig, show_progress: bool = Tru
     success_rate, successes_at_end (still reached on the last frame), episodes_recorded (by this run),
     dataset_episodes (in the dataset now), seconds, seconds_per_episode, out.
     """
-    spec = get_task(config.task)
+    instruction = RANDOM_MOTION_INSTRUCTION if config.task == RANDOM_MOTION_TASK else get_task(config.task).instruction
     root = Path(config.out)
     meta = root / "meta"
     writer = LeRobotDatasetWriter(root, fps=50, camera_keys=tuple(CAMERA_NAMES), append=config.append)
@@ -131,7 +139,7 @@ def record_demonstrations(config: DemoRecordingConfig, show_progress: bool = Tru
             }
             if episode.success or not config.only_successful:
                 record["episode_index"] = writer.add_episode(
-                    episode.frames, episode.states, episode.actions, spec.instruction
+                    episode.frames, episode.states, episode.actions, instruction
                 )
             records.append(record)
             successes = sum(r["success"] for r in records)
@@ -190,7 +198,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser = parser or argparse.ArgumentParser(
         prog="python -m motus_sim", description="Record scripted gym-aloha demonstrations as a LeRobot dataset."
     )
-    parser.add_argument("--task", choices=sorted(TASKS), default="transfer_cube")
+    parser.add_argument(
+        "--task",
+        choices=RECORDING_TASKS,
+        default="transfer_cube",
+        help="a scripted task, or random_motion: task-agnostic, collision-free random joint motions",
+    )
     parser.add_argument("--episodes", type=int, default=50, help="expert episodes to run")
     parser.add_argument("--seed", type=int, default=0, help="episode i uses the object pose of seed + i")
     parser.add_argument(

@@ -817,8 +817,10 @@ def replay_joint_trajectory(
     joint_targets: np.ndarray,
     image_size: tuple[int, int] | None = None,
     camera_keys: tuple[str, ...] = tuple(CAMERA_NAMES),
+    after_step: Callable[[int, mujoco.Physics], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Command ``joint_targets`` [T, 14] in the joint-space scene.
+    """Command ``joint_targets`` [T, 14] in the joint-space scene (``after_step(step, physics)`` is called
+    after each step, e.g. to check contacts; it may raise to stop the replay).
 
     Returns:
         states [T, 14] (before each step), rewards [T] (after each step) and, if ``image_size`` = (H, W)
@@ -844,6 +846,8 @@ def replay_joint_trajectory(
         time_step = environment.step(joint_targets[step])
         observation = time_step.observation
         rewards[step] = time_step.reward
+        if after_step is not None:
+            after_step(step, environment.physics)
     return states, rewards, {key: np.stack(images) for key, images in frames.items()}
 
 
@@ -866,6 +870,8 @@ def run_expert_episode(
         command_noise: perturb the replayed arm commands (DART); the recorded actions stay the plan.
             The noise is drawn from ``seed``, so an episode is reproducible.
     """
+    if task == RANDOM_MOTION_TASK:
+        return run_random_motion_episode(seed, image_size, num_steps, camera_keys)
     spec = get_task(task)
     object_pose = spec.sample_object_pose(seed)
     joint_targets = plan_joint_trajectory(task, object_pose, num_steps)
@@ -886,3 +892,171 @@ def run_expert_episode(
         frames=frames,
         command_offsets=offsets,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Task-agnostic data: random, reachable, collision-free joint-space motions
+# ---------------------------------------------------------------------------------------------
+
+# Not in TASKS (it has no goal, reward or expert to evaluate): only `motus generate-demos` records it.
+RANDOM_MOTION_TASK = "random_motion"
+RANDOM_MOTION_INSTRUCTION = "move the arms"
+# The scene the motions play in: transfer cube's (table, both arms, the cube at the seed's pose).
+_RANDOM_MOTION_SCENE = "transfer_cube"
+# Sampling box per joint (rad; gripper normalised), per arm [waist, shoulder, elbow, forearm roll, wrist angle,
+# wrist rotate, gripper]; intersected with the robot profile's joint limits. The box keeps the grippers in
+# front of the robot and mostly in the high camera's view; the limits are what makes a target reachable, and
+# the contact check what makes a motion collision-free.
+_RANDOM_MOTION_BOX = np.array(
+    [[-0.8, 0.8], [-1.3, 0.3], [-0.3, 1.3], [-1.2, 1.2], [-1.0, 1.4], [-1.5, 1.5], [0.0, 1.0]], dtype=np.float64
+)
+_ARM_GEOM_PREFIXES = ("vx300s_left/", "vx300s_right/")
+_TABLE_GEOM = "table"
+
+
+def profile_joint_limits(profile: str = "aloha_sim") -> tuple[np.ndarray, np.ndarray]:
+    """(lower [14], upper [14]) joint limits of the robot profile (config/robots/<profile>.yaml)."""
+    from motus_model.embodiment import load_profile
+
+    loaded = load_profile(profile)
+    return np.asarray(loaded.lower_limits, dtype=np.float64), np.asarray(loaded.upper_limits, dtype=np.float64)
+
+
+def forbidden_contacts(physics: mujoco.Physics) -> list[tuple[str, str]]:
+    """The current contacts between the two arms, or between an arm and the table (geom name pairs).
+
+    Contacts inside one arm (its fingers touching each other) and with the objects are allowed.
+    """
+    model, found = physics.model, []
+    for contact in physics.data.contact[: physics.data.ncon]:
+        names = (model.id2name(contact.geom1, "geom") or "", model.id2name(contact.geom2, "geom") or "")
+        sides = [next((i for i, prefix in enumerate(_ARM_GEOM_PREFIXES) if n.startswith(prefix)), None) for n in names]
+        arm_arm = None not in sides and sides[0] != sides[1]
+        arm_table = _TABLE_GEOM in names and any(side is not None for side in sides)
+        if arm_arm or arm_table:
+            found.append(names)
+    return found
+
+
+class CollisionError(RuntimeError):
+    """A replayed motion touched what it must not (see ``forbidden_contacts``)."""
+
+
+@dataclass(frozen=True)
+class RandomMotionConfig:
+    """How random motions are drawn: waypoints uniform in the sampling box within the joint limits, reached
+    by smooth (cosine) joint-space interpolation over ``segment_steps``, held for ``hold_steps``.
+
+    A segment whose simulation makes a forbidden contact is undone and its waypoint redrawn, up to
+    ``max_tries`` times (then the arms return to their start pose, which is collision-free).
+    """
+
+    segment_steps: tuple[int, int] = (30, 80)
+    hold_steps: tuple[int, int] = (0, 15)
+    max_tries: int = 30
+    max_replays: int = 5
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.segment_steps[0] <= self.segment_steps[1]:
+            raise ValueError(f"segment_steps must be 1 <= low <= high, got {self.segment_steps}")
+        if not 0 <= self.hold_steps[0] <= self.hold_steps[1]:
+            raise ValueError(f"hold_steps must be 0 <= low <= high, got {self.hold_steps}")
+
+
+def random_motion_box(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sampling box for both arms [14] x 2, clipped to the joint limits."""
+    box = np.concatenate([_RANDOM_MOTION_BOX, _RANDOM_MOTION_BOX])
+    low, high = np.maximum(box[:, 0], lower), np.minimum(box[:, 1], upper)
+    if np.any(low >= high):
+        raise ValueError("the random-motion box lies outside the joint limits")
+    return low, high
+
+
+def plan_random_motion(
+    seed: int, num_steps: int, config: RandomMotionConfig = RandomMotionConfig(), profile: str = "aloha_sim"
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Joint targets [num_steps, 14] of a random collision-free motion from the start pose, and counts
+    ({"segments", "rejected_segments"}). Every target lies within the profile's joint limits."""
+    if num_steps <= 0:
+        raise ValueError(f"num_steps must be positive, got {num_steps}")
+    rng = np.random.default_rng([seed, 11])
+    lower, upper = profile_joint_limits(profile)
+    low, high = random_motion_box(lower, upper)
+    environment = make_joint_environment(_RANDOM_MOTION_SCENE, get_task(_RANDOM_MOTION_SCENE).sample_object_pose(seed))
+    start = np.clip(environment.reset().observation["qpos"].copy(), lower, upper)
+    physics = environment.physics
+    targets: list[np.ndarray] = []
+    current = start
+    counts = {"segments": 0, "rejected_segments": 0}
+    while len(targets) < num_steps:
+        saved = physics.get_state().copy()
+        for attempt in range(config.max_tries + 1):
+            waypoint = rng.uniform(low, high) if attempt < config.max_tries else start
+            length = int(rng.integers(config.segment_steps[0], config.segment_steps[1] + 1))
+            fraction = (1 - np.cos(np.pi * np.arange(1, length + 1) / length)) / 2  # smooth start and stop
+            segment = current + fraction[:, None] * (waypoint - current)
+            hold = int(rng.integers(config.hold_steps[0], config.hold_steps[1] + 1))
+            segment = np.concatenate([segment, np.repeat(waypoint[None], hold, axis=0)])
+            collided = False
+            for target in segment:
+                environment.step(target)
+                if forbidden_contacts(physics):
+                    collided = True
+                    break
+            if not collided:
+                break
+            counts["rejected_segments"] += 1
+            with physics.reset_context():
+                physics.set_state(saved)
+        else:
+            raise CollisionError(f"seed {seed}: even the way back to the start pose collides")
+        counts["segments"] += 1
+        targets.extend(segment)
+        current = waypoint
+    return np.clip(np.stack(targets[:num_steps]), lower, upper), counts
+
+
+def run_random_motion_episode(
+    seed: int,
+    image_size: tuple[int, int] | None = None,
+    num_steps: int | None = None,
+    camera_keys: tuple[str, ...] = tuple(CAMERA_NAMES),
+    config: RandomMotionConfig = RandomMotionConfig(),
+) -> ExpertEpisode:
+    """A random motion (``plan_random_motion``) replayed and recorded like a demonstration.
+
+    The replay is checked for forbidden contacts at every step too (a plan simulated in pieces can differ
+    slightly from one replay); a colliding replay is drawn again from the next plan seed, up to
+    ``config.max_replays`` times. Rewards are zero and ``max_reward`` 0: "success" means a collision-free
+    motion was recorded.
+    """
+    spec = get_task(_RANDOM_MOTION_SCENE)
+    object_pose = spec.sample_object_pose(seed)
+    num_steps = spec.episode_length if num_steps is None else num_steps
+
+    def check(step: int, physics: mujoco.Physics) -> None:
+        contacts = forbidden_contacts(physics)
+        if contacts:
+            raise CollisionError(f"step {step}: {contacts}")
+
+    for replay in range(config.max_replays):
+        joint_targets, _ = plan_random_motion(seed + 1_000_003 * replay, num_steps, config)
+        try:
+            states, _, frames = replay_joint_trajectory(
+                _RANDOM_MOTION_SCENE, object_pose, joint_targets, image_size, camera_keys, after_step=check
+            )
+        except CollisionError as error:
+            logger.info("random motion %d, replay %d collided (%s); drawing another", seed, replay, error)
+            continue
+        return ExpertEpisode(
+            task=RANDOM_MOTION_TASK,
+            seed=seed,
+            object_pose=object_pose,
+            states=states,
+            actions=joint_targets,
+            rewards=np.zeros(num_steps),
+            max_reward=0.0,
+            frames=frames,
+            command_offsets=np.zeros_like(joint_targets),
+        )
+    raise CollisionError(f"seed {seed}: {config.max_replays} random motions collided on replay")

@@ -842,10 +842,31 @@ class LeRobotDataset:
                     f"episode {episode_index}: {name} must be [{length}, {dim}], got {tuple(values.shape)}"
                 )
             checked.append(values)
+        # All of it happens in a hard-linked copy that replaces the dataset at the end: an interrupted run
+        # leaves the dataset as it was (files are replaced in the copy, never written into: they are links).
+        staging = self.root.parent / f".{self.root.name}.partial-{uuid.uuid4().hex[:8]}"
+        shutil.copytree(self.root, staging, copy_function=os.link)
+        try:
+            info = self._write_vector_column(staging, name, dim, checked)
+            old = self.root.parent / f".{self.root.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(self.root, old)
+            os.rename(staging, self.root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        self.info = info
+        self._table_cache = None
+        if name not in self.vector_keys:
+            self.vector_keys = self.vector_keys + (name,)
+        self.stats = json.loads((self.root / "meta" / "stats.json").read_text())
+
+    def _write_vector_column(self, root: Path, name: str, dim: int, checked: list[np.ndarray]) -> dict[str, Any]:
+        """add_vector_column's writes, into the dataset copy at ``root``."""
         # Rewrite each data file once (v3.0 files hold many episodes), rows in the file's own episode order.
         by_file: dict[Path, list[int]] = {}
         for episode_index in range(self.num_episodes):
-            by_file.setdefault(self.data_path(episode_index), []).append(episode_index)
+            by_file.setdefault(root / self.data_path(episode_index).relative_to(self.root), []).append(episode_index)
         for path in by_file:
             table = pq.read_table(path)
             episode_column = table["episode_index"].to_numpy()
@@ -859,12 +880,13 @@ class LeRobotDataset:
             else:
                 table = table.append_column(name, column)
             _replace_table(path, table)
-        self._table_cache = None
-        self.info["features"][name] = {"dtype": "float32", "shape": [dim], "names": None}
-        _replace_text(self.root / "meta" / "info.json", json.dumps(self.info, indent=4))
-        if name not in self.vector_keys:
-            self.vector_keys = self.vector_keys + (name,)
-        self.stats = write_stats(self.root)
+        info = {
+            **self.info,
+            "features": {**self.info["features"], name: {"dtype": "float32", "shape": [dim], "names": None}},
+        }
+        _replace_text(root / "meta" / "info.json", json.dumps(info, indent=4))
+        write_stats(root)
+        return info
 
     def _check_episode(self, episode_index: int) -> None:
         if not 0 <= episode_index < self.num_episodes:

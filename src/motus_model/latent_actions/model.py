@@ -11,9 +11,10 @@ choices here are ours and are stated:
 - Decoder: an MLP maps the 14-d latent back to the DC-AE latent (4 x 512), then the DC-AE decoder
   produces the flow image; **the reconstruction loss is on the flow image** (the paper's "reconstructs
   optical flow"), so the whole autoencoder trains end to end.
-- Losses: L = MSE(flow image) + alignment_weight * masked MSE(mean, normalised real action)
-  + kl_weight * KL(q(z|x) || N(0, I)). Alignment counts only the labelled samples of a batch
-  (about 10 % by default, the paper's 90/10 mix).
+- Losses: L = MSE(flow image) + alignment_weight * masked MSE(mean, normalised alignment target)
+  + kl_weight * KL(q(z|x) || N(0, I)). The target is what flow can see: the action change over the flow
+  pair's stride (``alignment_target``), not the absolute joint target. Alignment counts only the
+  labelled samples of a batch (about 10 % by default, the paper's 90/10 mix).
 - Images are RGB in [-1, 1] at the model input ([0, 255] uint8 -> x/127.5 - 1).
 """
 
@@ -27,9 +28,15 @@ import torch
 from diffusers import AutoencoderDC
 from torch import nn
 
+from motus_model.data.torch_dataset import ALOHA_CAMERA_MAP, COMPOSITE_ROLE
 from motus_model.modeling_utils import PretrainedMixin
 
 logger = logging.getLogger(__name__)
+
+ALIGNMENT_TARGETS = ("action_delta", "state_delta", "action")
+# A camera role names its ALOHA dataset key (the training data's camera map); "composite" composes the three.
+CAMERA_ROLE_KEYS = ALOHA_CAMERA_MAP
+COMPOSITE_CAMERA = COMPOSITE_ROLE
 
 
 def _tiny_dcae() -> dict[str, Any]:
@@ -58,12 +65,25 @@ class LatentActionVAEConfig:
         dcae: ``AutoencoderDC`` keyword arguments (lists for tuples, so it round-trips through JSON).
         latent_dim: latent action width (14: the ALOHA action width, as the paper).
         hidden_dim: width of the light encoder and decoder MLPs.
-        flow_max_radius: flow magnitude (pixels, at the resolution flow is computed) coded at full
-            saturation; fixed so colours mean the same speed in every clip.
+        flow_max_radius: flow magnitude (pixels, at ``flow_width``) coded at full saturation; fixed so
+            colours mean the same speed in every clip. Training replaces it with the
+            ``flow_scale_percentile``-th percentile of the training data's flow magnitudes (then saved here).
+        flow_scale_percentile: percentile of the training flows' magnitudes that maps to the edge of the
+            colour wheel; None keeps ``flow_max_radius`` as given. At one-frame strides ALOHA flow is a
+            fraction of a pixel, so any fixed radius of several pixels codes nearly every pixel white.
         flow_estimator: estimator name for labelling ("opencv", "raft", "dpflow"; see flow.py).
-        camera_key: dataset camera whose flow defines the latent action.
+        camera_key: the view whose flow defines the latent action: a dataset camera key, a camera role
+            ("high", "left_wrist", "right_wrist": the ALOHA keys) or "composite" (the three views composed
+            as the model sees them). Roles are stored as their dataset keys.
         frame_stride: rows between the two frames of a flow pair (latent action at row r comes from
             frames (r - stride, r)); match the training downsample rate.
+        flow_width: frames (or the composite) are resized to this width before flow is computed, so that
+            pixels mean the same thing for every dataset; None: set from the training data.
+        fps: frame rate of the training data (a stride is a number of frames: a dataset at another rate
+            would mean another motion); None: set from the training data.
+        alignment_target: what the latent mean is pulled towards on labelled rows: "action_delta"
+            (action[r] - action[r - stride], the commanded motion over the flow pair: default),
+            "state_delta" (the measured motion), or "action" (absolute targets, the earlier behaviour).
         reconstruction_weight, alignment_weight, kl_weight: loss weights.
         labelled_fraction: share of a training batch drawn from action-labelled data.
     """
@@ -73,9 +93,13 @@ class LatentActionVAEConfig:
     latent_dim: int = 14
     hidden_dim: int = 64
     flow_max_radius: float = 8.0
+    flow_scale_percentile: float | None = 99.0
     flow_estimator: str = "opencv"
     camera_key: str = "observation.images.cam_high"
-    frame_stride: int = 1
+    frame_stride: int = 4
+    flow_width: int | None = None
+    fps: float | None = None
+    alignment_target: str = "action_delta"
     reconstruction_weight: float = 1.0
     alignment_weight: float = 1.0
     kl_weight: float = 1e-3
@@ -86,6 +110,15 @@ class LatentActionVAEConfig:
             raise ValueError(f"labelled_fraction must be in [0, 1], got {self.labelled_fraction}")
         if self.frame_stride < 1:
             raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
+        if self.alignment_target not in ALIGNMENT_TARGETS:
+            raise ValueError(f"alignment_target must be one of {ALIGNMENT_TARGETS}, got {self.alignment_target!r}")
+        if self.flow_scale_percentile is not None and not 0 < self.flow_scale_percentile <= 100:
+            raise ValueError(f"flow_scale_percentile must be in (0, 100], got {self.flow_scale_percentile}")
+        if self.flow_max_radius <= 0:
+            raise ValueError(f"flow_max_radius must be positive, got {self.flow_max_radius}")
+        if self.flow_width is not None and self.flow_width < 8:
+            raise ValueError(f"flow_width must be at least 8 pixels, got {self.flow_width}")
+        self.camera_key = CAMERA_ROLE_KEYS.get(self.camera_key, self.camera_key)
         if min(self.reconstruction_weight, self.alignment_weight, self.kl_weight) < 0:
             raise ValueError("loss weights must be >= 0")
         downsample = self.image_size // self.latent_grid
