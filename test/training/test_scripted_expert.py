@@ -202,3 +202,84 @@ def test_noisy_episodes_append_to_a_clean_dataset_with_parallel_workers(tmp_path
         )
     with pytest.raises(FileExistsError, match="append"):
         main(["--seed", "20", *common])
+
+
+# ---------------------------------------------------------------------------------------------
+# Task-agnostic random motions
+# ---------------------------------------------------------------------------------------------
+
+
+def _physics_at(qpos_changes: dict[int, float]):
+    from motus_sim.scripted_expert import get_task, make_joint_environment
+
+    environment = make_joint_environment("transfer_cube", get_task("transfer_cube").sample_object_pose(0))
+    environment.reset()
+    physics = environment.physics
+    start = physics.data.qpos.copy()  # reset_context() starts from the model's qpos0, not the start pose
+    for index, value in qpos_changes.items():
+        start[index] = value
+    with physics.reset_context():
+        physics.data.qpos[:] = start
+    return physics
+
+
+def test_forbidden_contacts_sees_arm_table_and_arm_arm_but_not_the_start_pose():
+    from motus_sim.scripted_expert import forbidden_contacts
+
+    assert forbidden_contacts(_physics_at({})) == []  # the fingers of one gripper touching is allowed
+    # qpos: 8 per arm (6 joints, 2 fingers); left shoulder forward and elbow down: the forearm meets the table
+    into_table = forbidden_contacts(_physics_at({1: 1.2, 2: 1.0}))
+    assert into_table and all("table" in pair for pair in into_table)
+    # both arms stretched forward meet in the middle
+    stretched = {1: 0.3, 2: -0.6, 4: 0.0, 9: 0.3, 10: -0.6, 12: 0.0}
+    arm_arm = forbidden_contacts(_physics_at(stretched))
+    assert arm_arm and all({p.split("/")[0] for p in pair} == {"vx300s_left", "vx300s_right"} for pair in arm_arm)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_motions_are_reachable_collision_free_and_move(seed):
+    from motus_sim.scripted_expert import (
+        forbidden_contacts,
+        profile_joint_limits,
+        replay_joint_trajectory,
+        run_random_motion_episode,
+    )
+
+    episode = run_random_motion_episode(seed, num_steps=150)
+    lower, upper = profile_joint_limits("aloha_sim")  # config/robots/aloha_sim.yaml
+    assert episode.actions.shape == (150, 14)
+    assert np.all(episode.actions >= lower) and np.all(episode.actions <= upper)
+    # it moves: each arm travels well away from its start pose
+    assert np.abs(episode.states[:, ARM_COLUMNS] - episode.states[0, ARM_COLUMNS]).max() > 0.3
+    # replayed independently, no step touches what it must not
+    touched = []
+    replay_joint_trajectory(
+        "transfer_cube",
+        episode.object_pose,
+        episode.actions,
+        after_step=lambda step, physics: touched.extend(forbidden_contacts(physics)),
+    )
+    assert touched == []
+    np.testing.assert_allclose(episode.states[-1, ARM_COLUMNS], episode.actions[-2, ARM_COLUMNS], atol=0.15)
+
+
+@pytest.mark.timeout(300)
+def test_random_motion_records_as_a_lerobot_dataset(tmp_path):
+    config = DemoRecordingConfig(
+        task="random_motion",
+        episodes=1,
+        seed=3,
+        out=str(tmp_path / "rm"),
+        image_height=24,
+        image_width=32,
+        num_steps=20,
+    )
+    summary = record_demonstrations(config, show_progress=False)
+    assert summary["episodes_recorded"] == 1
+    dataset = LeRobotDataset(tmp_path / "rm")
+    assert dataset.task(0) == "move the arms"
+    assert set(dataset.camera_keys) == set(CAMERA_NAMES)
+    assert dataset.vectors(0)["action"].shape == (20, 14)
+    with pytest.raises(ValueError, match="command-noise"):
+        DemoRecordingConfig(task="random_motion", command_noise=0.05)
