@@ -312,7 +312,8 @@ def _train_latent_vae(args: argparse.Namespace) -> int:
         "flow_scale_percentile": args.flow_percentile,
         "alignment_target": args.align,
     }
-    if args.flow_max_radius is not None:
+    changes = {key: value for key, value in changes.items() if value is not None}
+    if args.flow_max_radius is not None:  # a fixed scale: no percentile (None is a real value here)
         changes.update(flow_max_radius=args.flow_max_radius, flow_scale_percentile=None)
     if args.config:
         clashes = [
@@ -323,7 +324,7 @@ def _train_latent_vae(args: argparse.Namespace) -> int:
         ]
         if clashes:
             raise ValueError(f"options contradict --config {args.config}: {', '.join(clashes)}")
-    config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
+    config = dataclasses.replace(config, **changes)
     metrics = fit_latent_action_vae(
         config,
         args.labelled,

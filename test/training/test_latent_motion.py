@@ -208,3 +208,29 @@ def test_interrupted_labelling_into_out_leaves_no_half_dataset(tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         main(["latent-actions", "--dataset", str(root), "--vae", str(tmp_path / "vae"), "--out", str(out)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pan", "vae"]
+
+
+@pytest.mark.timeout(300)
+def test_cli_train_options_reach_the_saved_vae(tmp_path, capsys):
+    root = write_moving_dataset(tmp_path / "pan", episodes=3, length=16)
+    common = ["train-latent-vae", "--labelled", str(root), "--shape", "tiny", "--steps", "2", "--batch-size", "4"]
+    fixed = [*common, "--output", str(tmp_path / "fixed"), "--stride", "2", "--camera", "high"]
+    assert main([*fixed, "--flow-max-radius", "8", "--align", "action"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = json.loads((tmp_path / "fixed" / "config.json").read_text())
+    assert saved["flow_max_radius"] == 8.0 and saved["flow_scale_percentile"] is None  # a fixed scale stays fixed
+    assert (saved["frame_stride"], saved["camera_key"], saved["alignment_target"]) == (
+        2,
+        "observation.images.cam_high",
+        "action",
+    )
+    assert printed["probe_r2"] == json.loads((tmp_path / "fixed" / "metrics.json").read_text())["probe"]["r2"]
+    assert main([*common, "--output", str(tmp_path / "scaled")]) == 0
+    scaled = json.loads((tmp_path / "scaled" / "config.json").read_text())
+    assert scaled["flow_scale_percentile"] == 99.0 and scaled["flow_max_radius"] != 8.0
+    assert (scaled["frame_stride"], scaled["alignment_target"]) == (4, "action_delta")
+    # a --config contradicted by an option is refused in one line
+    (tmp_path / "c.json").write_text(json.dumps(tiny_config().to_dict()))
+    with pytest.raises(SystemExit) as exit_info:
+        main([*common, "--output", str(tmp_path / "x"), "--config", str(tmp_path / "c.json"), "--stride", "1"])
+    assert exit_info.value.code == 2 and "--stride 1 vs 4" in capsys.readouterr().err
