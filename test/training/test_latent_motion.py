@@ -85,6 +85,7 @@ def test_linear_probe_r2():
     x = y @ mixing + 0.01 * rng.normal(size=(400, 14))
     probe = linear_probe_r2(x[:300], y[:300], x[300:], y[300:])
     assert probe["r2"] > 0.99 and probe["r2_per_dim"][2] is None and probe["test_rows"] == 100
+    assert probe["r2_mean_per_dim"] == pytest.approx(np.mean(probe["r2_per_dim"][:2]))
     unrelated = linear_probe_r2(rng.normal(size=(300, 14)), y[:300], rng.normal(size=(100, 14)), y[300:])
     assert unrelated["r2"] < 0.1
 

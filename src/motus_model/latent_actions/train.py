@@ -315,8 +315,10 @@ def linear_probe_r2(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray
     """Least-squares probe y ~ [x, 1] W fitted on (train_x, train_y), scored on the test pairs.
 
     Targets are scaled per dimension by their training std (dimensions that never move in training are
-    dropped), so ``r2`` = 1 - sum SSE / sum SST over dimensions weighs every joint alike; ``r2_per_dim``
-    is per kept dimension (None for the dropped ones).
+    dropped), so ``r2`` = 1 - sum SSE / sum SST over dimensions weighs every joint by its held-out variance
+    in training stds; ``r2_per_dim`` is per kept dimension (None for the dropped ones) and
+    ``r2_mean_per_dim`` their mean. A joint that barely moves in the held-out episodes but is predicted
+    to move gets a negative R^2 of its own.
     """
     train_y, test_y = np.asarray(train_y, np.float64), np.asarray(test_y, np.float64)
     std = train_y.std(axis=0)
@@ -333,7 +335,13 @@ def linear_probe_r2(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray
     per_dim: list[float | None] = [None] * train_y.shape[1]
     for column, (error, total) in zip(np.flatnonzero(kept), zip(sse, sst)):
         per_dim[int(column)] = float(1 - error / total) if total > 0 else None
-    return {"r2": float(1 - sse.sum() / max(sst.sum(), 1e-12)), "r2_per_dim": per_dim, "test_rows": len(test_x)}
+    scored = [value for value in per_dim if value is not None]
+    return {
+        "r2": float(1 - sse.sum() / max(sst.sum(), 1e-12)),
+        "r2_mean_per_dim": float(np.mean(scored)) if scored else None,  # sklearn's "uniform_average"
+        "r2_per_dim": per_dim,
+        "test_rows": len(test_x),
+    }
 
 
 @torch.no_grad()
