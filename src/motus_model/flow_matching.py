@@ -207,6 +207,47 @@ def treatment_sigma(treatment: Treatment, sigma: float, batch_size: int, device:
     return torch.full((batch_size,), fixed, device=device, dtype=torch.float32)
 
 
+def reachable_video_basis(model: MotusModel, rtol: float = 1e-5) -> torch.Tensor | None:
+    """An orthonormal basis [token_width, rank] of what the video head can write, or None if it writes everything.
+
+    The head is ``Linear(dim -> C * prod(patch))`` of a normed hidden state, so every velocity
+    token lies in span(W, b). When a token is wider than that rank (pixel-patch latents: 768
+    values per token from a 256-wide expert), Euler steps never touch the rest of the initial
+    noise: it survives to sigma 0 as static. ``initial_latents`` projects the noise onto this basis.
+    """
+    head = model.video.head.head
+    with torch.no_grad():
+        span = torch.cat([head.weight.detach().float(), head.bias.detach().float()[:, None]], dim=1).cpu()
+    if span.shape[1] >= span.shape[0]:  # as many columns as token values: assume full rank (the 8B preset)
+        return None
+    left, singular, _ = torch.linalg.svd(span.double(), full_matrices=False)
+    rank = int((singular > rtol * singular.max().clamp_min(1e-30)).sum()) if singular.numel() else 0
+    if rank >= span.shape[0]:
+        return None
+    return left[:, :rank].float()
+
+
+def project_video_tokens(video: torch.Tensor, basis: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
+    """Project every DiT token of ``video`` [B, C, F, H, W] onto ``basis`` [token_width, rank].
+
+    Tokens are laid out as the head writes them (``MotusModel._unpatchify``: p_t, p_h, p_w, C).
+    """
+    patch_t, patch_h, patch_w = patch_size
+    batch, channels, frames, height, width = video.shape
+    if frames % patch_t or height % patch_h or width % patch_w:
+        raise ValueError(f"latent grid {(frames, height, width)} is not divisible by the patch {tuple(patch_size)}")
+    x = video.reshape(
+        batch, channels, frames // patch_t, patch_t, height // patch_h, patch_h, width // patch_w, patch_w
+    )
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # [B, F', H', W', p_t, p_h, p_w, C]
+    grid_shape = x.shape
+    tokens = x.reshape(*grid_shape[:4], -1)
+    basis = basis.to(device=tokens.device, dtype=tokens.dtype)
+    tokens = (tokens @ basis) @ basis.T
+    x = tokens.reshape(grid_shape).permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return x.reshape(batch, channels, frames, height, width)
+
+
 def initial_latents(
     config: MotusConfig,
     mode: Mode | str,
@@ -214,6 +255,7 @@ def initial_latents(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     given_video: torch.Tensor | None = None,
     given_actions: torch.Tensor | None = None,
+    video_basis: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The sampler's starting point: noise everywhere, then the clean parts imposed.
 
@@ -224,6 +266,9 @@ def initial_latents(
             sample's noise does not depend on the batch it is in), or None (global RNG).
         given_video: [B, C, F - 1, H, W], required when the mode holds video clean (IDM).
         given_actions: [B, chunk, action_dim], required when the mode holds actions clean (world model).
+        video_basis: ``reachable_video_basis(model)``; when given and the mode DENOISES video, the future
+            noise is projected onto it (noise the head cannot reach would otherwise never be removed).
+            A MARGINALISED video keeps its full noise: that is what training fed at sigma 1 (the policy path).
     Returns:
         video [B, C, F, H, W] float32 with the conditioning frame first, actions [B, chunk, action_dim] float32.
     """
@@ -250,6 +295,9 @@ def initial_latents(
         future = torch.cat([future_part for future_part, _ in parts])
         actions = torch.cat([action_part for _, action_part in parts])
 
+    if video_basis is not None and mode.video is Treatment.DENOISED:
+        # Drawn first, projected after: the RNG stream (and so the action noise) is unchanged.
+        future = project_video_tokens(future, video_basis, config.video.patch_size)
     if mode.video is Treatment.CLEAN:
         future = _given(mode, "given_video", given_video, future_shape, device)
     if mode.actions is Treatment.CLEAN:
@@ -360,7 +408,8 @@ def sample(
     """
     mode = Mode(mode)
     grid = _sigma_grid(FlowMatchSchedule(model.config.schedule), steps, sigmas)
-    video, actions = initial_latents(model.config, mode, cond_latent, generator, given_video, given_actions)
+    basis = reachable_video_basis(model) if mode.video is Treatment.DENOISED else None
+    video, actions = initial_latents(model.config, mode, cond_latent, generator, given_video, given_actions, basis)
     num_steps = grid.numel() - 1
     for step in range(num_steps):
         if should_cancel is not None and should_cancel():

@@ -54,7 +54,14 @@ from motus_model.conditioning import (
     save_text_features,
 )
 from motus_model.config import MotusConfig
-from motus_model.flow_matching import FlowMatchSchedule, Mode, Treatment, euler_step, initial_latents
+from motus_model.flow_matching import (
+    FlowMatchSchedule,
+    Mode,
+    Treatment,
+    euler_step,
+    initial_latents,
+    reachable_video_basis,
+)
 from motus_model.modeling_motus import MotusConditioning, MotusModel
 from motus_model.modeling_utils import STATS_NAME, MissingCheckpointFileError, load_stats
 from motus_model.preprocessing import (
@@ -598,6 +605,7 @@ class MotusPipeline:
             given_actions=torch.cat([item.given_actions for item in items])
             if mode.actions is Treatment.CLEAN
             else None,
+            video_basis=reachable_video_basis(self.model) if mode.video is Treatment.DENOISED else None,
         )
         state = torch.cat([item.state for item in items]) if self.config.uses_state else None
         return DenoiseState(list(items), video, actions, cond_latent, state, batch_conditioning(items))

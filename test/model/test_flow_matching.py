@@ -15,6 +15,7 @@ from motus_model.flow_matching import (
     euler_step,
     flow_matching_loss,
     initial_latents,
+    reachable_video_basis,
     sample,
     treatment_sigma,
 )
@@ -324,3 +325,68 @@ def test_sample_with_per_sample_generators_equals_each_sample_alone():
         )
         torch.testing.assert_close(video[row : row + 1], alone_video, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(actions[row : row + 1], alone_actions, atol=1e-5, rtol=1e-5)
+
+
+def _outside_head_span(model: MotusModel, video: torch.Tensor) -> torch.Tensor:
+    """Per-token residual of ``video`` [B, C, F, H, W] after least squares onto the head's span [W | b].
+
+    Computed with lstsq on the raw head weights (not the sampler's own SVD basis), tokens laid out as
+    the model's ``_unpatchify`` reads them (p_t, p_h, p_w, C)."""
+    head = model.video.head.head
+    span = torch.cat([head.weight, head.bias[:, None]], dim=1).double()
+    patch_t, patch_h, patch_w = model.config.video.patch_size
+    batch, channels, frames, height, width = video.shape
+    x = video.reshape(batch, channels, frames, height // patch_h, patch_h, width // patch_w, patch_w)
+    tokens = x.permute(0, 2, 3, 5, 4, 6, 1).reshape(-1, patch_t * patch_h * patch_w * channels).double()
+    coefficients = torch.linalg.lstsq(span, tokens.T).solution
+    return tokens.T - span @ coefficients
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("mode", [Mode.WORLD_MODEL, Mode.VIDEO_GENERATION, Mode.JOINT])
+def test_sampled_video_carries_no_noise_the_head_cannot_reach(mode):
+    # motus-tiny: a token holds 48 channels x 2 x 2 = 192 values, the expert is 32 wide, so the head
+    # writes a 33-dimensional subspace (W and the bias). Whatever the sampler leaves outside it was
+    # never denoised: it must be ~0, not ~(159/192) of the initial noise.
+    model = tiny_model()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.video.head.head.bias, std=0.1)
+    token_width = model.video.head.head.out_features
+    assert token_width > model.config.video.dim + 1  # the case under test
+    batch, conditioning, cond_latent = _sampling_inputs(model)
+    video, _ = sample(
+        model,
+        conditioning,
+        cond_latent,
+        batch["state"],
+        mode,
+        steps=3,
+        generator=torch.Generator().manual_seed(0),
+        given_actions=batch["actions"],
+    )
+    future = video[:, :, 1:]
+    outside = _outside_head_span(model, future)
+    assert float(outside.norm()) < 1e-4 * float(future.norm())
+    assert float(future.norm()) > 1.0  # something was sampled (not all zeros)
+
+
+@pytest.mark.timeout(240)
+def test_marginalised_video_keeps_its_full_noise():
+    # The policy (VLA) path feeds the future video as pure noise at sigma 1, as training did:
+    # projecting it would change the shipped policy's actions.
+    model = tiny_model()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.video.head.head.bias, std=0.1)
+    batch, _, cond_latent = _sampling_inputs(model)
+    basis = reachable_video_basis(model)
+    assert basis is not None and basis.shape == (model.video.head.head.out_features, model.config.video.dim + 1)
+    make = lambda mode, b: initial_latents(
+        model.config, mode, cond_latent, torch.Generator().manual_seed(4), given_actions=batch["actions"], video_basis=b
+    )
+    vla_video, vla_actions = make(Mode.VLA, basis)
+    plain_video, plain_actions = make(Mode.VLA, None)
+    assert torch.equal(vla_video, plain_video) and torch.equal(vla_actions, plain_actions)
+    joint_video, joint_actions = make(Mode.JOINT, basis)
+    assert torch.equal(joint_actions, plain_actions)  # same RNG stream: projection draws nothing
+    assert not torch.allclose(joint_video, plain_video)
+    assert float(_outside_head_span(model, joint_video[:, :, 1:]).norm()) < 1e-4 * float(joint_video.norm())
