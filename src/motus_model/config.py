@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 TRAINING_MODES = ("finetune", "pretrain")
-LATENT_KINDS = ("wan_vae", "pixel_patch")
+LATENT_KINDS = ("wan_vae", "pixel_patch", "patch_pca")
 INFERENCE_SIGMA_GRIDS = ("linear", "shifted")
 
 
@@ -142,6 +142,9 @@ class VideoLatentConfig:
     ``wan_vae``: the Wan2.2 VAE (48 channels, 16x spatial, 4x temporal, causal first frame).
     ``pixel_patch``: a learned-free space-to-depth of the RGB pixels in [-1, 1]:
     each latent frame holds ``spatial_compression**2 * temporal_compression * 3`` channels.
+    ``patch_pca``: the same patches projected onto their top ``channels`` principal components
+    (``video_latents.PatchPCACodec``, fitted on the task's frames, saved in the checkpoint's ``vae/``),
+    so a DiT token (channels x patch) can be no wider than the video expert.
     Like the causal Wan VAE, the first (conditioning) pixel frame forms latent frame 0 on
     its own; the following frames are grouped by ``temporal_compression``. So for ``n``
     pixel frames both kinds give ``1 + (n - 1) // temporal_compression`` latent frames.
@@ -177,6 +180,13 @@ class VideoLatentConfig:
                 raise ValueError(
                     f"pixel_patch latents have 3 * spatial_compression^2 * temporal_compression = "
                     f"{expected} channels, got latents.channels={self.channels}"
+                )
+        if self.kind == "patch_pca":
+            widest = 3 * self.spatial_compression**2
+            if self.temporal_compression != 1 or self.channels > widest:
+                raise ValueError(
+                    f"patch_pca latents need temporal_compression 1 and at most 3 * spatial_compression^2 = "
+                    f"{widest} channels, got {self.temporal_compression} and {self.channels}"
                 )
 
     def latent_grid(self, num_pixel_frames: int) -> tuple[int, int, int]:
@@ -525,6 +535,20 @@ def _motus_small_aloha() -> MotusConfig:
     return config
 
 
+def _motus_small_aloha_pca() -> MotusConfig:
+    """``motus-small-aloha`` on ``patch_pca`` latents: 8x8 patches reduced to 64 components, so a DiT token
+    (64 x 2 x 2 = 256 values) is as wide as the 256-wide video expert and every direction of the noise can be
+    denoised (pixel_patch: 768 values per token, two thirds of them out of the head's reach). Same token grid,
+    so the same cost per step. Needs a fitted codec (``python -m motus_model.video_latents fit-pca``)."""
+    config = _motus_small_aloha()
+    config.video.latent_channels = 64
+    config.latents = VideoLatentConfig(
+        kind="patch_pca", channels=64, spatial_compression=8, temporal_compression=1, image_height=96, image_width=80
+    )
+    config.__post_init__()
+    return config
+
+
 def _motus_small_wan_vae() -> MotusConfig:
     """``motus-small`` experts on real Wan2.2-VAE latents (48 ch, 16x/4x) of a 192x160 composite."""
     config = _motus_small()
@@ -548,5 +572,6 @@ _PRESETS: dict[str, Callable[[], MotusConfig]] = {
     "motus-tiny": _motus_tiny,
     "motus-small": _motus_small,
     "motus-small-aloha": _motus_small_aloha,
+    "motus-small-aloha-pca": _motus_small_aloha_pca,
     "motus-small-wan-vae": _motus_small_wan_vae,
 }

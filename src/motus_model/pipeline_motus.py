@@ -25,7 +25,7 @@ Checkpoint folder read by ``MotusPipeline.from_pretrained``::
       text_encoder/      umT5 encoder + tokenizer (transformers format)
       text_features.safetensors   optional pre-encoded instructions (save_text_features)
       vlm/               Qwen3-VL model + tokenizer + image processor (transformers format)
-      vae/               diffusers AutoencoderKLWan (only when config.latents.kind == "wan_vae")
+      vae/               diffusers AutoencoderKLWan (config.latents.kind "wan_vae") or PatchPCACodec ("patch_pca")
 
 The stats file holds ``Normalizer.to_dict()`` ({"mode", "eps", "stats"}); a bare stats dict
 ({"action": {...}, "state": {...}}) is read as mean_std. A policy checkpoint without stats is refused.
@@ -74,7 +74,7 @@ from motus_model.preprocessing import (
     tensor_to_image,
     validate_image,
 )
-from motus_model.video_latents import VideoCodec, WanVAECodec, build_codec, tiny_wan_vae
+from motus_model.video_latents import PatchPCACodec, VideoCodec, WanVAECodec, build_codec, tiny_wan_vae
 
 logger = logging.getLogger(__name__)
 
@@ -313,7 +313,9 @@ class MotusPipeline:
             logger.warning("checkpoint %s has no normalisation stats: state and actions are in raw units", path)
             normalizer = Normalizer.identity()
         codec = build_codec(
-            config, path=vae_path or (path / "vae" if config.latents.kind == "wan_vae" else None), device=device
+            config,
+            path=vae_path or (path / "vae" if config.latents.kind in ("wan_vae", "patch_pca") else None),
+            device=device,
         )
         text_dir = Path(text_encoder_path) if text_encoder_path else path / "text_encoder"
         features_file = path / "text_features.safetensors"
@@ -364,6 +366,8 @@ class MotusPipeline:
             (directory / "vlm" / "chat_template.jinja").write_text(self.vlm.chat_template)
         if isinstance(self.codec, WanVAECodec):
             self.codec.vae.save_pretrained(directory / "vae")
+        elif isinstance(self.codec, PatchPCACodec):
+            self.codec.save_pretrained(directory / "vae")
         logger.info("saved the engine's model, normaliser and encoders to %s", directory)
         return directory
 
@@ -403,6 +407,8 @@ class MotusPipeline:
             pass
         elif config.latents.kind == "wan_vae":
             codec = WanVAECodec(tiny_wan_vae(), device=device)
+        elif config.latents.kind == "patch_pca":
+            codec = PatchPCACodec.truncating(config.latents.channels, config.latents.spatial_compression)
         else:
             codec = build_codec(config, device=device)
         return cls(model, codec, Normalizer.identity(), text, vlm, device=device, **kwargs)
