@@ -94,6 +94,11 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         help="fraction of samples drawn from the first --episode-start-rows rows of an episode (default 0)",
     )
     parser.add_argument("--episode-start-rows", type=int, help="rows counted as an episode's start (default 64)")
+    parser.add_argument(
+        "--mode-mix",
+        help="share of each mode among training samples, e.g. joint=0.3,vla=0.3,world_model=0.15,idm=0.15,"
+        "video_generation=0.1; 'off' for independent shifted sigmas only (default: the stage preset's)",
+    )
     parser.add_argument("--batch-size", type=int, help="global batch size")
     parser.add_argument("--gradient-accumulation", type=int)
     parser.add_argument("--lr", type=float, dest="learning_rate")
@@ -117,6 +122,20 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, help="data-loader workers preparing steps ahead")
     parser.add_argument("--truncate-instructions", action="store_true", default=None)
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+
+
+def _parse_mode_mix(text: str) -> dict[str, float]:
+    """'joint=0.3,vla=0.3' -> {"joint": 0.3, "vla": 0.3}; 'off' -> {} (stored as null)."""
+    if text.strip().lower() in ("off", "none", "null"):
+        return {}
+    mix = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            mix[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--mode-mix: expected mode=share pairs like joint=0.3,vla=0.3, got {part!r}") from None
+    return mix
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -158,6 +177,8 @@ def _train(args: argparse.Namespace) -> int:
         )
     }
     overrides["init_from"] = args.init_from
+    if args.mode_mix is not None:
+        overrides["mode_mix"] = _parse_mode_mix(args.mode_mix)
     if args.config:
         config = TrainingConfig.load(args.config)
         config = TrainingConfig.from_dict({**config.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})

@@ -103,12 +103,18 @@ def flow_matching_loss(
     config: MotusConfig | None = None,
     generator: torch.Generator | None = None,
     schedule: FlowMatchSchedule | None = None,
+    mode_mix: Mapping[str, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Rectified-flow loss with independent video/action sigmas.
 
     The conditioning latent frame (frame 0) is kept clean and EXCLUDED from the video loss:
     the MSE is a mean over the future frames only (unlike the reference, which zeroes frame 0
     but still counts it in the mean, weighting future frames 2/3).
+
+    ``mode_mix`` ({mode value: share}, see ``training_sigmas``): each sample is drawn as one of the five
+    modes; a modality the mode gives CLEAN is fed at sigma 0 and gets no loss (its target would be the
+    noise, which nothing in the input tells), a MARGINALISED one is fed at sigma 1 (its loss kept: it is
+    the flow's own sigma-1 point). None keeps the plain independent shifted draws.
 
     Returns:
         total loss (scalar tensor with grad) and {"video": float, "action": float, "loss": float}.
@@ -125,7 +131,9 @@ def flow_matching_loss(
     device = video_x0.device
     gen_device = generator.device if generator is not None else device
 
-    video_sigma, action_sigma = schedule.sample_training_sigmas(batch_size, generator, device)
+    video_sigma, action_sigma, video_weight, action_weight = training_sigmas(
+        schedule, batch_size, generator, device, mode_mix
+    )
     video_noise = torch.randn(video_x0.shape, generator=generator, device=gen_device).to(device)
     action_noise = torch.randn(actions_x0.shape, generator=generator, device=gen_device).to(device)
 
@@ -146,15 +154,114 @@ def flow_matching_loss(
     )
     video_target = video_noise - video_x0
     action_target = action_noise - actions_x0
-    # Future frames only: frame 0 contributes to neither the sum nor the count.
-    video_loss = F.mse_loss(video_pred[:, :, 1:], video_target[:, :, 1:])
-    action_loss = F.mse_loss(action_pred, action_target)
+    if video_weight is None:
+        # Future frames only: frame 0 contributes to neither the sum nor the count.
+        video_loss = F.mse_loss(video_pred[:, :, 1:], video_target[:, :, 1:])
+        action_loss = F.mse_loss(action_pred, action_target)
+    else:
+        video_loss = _masked_mean((video_pred[:, :, 1:] - video_target[:, :, 1:]).pow(2), video_weight)
+        action_loss = _masked_mean((action_pred - action_target).pow(2), action_weight)
     total = config.loss.video_weight * video_loss + config.loss.action_weight * action_loss
     return total, {
         "loss": float(total.detach()),
         "video": float(video_loss.detach()),
         "action": float(action_loss.detach()),
     }
+
+
+def _masked_mean(squared: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean over the samples with weight 1 (each sample's own mean first; all samples have the same size).
+    With no such sample it is 0, still attached to the graph (every parameter keeps a gradient for DDP)."""
+    per_sample = squared.flatten(1).mean(dim=1)
+    return (per_sample * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+# ----------------------------------------------------------------------------------------
+# Mode mixing (UniDiffuser style): every conditional of the five modes trained
+# ----------------------------------------------------------------------------------------
+
+# Shares of the five modes in a training batch. The shifted schedule alone never draws sigma 0 and draws
+# sigma <= 0.05 1% of the time, so the world model (actions given) and the IDM (video given) were ~1% of
+# training each; these shares give every mode a real part. Joint and VLA keep the most: they train the
+# action denoiser the policy uses, so the policy's share of action-loss samples stays 60% (joint + VLA).
+DEFAULT_MODE_MIX: dict[str, float] = {
+    "joint": 0.3,
+    "vla": 0.3,
+    "world_model": 0.15,
+    "idm": 0.15,
+    "video_generation": 0.1,
+}
+
+
+def check_mode_mix(mode_mix: Mapping[str, float]) -> dict[str, float]:
+    """The shares normalised to sum 1, in ``Mode`` order; a clear error for an unknown mode or a bad share."""
+    names = [mode.value for mode in Mode]
+    unknown = sorted(set(mode_mix) - set(names))
+    if unknown:
+        raise ValueError(f"mode_mix: unknown modes {unknown}; expected some of {names}")
+    values = {name: float(mode_mix.get(name, 0.0)) for name in names}
+    if any(value < 0 or value != value for value in values.values()) or sum(values.values()) <= 0:
+        raise ValueError(f"mode_mix: shares must be >= 0 with a positive sum, got {dict(mode_mix)}")
+    total = sum(values.values())
+    return {name: value / total for name, value in values.items()}
+
+
+def modality_probabilities(mode_mix: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """What a mode mix means per modality: {"video"|"actions": {"clean", "marginalised", "shifted"}}."""
+    shares = check_mode_mix(mode_mix)
+    result: dict[str, dict[str, float]] = {}
+    for modality in ("video", "actions"):
+        counts = {"clean": 0.0, "marginalised": 0.0, "shifted": 0.0}
+        for mode in Mode:
+            treatment = getattr(mode, modality)
+            key = {Treatment.CLEAN: "clean", Treatment.MARGINALISED: "marginalised"}.get(treatment, "shifted")
+            counts[key] += shares[mode.value]
+        result[modality] = counts
+    return result
+
+
+def training_sigmas(
+    schedule: FlowMatchSchedule,
+    batch_size: int,
+    generator: torch.Generator | None,
+    device: torch.device | str,
+    mode_mix: Mapping[str, float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(video_sigma, action_sigma, video_loss_weight, action_loss_weight), each [B].
+
+    The shifted draws come first (so without a mix the RNG stream is the plain one); with a mix, one mode per
+    sample is then drawn with the mix's shares and each modality is set by the mode's treatment: CLEAN ->
+    sigma 0 and loss weight 0, MARGINALISED -> sigma 1, DENOISED -> the shifted draw. Without a mix the
+    weights are None (every sample counts).
+    """
+    video_sigma, action_sigma = schedule.sample_training_sigmas(batch_size, generator, device)
+    if mode_mix is None:
+        return video_sigma, action_sigma, None, None
+    modes = draw_training_modes(mode_mix, batch_size, generator, device)
+    video_weight = torch.ones(batch_size, device=device)
+    action_weight = torch.ones(batch_size, device=device)
+    for index, mode in enumerate(Mode):
+        rows = modes == index
+        for sigma, weight, treatment in (
+            (video_sigma, video_weight, mode.video),
+            (action_sigma, action_weight, mode.actions),
+        ):
+            if treatment is Treatment.CLEAN:
+                sigma[rows] = 0.0
+                weight[rows] = 0.0
+            elif treatment is Treatment.MARGINALISED:
+                sigma[rows] = 1.0
+    return video_sigma, action_sigma, video_weight, action_weight
+
+
+def draw_training_modes(
+    mode_mix: Mapping[str, float], batch_size: int, generator: torch.Generator | None, device: torch.device | str
+) -> torch.Tensor:
+    """[B] indices into ``list(Mode)``, drawn with the mix's shares."""
+    shares = check_mode_mix(mode_mix)
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    probabilities = torch.tensor([shares[mode.value] for mode in Mode], dtype=torch.float64, device=gen_device)
+    return torch.multinomial(probabilities, batch_size, replacement=True, generator=generator).to(device)
 
 
 # ----------------------------------------------------------------------------------------

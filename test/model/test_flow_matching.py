@@ -8,15 +8,19 @@ import torch.nn.functional as F
 
 from motus_model.config import MotusConfig
 from motus_model.flow_matching import (
+    DEFAULT_MODE_MIX,
     FlowMatchSchedule,
     Mode,
     SamplingCancelled,
     Treatment,
+    check_mode_mix,
     euler_step,
     flow_matching_loss,
     initial_latents,
+    modality_probabilities,
     reachable_video_basis,
     sample,
+    training_sigmas,
     treatment_sigma,
 )
 from motus_model.modeling_motus import MotusModel
@@ -390,3 +394,66 @@ def test_marginalised_video_keeps_its_full_noise():
     assert torch.equal(joint_actions, plain_actions)  # same RNG stream: projection draws nothing
     assert not torch.allclose(joint_video, plain_video)
     assert float(_outside_head_span(model, joint_video[:, :, 1:]).norm()) < 1e-4 * float(joint_video.norm())
+
+
+def test_mode_mix_draws_each_mode_with_its_share():
+    # Over many batches the (video, action) sigma pairs must land in each mode's pattern with the configured
+    # share: world model = actions at exactly 0, IDM = video at exactly 0, VLA = video at exactly 1,
+    # video generation = actions at exactly 1; the rest (joint) both from the shifted table (never 0 or 1).
+    mix = {"joint": 0.3, "vla": 0.25, "world_model": 0.2, "idm": 0.15, "video_generation": 0.1}
+    schedule = FlowMatchSchedule(MotusConfig.preset("motus-tiny").schedule)
+    generator = torch.Generator().manual_seed(0)
+    counts = dict.fromkeys(mix, 0)
+    total = 0
+    for _ in range(200):
+        video, action, video_weight, action_weight = training_sigmas(schedule, 64, generator, "cpu", mix)
+        patterns = {
+            "world_model": (action == 0) & (video > 0),
+            "idm": (video == 0) & (action > 0),
+            "vla": (video == 1) & (action > 0),
+            "video_generation": (action == 1) & (video > 0),
+            "joint": (video > 0) & (video < 1) & (action > 0) & (action < 1),
+        }
+        matched = sum(p.long() for p in patterns.values())
+        # Every sample is some mode; the shifted table holds sigma 1 once in 1000 rows, so a few are ambiguous.
+        assert bool((matched >= 1).all()) and float((matched > 1).float().mean()) < 0.05
+        for name, rows in patterns.items():
+            counts[name] += int(rows.sum())
+        # A clean modality gets no loss, every other one does.
+        assert torch.equal(video_weight, (video != 0).float()) and torch.equal(action_weight, (action != 0).float())
+        total += 64
+    for name, share in mix.items():
+        assert counts[name] / total == pytest.approx(share, abs=0.015), (name, counts[name] / total)
+    # Without a mix: the plain shifted draws, sigma 0 never drawn.
+    video, action, video_weight, _ = training_sigmas(schedule, 4096, generator, "cpu", None)
+    assert video_weight is None and float(video.min()) > 0 and float(action.min()) > 0
+
+
+def test_mode_mix_loss_ignores_the_clean_modality():
+    # All samples in world-model mode: the actions are given, so the action loss is 0 and the action
+    # prediction gets no gradient from it, whatever the action head predicts; the video loss is the plain one.
+    model = tiny_model()
+    model.train()
+    batch = make_batch(model.config, batch_size=3)
+    loss, parts = flow_matching_loss(
+        model, batch, generator=torch.Generator().manual_seed(0), mode_mix={"world_model": 1.0}
+    )
+    assert parts["action"] == 0.0 and parts["video"] > 0
+    loss.backward()
+    assert float(model.action_expert.head.head.weight.grad.abs().sum()) == 0.0
+    assert float(model.video.head.head.weight.grad.abs().sum()) > 0
+    model.zero_grad()
+    loss, parts = flow_matching_loss(model, batch, generator=torch.Generator().manual_seed(0), mode_mix={"idm": 1.0})
+    assert parts["video"] == 0.0 and parts["action"] > 0
+    loss.backward()
+    assert float(model.video.head.head.weight.grad.abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="unknown modes"):
+        flow_matching_loss(model, batch, mode_mix={"policy": 1.0})
+
+
+def test_default_mode_mix_gives_every_mode_a_real_share():
+    shares = check_mode_mix(DEFAULT_MODE_MIX)
+    assert set(shares) == {mode.value for mode in Mode} and min(shares.values()) >= 0.1
+    per_modality = modality_probabilities(DEFAULT_MODE_MIX)
+    assert per_modality["actions"]["clean"] == pytest.approx(shares["world_model"])
+    assert per_modality["video"]["clean"] == pytest.approx(shares["idm"])

@@ -78,3 +78,27 @@ def test_lr_factor_shape_and_scheduler_state():
     restored.load_state_dict(state)
     assert restored.get_last_lr() == scheduler.get_last_lr()
     assert scheduler.get_last_lr()[0] == pytest.approx(5e-5 * factor(150))
+
+
+def test_mode_mix_in_stage_presets_config_and_model_card(tmp_path):
+    from motus_model.cli import _parse_mode_mix
+    from motus_model.config import MotusConfig
+    from motus_model.training.trainer import write_model_card
+
+    stage1, stage2, stage3 = (TrainingConfig.for_stage(s) for s in (1, 2, 3))
+    assert stage1.mode_mix is None  # video only
+    assert stage2.mode_mix == stage3.mode_mix and set(stage3.mode_mix) == {
+        "joint",
+        "vla",
+        "world_model",
+        "idm",
+        "video_generation",
+    }
+    stage3.save(tmp_path / "c.json")
+    assert TrainingConfig.load(tmp_path / "c.json").mode_mix == stage3.mode_mix  # saved with the run
+    assert TrainingConfig(mode_mix=_parse_mode_mix("off")).mode_mix is None
+    assert _parse_mode_mix("joint=1,idm=0.5") == {"joint": 1.0, "idm": 0.5}
+    with pytest.raises(ValueError, match="unknown modes"):
+        TrainingConfig(mode_mix={"policy": 1.0})
+    card = write_model_card(tmp_path, stage3, MotusConfig.preset("motus-tiny"), 5).read_text()
+    assert "world_model 15%" in card and "idm 15%" in card and "clean 15%" in card

@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from motus_model.flow_matching import DEFAULT_MODE_MIX, check_mode_mix
+
 logger = logging.getLogger(__name__)
 
 
@@ -63,6 +65,10 @@ class TrainingConfig:
     # loss weights override the model config's when not None (stage 1 turns the action loss off)
     video_loss_weight: float | None = None
     action_loss_weight: float | None = None
+    # UniDiffuser-style mode mixing: the share of each of the five modes among the training samples
+    # (flow_matching.training_sigmas: a given modality at sigma 0 with no loss, a marginalised one at
+    # sigma 1). None: independent shifted sigmas only (stage 1, video only; and the runs before this field).
+    mode_mix: dict[str, float] | None = field(default_factory=lambda: dict(DEFAULT_MODE_MIX))
 
     # --- data
     dataset: str = ""  # one LeRobot dataset folder (or use mixture)
@@ -152,6 +158,12 @@ class TrainingConfig:
         if not 0 <= self.lr_f_min <= self.lr_f_max:
             raise ValueError(f"need 0 <= lr_f_min <= lr_f_max, got {self.lr_f_min}, {self.lr_f_max}")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
+        if self.mode_mix == {}:  # `--mode-mix off` (an override of None would be ignored)
+            self.mode_mix = None
+        if self.mode_mix is not None:
+            if not isinstance(self.mode_mix, dict):
+                raise ValueError(f"mode_mix must be a mapping mode -> share or null, got {self.mode_mix!r}")
+            check_mode_mix(self.mode_mix)
 
     # --- serialisation
     def to_dict(self) -> dict[str, Any]:
