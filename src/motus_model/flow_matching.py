@@ -104,8 +104,13 @@ def flow_matching_loss(
     generator: torch.Generator | None = None,
     schedule: FlowMatchSchedule | None = None,
     mode_mix: Mapping[str, float] | None = None,
+    video_only: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Rectified-flow loss with independent video/action sigmas.
+
+    ``video_only`` (stage 1): the video expert alone through ``MotusModel.forward_video_only``; the action
+    and understanding experts are not run, the batch's actions and VLM features are ignored, the action
+    loss is 0.
 
     The conditioning latent frame (frame 0) is kept clean and EXCLUDED from the video loss:
     the MSE is a mean over the future frames only (unlike the reference, which zeroes frame 0
@@ -130,6 +135,8 @@ def flow_matching_loss(
     batch_size = video_x0.shape[0]
     device = video_x0.device
     gen_device = generator.device if generator is not None else device
+    if video_only:
+        return _video_only_loss(model, batch, config, schedule, video_x0, generator, gen_device)
 
     video_sigma, action_sigma, video_weight, action_weight = training_sigmas(
         schedule, batch_size, generator, device, mode_mix
@@ -167,6 +174,30 @@ def flow_matching_loss(
         "video": float(video_loss.detach()),
         "action": float(action_loss.detach()),
     }
+
+
+def _video_only_loss(
+    model: MotusModel,
+    batch: Mapping[str, torch.Tensor | None],
+    config: MotusConfig,
+    schedule: FlowMatchSchedule,
+    video_x0: torch.Tensor,
+    generator: torch.Generator | None,
+    gen_device: torch.device,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The stage-1 loss: the same video sigma draw, noise and target as the full loss, the video expert alone."""
+    device = video_x0.device
+    video_sigma, _ = schedule.sample_training_sigmas(video_x0.shape[0], generator, device)
+    video_noise = torch.randn(video_x0.shape, generator=generator, device=gen_device).to(device)
+    noisy_video = (1 - video_sigma.view(-1, 1, 1, 1, 1)) * video_x0 + video_sigma.view(-1, 1, 1, 1, 1) * video_noise
+    noisy_video[:, :, 0] = video_x0[:, :, 0]
+    conditioning = model.prepare_conditioning(
+        _get(batch, "text_context"), _get(batch, "text_mask", required=False), None, None
+    )
+    video_pred = model.forward_video_only(noisy_video, video_sigma, conditioning)
+    video_loss = F.mse_loss(video_pred[:, :, 1:], (video_noise - video_x0)[:, :, 1:])
+    total = config.loss.video_weight * video_loss
+    return total, {"loss": float(total.detach()), "video": float(video_loss.detach()), "action": 0.0}
 
 
 def _masked_mean(squared: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

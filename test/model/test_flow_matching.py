@@ -457,3 +457,35 @@ def test_default_mode_mix_gives_every_mode_a_real_share():
     per_modality = modality_probabilities(DEFAULT_MODE_MIX)
     assert per_modality["actions"]["clean"] == pytest.approx(shares["world_model"])
     assert per_modality["video"]["clean"] == pytest.approx(shares["idm"])
+
+
+def test_video_only_loss_runs_and_trains_the_video_expert_alone():
+    # Stage 1 trains through forward_video_only: the action and understanding experts are never called
+    # (not even fed zeros) and get no gradient; every live video-expert weight does.
+    model = tiny_model()
+    model.train()
+    batch = make_batch(model.config, batch_size=2)
+    calls = []
+    hooks = [
+        module.register_forward_hook(lambda module, args, output, name=name: calls.append(name))
+        for name, module in model.named_modules()
+        if name.startswith(("action_expert", "und_expert"))
+    ]
+    video_calls = []
+    hooks.append(model.video.head.head.register_forward_hook(lambda *args: video_calls.append(1)))
+    loss, parts = flow_matching_loss(model, batch, generator=torch.Generator().manual_seed(0), video_only=True)
+    loss.backward()
+    for hook in hooks:
+        hook.remove()
+    assert calls == [] and video_calls  # the video head ran, nothing of the other experts did
+    assert parts["action"] == 0.0 and parts["video"] > 0
+    for name, parameter in model.named_parameters():
+        if name.startswith(("action_expert", "und_expert")):
+            assert parameter.grad is None, name
+    assert model.video.head.head.weight.grad is not None
+    assert float(model.video.blocks[0].self_attn.q.weight.grad.abs().sum()) > 0
+    # Same draws as the full loss' video half: the same noisy input reaches the video expert.
+    torch.testing.assert_close(
+        loss.detach(),
+        flow_matching_loss(model, batch, generator=torch.Generator().manual_seed(0), video_only=True)[0].detach(),
+    )

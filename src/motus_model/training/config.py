@@ -69,6 +69,9 @@ class TrainingConfig:
     # (flow_matching.training_sigmas: a given modality at sigma 0 with no loss, a marginalised one at
     # sigma 1). None: independent shifted sigmas only (stage 1, video only; and the runs before this field).
     mode_mix: dict[str, float] | None = field(default_factory=lambda: dict(DEFAULT_MODE_MIX))
+    # Train through MotusModel.forward_video_only (stage 1): the video expert alone, the action and
+    # understanding experts neither run nor trained (they must be frozen).
+    video_only: bool = False
 
     # --- data
     dataset: str = ""  # one LeRobot dataset folder (or use mixture)
@@ -158,6 +161,8 @@ class TrainingConfig:
         if not 0 <= self.lr_f_min <= self.lr_f_max:
             raise ValueError(f"need 0 <= lr_f_min <= lr_f_max, got {self.lr_f_min}, {self.lr_f_max}")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
+        if self.video_only and self.mode_mix is not None:
+            raise ValueError("video_only training has no actions to mix modes with: set mode_mix to null")
         if self.mode_mix == {}:  # `--mode-mix off` (an override of None would be ignored)
             self.mode_mix = None
         if self.mode_mix is not None:

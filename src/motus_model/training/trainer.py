@@ -87,15 +87,24 @@ LATEST_FILE = "latest"
 class FlowMatchingObjective(nn.Module):
     """Wraps the model so the distributed wrapper sees the whole loss computation in ``forward``."""
 
-    def __init__(self, model: MotusModel, loss_config: MotusConfig, mode_mix: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        model: MotusModel,
+        loss_config: MotusConfig,
+        mode_mix: dict[str, float] | None = None,
+        video_only: bool = False,
+    ) -> None:
         super().__init__()
         self.model = model
         self.loss_config = loss_config
         self.schedule = FlowMatchSchedule(loss_config.schedule)
         self.mode_mix = mode_mix
+        self.video_only = video_only
 
     def forward(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        return flow_matching_loss(self.model, batch, self.loss_config, generator, self.schedule, self.mode_mix)
+        return flow_matching_loss(
+            self.model, batch, self.loss_config, generator, self.schedule, self.mode_mix, self.video_only
+        )
 
 
 @dataclass
@@ -417,6 +426,8 @@ class Trainer:
 
             saved, _ = load_pretrained(self.resume_from, device="cpu")
             self.model.load_state_dict(saved.state_dict(), strict=True)
+        if config.video_only and not {"action_expert", "und_expert"} <= set(config.frozen_modules):
+            raise ValueError("video_only training runs the video expert alone: freeze action_expert and und_expert")
         self.frozen = freeze(self.model, config.frozen_modules)
         self.model.to(self.device)
         loss_config = copy.deepcopy(self.model.config)
@@ -465,7 +476,7 @@ class Trainer:
             ),
         )
         self.objective, self.optimizer = self.accelerator.prepare(
-            FlowMatchingObjective(self.model, loss_config, config.mode_mix), self.optimizer
+            FlowMatchingObjective(self.model, loss_config, config.mode_mix, config.video_only), self.optimizer
         )
         self.step = 0
         if self.resume_from is not None:
