@@ -482,6 +482,47 @@ register_command(
 )
 
 
+def _eval_generative_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="Motus checkpoint folder (finetune, real actions)")
+    parser.add_argument("--dataset", required=True, help="held-out LeRobot dataset (e.g. generate-demos --seed 1000)")
+    parser.add_argument("--samples", type=int, default=8, help="(episode, condition) samples, drawn as idm-eval does")
+    parser.add_argument("--seed", type=int, default=0, help="sample-drawing seed; noise seeds derive from it")
+    parser.add_argument("--steps", type=int, help="Euler steps (default: the checkpoint's)")
+    parser.add_argument("--conv-idm", help="ConvIDM folder (motus train-conv-idm) for the IDM comparison")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", help="write the JSON report here too")
+    parser.add_argument("--strip", help="write a PNG of live vs imagined frames of the first sample here")
+
+
+def _eval_generative(args: argparse.Namespace) -> int:
+    from motus_model.training.evaluation import GenerativeEvalConfig, evaluate_generative, generative_markdown
+
+    report = evaluate_generative(
+        GenerativeEvalConfig(
+            checkpoint=args.checkpoint,
+            dataset=args.dataset,
+            samples=args.samples,
+            seed=args.seed,
+            steps=args.steps,
+            conv_idm=args.conv_idm,
+            device=args.device,
+            out=args.out,
+            strip=args.strip,
+        )
+    )
+    print(json.dumps(report))
+    print(generative_markdown(report))
+    return 0
+
+
+register_command(
+    "eval-generative",
+    "world model, video generation and IDM on held-out episodes vs repeat-last, hold-still and the conv IDM",
+    _eval_generative_arguments,
+    _eval_generative,
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="motus", description="Motus training and data tools")
     parser.add_argument("--log-level", default="INFO")
