@@ -597,6 +597,16 @@ class MotusPipeline:
         item.timing_ms["conditioning"] = (time.perf_counter() - prepared) * 1e3
         return item
 
+    def _video_basis(self) -> torch.Tensor | None:
+        """``reachable_video_basis`` of the model, cached until the head's weights change (an SVD: ~50 ms on a CPU)."""
+        head = self.model.video.head.head
+        key = (head.weight.data_ptr(), head.weight._version, head.bias.data_ptr(), head.bias._version)
+        cached = getattr(self, "_video_basis_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, reachable_video_basis(self.model))
+            self._video_basis_cache = cached
+        return cached[1]
+
     def prepare_latents(self, items: list[PreparedRequest]) -> DenoiseState:
         """The starting point of a same-mode batch: each request draws its noise from its own
         generator, so a batched request equals the same request run alone."""
@@ -611,7 +621,7 @@ class MotusPipeline:
             given_actions=torch.cat([item.given_actions for item in items])
             if mode.actions is Treatment.CLEAN
             else None,
-            video_basis=reachable_video_basis(self.model) if mode.video is Treatment.DENOISED else None,
+            video_basis=self._video_basis() if mode.video is Treatment.DENOISED else None,
         )
         state = torch.cat([item.state for item in items]) if self.config.uses_state else None
         return DenoiseState(list(items), video, actions, cond_latent, state, batch_conditioning(items))

@@ -128,3 +128,36 @@ def test_patch_pca_preset_token_fits_the_expert():
         build_codec(config)
     with pytest.raises(ValueError, match="at most"):
         VideoLatentConfig(kind="patch_pca", channels=200, spatial_compression=8, temporal_compression=1)
+
+
+@pytest.mark.timeout(180)
+def test_a_patch_pca_checkpoint_carries_its_codec(tmp_path):
+    import dataclasses
+
+    import numpy as np
+
+    from motus_model.config import MotusConfig
+    from motus_model.pipeline_motus import MotusPipeline, MotusRequest
+    from motus_model.video_latents import PatchPCACodec
+
+    base = MotusConfig.preset("motus-tiny")
+    latents = dataclasses.replace(base.latents, kind="patch_pca", channels=8)
+    config = dataclasses.replace(base, latents=latents, video=dataclasses.replace(base.video, latent_channels=8))
+    codec = PatchPCACodec.fit(_low_rank_frames(20, rank=8, patch=4).repeat(1, 1, 2, 2), channels=8, patch_size=4)
+    pipeline = MotusPipeline.from_config(config, codec=codec)
+    pipeline.save_pretrained(tmp_path / "ckpt")
+    loaded = MotusPipeline.from_pretrained(tmp_path / "ckpt", allow_missing_stats=True)
+    assert isinstance(loaded.codec, PatchPCACodec) and torch.equal(loaded.codec.components, codec.components)
+    assert MotusConfig.load(tmp_path / "ckpt" / "config.json").latents.kind == "patch_pca"
+    views = {role: np.zeros((32, 32, 3), dtype=np.uint8) for role in ("high", "left_wrist", "right_wrist")}
+    result = loaded(
+        MotusRequest(
+            mode="world_model",
+            images=views,
+            state=np.zeros(14),
+            actions=np.zeros((config.temporal.action_chunk, 14)),
+            steps=1,
+            seed=0,
+        )
+    )
+    assert result.frames.shape == (config.temporal.num_video_frames, 32, 32, 3)

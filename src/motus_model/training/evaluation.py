@@ -314,12 +314,13 @@ def evaluate_generative(config: GenerativeEvalConfig) -> dict[str, Any]:
     return report
 
 
-def write_strip(path: str | Path, condition: np.ndarray, rows: Mapping[str, np.ndarray]) -> Path:
-    """A PNG: one row per entry (label, the conditioning frame, then its future frames), written via a temp file."""
+def write_strip(path: str | Path, condition: np.ndarray, rows: Mapping[str, np.ndarray], scale: int = 2) -> Path:
+    """A PNG: one row per entry (label, the conditioning frame, then its future frames), each frame enlarged
+    ``scale`` times (nearest neighbour: the composites are 96x80); written via a temporary file."""
     from PIL import Image, ImageDraw
 
     label_width, gap = 170, 4
-    height, width = condition.shape[:2]
+    height, width = condition.shape[0] * scale, condition.shape[1] * scale
     columns = 1 + max(len(frames) for frames in rows.values())
     canvas = Image.new("RGB", (label_width + columns * (width + gap), len(rows) * (height + gap)), "white")
     draw = ImageDraw.Draw(canvas)
@@ -327,9 +328,8 @@ def write_strip(path: str | Path, condition: np.ndarray, rows: Mapping[str, np.n
         top = row * (height + gap)
         draw.text((4, top + height // 2 - 6), label, fill="black")
         for column, frame in enumerate([condition, *frames]):
-            canvas.paste(
-                Image.fromarray(np.asarray(frame, dtype=np.uint8)), (label_width + column * (width + gap), top)
-            )
+            image = Image.fromarray(np.asarray(frame, dtype=np.uint8)).resize((width, height), Image.NEAREST)
+            canvas.paste(image, (label_width + column * (width + gap), top))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
