@@ -372,8 +372,9 @@ class MotusConfig:
     def video_token_dim(self) -> int:
         """Latent values per video token (patch volume x latent channels): 192 < 3072 in the release. Where it
         exceeds ``video.dim`` the patch embedding and the head are a bottleneck: the velocity the model can
-        output spans only ``video.dim`` of these directions, so the noise in the others is never removed and
-        sampled frames stay noisy whatever the training (pixel_patch presets; see docs/results.md)."""
+        output spans only ``video.dim`` of these directions. The sampler projects its initial noise onto them
+        (``flow_matching.reachable_video_basis``), so frames are not left noisy, but what lies outside is lost
+        (pixel_patch presets; ``patch_pca`` latents fit the token to the expert; see docs/results.md)."""
         patch_t, patch_h, patch_w = self.video.patch_size
         return patch_t * patch_h * patch_w * self.latents.channels
 

@@ -438,8 +438,9 @@ class Trainer:
         model_config = self.model.config
         if loss_config.loss.video_weight > 0 and model_config.video_token_dim > model_config.video.dim:
             logger.warning(
-                "a video token holds %d latent values but the video expert is %d wide: sampled frames will keep "
-                "the noise outside the head's %d directions (see MotusConfig.video_token_dim)",
+                "a video token holds %d latent values but the video expert is %d wide: the head can write only %d "
+                "of them (the sampler projects its noise there, the rest of the frame is lost; the video loss has "
+                "a floor). A patch_pca preset fits the token to the expert (see MotusConfig.video_token_dim)",
                 model_config.video_token_dim,
                 model_config.video.dim,
                 model_config.video.dim,
