@@ -310,7 +310,9 @@ def evaluate_generative(config: GenerativeEvalConfig) -> dict[str, Any]:
     if config.out:
         out = Path(config.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        partial = out.with_name(out.name + ".partial")  # an interrupted write leaves no half report
+        partial.write_text(json.dumps(report, indent=2) + "\n")
+        partial.replace(out)
     return report
 
 
