@@ -105,6 +105,11 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         help="fraction of samples drawn from the first --episode-start-rows rows of an episode (default 0)",
     )
     parser.add_argument("--episode-start-rows", type=int, help="rows counted as an episode's start (default 64)")
+    parser.add_argument(
+        "--mode-mix",
+        help="share of each mode among training samples, e.g. joint=0.3,vla=0.3,world_model=0.15,idm=0.15,"
+        "video_generation=0.1; 'off' for independent shifted sigmas only (default: the stage preset's)",
+    )
     parser.add_argument("--batch-size", type=int, help="global batch size")
     parser.add_argument("--gradient-accumulation", type=int)
     parser.add_argument("--lr", type=float, dest="learning_rate")
@@ -128,6 +133,20 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, help="data-loader workers preparing steps ahead")
     parser.add_argument("--truncate-instructions", action="store_true", default=None)
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+
+
+def _parse_mode_mix(text: str) -> dict[str, float]:
+    """'joint=0.3,vla=0.3' -> {"joint": 0.3, "vla": 0.3}; 'off' -> {} (stored as null)."""
+    if text.strip().lower() in ("off", "none", "null"):
+        return {}
+    mix = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            mix[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--mode-mix: expected mode=share pairs like joint=0.3,vla=0.3, got {part!r}") from None
+    return mix
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -171,6 +190,8 @@ def _train(args: argparse.Namespace) -> int:
         )
     }
     overrides["init_from"] = args.init_from
+    if args.mode_mix is not None:
+        overrides["mode_mix"] = _parse_mode_mix(args.mode_mix)
     if args.config:
         config = TrainingConfig.load(args.config)
         config = TrainingConfig.from_dict({**config.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})
@@ -553,6 +574,47 @@ from motus_model.baselines import conv_idm_arguments, idm_eval_arguments, run_co
 register_command("train-conv-idm", "train the small convolutional IDM baseline", conv_idm_arguments, run_conv_idm)
 register_command(
     "idm-eval", "held-out IDM comparison: Motus IDM mode vs conv IDM vs hold-state", idm_eval_arguments, run_idm_eval
+)
+
+
+def _eval_generative_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="Motus checkpoint folder (finetune, real actions)")
+    parser.add_argument("--dataset", required=True, help="held-out LeRobot dataset (e.g. generate-demos --seed 1000)")
+    parser.add_argument("--samples", type=int, default=8, help="(episode, condition) samples, drawn as idm-eval does")
+    parser.add_argument("--seed", type=int, default=0, help="sample-drawing seed; noise seeds derive from it")
+    parser.add_argument("--steps", type=int, help="Euler steps (default: the checkpoint's)")
+    parser.add_argument("--conv-idm", help="ConvIDM folder (motus train-conv-idm) for the IDM comparison")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", help="write the JSON report here too")
+    parser.add_argument("--strip", help="write a PNG of live vs imagined frames of the first sample here")
+
+
+def _eval_generative(args: argparse.Namespace) -> int:
+    from motus_model.training.evaluation import GenerativeEvalConfig, evaluate_generative, generative_markdown
+
+    report = evaluate_generative(
+        GenerativeEvalConfig(
+            checkpoint=args.checkpoint,
+            dataset=args.dataset,
+            samples=args.samples,
+            seed=args.seed,
+            steps=args.steps,
+            conv_idm=args.conv_idm,
+            device=args.device,
+            out=args.out,
+            strip=args.strip,
+        )
+    )
+    print(json.dumps(report))
+    print(generative_markdown(report))
+    return 0
+
+
+register_command(
+    "eval-generative",
+    "world model, video generation and IDM on held-out episodes vs repeat-last, hold-still and the conv IDM",
+    _eval_generative_arguments,
+    _eval_generative,
 )
 
 

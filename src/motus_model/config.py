@@ -39,7 +39,7 @@ MAX_CAMERAS = 4
 # The reference release's three ALOHA views, in composite order (cam_high, cam_left_wrist, cam_right_wrist): the
 # layout of every checkpoint whose config.json has no "cameras" section.
 DEFAULT_CAMERA_ROLES: tuple[str, ...] = ("high", "left_wrist", "right_wrist")
-LATENT_KINDS = ("wan_vae", "pixel_patch")
+LATENT_KINDS = ("wan_vae", "pixel_patch", "patch_pca")
 INFERENCE_SIGMA_GRIDS = ("linear", "shifted")
 
 
@@ -153,6 +153,9 @@ class VideoLatentConfig:
     ``wan_vae``: the Wan2.2 VAE (48 channels, 16x spatial, 4x temporal, causal first frame).
     ``pixel_patch``: a learned-free space-to-depth of the RGB pixels in [-1, 1]:
     each latent frame holds ``spatial_compression**2 * temporal_compression * 3`` channels.
+    ``patch_pca``: the same patches projected onto their top ``channels`` principal components
+    (``video_latents.PatchPCACodec``, fitted on the task's frames, saved in the checkpoint's ``vae/``),
+    so a DiT token (channels x patch) can be no wider than the video expert.
     Like the causal Wan VAE, the first (conditioning) pixel frame forms latent frame 0 on
     its own; the following frames are grouped by ``temporal_compression``. So for ``n``
     pixel frames both kinds give ``1 + (n - 1) // temporal_compression`` latent frames.
@@ -188,6 +191,13 @@ class VideoLatentConfig:
                 raise ValueError(
                     f"pixel_patch latents have 3 * spatial_compression^2 * temporal_compression = "
                     f"{expected} channels, got latents.channels={self.channels}"
+                )
+        if self.kind == "patch_pca":
+            widest = 3 * self.spatial_compression**2
+            if self.temporal_compression != 1 or self.channels > widest:
+                raise ValueError(
+                    f"patch_pca latents need temporal_compression 1 and at most 3 * spatial_compression^2 = "
+                    f"{widest} channels, got {self.temporal_compression} and {self.channels}"
                 )
 
     def latent_grid(self, num_pixel_frames: int) -> tuple[int, int, int]:
@@ -434,8 +444,9 @@ class MotusConfig:
     def video_token_dim(self) -> int:
         """Latent values per video token (patch volume x latent channels): 192 < 3072 in the release. Where it
         exceeds ``video.dim`` the patch embedding and the head are a bottleneck: the velocity the model can
-        output spans only ``video.dim`` of these directions, so the noise in the others is never removed and
-        sampled frames stay noisy whatever the training (pixel_patch presets; see docs/results.md)."""
+        output spans only ``video.dim`` of these directions. The sampler projects its initial noise onto them
+        (``flow_matching.reachable_video_basis``), so frames are not left noisy, but what lies outside is lost
+        (pixel_patch presets; ``patch_pca`` latents fit the token to the expert; see docs/results.md)."""
         patch_t, patch_h, patch_w = self.video.patch_size
         return patch_t * patch_h * patch_w * self.latents.channels
 
@@ -597,6 +608,20 @@ def _motus_small_aloha() -> MotusConfig:
     return config
 
 
+def _motus_small_aloha_pca() -> MotusConfig:
+    """``motus-small-aloha`` on ``patch_pca`` latents: 8x8 patches reduced to 64 components, so a DiT token
+    (64 x 2 x 2 = 256 values) is as wide as the 256-wide video expert and every direction of the noise can be
+    denoised (pixel_patch: 768 values per token, two thirds of them out of the head's reach). Same token grid,
+    so the same cost per step. Needs a fitted codec (``python -m motus_model.video_latents fit-pca``)."""
+    config = _motus_small_aloha()
+    config.video.latent_channels = 64
+    config.latents = VideoLatentConfig(
+        kind="patch_pca", channels=64, spatial_compression=8, temporal_compression=1, image_height=96, image_width=80
+    )
+    config.__post_init__()
+    return config
+
+
 def _motus_small_wan_vae() -> MotusConfig:
     """``motus-small`` experts on real Wan2.2-VAE latents (48 ch, 16x/4x) of a 192x160 composite."""
     config = _motus_small()
@@ -620,5 +645,6 @@ _PRESETS: dict[str, Callable[[], MotusConfig]] = {
     "motus-tiny": _motus_tiny,
     "motus-small": _motus_small,
     "motus-small-aloha": _motus_small_aloha,
+    "motus-small-aloha-pca": _motus_small_aloha_pca,
     "motus-small-wan-vae": _motus_small_wan_vae,
 }

@@ -103,12 +103,23 @@ def flow_matching_loss(
     config: MotusConfig | None = None,
     generator: torch.Generator | None = None,
     schedule: FlowMatchSchedule | None = None,
+    mode_mix: Mapping[str, float] | None = None,
+    video_only: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Rectified-flow loss with independent video/action sigmas.
+
+    ``video_only`` (stage 1): the video expert alone through ``MotusModel.forward_video_only``; the action
+    and understanding experts are not run, the batch's actions and VLM features are ignored, the action
+    loss is 0.
 
     The conditioning latent frame (frame 0) is kept clean and EXCLUDED from the video loss:
     the MSE is a mean over the future frames only (unlike the reference, which zeroes frame 0
     but still counts it in the mean, weighting future frames 2/3).
+
+    ``mode_mix`` ({mode value: share}, see ``training_sigmas``): each sample is drawn as one of the five
+    modes; a modality the mode gives CLEAN is fed at sigma 0 and gets no loss (its target would be the
+    noise, which nothing in the input tells), a MARGINALISED one is fed at sigma 1 (its loss kept: it is
+    the flow's own sigma-1 point). None keeps the plain independent shifted draws.
 
     Returns:
         total loss (scalar tensor with grad) and {"video": float, "action": float, "loss": float}.
@@ -124,8 +135,12 @@ def flow_matching_loss(
     batch_size = video_x0.shape[0]
     device = video_x0.device
     gen_device = generator.device if generator is not None else device
+    if video_only:
+        return _video_only_loss(model, batch, config, schedule, video_x0, generator, gen_device)
 
-    video_sigma, action_sigma = schedule.sample_training_sigmas(batch_size, generator, device)
+    video_sigma, action_sigma, video_weight, action_weight = training_sigmas(
+        schedule, batch_size, generator, device, mode_mix
+    )
     video_noise = torch.randn(video_x0.shape, generator=generator, device=gen_device).to(device)
     action_noise = torch.randn(actions_x0.shape, generator=generator, device=gen_device).to(device)
 
@@ -146,15 +161,138 @@ def flow_matching_loss(
     )
     video_target = video_noise - video_x0
     action_target = action_noise - actions_x0
-    # Future frames only: frame 0 contributes to neither the sum nor the count.
-    video_loss = F.mse_loss(video_pred[:, :, 1:], video_target[:, :, 1:])
-    action_loss = F.mse_loss(action_pred, action_target)
+    if video_weight is None:
+        # Future frames only: frame 0 contributes to neither the sum nor the count.
+        video_loss = F.mse_loss(video_pred[:, :, 1:], video_target[:, :, 1:])
+        action_loss = F.mse_loss(action_pred, action_target)
+    else:
+        video_loss = _masked_mean((video_pred[:, :, 1:] - video_target[:, :, 1:]).pow(2), video_weight)
+        action_loss = _masked_mean((action_pred - action_target).pow(2), action_weight)
     total = config.loss.video_weight * video_loss + config.loss.action_weight * action_loss
     return total, {
         "loss": float(total.detach()),
         "video": float(video_loss.detach()),
         "action": float(action_loss.detach()),
     }
+
+
+def _video_only_loss(
+    model: MotusModel,
+    batch: Mapping[str, torch.Tensor | None],
+    config: MotusConfig,
+    schedule: FlowMatchSchedule,
+    video_x0: torch.Tensor,
+    generator: torch.Generator | None,
+    gen_device: torch.device,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The stage-1 loss: the same video sigma draw, noise and target as the full loss, the video expert alone."""
+    device = video_x0.device
+    video_sigma, _ = schedule.sample_training_sigmas(video_x0.shape[0], generator, device)
+    video_noise = torch.randn(video_x0.shape, generator=generator, device=gen_device).to(device)
+    noisy_video = (1 - video_sigma.view(-1, 1, 1, 1, 1)) * video_x0 + video_sigma.view(-1, 1, 1, 1, 1) * video_noise
+    noisy_video[:, :, 0] = video_x0[:, :, 0]
+    conditioning = model.prepare_conditioning(
+        _get(batch, "text_context"), _get(batch, "text_mask", required=False), None, None
+    )
+    video_pred = model.forward_video_only(noisy_video, video_sigma, conditioning)
+    video_loss = F.mse_loss(video_pred[:, :, 1:], (video_noise - video_x0)[:, :, 1:])
+    total = config.loss.video_weight * video_loss
+    return total, {"loss": float(total.detach()), "video": float(video_loss.detach()), "action": 0.0}
+
+
+def _masked_mean(squared: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean over the samples with weight 1 (each sample's own mean first; all samples have the same size).
+    With no such sample it is 0, still attached to the graph (every parameter keeps a gradient for DDP)."""
+    per_sample = squared.flatten(1).mean(dim=1)
+    return (per_sample * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+# ----------------------------------------------------------------------------------------
+# Mode mixing (UniDiffuser style): every conditional of the five modes trained
+# ----------------------------------------------------------------------------------------
+
+# Shares of the five modes in a training batch. The shifted schedule alone never draws sigma 0 and draws
+# sigma <= 0.05 1% of the time, so the world model (actions given) and the IDM (video given) were ~1% of
+# training each; these shares give every mode a real part. Joint and VLA keep the most: they train the
+# action denoiser the policy uses, so the policy's share of action-loss samples stays 60% (joint + VLA).
+DEFAULT_MODE_MIX: dict[str, float] = {
+    "joint": 0.3,
+    "vla": 0.3,
+    "world_model": 0.15,
+    "idm": 0.15,
+    "video_generation": 0.1,
+}
+
+
+def check_mode_mix(mode_mix: Mapping[str, float]) -> dict[str, float]:
+    """The shares normalised to sum 1, in ``Mode`` order; a clear error for an unknown mode or a bad share."""
+    names = [mode.value for mode in Mode]
+    unknown = sorted(set(mode_mix) - set(names))
+    if unknown:
+        raise ValueError(f"mode_mix: unknown modes {unknown}; expected some of {names}")
+    values = {name: float(mode_mix.get(name, 0.0)) for name in names}
+    if any(value < 0 or value != value for value in values.values()) or sum(values.values()) <= 0:
+        raise ValueError(f"mode_mix: shares must be >= 0 with a positive sum, got {dict(mode_mix)}")
+    total = sum(values.values())
+    return {name: value / total for name, value in values.items()}
+
+
+def modality_probabilities(mode_mix: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """What a mode mix means per modality: {"video"|"actions": {"clean", "marginalised", "shifted"}}."""
+    shares = check_mode_mix(mode_mix)
+    result: dict[str, dict[str, float]] = {}
+    for modality in ("video", "actions"):
+        counts = {"clean": 0.0, "marginalised": 0.0, "shifted": 0.0}
+        for mode in Mode:
+            treatment = getattr(mode, modality)
+            key = {Treatment.CLEAN: "clean", Treatment.MARGINALISED: "marginalised"}.get(treatment, "shifted")
+            counts[key] += shares[mode.value]
+        result[modality] = counts
+    return result
+
+
+def training_sigmas(
+    schedule: FlowMatchSchedule,
+    batch_size: int,
+    generator: torch.Generator | None,
+    device: torch.device | str,
+    mode_mix: Mapping[str, float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(video_sigma, action_sigma, video_loss_weight, action_loss_weight), each [B].
+
+    The shifted draws come first (so without a mix the RNG stream is the plain one); with a mix, one mode per
+    sample is then drawn with the mix's shares and each modality is set by the mode's treatment: CLEAN ->
+    sigma 0 and loss weight 0, MARGINALISED -> sigma 1, DENOISED -> the shifted draw. Without a mix the
+    weights are None (every sample counts).
+    """
+    video_sigma, action_sigma = schedule.sample_training_sigmas(batch_size, generator, device)
+    if mode_mix is None:
+        return video_sigma, action_sigma, None, None
+    modes = draw_training_modes(mode_mix, batch_size, generator, device)
+    video_weight = torch.ones(batch_size, device=device)
+    action_weight = torch.ones(batch_size, device=device)
+    for index, mode in enumerate(Mode):
+        rows = modes == index
+        for sigma, weight, treatment in (
+            (video_sigma, video_weight, mode.video),
+            (action_sigma, action_weight, mode.actions),
+        ):
+            if treatment is Treatment.CLEAN:
+                sigma[rows] = 0.0
+                weight[rows] = 0.0
+            elif treatment is Treatment.MARGINALISED:
+                sigma[rows] = 1.0
+    return video_sigma, action_sigma, video_weight, action_weight
+
+
+def draw_training_modes(
+    mode_mix: Mapping[str, float], batch_size: int, generator: torch.Generator | None, device: torch.device | str
+) -> torch.Tensor:
+    """[B] indices into ``list(Mode)``, drawn with the mix's shares."""
+    shares = check_mode_mix(mode_mix)
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    probabilities = torch.tensor([shares[mode.value] for mode in Mode], dtype=torch.float64, device=gen_device)
+    return torch.multinomial(probabilities, batch_size, replacement=True, generator=generator).to(device)
 
 
 # ----------------------------------------------------------------------------------------
@@ -207,6 +345,47 @@ def treatment_sigma(treatment: Treatment, sigma: float, batch_size: int, device:
     return torch.full((batch_size,), fixed, device=device, dtype=torch.float32)
 
 
+def reachable_video_basis(model: MotusModel, rtol: float = 1e-5) -> torch.Tensor | None:
+    """An orthonormal basis [token_width, rank] of what the video head can write, or None if it writes everything.
+
+    The head is ``Linear(dim -> C * prod(patch))`` of a normed hidden state, so every velocity
+    token lies in span(W, b). When a token is wider than that rank (pixel-patch latents: 768
+    values per token from a 256-wide expert), Euler steps never touch the rest of the initial
+    noise: it survives to sigma 0 as static. ``initial_latents`` projects the noise onto this basis.
+    """
+    head = model.video.head.head
+    with torch.no_grad():
+        span = torch.cat([head.weight.detach().float(), head.bias.detach().float()[:, None]], dim=1).cpu()
+    if span.shape[1] >= span.shape[0]:  # as many columns as token values: assume full rank (the 8B preset)
+        return None
+    left, singular, _ = torch.linalg.svd(span.double(), full_matrices=False)
+    rank = int((singular > rtol * singular.max().clamp_min(1e-30)).sum()) if singular.numel() else 0
+    if rank >= span.shape[0]:
+        return None
+    return left[:, :rank].float()
+
+
+def project_video_tokens(video: torch.Tensor, basis: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
+    """Project every DiT token of ``video`` [B, C, F, H, W] onto ``basis`` [token_width, rank].
+
+    Tokens are laid out as the head writes them (``MotusModel._unpatchify``: p_t, p_h, p_w, C).
+    """
+    patch_t, patch_h, patch_w = patch_size
+    batch, channels, frames, height, width = video.shape
+    if frames % patch_t or height % patch_h or width % patch_w:
+        raise ValueError(f"latent grid {(frames, height, width)} is not divisible by the patch {tuple(patch_size)}")
+    x = video.reshape(
+        batch, channels, frames // patch_t, patch_t, height // patch_h, patch_h, width // patch_w, patch_w
+    )
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # [B, F', H', W', p_t, p_h, p_w, C]
+    grid_shape = x.shape
+    tokens = x.reshape(*grid_shape[:4], -1)
+    basis = basis.to(device=tokens.device, dtype=tokens.dtype)
+    tokens = (tokens @ basis) @ basis.T
+    x = tokens.reshape(grid_shape).permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return x.reshape(batch, channels, frames, height, width)
+
+
 def initial_latents(
     config: MotusConfig,
     mode: Mode | str,
@@ -214,6 +393,7 @@ def initial_latents(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     given_video: torch.Tensor | None = None,
     given_actions: torch.Tensor | None = None,
+    video_basis: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The sampler's starting point: noise everywhere, then the clean parts imposed.
 
@@ -224,6 +404,9 @@ def initial_latents(
             sample's noise does not depend on the batch it is in), or None (global RNG).
         given_video: [B, C, F - 1, H, W], required when the mode holds video clean (IDM).
         given_actions: [B, chunk, action_dim], required when the mode holds actions clean (world model).
+        video_basis: ``reachable_video_basis(model)``; when given and the mode DENOISES video, the future
+            noise is projected onto it (noise the head cannot reach would otherwise never be removed).
+            A MARGINALISED video keeps its full noise: that is what training fed at sigma 1 (the policy path).
     Returns:
         video [B, C, F, H, W] float32 with the conditioning frame first, actions [B, chunk, action_dim] float32.
     """
@@ -250,6 +433,9 @@ def initial_latents(
         future = torch.cat([future_part for future_part, _ in parts])
         actions = torch.cat([action_part for _, action_part in parts])
 
+    if video_basis is not None and mode.video is Treatment.DENOISED:
+        # Drawn first, projected after: the RNG stream (and so the action noise) is unchanged.
+        future = project_video_tokens(future, video_basis, config.video.patch_size)
     if mode.video is Treatment.CLEAN:
         future = _given(mode, "given_video", given_video, future_shape, device)
     if mode.actions is Treatment.CLEAN:
@@ -360,7 +546,8 @@ def sample(
     """
     mode = Mode(mode)
     grid = _sigma_grid(FlowMatchSchedule(model.config.schedule), steps, sigmas)
-    video, actions = initial_latents(model.config, mode, cond_latent, generator, given_video, given_actions)
+    basis = reachable_video_basis(model) if mode.video is Treatment.DENOISED else None
+    video, actions = initial_latents(model.config, mode, cond_latent, generator, given_video, given_actions, basis)
     num_steps = grid.numel() - 1
     for step in range(num_steps):
         if should_cancel is not None and should_cancel():

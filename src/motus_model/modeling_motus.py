@@ -649,7 +649,7 @@ class MotusModel(PretrainedMixin, nn.Module):
         self,
         text_context: torch.Tensor,
         text_mask: torch.Tensor | None,
-        vlm_hidden: torch.Tensor,
+        vlm_hidden: torch.Tensor | None,
         vlm_mask: torch.Tensor | None,
     ) -> MotusConditioning:
         """Noise-independent work for a batch: text K/V per layer and the understanding adapter.
@@ -657,10 +657,16 @@ class MotusModel(PretrainedMixin, nn.Module):
         Args:
             text_context: [B, L_t, text_dim] umT5 hidden states (zero-padded).
             text_mask: [B, L_t] bool, True = real token, or None (attend everything, as stock Wan).
-            vlm_hidden: [B, L_u, vlm_dim] the VLM's last hidden state.
+            vlm_hidden: [B, L_u, vlm_dim] the VLM's last hidden state, or None for ``forward_video_only``
+                (stage 1): no understanding tokens, the understanding expert is not run.
             vlm_mask: [B, L_u] bool, True = real token, or None.
         """
         video, und = self.config.video, self.config.understanding
+        if vlm_hidden is None:
+            vlm_hidden, vlm_mask = text_context.new_zeros(text_context.shape[0], 0, und.vlm_dim), None
+            und_tokens = text_context.new_zeros(text_context.shape[0], 0, und.dim)
+        else:
+            und_tokens = None
         if text_context.ndim != 3 or text_context.shape[-1] != video.text_dim:
             raise ValueError(f"text_context must be [B, L_t, {video.text_dim}], got {tuple(text_context.shape)}")
         if vlm_hidden.ndim != 3 or vlm_hidden.shape[-1] != und.vlm_dim:
@@ -683,7 +689,8 @@ class MotusModel(PretrainedMixin, nn.Module):
             dtype = block.cross_attn.k.weight.dtype
             keys.append(_run(block.cross_attn.norm_k, _run(block.cross_attn.k, context)).to(dtype))
             values.append(_run(block.cross_attn.v, context).to(dtype))
-        und_tokens = _run(self.und_expert.adapter, vlm_hidden)
+        if und_tokens is None:
+            und_tokens = _run(self.und_expert.adapter, vlm_hidden)
         return MotusConditioning(
             und_tokens=und_tokens,
             und_mask=None if vlm_mask is None or bool(vlm_mask.all()) else vlm_mask,
@@ -801,13 +808,13 @@ class MotusModel(PretrainedMixin, nn.Module):
         """The video expert alone, as a plain Wan2.2 DiT (self-attention over video tokens only).
 
         For video-only work (stage 1, "VGM only") and for checking the video expert against
-        diffusers' ``WanTransformer3DModel``. The action and understanding streams are empty,
-        so the joint attention reduces to Wan's self-attention; ``conditioning.und_tokens`` is unused.
+        diffusers' ``WanTransformer3DModel``. Only the video blocks run (the action and understanding
+        experts are not called), so the joint attention is Wan's self-attention; ``conditioning.und_tokens``
+        is unused (``prepare_conditioning`` with ``vlm_hidden=None`` skips the understanding adapter).
 
         Args:
             video_latents: [B, C, F, H, W]; video_sigma: [B]. Returns the velocity [B, C, F, H, W].
         """
-        config = self.config
         batch = self._check_video_latents(video_latents)
         if tuple(video_sigma.shape) != (batch,) or conditioning.batch_size != batch:
             raise ValueError(
@@ -815,23 +822,22 @@ class MotusModel(PretrainedMixin, nn.Module):
                 f"got {tuple(video_sigma.shape)} and {conditioning.batch_size}"
             )
         video_x, video_temb, video_mod, grid, rope_cos, rope_sin = self._embed_video(video_latents, video_sigma)
-        action_x = video_x.new_zeros(batch, 0, config.action.dim)
-        action_mod = video_x.new_zeros(batch, 1, 6, config.action.dim)
-        und_x = video_x.new_zeros(batch, 0, config.understanding.dim)
-        context = LayerContext(
-            video_mod=video_mod,
-            action_mod=action_mod,
-            rope_cos=rope_cos,
-            rope_sin=rope_sin,
-            joint_mask=None,
-            text_keys=conditioning.text_keys,
-            text_values=conditioning.text_values,
-            text_mask=_key_padding_mask(conditioning.text_mask),
-            processor=self.attn_processor,
-            need_actions=False,
-        )
-        for index in range(config.num_layers):
-            video_x, _, _ = self._layer(index, video_x, action_x, und_x, context)
+        text_mask = _key_padding_mask(conditioning.text_mask)
+        # The video blocks alone (the joint attention over the video stream only is Wan's self-attention):
+        # the action and understanding experts are not run at all, not even on empty streams (stage 1).
+        for index, block in enumerate(self.video.blocks):
+            chunks = _adaln_chunks(block.modulation, video_mod)
+            query, key, value = block.attention_inputs(video_x, chunks, (rope_cos, rope_sin))
+            (attended,) = self.attn_processor([query], [key], [value], None, block.self_attn.q.weight.dtype)
+            video_x = block(
+                video_x,
+                attended,
+                chunks,
+                conditioning.text_keys[index],
+                conditioning.text_values[index],
+                text_mask,
+                self.attn_processor,
+            )
         return self._video_head(video_x, video_temb, grid)
 
     def _layer(

@@ -25,7 +25,7 @@ Checkpoint folder read by ``MotusPipeline.from_pretrained``::
       text_encoder/      umT5 encoder + tokenizer (transformers format)
       text_features.safetensors   optional pre-encoded instructions (save_text_features)
       vlm/               Qwen3-VL model + tokenizer + image processor (transformers format)
-      vae/               diffusers AutoencoderKLWan (only when config.latents.kind == "wan_vae")
+      vae/               diffusers AutoencoderKLWan (config.latents.kind "wan_vae") or PatchPCACodec ("patch_pca")
 
 The stats file holds ``Normalizer.to_dict()`` ({"mode", "eps", "stats"}); a bare stats dict
 ({"action": {...}, "state": {...}}) is read as mean_std. A policy checkpoint without stats is refused.
@@ -54,7 +54,14 @@ from motus_model.conditioning import (
     save_text_features,
 )
 from motus_model.config import MotusConfig
-from motus_model.flow_matching import FlowMatchSchedule, Mode, Treatment, euler_step, initial_latents
+from motus_model.flow_matching import (
+    FlowMatchSchedule,
+    Mode,
+    Treatment,
+    euler_step,
+    initial_latents,
+    reachable_video_basis,
+)
 from motus_model.modeling_motus import MotusConditioning, MotusModel
 from motus_model.modeling_utils import STATS_NAME, MissingCheckpointFileError, load_stats
 from motus_model.preprocessing import (
@@ -66,7 +73,7 @@ from motus_model.preprocessing import (
     tensor_to_image,
     validate_image,
 )
-from motus_model.video_latents import VideoCodec, WanVAECodec, build_codec, tiny_wan_vae
+from motus_model.video_latents import PatchPCACodec, VideoCodec, WanVAECodec, build_codec, tiny_wan_vae
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +312,9 @@ class MotusPipeline:
             logger.warning("checkpoint %s has no normalisation stats: state and actions are in raw units", path)
             normalizer = Normalizer.identity()
         codec = build_codec(
-            config, path=vae_path or (path / "vae" if config.latents.kind == "wan_vae" else None), device=device
+            config,
+            path=vae_path or (path / "vae" if config.latents.kind in ("wan_vae", "patch_pca") else None),
+            device=device,
         )
         text_dir = Path(text_encoder_path) if text_encoder_path else path / "text_encoder"
         features_file = path / "text_features.safetensors"
@@ -356,6 +365,8 @@ class MotusPipeline:
             (directory / "vlm" / "chat_template.jinja").write_text(self.vlm.chat_template)
         if isinstance(self.codec, WanVAECodec):
             self.codec.vae.save_pretrained(directory / "vae")
+        elif isinstance(self.codec, PatchPCACodec):
+            self.codec.save_pretrained(directory / "vae")
         logger.info("saved the engine's model, normaliser and encoders to %s", directory)
         return directory
 
@@ -395,6 +406,8 @@ class MotusPipeline:
             pass
         elif config.latents.kind == "wan_vae":
             codec = WanVAECodec(tiny_wan_vae(), device=device)
+        elif config.latents.kind == "patch_pca":
+            codec = PatchPCACodec.truncating(config.latents.channels, config.latents.spatial_compression)
         else:
             codec = build_codec(config, device=device)
         return cls(model, codec, Normalizer.identity(), text, vlm, device=device, **kwargs)
@@ -578,6 +591,16 @@ class MotusPipeline:
         item.timing_ms["conditioning"] = (time.perf_counter() - prepared) * 1e3
         return item
 
+    def _video_basis(self) -> torch.Tensor | None:
+        """``reachable_video_basis`` of the model, cached until the head's weights change (an SVD: ~50 ms on a CPU)."""
+        head = self.model.video.head.head
+        key = (head.weight.data_ptr(), head.weight._version, head.bias.data_ptr(), head.bias._version)
+        cached = getattr(self, "_video_basis_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, reachable_video_basis(self.model))
+            self._video_basis_cache = cached
+        return cached[1]
+
     def prepare_latents(self, items: list[PreparedRequest]) -> DenoiseState:
         """The starting point of a same-mode batch: each request draws its noise from its own
         generator, so a batched request equals the same request run alone."""
@@ -592,6 +615,7 @@ class MotusPipeline:
             given_actions=torch.cat([item.given_actions for item in items])
             if mode.actions is Treatment.CLEAN
             else None,
+            video_basis=self._video_basis() if mode.video is Treatment.DENOISED else None,
         )
         state = torch.cat([item.state for item in items]) if self.config.uses_state else None
         return DenoiseState(list(items), video, actions, cond_latent, state, batch_conditioning(items))

@@ -8,6 +8,11 @@ Two implementations:
 - `PixelPatchCodec`: for small CPU models with no pretrained VAE: space-to-depth
   (and optional temporal grouping with a causal first frame) times a fixed scale.
   It has no weights and is exactly invertible.
+- `PatchPCACodec`: space-to-depth followed by a linear projection onto the top
+  principal components of the patches of real frames (fitted here, on the
+  simulator's demonstrations; saved as a checkpoint's ``vae/`` folder). It exists so a
+  DiT token (channels x 2 x 2) is no wider than the video expert can write: 8x8 pixel
+  patches give 768 values per token for a 256-wide expert, 64 components give 256.
 
 Both take frames [B, T, 3, H, W] in [-1, 1] and give latents [B, C, t, h, w]
 with t = 1 + (T - 1) / temporal_compression (T = 1 + k * temporal_compression).
@@ -129,6 +134,115 @@ class PixelPatchCodec:
         first = grouped[:, 0].mean(dim=1, keepdim=True)  # the tp copies of frame 0
         rest = grouped[:, 1:].reshape(batch, (num_latent_frames - 1) * tp, 3, h * p, w * p)
         return torch.cat([first, rest], dim=1)
+
+
+PCA_CONFIG_NAME = "config.json"
+PCA_WEIGHTS_NAME = "model.safetensors"
+
+
+class PatchPCACodec:
+    """8x8 (``patch_size``) pixel patches projected onto their top ``channels`` principal components.
+
+    latent = (components @ (patch - mean)) / std, one value per component, each with unit variance on the
+    fitting frames (as the Wan VAE's per-channel normalisation); decoding is the transpose (the lost
+    components are the patch mean's). Linear, so encode/decode cost a matrix product on the CPU.
+    """
+
+    def __init__(self, mean: torch.Tensor, components: torch.Tensor, std: torch.Tensor, patch_size: int) -> None:
+        self.pixels = PixelPatchCodec(patch_size=patch_size)
+        width = self.pixels.latent_channels
+        if mean.shape != (width,) or components.ndim != 2 or components.shape[1] != width:
+            raise ValueError(
+                f"PCA codec: expected mean [{width}] and components [k, {width}] for {patch_size}x{patch_size} "
+                f"patches, got {tuple(mean.shape)} and {tuple(components.shape)}"
+            )
+        if std.shape != (components.shape[0],) or not bool((std > 0).all()):
+            raise ValueError(f"PCA codec: std must be [{components.shape[0]}] and > 0, got {tuple(std.shape)}")
+        self.mean = mean.float()
+        self.components = components.float()
+        self.std = std.float()
+        self.latent_channels = int(components.shape[0])
+        self.spatial_compression = int(patch_size)
+        self.temporal_compression = 1
+
+    @classmethod
+    def truncating(cls, channels: int, patch_size: int = 8) -> PatchPCACodec:
+        """The first ``channels`` pixel-patch values, unscaled: a stand-in for random-weight pipelines (no fit)."""
+        width = 3 * patch_size**2
+        return cls(torch.zeros(width), torch.eye(width)[:channels], torch.ones(channels), patch_size)
+
+    @classmethod
+    def fit(cls, frames: torch.Tensor, channels: int, patch_size: int = 8) -> PatchPCACodec:
+        """Principal components of the ``patch_size`` patches of ``frames`` [N, 3, H, W] in [-1, 1]."""
+        pixels = PixelPatchCodec(patch_size=patch_size)
+        if not 1 <= channels <= pixels.latent_channels:
+            raise ValueError(f"channels must be in [1, {pixels.latent_channels}], got {channels}")
+        patches = pixels.encode(frames[:, None].float())  # [N, D, 1, h, w]
+        patches = patches.permute(0, 2, 3, 4, 1).reshape(-1, pixels.latent_channels).double()
+        mean = patches.mean(dim=0)
+        centred = patches - mean
+        covariance = centred.T @ centred / max(len(centred) - 1, 1)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
+        order = torch.argsort(eigenvalues, descending=True)[:channels]
+        std = eigenvalues[order].clamp_min(1e-12).sqrt()
+        return cls(mean.float(), eigenvectors[:, order].T.float(), std.float(), patch_size)
+
+    def latent_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        return self.pixels.latent_grid(num_frames, height, width)
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames [B, T, 3, H, W] -> latents [B, channels, T, H/p, W/p]."""
+        patches = self.pixels.encode(frames).float()
+        mean = self.mean.to(patches.device).view(1, -1, 1, 1, 1)
+        latents = torch.einsum("kd,bdthw->bkthw", self.components.to(patches.device), patches - mean)
+        return latents / self.std.to(patches.device).view(1, -1, 1, 1, 1)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents [B, channels, t, h, w] -> frames [B, t, 3, h*p, w*p] (no clamping)."""
+        _check_latents(latents, self.latent_channels)
+        scaled = latents.float() * self.std.to(latents.device).view(1, -1, 1, 1, 1)
+        patches = torch.einsum("kd,bkthw->bdthw", self.components.to(latents.device), scaled)
+        return self.pixels.decode(patches + self.mean.to(latents.device).view(1, -1, 1, 1, 1))
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """config.json + model.safetensors, written into a temporary folder first so a crash leaves no half codec."""
+        import json
+        import shutil
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        config = {"kind": "patch_pca", "patch_size": self.spatial_compression, "channels": self.latent_channels}
+        (staging / PCA_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        save_file(
+            {"mean": self.mean.contiguous(), "components": self.components.contiguous(), "std": self.std.contiguous()},
+            str(staging / PCA_WEIGHTS_NAME),
+        )
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.rename(directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> PatchPCACodec:
+        import json
+
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        if not (directory / PCA_CONFIG_NAME).is_file() or not (directory / PCA_WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(
+                f"no PCA video codec in {directory}: expected {PCA_CONFIG_NAME} and {PCA_WEIGHTS_NAME} "
+                "(fit one with `python -m motus_model.video_latents fit-pca`)"
+            )
+        config = json.loads((directory / PCA_CONFIG_NAME).read_text())
+        if config.get("kind") != "patch_pca":
+            raise ValueError(f"{directory / PCA_CONFIG_NAME}: kind must be 'patch_pca', got {config.get('kind')!r}")
+        tensors = load_file(str(directory / PCA_WEIGHTS_NAME))
+        return cls(tensors["mean"], tensors["components"], tensors["std"], int(config["patch_size"]))
 
 
 class WanVAECodec:
@@ -267,10 +381,10 @@ def build_codec(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> VideoCodec:
-    """The codec a `MotusConfig` asks for (`config.latents.kind`: "pixel_patch" | "wan_vae").
+    """The codec a `MotusConfig` asks for (`config.latents.kind`: "pixel_patch" | "patch_pca" | "wan_vae").
 
-    A Wan VAE needs `path` (a diffusers VAE folder): there is no silent fallback to
-    random weights. The codec's channel count and compression must match the config.
+    A Wan VAE or a PCA codec needs `path` (a diffusers VAE folder, or a `PatchPCACodec` folder): there is
+    no silent fallback to random weights. The codec's channel count and compression must match the config.
     """
     latents = config.latents
     kind = latents.kind
@@ -284,8 +398,12 @@ def build_codec(
         if path is None:
             raise ValueError("latents.kind 'wan_vae' needs a VAE folder path (diffusers AutoencoderKLWan); got None")
         codec = WanVAECodec.from_pretrained(path, device=device, dtype=dtype)
+    elif kind == "patch_pca":
+        if path is None:
+            raise ValueError("latents.kind 'patch_pca' needs the codec folder (a checkpoint's vae/); got None")
+        codec = PatchPCACodec.from_pretrained(path)
     else:
-        raise ValueError(f"latents.kind: expected 'pixel_patch' or 'wan_vae', got {kind!r}")
+        raise ValueError(f"latents.kind: expected 'pixel_patch', 'patch_pca' or 'wan_vae', got {kind!r}")
     expected = (int(latents.channels), int(latents.spatial_compression), int(latents.temporal_compression))
     got = (codec.latent_channels, codec.spatial_compression, codec.temporal_compression)
     if expected != got:
@@ -293,3 +411,75 @@ def build_codec(
             f"codec does not match config.latents: expected (channels, spatial, temporal) {expected}, got {got}"
         )
     return codec
+
+
+def dataset_composites(root: str | Path, height: int, width: int, every: int = 4) -> torch.Tensor:
+    """Every ``every``-th frame of every episode of a LeRobot ALOHA dataset as composites [N, 3, H, W] in [-1, 1]
+    (the same composite as training and serving: ``preprocessing.compose_views``)."""
+    from motus_model.data.lerobot import LeRobotDataset
+    from motus_model.data.torch_dataset import ALOHA_CAMERA_MAP
+    from motus_model.preprocessing import CompositeLayout, compose_views, image_to_tensor
+
+    dataset = LeRobotDataset(root)
+    layout = CompositeLayout(height=height, width=width)
+    composites = []
+    for episode in range(dataset.num_episodes):
+        frames = {role: dataset.frames(episode, key) for role, key in ALOHA_CAMERA_MAP.items()}
+        for row in range(0, len(frames["high"]), every):
+            views = {role: clip[row] for role, clip in frames.items()}
+            composites.append(image_to_tensor(compose_views(views, layout)))
+    if not composites:
+        raise ValueError(f"no frames in {root}")
+    return torch.stack(composites)
+
+
+def reconstruction_mse(codec: VideoCodec, frames: torch.Tensor, batch: int = 64) -> float:
+    """Mean squared error of encode -> decode on ``frames`` [N, 3, H, W], in [0, 1] pixel units."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(frames), batch):
+            chunk = frames[start : start + batch, None]
+            decoded = codec.decode(codec.encode(chunk)).clamp(-1, 1)
+            total += float(((decoded - chunk) / 2).pow(2).sum())
+            count += chunk.numel()
+    return total / count
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m motus_model.video_latents fit-pca``: fit a PatchPCACodec on a dataset's frames, measure it."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m motus_model.video_latents")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fit = sub.add_parser("fit-pca", help="fit the patch PCA codec on a LeRobot dataset's composites")
+    fit.add_argument("--dataset", required=True, help="LeRobot ALOHA dataset to fit on (motus generate-demos)")
+    fit.add_argument("--eval-dataset", help="held-out dataset for the reconstruction error (default: --dataset)")
+    fit.add_argument("--channels", type=int, default=64, help="components kept (token = 4 x channels values)")
+    fit.add_argument("--patch", type=int, default=8, help="pixel patch side (the config's spatial_compression)")
+    fit.add_argument("--image-size", default="96x80", help="composite HEIGHTxWIDTH (the config's)")
+    fit.add_argument("--every", type=int, default=4, help="use every N-th frame")
+    fit.add_argument("--compare", default="", help="also report the error of these channel counts, e.g. 32,48,96")
+    fit.add_argument("--out", help="codec folder to write (a checkpoint's vae/)")
+    args = parser.parse_args(argv)
+    try:
+        height, width = (int(v) for v in args.image_size.lower().split("x"))
+    except ValueError:
+        parser.error(f"--image-size must be HEIGHTxWIDTH, got {args.image_size!r}")
+    train = dataset_composites(args.dataset, height, width, args.every)
+    held = dataset_composites(args.eval_dataset, height, width, args.every) if args.eval_dataset else train
+    report: dict[str, Any] = {"fit_frames": len(train), "eval_frames": len(held), "patch": args.patch}
+    counts = sorted({args.channels, *(int(c) for c in args.compare.split(",") if c.strip())})
+    report["mse"] = {}
+    for channels in counts:
+        codec = PatchPCACodec.fit(train, channels, args.patch)
+        report["mse"][f"patch_pca_{channels}"] = reconstruction_mse(codec, held)
+        if channels == args.channels and args.out:
+            codec.save_pretrained(args.out)
+            report["out"] = str(args.out)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,14 +8,19 @@ import torch.nn.functional as F
 
 from motus_model.config import MotusConfig
 from motus_model.flow_matching import (
+    DEFAULT_MODE_MIX,
     FlowMatchSchedule,
     Mode,
     SamplingCancelled,
     Treatment,
+    check_mode_mix,
     euler_step,
     flow_matching_loss,
     initial_latents,
+    modality_probabilities,
+    reachable_video_basis,
     sample,
+    training_sigmas,
     treatment_sigma,
 )
 from motus_model.modeling_motus import MotusModel
@@ -324,3 +329,163 @@ def test_sample_with_per_sample_generators_equals_each_sample_alone():
         )
         torch.testing.assert_close(video[row : row + 1], alone_video, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(actions[row : row + 1], alone_actions, atol=1e-5, rtol=1e-5)
+
+
+def _outside_head_span(model: MotusModel, video: torch.Tensor) -> torch.Tensor:
+    """Per-token residual of ``video`` [B, C, F, H, W] after least squares onto the head's span [W | b].
+
+    Computed with lstsq on the raw head weights (not the sampler's own SVD basis), tokens laid out as
+    the model's ``_unpatchify`` reads them (p_t, p_h, p_w, C)."""
+    head = model.video.head.head
+    span = torch.cat([head.weight, head.bias[:, None]], dim=1).double()
+    patch_t, patch_h, patch_w = model.config.video.patch_size
+    batch, channels, frames, height, width = video.shape
+    x = video.reshape(batch, channels, frames, height // patch_h, patch_h, width // patch_w, patch_w)
+    tokens = x.permute(0, 2, 3, 5, 4, 6, 1).reshape(-1, patch_t * patch_h * patch_w * channels).double()
+    coefficients = torch.linalg.lstsq(span, tokens.T).solution
+    return tokens.T - span @ coefficients
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("mode", [Mode.WORLD_MODEL, Mode.VIDEO_GENERATION, Mode.JOINT])
+def test_sampled_video_carries_no_noise_the_head_cannot_reach(mode):
+    # motus-tiny: a token holds 48 channels x 2 x 2 = 192 values, the expert is 32 wide, so the head
+    # writes a 33-dimensional subspace (W and the bias). Whatever the sampler leaves outside it was
+    # never denoised: it must be ~0, not ~(159/192) of the initial noise.
+    model = tiny_model()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.video.head.head.bias, std=0.1)
+    token_width = model.video.head.head.out_features
+    assert token_width > model.config.video.dim + 1  # the case under test
+    batch, conditioning, cond_latent = _sampling_inputs(model)
+    video, _ = sample(
+        model,
+        conditioning,
+        cond_latent,
+        batch["state"],
+        mode,
+        steps=3,
+        generator=torch.Generator().manual_seed(0),
+        given_actions=batch["actions"],
+    )
+    future = video[:, :, 1:]
+    outside = _outside_head_span(model, future)
+    assert float(outside.norm()) < 1e-4 * float(future.norm())
+    assert float(future.norm()) > 1.0  # something was sampled (not all zeros)
+
+
+@pytest.mark.timeout(240)
+def test_marginalised_video_keeps_its_full_noise():
+    # The policy (VLA) path feeds the future video as pure noise at sigma 1, as training did:
+    # projecting it would change the shipped policy's actions.
+    model = tiny_model()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.video.head.head.bias, std=0.1)
+    batch, _, cond_latent = _sampling_inputs(model)
+    basis = reachable_video_basis(model)
+    assert basis is not None and basis.shape == (model.video.head.head.out_features, model.config.video.dim + 1)
+    make = lambda mode, b: initial_latents(
+        model.config, mode, cond_latent, torch.Generator().manual_seed(4), given_actions=batch["actions"], video_basis=b
+    )
+    vla_video, vla_actions = make(Mode.VLA, basis)
+    plain_video, plain_actions = make(Mode.VLA, None)
+    assert torch.equal(vla_video, plain_video) and torch.equal(vla_actions, plain_actions)
+    joint_video, joint_actions = make(Mode.JOINT, basis)
+    assert torch.equal(joint_actions, plain_actions)  # same RNG stream: projection draws nothing
+    assert not torch.allclose(joint_video, plain_video)
+    assert float(_outside_head_span(model, joint_video[:, :, 1:]).norm()) < 1e-4 * float(joint_video.norm())
+
+
+def test_mode_mix_draws_each_mode_with_its_share():
+    # Over many batches the (video, action) sigma pairs must land in each mode's pattern with the configured
+    # share: world model = actions at exactly 0, IDM = video at exactly 0, VLA = video at exactly 1,
+    # video generation = actions at exactly 1; the rest (joint) both from the shifted table (never 0 or 1).
+    mix = {"joint": 0.3, "vla": 0.25, "world_model": 0.2, "idm": 0.15, "video_generation": 0.1}
+    schedule = FlowMatchSchedule(MotusConfig.preset("motus-tiny").schedule)
+    generator = torch.Generator().manual_seed(0)
+    counts = dict.fromkeys(mix, 0)
+    total = 0
+    for _ in range(200):
+        video, action, video_weight, action_weight = training_sigmas(schedule, 64, generator, "cpu", mix)
+        patterns = {
+            "world_model": (action == 0) & (video > 0),
+            "idm": (video == 0) & (action > 0),
+            "vla": (video == 1) & (action > 0),
+            "video_generation": (action == 1) & (video > 0),
+            "joint": (video > 0) & (video < 1) & (action > 0) & (action < 1),
+        }
+        matched = sum(p.long() for p in patterns.values())
+        # Every sample is some mode; the shifted table holds sigma 1 once in 1000 rows, so a few are ambiguous.
+        assert bool((matched >= 1).all()) and float((matched > 1).float().mean()) < 0.05
+        for name, rows in patterns.items():
+            counts[name] += int(rows.sum())
+        # A clean modality gets no loss, every other one does.
+        assert torch.equal(video_weight, (video != 0).float()) and torch.equal(action_weight, (action != 0).float())
+        total += 64
+    for name, share in mix.items():
+        assert counts[name] / total == pytest.approx(share, abs=0.015), (name, counts[name] / total)
+    # Without a mix: the plain shifted draws, sigma 0 never drawn.
+    video, action, video_weight, _ = training_sigmas(schedule, 4096, generator, "cpu", None)
+    assert video_weight is None and float(video.min()) > 0 and float(action.min()) > 0
+
+
+def test_mode_mix_loss_ignores_the_clean_modality():
+    # All samples in world-model mode: the actions are given, so the action loss is 0 and the action
+    # prediction gets no gradient from it, whatever the action head predicts; the video loss is the plain one.
+    model = tiny_model()
+    model.train()
+    batch = make_batch(model.config, batch_size=3)
+    loss, parts = flow_matching_loss(
+        model, batch, generator=torch.Generator().manual_seed(0), mode_mix={"world_model": 1.0}
+    )
+    assert parts["action"] == 0.0 and parts["video"] > 0
+    loss.backward()
+    assert float(model.action_expert.head.head.weight.grad.abs().sum()) == 0.0
+    assert float(model.video.head.head.weight.grad.abs().sum()) > 0
+    model.zero_grad()
+    loss, parts = flow_matching_loss(model, batch, generator=torch.Generator().manual_seed(0), mode_mix={"idm": 1.0})
+    assert parts["video"] == 0.0 and parts["action"] > 0
+    loss.backward()
+    assert float(model.video.head.head.weight.grad.abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="unknown modes"):
+        flow_matching_loss(model, batch, mode_mix={"policy": 1.0})
+
+
+def test_default_mode_mix_gives_every_mode_a_real_share():
+    shares = check_mode_mix(DEFAULT_MODE_MIX)
+    assert set(shares) == {mode.value for mode in Mode} and min(shares.values()) >= 0.1
+    per_modality = modality_probabilities(DEFAULT_MODE_MIX)
+    assert per_modality["actions"]["clean"] == pytest.approx(shares["world_model"])
+    assert per_modality["video"]["clean"] == pytest.approx(shares["idm"])
+
+
+def test_video_only_loss_runs_and_trains_the_video_expert_alone():
+    # Stage 1 trains through forward_video_only: the action and understanding experts are never called
+    # (not even fed zeros) and get no gradient; every live video-expert weight does.
+    model = tiny_model()
+    model.train()
+    batch = make_batch(model.config, batch_size=2)
+    calls = []
+    hooks = [
+        module.register_forward_hook(lambda module, args, output, name=name: calls.append(name))
+        for name, module in model.named_modules()
+        if name.startswith(("action_expert", "und_expert"))
+    ]
+    video_calls = []
+    hooks.append(model.video.head.head.register_forward_hook(lambda *args: video_calls.append(1)))
+    loss, parts = flow_matching_loss(model, batch, generator=torch.Generator().manual_seed(0), video_only=True)
+    loss.backward()
+    for hook in hooks:
+        hook.remove()
+    assert calls == [] and video_calls  # the video head ran, nothing of the other experts did
+    assert parts["action"] == 0.0 and parts["video"] > 0
+    for name, parameter in model.named_parameters():
+        if name.startswith(("action_expert", "und_expert")):
+            assert parameter.grad is None, name
+    assert model.video.head.head.weight.grad is not None
+    assert float(model.video.blocks[0].self_attn.q.weight.grad.abs().sum()) > 0
+    # Same draws as the full loss' video half: the same noisy input reaches the video expert.
+    torch.testing.assert_close(
+        loss.detach(),
+        flow_matching_loss(model, batch, generator=torch.Generator().manual_seed(0), video_only=True)[0].detach(),
+    )

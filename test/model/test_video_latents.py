@@ -82,3 +82,82 @@ def test_build_codec_from_config():
     assert codec.encode(frames).shape[2:] == config.latent_grid()
     with pytest.raises(ValueError, match="needs a VAE folder path"):
         build_codec(MotusConfig.preset("motus-small-wan-vae"))
+
+
+def _low_rank_frames(count: int, rank: int, patch: int = 4, seed: int = 0) -> torch.Tensor:
+    """Frames whose every patch x patch patch lies in a ``rank``-dimensional affine subspace."""
+    generator = torch.Generator().manual_seed(seed)
+    width = 3 * patch * patch
+    basis = torch.linalg.qr(torch.randn(width, rank, generator=generator)).Q  # [width, rank]
+    mean = torch.randn(width, generator=generator) * 0.1
+    coefficients = torch.randn(count, 4, 4, rank, generator=generator) * 0.2  # a 4 x 4 grid of patches
+    patches = (coefficients @ basis.T + mean).permute(0, 3, 1, 2)[:, :, None]  # [N, width, 1, 4, 4]
+    return PixelPatchCodec(patch_size=patch).decode(patches)[:, 0]  # [N, 3, 16, 16]
+
+
+def test_patch_pca_recovers_frames_of_its_rank_and_loses_the_rest(tmp_path):
+    from motus_model.video_latents import PatchPCACodec, reconstruction_mse
+
+    frames = _low_rank_frames(40, rank=6)
+    exact = PatchPCACodec.fit(frames, channels=6, patch_size=4)
+    assert exact.latent_channels == 6
+    latents = exact.encode(frames[:, None])
+    assert latents.shape == (40, 6, 1, 4, 4)
+    # Each latent channel has unit variance on the fitting frames (the Wan VAE's normalisation).
+    torch.testing.assert_close(latents.transpose(0, 1).reshape(6, -1).std(dim=1), torch.ones(6), atol=0.05, rtol=0)
+    torch.testing.assert_close(exact.decode(latents)[:, 0], frames, atol=1e-4, rtol=0)
+    too_few = PatchPCACodec.fit(frames, channels=3, patch_size=4)
+    assert reconstruction_mse(too_few, frames) > 100 * max(reconstruction_mse(exact, frames), 1e-12)
+    # Saved as a checkpoint's vae/ folder and loaded back bit for bit.
+    exact.save_pretrained(tmp_path / "vae")
+    loaded = PatchPCACodec.from_pretrained(tmp_path / "vae")
+    assert torch.equal(loaded.components, exact.components) and torch.equal(loaded.std, exact.std)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae"]  # no staging folder left behind
+    with pytest.raises(FileNotFoundError, match="fit-pca"):
+        PatchPCACodec.from_pretrained(tmp_path / "missing")
+
+
+def test_patch_pca_preset_token_fits_the_expert():
+    from motus_model.config import MotusConfig, VideoLatentConfig
+    from motus_model.video_latents import build_codec
+
+    config = MotusConfig.preset("motus-small-aloha-pca")
+    assert config.latents.kind == "patch_pca" and config.video_token_dim <= config.video.dim
+    assert MotusConfig.from_dict(config.to_dict()) == config  # the choice is saved in config.json
+    with pytest.raises(ValueError, match="needs the codec folder"):
+        build_codec(config)
+    with pytest.raises(ValueError, match="at most"):
+        VideoLatentConfig(kind="patch_pca", channels=200, spatial_compression=8, temporal_compression=1)
+
+
+@pytest.mark.timeout(180)
+def test_a_patch_pca_checkpoint_carries_its_codec(tmp_path):
+    import dataclasses
+
+    import numpy as np
+
+    from motus_model.config import MotusConfig
+    from motus_model.pipeline_motus import MotusPipeline, MotusRequest
+    from motus_model.video_latents import PatchPCACodec
+
+    base = MotusConfig.preset("motus-tiny")
+    latents = dataclasses.replace(base.latents, kind="patch_pca", channels=8)
+    config = dataclasses.replace(base, latents=latents, video=dataclasses.replace(base.video, latent_channels=8))
+    codec = PatchPCACodec.fit(_low_rank_frames(20, rank=8, patch=4).repeat(1, 1, 2, 2), channels=8, patch_size=4)
+    pipeline = MotusPipeline.from_config(config, codec=codec)
+    pipeline.save_pretrained(tmp_path / "ckpt")
+    loaded = MotusPipeline.from_pretrained(tmp_path / "ckpt", allow_missing_stats=True)
+    assert isinstance(loaded.codec, PatchPCACodec) and torch.equal(loaded.codec.components, codec.components)
+    assert MotusConfig.load(tmp_path / "ckpt" / "config.json").latents.kind == "patch_pca"
+    views = {role: np.zeros((32, 32, 3), dtype=np.uint8) for role in ("high", "left_wrist", "right_wrist")}
+    result = loaded(
+        MotusRequest(
+            mode="world_model",
+            images=views,
+            state=np.zeros(14),
+            actions=np.zeros((config.temporal.action_chunk, 14)),
+            steps=1,
+            seed=0,
+        )
+    )
+    assert result.frames.shape == (config.temporal.num_video_frames, 32, 32, 3)

@@ -78,3 +78,58 @@ def test_lr_factor_shape_and_scheduler_state():
     restored.load_state_dict(state)
     assert restored.get_last_lr() == scheduler.get_last_lr()
     assert scheduler.get_last_lr()[0] == pytest.approx(5e-5 * factor(150))
+
+
+def test_mode_mix_in_stage_presets_config_and_model_card(tmp_path):
+    from motus_model.cli import _parse_mode_mix
+    from motus_model.config import MotusConfig
+    from motus_model.training.trainer import write_model_card
+
+    stage1, stage2, stage3 = (TrainingConfig.for_stage(s) for s in (1, 2, 3))
+    assert stage1.mode_mix is None  # video only
+    assert stage2.mode_mix == stage3.mode_mix and set(stage3.mode_mix) == {
+        "joint",
+        "vla",
+        "world_model",
+        "idm",
+        "video_generation",
+    }
+    stage3.save(tmp_path / "c.json")
+    assert TrainingConfig.load(tmp_path / "c.json").mode_mix == stage3.mode_mix  # saved with the run
+    assert TrainingConfig(mode_mix=_parse_mode_mix("off")).mode_mix is None
+    assert _parse_mode_mix("joint=1,idm=0.5") == {"joint": 1.0, "idm": 0.5}
+    with pytest.raises(ValueError, match="unknown modes"):
+        TrainingConfig(mode_mix={"policy": 1.0})
+    card = write_model_card(tmp_path, stage3, MotusConfig.preset("motus-tiny"), 5).read_text()
+    assert "world_model 15%" in card and "idm 15%" in card and "clean 15%" in card
+
+
+def test_stage1_trains_through_the_video_only_path():
+    from motus_model.config import MotusConfig
+    from motus_model.modeling_motus import MotusModel
+    from motus_model.training.trainer import FlowMatchingObjective
+
+    stage1 = TrainingConfig.for_stage(1)
+    assert stage1.video_only and stage1.mode_mix is None
+    assert {"action_expert", "und_expert"} <= set(stage1.frozen_modules)
+    assert not TrainingConfig.for_stage(3).video_only
+    with pytest.raises(ValueError, match="set mode_mix to null"):
+        TrainingConfig(video_only=True)
+    # The objective the trainer builds calls forward_video_only and never the full forward.
+    model = MotusModel(MotusConfig.preset("motus-tiny"))
+    objective = FlowMatchingObjective(model, model.config, stage1.mode_mix, stage1.video_only)
+    seen = []
+    model.register_forward_pre_hook(lambda *args: seen.append("forward"))
+    original = model.forward_video_only
+    model.forward_video_only = lambda *args, **kwargs: (seen.append("video_only"), original(*args, **kwargs))[1]
+    config = model.config
+    frames, height, width = config.latent_grid()
+    batch = {
+        "video_latents": torch.randn(2, config.video.latent_channels, frames, height, width),
+        "actions": torch.zeros(2, config.temporal.action_chunk, config.action.action_dim),
+        "state": None,
+        "text_context": torch.randn(2, 5, config.video.text_dim),
+        "vlm_hidden": torch.randn(2, 7, config.understanding.vlm_dim),
+    }
+    objective(batch, torch.Generator().manual_seed(0))
+    assert seen == ["video_only"]

@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from motus_model.flow_matching import DEFAULT_MODE_MIX, check_mode_mix
+
 logger = logging.getLogger(__name__)
 
 
@@ -63,6 +65,13 @@ class TrainingConfig:
     # loss weights override the model config's when not None (stage 1 turns the action loss off)
     video_loss_weight: float | None = None
     action_loss_weight: float | None = None
+    # UniDiffuser-style mode mixing: the share of each of the five modes among the training samples
+    # (flow_matching.training_sigmas: a given modality at sigma 0 with no loss, a marginalised one at
+    # sigma 1). None: independent shifted sigmas only (stage 1, video only; and the runs before this field).
+    mode_mix: dict[str, float] | None = field(default_factory=lambda: dict(DEFAULT_MODE_MIX))
+    # Train through MotusModel.forward_video_only (stage 1): the video expert alone, the action and
+    # understanding experts neither run nor trained (they must be frozen).
+    video_only: bool = False
 
     # --- data
     dataset: str = ""  # one LeRobot dataset folder (or use mixture)
@@ -159,6 +168,14 @@ class TrainingConfig:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
         if isinstance(self.cameras, str):  # "high,left_wrist" from a YAML scalar
             self.cameras = [role.strip() for role in self.cameras.split(",") if role.strip()]
+        if self.video_only and self.mode_mix is not None:
+            raise ValueError("video_only training has no actions to mix modes with: set mode_mix to null")
+        if self.mode_mix == {}:  # `--mode-mix off` (an override of None would be ignored)
+            self.mode_mix = None
+        if self.mode_mix is not None:
+            if not isinstance(self.mode_mix, dict):
+                raise ValueError(f"mode_mix must be a mapping mode -> share or null, got {self.mode_mix!r}")
+            check_mode_mix(self.mode_mix)
 
     # --- serialisation
     def to_dict(self) -> dict[str, Any]:

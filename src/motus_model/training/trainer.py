@@ -66,7 +66,12 @@ from motus_model.data.torch_dataset import (
     collate_samples,
     dataset_camera_roles,
 )
-from motus_model.flow_matching import FlowMatchSchedule, flow_matching_loss
+from motus_model.flow_matching import (
+    FlowMatchSchedule,
+    check_mode_mix,
+    flow_matching_loss,
+    modality_probabilities,
+)
 from motus_model.modeling_motus import MotusModel
 from motus_model.preprocessing import CompositeLayout, Normalizer
 from motus_model.training.config import TrainingConfig
@@ -84,14 +89,24 @@ LATEST_FILE = "latest"
 class FlowMatchingObjective(nn.Module):
     """Wraps the model so the distributed wrapper sees the whole loss computation in ``forward``."""
 
-    def __init__(self, model: MotusModel, loss_config: MotusConfig) -> None:
+    def __init__(
+        self,
+        model: MotusModel,
+        loss_config: MotusConfig,
+        mode_mix: dict[str, float] | None = None,
+        video_only: bool = False,
+    ) -> None:
         super().__init__()
         self.model = model
         self.loss_config = loss_config
         self.schedule = FlowMatchSchedule(loss_config.schedule)
+        self.mode_mix = mode_mix
+        self.video_only = video_only
 
     def forward(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        return flow_matching_loss(self.model, batch, self.loss_config, generator, self.schedule)
+        return flow_matching_loss(
+            self.model, batch, self.loss_config, generator, self.schedule, self.mode_mix, self.video_only
+        )
 
 
 @dataclass
@@ -364,6 +379,40 @@ class StepBatches(torch.utils.data.Dataset):
 # ---------------------------------------------------------------------------------------------
 
 
+def write_model_card(directory: Path, config: TrainingConfig, model_config: MotusConfig, step: int) -> Path:
+    """README.md of a checkpoint: what trained it, including the mode mix and what it means per modality."""
+    lines = [
+        f"# Model card: {directory.name}",
+        "",
+        f"Written by `motus train` (stage {config.stage}, {model_config.training_mode}) at step {step}.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| preset / init | {config.init_from or config.preset} |",
+        f"| data | {config.mixture or config.dataset} (actions: {config.action_key}) |",
+        f"| latents | {model_config.latents.kind}, {model_config.latents.channels} channels; a video token holds "
+        f"{model_config.video_token_dim} values for a {model_config.video.dim}-wide expert |",
+        f"| steps, batch, lr | {step} of {config.steps}, {config.batch_size}, {config.learning_rate} |",
+        f"| frozen | {', '.join(config.frozen_modules) or 'nothing'} |",
+    ]
+    if config.mode_mix is None:
+        lines.append("| mode mix | none: independent shifted sigmas (sigma 0 never drawn) |")
+    else:
+        shares = check_mode_mix(config.mode_mix)
+        per_modality = modality_probabilities(config.mode_mix)
+        lines.append("| mode mix | " + ", ".join(f"{name} {share:.0%}" for name, share in shares.items()) + " |")
+        for modality, probabilities in per_modality.items():
+            lines.append(
+                f"| {modality} | "
+                + ", ".join(f"{name} {value:.0%}" for name, value in probabilities.items())
+                + " (clean: sigma 0, no loss; marginalised: sigma 1) |"
+            )
+    lines += ["", "The whole training configuration is `training_config.json` in the run folder.", ""]
+    path = directory / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
 def latest_checkpoint(output: str | Path) -> Path | None:
     """The newest checkpoint folder of a run, or None."""
     marker = Path(output) / LATEST_FILE
@@ -413,6 +462,8 @@ class Trainer:
 
             saved, _ = load_pretrained(self.resume_from, device="cpu")
             self.model.load_state_dict(saved.state_dict(), strict=True)
+        if config.video_only and not {"action_expert", "und_expert"} <= set(config.frozen_modules):
+            raise ValueError("video_only training runs the video expert alone: freeze action_expert and und_expert")
         self.frozen = freeze(self.model, config.frozen_modules)
         self.model.to(self.device)
         loss_config = copy.deepcopy(self.model.config)
@@ -423,8 +474,9 @@ class Trainer:
         model_config = self.model.config
         if loss_config.loss.video_weight > 0 and model_config.video_token_dim > model_config.video.dim:
             logger.warning(
-                "a video token holds %d latent values but the video expert is %d wide: sampled frames will keep "
-                "the noise outside the head's %d directions (see MotusConfig.video_token_dim)",
+                "a video token holds %d latent values but the video expert is %d wide: the head can write only %d "
+                "of them (the sampler projects its noise there, the rest of the frame is lost; the video loss has "
+                "a floor). A patch_pca preset fits the token to the expert (see MotusConfig.video_token_dim)",
                 model_config.video_token_dim,
                 model_config.video.dim,
                 model_config.video.dim,
@@ -460,7 +512,7 @@ class Trainer:
             ),
         )
         self.objective, self.optimizer = self.accelerator.prepare(
-            FlowMatchingObjective(self.model, loss_config), self.optimizer
+            FlowMatchingObjective(self.model, loss_config, config.mode_mix, config.video_only), self.optimizer
         )
         self.step = 0
         if self.resume_from is not None:
@@ -591,6 +643,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             model.save_pretrained(directory, stats=self.stats)
             self.encoders.save(directory)
+            write_model_card(directory, self.config, self.model.config, self.step)
             state_dir = directory / TRAINING_STATE_DIR
             state_dir.mkdir(parents=True, exist_ok=True)
             torch.save(self.optimizer.state_dict(), state_dir / "optimizer.pt")
