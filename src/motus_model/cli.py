@@ -590,7 +590,7 @@ def _eval_generative_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _eval_generative(args: argparse.Namespace) -> int:
-    from motus_model.training.evaluation import GenerativeEvalConfig, evaluate_generative, generative_markdown
+    from motus_model.training.generative_eval import GenerativeEvalConfig, evaluate_generative, generative_markdown
 
     report = evaluate_generative(
         GenerativeEvalConfig(

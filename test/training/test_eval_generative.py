@@ -15,7 +15,7 @@ from motus_model.data.mixture import MixtureConfig, MixtureSampler
 from motus_model.data.sampling import sample_indices
 from motus_model.data.torch_dataset import ALOHA_CAMERA_MAP
 from motus_model.preprocessing import CompositeLayout, compose_views
-from motus_model.training.evaluation import MOVING_THRESHOLD, frame_errors
+from motus_model.training.generative_eval import MOVING_THRESHOLD, frame_errors
 
 PRESET = "motus-tiny"
 

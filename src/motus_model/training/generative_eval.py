@@ -1,0 +1,273 @@
+"""The generative modes against trivial baselines (``motus eval-generative``).
+
+On held-out samples: the world model with the true actions, another sample's actions and holding still; video
+generation; repeating the last frame; per horizon, over the whole frame and over the pixels that move. The IDM is
+measured through ``baselines.idm_eval`` on the same samples. Apart from ``training.evaluation`` (the trainer's
+per-mode losses) because it reaches the baselines, which themselves train through the trainer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# A pixel "moves" at horizon j when its true value at j differs from the conditioning frame's by more than
+# this in some channel ([0, 1] units, ~10/255): the arm, the gripper and the cube, not the static scene.
+MOVING_THRESHOLD = 0.04
+
+
+@dataclass
+class GenerativeEvalConfig:
+    """``motus eval-generative``: held-out samples drawn as ``motus idm-eval`` draws them."""
+
+    checkpoint: str
+    dataset: str
+    samples: int = 8
+    seed: int = 0
+    steps: int | None = None  # Euler steps (None: the checkpoint's inference_steps)
+    conv_idm: str | None = None  # ConvIDM folder for the IDM comparison (motus train-conv-idm)
+    device: str = "cpu"
+    out: str | None = None  # JSON report
+    strip: str | None = None  # PNG strip of live vs imagined frames for the first sample
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.samples < 2:
+            raise ValueError(
+                f"--samples must be >= 2 (the action gap borrows another sample's actions), got {self.samples}"
+            )
+
+
+def frame_errors(predicted: np.ndarray, truth: np.ndarray, condition: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-horizon squared errors of uint8 frames [F, H, W, 3] against the truth, in [0, 1] units.
+
+    Returns {"full": [F] MSE over the frame, "moving_sum": [F] squared error summed over the moving pixels,
+    "moving_count": [F] moving pixel count} (moving: ``MOVING_THRESHOLD``, from the truth vs the
+    conditioning frame, so every method is scored on the same pixels)."""
+    pred = predicted.astype(np.float64) / 255.0
+    true = truth.astype(np.float64) / 255.0
+    cond = condition.astype(np.float64)[None] / 255.0
+    squared = ((pred - true) ** 2).mean(axis=-1)  # [F, H, W]
+    moving = (np.abs(true - cond) > MOVING_THRESHOLD).any(axis=-1)  # [F, H, W]
+    return {
+        "full": squared.mean(axis=(1, 2)),
+        "moving_sum": (squared * moving).sum(axis=(1, 2)),
+        "moving_count": moving.sum(axis=(1, 2)).astype(np.float64),
+    }
+
+
+def evaluate_generative(config: GenerativeEvalConfig) -> dict[str, Any]:
+    """World model (true / another sample's / hold-still actions), video generation and repeat-last, per horizon,
+    over the whole frame and the moving pixels; the IDM through ``baselines.idm_eval.evaluate_idm`` (the same
+    samples: same dataset, seed and count). Writes ``config.out`` and ``config.strip`` when given."""
+    import time
+
+    from tqdm import tqdm
+
+    from motus_model.baselines.idm_eval import IDMEvalConfig, evaluate_idm
+    from motus_model.data.lerobot import ACTION_KEY, STATE_KEY, LeRobotDataset
+    from motus_model.data.mixture import MixtureConfig, MixtureSampler
+    from motus_model.data.sampling import sample_indices
+    from motus_model.data.torch_dataset import ALOHA_CAMERA_MAP
+    from motus_model.engine import MotusEngine, MotusRequest
+    from motus_model.preprocessing import CompositeLayout, compose_views
+
+    started = time.perf_counter()
+    root = Path(config.dataset)
+    if not (root / "meta" / "info.json").is_file():
+        raise FileNotFoundError(f"--dataset {root} is not a LeRobot dataset (no meta/info.json)")
+    if not (Path(config.checkpoint) / "config.json").is_file():
+        raise FileNotFoundError(f"--checkpoint {config.checkpoint} is not a Motus checkpoint (no config.json)")
+    engine = MotusEngine.from_pretrained(config.checkpoint, device=config.device)
+    model_config = engine.config
+    temporal = model_config.temporal
+    chunk, rate, ratio = temporal.action_chunk, temporal.downsample_rate, temporal.video_action_ratio
+    steps = config.steps or int(model_config.schedule.inference_steps)
+    layout = CompositeLayout.from_config(model_config)
+    dataset = LeRobotDataset(root, max_frame_width=layout.width, video_cache_size=16)
+    lengths = [dataset.episode_length(e) for e in range(dataset.num_episodes)]
+    keys = MixtureSampler(MixtureConfig.single(root), [lengths], chunk, rate, seed=config.seed).keys_for_step(
+        0, config.samples
+    )
+
+    def views(episode: int, row: int) -> dict[str, np.ndarray]:
+        return {role: dataset.frames(episode, camera)[row] for role, camera in ALOHA_CAMERA_MAP.items()}
+
+    samples = []
+    for key in keys:
+        vectors = dataset.vectors(key.episode)
+        rows = sample_indices(key.condition, lengths[key.episode], chunk, rate, ratio)
+        samples.append(
+            {
+                "key": key,
+                "images": views(key.episode, rows.condition),
+                "future": [views(key.episode, int(row)) for row in rows.video_rows],
+                "state": vectors[STATE_KEY][rows.condition],
+                "actions": vectors[ACTION_KEY][rows.action_rows],
+                "task": dataset.task(key.episode),
+            }
+        )
+    methods = ("world_model_true_actions", "world_model_other_actions", "world_model_hold", "video_generation")
+    baselines = ("repeat_last",)
+    per_horizon = {name: [] for name in (*methods, *baselines)}
+    moving_per_horizon = {name: [] for name in (*methods, *baselines)}
+    strip_rows: dict[str, np.ndarray] = {}
+    for index, sample in enumerate(tqdm(samples, desc="generative eval", disable=not config.show_progress)):
+        condition = compose_views(sample["images"], layout)
+        truth = np.stack([compose_views(future, layout) for future in sample["future"]])
+        # another sample's actions, preferably from another episode (the action gap)
+        others = [j for j in range(len(samples)) if samples[j]["key"].episode != sample["key"].episode] or [
+            j for j in range(len(samples)) if j != index
+        ]
+        other_actions = samples[others[index % len(others)]]["actions"]
+        hold = np.tile(sample["state"][None], (chunk, 1))
+        requests = {
+            "world_model_true_actions": dict(mode="world_model", actions=sample["actions"]),
+            "world_model_other_actions": dict(mode="world_model", actions=other_actions),
+            "world_model_hold": dict(mode="world_model", actions=hold),
+            "video_generation": dict(mode="video_generation"),
+        }
+        predictions = {}
+        for name, fields in requests.items():
+            result = engine.infer(
+                MotusRequest(
+                    images=sample["images"],
+                    state=sample["state"],
+                    instruction=sample["task"],
+                    steps=steps,
+                    seed=config.seed * 1_000_003 + index,  # the same noise for every action input
+                    **fields,
+                )
+            )
+            predictions[name] = result.frames
+        predictions["repeat_last"] = np.repeat(condition[None], len(truth), axis=0)
+        for name, frames in predictions.items():
+            errors = frame_errors(frames, truth, condition)
+            per_horizon[name].append(errors["full"])
+            moving_per_horizon[name].append((errors["moving_sum"], errors["moving_count"]))
+        if index == 0 and config.strip:
+            joint = engine.infer(
+                MotusRequest(
+                    mode="joint",
+                    images=sample["images"],
+                    state=sample["state"],
+                    instruction=sample["task"],
+                    steps=steps,
+                    seed=config.seed * 1_000_003,
+                )
+            )
+            strip_rows = {
+                "live": truth,
+                "world model (true actions)": predictions["world_model_true_actions"],
+                "world model (hold still)": predictions["world_model_hold"],
+                "video generation": predictions["video_generation"],
+                "joint": joint.frames,
+                "repeat last": predictions["repeat_last"],
+            }
+            strip_condition = condition
+    engine.close()
+
+    frames_report: dict[str, Any] = {}
+    for name in per_horizon:
+        full = np.stack(per_horizon[name])  # [N, F]
+        moving_sum = np.stack([m[0] for m in moving_per_horizon[name]]).sum(axis=0)
+        moving_count = np.stack([m[1] for m in moving_per_horizon[name]]).sum(axis=0)
+        frames_report[name] = {
+            "mse_full_by_horizon": [round(float(v), 6) for v in full.mean(axis=0)],
+            "mse_moving_by_horizon": [round(float(v), 6) for v in moving_sum / np.maximum(moving_count, 1)],
+            "mse_full": round(float(full.mean()), 6),
+            "mse_moving": round(float(moving_sum.sum() / max(moving_count.sum(), 1)), 6),
+        }
+    horizon_steps = [(j + 1) * ratio * rate for j in range(temporal.num_video_frames)]
+    idm = evaluate_idm(
+        IDMEvalConfig(
+            dataset=str(root),
+            motus=config.checkpoint,
+            conv_idm=config.conv_idm,
+            samples=config.samples,
+            seed=config.seed,
+            steps=steps,
+            device=config.device,
+            show_progress=config.show_progress,
+        )
+    )
+    report = {
+        "checkpoint": config.checkpoint,
+        "dataset": str(root),
+        "samples": len(samples),
+        "episodes_sampled": len({s["key"].episode for s in samples}),
+        "seed": config.seed,
+        "steps": steps,
+        "latents": model_config.latents.kind,
+        "video_token_dim": model_config.video_token_dim,
+        "video_expert_dim": model_config.video.dim,
+        "horizon_control_steps": horizon_steps,
+        "moving_threshold": MOVING_THRESHOLD,
+        "frames": frames_report,
+        "idm": {name: {k: v for k, v in m.items() if not k.endswith("_by_step")} for name, m in idm["methods"].items()},
+        "wall_clock_s": round(time.perf_counter() - started, 1),
+    }
+    if config.strip and strip_rows:
+        write_strip(config.strip, strip_condition, strip_rows)
+        report["strip"] = config.strip
+    if config.out:
+        out = Path(config.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(out.name + ".partial")  # an interrupted write leaves no half report
+        partial.write_text(json.dumps(report, indent=2) + "\n")
+        partial.replace(out)
+    return report
+
+
+def write_strip(path: str | Path, condition: np.ndarray, rows: Mapping[str, np.ndarray], scale: int = 2) -> Path:
+    """A PNG: one row per entry (label, the conditioning frame, then its future frames), each frame enlarged
+    ``scale`` times (nearest neighbour: the composites are 96x80); written via a temporary file."""
+    from PIL import Image, ImageDraw
+
+    label_width, gap = 170, 4
+    height, width = condition.shape[0] * scale, condition.shape[1] * scale
+    columns = 1 + max(len(frames) for frames in rows.values())
+    canvas = Image.new("RGB", (label_width + columns * (width + gap), len(rows) * (height + gap)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for row, (label, frames) in enumerate(rows.items()):
+        top = row * (height + gap)
+        draw.text((4, top + height // 2 - 6), label, fill="black")
+        for column, frame in enumerate([condition, *frames]):
+            image = Image.fromarray(np.asarray(frame, dtype=np.uint8)).resize((width, height), Image.NEAREST)
+            canvas.paste(image, (label_width + column * (width + gap), top))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    canvas.save(partial, format="PNG")
+    partial.replace(path)
+    return path
+
+
+def generative_markdown(report: Mapping[str, Any]) -> str:
+    """The report's frame errors (and IDM) as markdown tables."""
+    horizons = report["horizon_control_steps"]
+    lines = [
+        "| method | "
+        + " | ".join(f"full @{h}" for h in horizons)
+        + " | "
+        + " | ".join(f"moving @{h}" for h in horizons)
+        + " |",
+        "|---|" + "---|" * (2 * len(horizons)),
+    ]
+    for name, values in report["frames"].items():
+        cells = [f"{v:.4f}" for v in values["mse_full_by_horizon"]] + [
+            f"{v:.4f}" for v in values["mse_moving_by_horizon"]
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "| IDM method | arm MAE (rad) | gripper MAE | nMSE |", "|---|---|---|---|"]
+    for name, values in report["idm"].items():
+        lines.append(
+            f"| {name} | {values['mae_arm_rad']:.4f} ± {values['mae_arm_rad_sem']:.4f} | "
+            f"{values['mae_gripper']:.4f} | {values['nmse']:.4f} |"
+        )
+    return "\n".join(lines)
