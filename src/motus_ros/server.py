@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +38,7 @@ from motus_ros.idm_node import IdmNode
 from motus_ros.imagination_node import ImaginationNode
 from motus_ros.lifecycle_base import MotusLifecycleNode
 from motus_ros.policy_node import PolicyNode
+from motus_ros.process_signals import ignore_signals_while_exiting, stop_on_signals
 from motus_ros.recorder_node import RecorderNode
 from motus_ros.server_context import ModelSpec, SensorIntake, ServerContext, SharedModel
 from motus_ros.world_model_node import WorldModelNode
@@ -180,9 +179,7 @@ def main(args: Sequence[str] | None = None) -> int:
     # Our own SIGINT/SIGTERM handling: rclpy's would shut the context down at once, before the policy node
     # could publish its hold command. Here a signal only ends the spin loop; the nodes then shut down in order.
     rclpy.init(args=["motus_server", *ros_args], signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals()
     context = ServerContext(model=SharedModel(build_engine), max_waiting_requests=max(1, options.max_waiting_requests))
     nodes: list[MotusLifecycleNode] = []
     sensors: SensorIntake | None = None
@@ -214,6 +211,7 @@ def main(args: Sequence[str] | None = None) -> int:
         logger.exception("motus_server failed")
         exit_code = 1
     finally:
+        ignore_signals_while_exiting()
         # Order matters: waiting requests give up, the nodes deactivate (the policy node holds the robot) while
         # the context still works, the engine stops between denoising steps, then the executor threads end.
         context.closing.set()

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -50,6 +49,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from motus_model.embodiment import RobotProfile
 from motus_ros.conversions import duration_to_seconds, numpy_to_compressed, numpy_to_image, stamp_to_seconds
+from motus_ros.process_signals import ignore_signals_while_exiting, stop_on_signals
 from motus_ros.profiles import load_profile
 
 logger = logging.getLogger(__name__)
@@ -431,9 +431,7 @@ def main(args: list[str] | None = None) -> None:
     # top of the one a terminal sends to the process group) cannot interrupt the shutdown half-way, while the render
     # thread still publishes through a context rclpy's handler would already have torn down.
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals()
     node = None
     try:
         node = AlohaSimNode()
@@ -446,6 +444,7 @@ def main(args: list[str] | None = None) -> None:
     except ExternalShutdownException:
         pass
     finally:
+        ignore_signals_while_exiting()
         if node is not None:
             node.destroy_node()  # stops and joins the render thread before the publishers go
         rclpy.try_shutdown()
