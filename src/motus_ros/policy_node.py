@@ -380,7 +380,11 @@ class PolicyNode(MotusLifecycleNode):
         self._last_inference_ms = chunk.inference_ms
         self._publish_plan(chunk.actions_robot)
         if self.preview is not None:
-            self._request_preview(chunk)
+            try:
+                self._request_preview(chunk)
+            except Exception as exc:  # e.g. preview_steps above max_denoising_steps: the run goes on without it
+                self.previews["failed"] += 1
+                self.get_logger().warning(f"preview not requested: {exc}", throttle_duration_sec=5.0)
 
     # --- preview: what the chunk about to run leads to ---------------------------------------------------------------
 
