@@ -234,3 +234,20 @@ def test_stage3_reinitialises_action_encoder_and_decoder():
     bad["video.blocks.0.self_attn.q.weight"] = torch.zeros(3, 3)
     with pytest.raises(ValueError, match="mis-shaped"):
         load_stage_weights(MotusModel(MotusConfig.preset("motus-tiny")), bad, [])
+
+
+@pytest.mark.parametrize("previous_mode", ["pretrain", "finetune"])
+def test_reinitialising_a_stage3_checkpoints_action_head_is_warned(tmp_path, caplog, previous_mode):
+    """Stage 3 from a stage-2 checkpoint re-initialises the latent-action encoder/head (expected, no warning); from a
+    stage-3 checkpoint the same prefixes would discard the trained policy: the trainer says so."""
+    from motus_model.training.config import TrainingConfig
+    from motus_model.training.trainer import build_model
+
+    config = MotusConfig.from_dict({**MotusConfig.preset("motus-tiny").to_dict(), "training_mode": previous_mode})
+    MotusModel(config).save_pretrained(tmp_path / "previous")
+    training = TrainingConfig.for_stage(3)
+    training.init_from = str(tmp_path / "previous")
+    with caplog.at_level("WARNING", logger="motus_model.training.trainer"):
+        build_model(training)
+    warned = [record for record in caplog.records if "discards its trained action encoder/head" in record.message]
+    assert bool(warned) == (previous_mode == "finetune")

@@ -156,6 +156,15 @@ def build_model(config: TrainingConfig, cameras: CameraConfig | None = None) -> 
         from motus_model.checkpoint import load_pretrained
 
         previous, _ = load_pretrained(config.init_from, device="cpu")
+        if config.reinit_prefixes and previous.config.training_mode == config.training_mode == "finetune":
+            # The stage-3 preset re-initialises the action encoder and head because a stage-2 checkpoint's hold
+            # latent actions; a stage-3 checkpoint's are the trained policy, and this throws them away.
+            logger.warning(
+                "init_from %s is already a stage-3 (finetune) checkpoint: re-initialising %s discards its trained "
+                "action encoder/head; set reinit_prefixes: [] in the config to continue from them",
+                config.init_from,
+                config.reinit_prefixes,
+            )
         model_config = copy.deepcopy(previous.config)
         model_config.training_mode = config.training_mode
         model_config.__post_init__()
