@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import math
-import re
 import threading
 import time
 import traceback
@@ -45,6 +44,7 @@ from motus_ros.command_adapters import make_command_adapter
 from motus_ros.frame_publishing import FramePublisher, video_frame_rate
 from motus_ros.lifecycle_base import MotusLifecycleNode
 from motus_ros.parameters import float_descriptor, int_descriptor, text_descriptor
+from motus_ros.reasons import ReasonTally
 from motus_ros.requests import REQUEST_QOS, RequestError, action_server_options, request_error_of
 from motus_ros.safety import MeasuredState, SafetyFilter
 from motus_ros.server_context import ServerContext
@@ -58,12 +58,6 @@ TERMINATION_ESTOP = RunPolicy.Result.TERMINATION_ESTOP
 TERMINATION_PREEMPTED = RunPolicy.Result.TERMINATION_PREEMPTED
 TERMINATION_ERROR = RunPolicy.Result.TERMINATION_ERROR
 MAIN_HOLD_REASONS = 3  # how many hold reasons a result lists
-_NUMBER = re.compile(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?")
-
-
-def hold_reason_kind(reason: str) -> str:
-    """A hold reason without its numbers ("stale: high is 1.1 s old" and "... 1.3 s old" are one kind)."""
-    return _NUMBER.sub("#", reason)
 
 
 class RateMeter:
@@ -100,8 +94,7 @@ class PolicyRun:
     moving_steps: int = 0  # ticks that commanded a policy action
     observed_ticks: int = 0  # ticks with a usable observation
     held_ticks: int = 0
-    hold_kinds: collections.Counter = field(default_factory=collections.Counter)  # hold_reason_kind -> ticks
-    hold_examples: dict[str, str] = field(default_factory=dict)  # hold_reason_kind -> its latest wording
+    holds: ReasonTally = field(default_factory=ReasonTally)  # held ticks per kind of hold reason
     holding: bool = True
     hold_reason: str = HOLD_FIRST_CHUNK
     error: str = ""  # a failure that ends the run
@@ -370,9 +363,7 @@ class PolicyNode(MotusLifecycleNode):
             self.get_logger().info(f"holding: {reason}", throttle_duration_sec=1.0)
         run.holding, run.hold_reason = True, reason
         run.held_ticks += 1
-        kind = hold_reason_kind(reason)
-        run.hold_kinds[kind] += 1
-        run.hold_examples[kind] = reason
+        run.holds.add(reason)
         if self.safety.hold(self._measured()) is not None:  # the last command sent; nothing without a reference
             run.published += 1
 
@@ -510,10 +501,7 @@ class PolicyNode(MotusLifecycleNode):
                 with run.lock:
                     result.steps, result.chunks, result.moving_steps = run.published, run.chunks, run.moving_steps
                     result.held_fraction = float(run.held_ticks / run.step) if run.step else 1.0
-                    result.hold_reasons = [
-                        f"{count} ticks: {run.hold_examples[kind]}"
-                        for kind, count in run.hold_kinds.most_common(MAIN_HOLD_REASONS)
-                    ]
+                    result.hold_reasons = run.holds.main(MAIN_HOLD_REASONS)
                 result.duration_s = float(time.monotonic() - run.started_s)
             if termination == TERMINATION_COMPLETED:
                 goal_handle.succeed()
@@ -582,9 +570,7 @@ class PolicyNode(MotusLifecycleNode):
         """(code, message, termination) of a run that reached its limit: it completed only if the robot moved."""
         if run.moving_steps:
             return ErrorCode.NONE, "", TERMINATION_COMPLETED
-        reasons = "; ".join(
-            f"{count} ticks: {run.hold_examples[kind]}" for kind, count in run.hold_kinds.most_common(2)
-        )
+        reasons = "; ".join(run.holds.main(2))
         if not run.observed_ticks:
             return (
                 ErrorCode.NO_OBSERVATION,

@@ -25,7 +25,6 @@ server shutdown (`aborted`, nothing written). One recording at a time: another g
 
 from __future__ import annotations
 
-import collections
 import math
 import shutil
 import threading
@@ -47,7 +46,7 @@ from motus_msgs.msg import ErrorCode
 from motus_ros.command_adapters import command_message_types
 from motus_ros.lifecycle_base import MotusLifecycleNode
 from motus_ros.parameters import float_descriptor, text_descriptor
-from motus_ros.policy_node import hold_reason_kind
+from motus_ros.reasons import ReasonTally
 from motus_ros.requests import RequestError, action_server_options
 from motus_ros.server_context import ServerContext
 
@@ -142,24 +141,18 @@ class Recording:
     started_wall_s: float = field(default_factory=time.monotonic)
     last_tick: int = -1
     dropped: int = 0
-    drop_kinds: collections.Counter = field(default_factory=collections.Counter)
-    drop_examples: dict[str, str] = field(default_factory=dict)
+    drops: ReasonTally = field(default_factory=ReasonTally)  # dropped ticks per kind of reason
     last_drop_reason: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
     stopped: bool = False
 
     def drop(self, reason: str, ticks: int = 1) -> None:
-        kind = hold_reason_kind(reason)
         self.dropped += ticks
-        self.drop_kinds[kind] += ticks
-        self.drop_examples[kind] = reason
+        self.drops.add(reason, ticks)
         self.last_drop_reason = reason
 
     def drop_reasons(self) -> list[str]:
-        return [
-            f"{count} ticks: {self.drop_examples[kind]}"
-            for kind, count in self.drop_kinds.most_common(MAIN_DROP_REASONS)
-        ]
+        return self.drops.main(MAIN_DROP_REASONS)
 
 
 class RecorderNode(MotusLifecycleNode):
