@@ -144,8 +144,7 @@ def flow_matching_loss(
     video_noise = torch.randn(video_x0.shape, generator=generator, device=gen_device).to(device)
     action_noise = torch.randn(actions_x0.shape, generator=generator, device=gen_device).to(device)
 
-    noisy_video = (1 - video_sigma.view(-1, 1, 1, 1, 1)) * video_x0 + video_sigma.view(-1, 1, 1, 1, 1) * video_noise
-    noisy_video[:, :, 0] = video_x0[:, :, 0]  # teacher forcing: the conditioning frame stays clean
+    noisy_video = _noisy_video(video_x0, video_sigma, video_noise)
     noisy_actions = (1 - action_sigma.view(-1, 1, 1)) * actions_x0 + action_sigma.view(-1, 1, 1) * action_noise
 
     video_pred, action_pred = model.forward_uncached(
@@ -176,6 +175,13 @@ def flow_matching_loss(
     }
 
 
+def _noisy_video(video_x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """x_sigma = (1 - sigma) x0 + sigma noise per sample, the conditioning frame kept clean (teacher forcing)."""
+    noisy = (1 - sigma.view(-1, 1, 1, 1, 1)) * video_x0 + sigma.view(-1, 1, 1, 1, 1) * noise
+    noisy[:, :, 0] = video_x0[:, :, 0]
+    return noisy
+
+
 def _video_only_loss(
     model: MotusModel,
     batch: Mapping[str, torch.Tensor | None],
@@ -189,8 +195,7 @@ def _video_only_loss(
     device = video_x0.device
     video_sigma, _ = schedule.sample_training_sigmas(video_x0.shape[0], generator, device)
     video_noise = torch.randn(video_x0.shape, generator=generator, device=gen_device).to(device)
-    noisy_video = (1 - video_sigma.view(-1, 1, 1, 1, 1)) * video_x0 + video_sigma.view(-1, 1, 1, 1, 1) * video_noise
-    noisy_video[:, :, 0] = video_x0[:, :, 0]
+    noisy_video = _noisy_video(video_x0, video_sigma, video_noise)
     conditioning = model.prepare_conditioning(
         _get(batch, "text_context"), _get(batch, "text_mask", required=False), None, None
     )
