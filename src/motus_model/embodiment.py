@@ -45,6 +45,12 @@ SOURCE_PROFILE_DIR = _HERE.parents[2] / "config" / "robots"
 INSTALLED_PROFILE_DIR = _HERE.parents[min(4, len(_HERE.parents) - 1)] / "share" / "motus_ros" / "config" / "robots"
 
 
+def interbotix_single_topic(group_topic: str) -> str:
+    """The Interbotix JointSingleCommand (gripper) topic beside a JointGroupCommand topic:
+    ``<robot>/commands/joint_group`` -> ``<robot>/commands/joint_single``."""
+    return group_topic.rsplit("/", 1)[0] + "/joint_single"
+
+
 @dataclass
 class CameraSpec:
     """One camera: `role` is the model's name for the view (high, left_wrist, right_wrist).

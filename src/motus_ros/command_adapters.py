@@ -29,7 +29,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from motus_model.embodiment import RobotProfile
+from motus_model.embodiment import RobotProfile, interbotix_single_topic
 from motus_ros.conversions import seconds_to_duration, to_stamp
 
 logger = logging.getLogger(__name__)
@@ -191,15 +191,14 @@ class InterbotixAdapter(CommandAdapter):
         types: dict[str, type] = {}
         for topic in profile.command_topics:
             types[topic] = group_cls
-            types[f"{topic[: -len('/joint_group')]}/joint_single"] = single_cls
+            types[interbotix_single_topic(topic)] = single_cls
         return types
 
     def _create_publishers(self) -> None:
         self._arm_publishers = []
         for topic in self.profile.command_topics:  # <robot>/commands/joint_group (checked by the profile)
-            namespace = topic[: -len("/joint_group")]
             group = self.node.create_publisher(self._group_cls, topic, COMMAND_QOS)
-            single = self.node.create_publisher(self._single_cls, f"{namespace}/joint_single", COMMAND_QOS)
+            single = self.node.create_publisher(self._single_cls, interbotix_single_topic(topic), COMMAND_QOS)
             self._arm_publishers.append((group, single))
             self._publishers += [group, single]
 

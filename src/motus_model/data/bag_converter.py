@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from motus_model.data.lerobot import LeRobotDatasetWriter
 from motus_model.data.rosbag_io import BagError, BagReader
-from motus_model.embodiment import RobotProfile, load_profile
+from motus_model.embodiment import RobotProfile, interbotix_single_topic, load_profile
 from motus_model.images import decode_compressed_image, decode_image
 
 logger = logging.getLogger(__name__)
@@ -138,11 +138,6 @@ def _nearest_before(times: np.ndarray, ticks: np.ndarray) -> np.ndarray:
     return np.searchsorted(times, ticks, side="right") - 1
 
 
-def _single_command_topic(group_topic: str) -> str:
-    """The Interbotix JointSingleCommand topic next to a JointGroupCommand topic (…/joint_group -> …/joint_single)."""
-    return group_topic.rsplit("/", 1)[0] + "/joint_single"
-
-
 # Command message types without a header: their samples are stamped with the receive (log) time.
 HEADERLESS_COMMANDS = ("Float64MultiArray", "JointGroupCommand")
 _BY_NAME_COMMANDS = ("JointState", "JointTrajectory")
@@ -186,9 +181,9 @@ class CommandDecoder:
                 )
         # JointSingleCommand topic -> its JointGroupCommand topic
         self.single_topics = {
-            _single_command_topic(t): t
+            interbotix_single_topic(t): t
             for t in self.command_topics
-            if self.types[t].endswith("JointGroupCommand") and _single_command_topic(t) in self.types
+            if self.types[t].endswith("JointGroupCommand") and interbotix_single_topic(t) in self.types
         }
         self._num_joints = len(profile.joint_names)
         self._groups = profile.command_joint_groups
@@ -249,7 +244,7 @@ class CommandDecoder:
         except ValueError as error:
             hint = ""
             if self.types[topic].endswith("JointGroupCommand") and topic not in self.single_topics.values():
-                hint = f" (no {_single_command_topic(topic)} JointSingleCommand topic for the rest)"
+                hint = f" (no {interbotix_single_topic(topic)} JointSingleCommand topic for the rest)"
             raise ValueError(
                 f"{error}{hint}; fix command_joint_groups in the profile or record every command topic"
             ) from None
@@ -287,9 +282,9 @@ def _read_streams(bag: BagReader, profile: RobotProfile, time_source: str, show_
     types = {topic: bag.topics[topic] for topic in command_topics}
     types.update(
         {
-            _single_command_topic(t): bag.topics[_single_command_topic(t)]
+            interbotix_single_topic(t): bag.topics[interbotix_single_topic(t)]
             for t in command_topics
-            if bag.topics[t].endswith("JointGroupCommand") and _single_command_topic(t) in bag.topics
+            if bag.topics[t].endswith("JointGroupCommand") and interbotix_single_topic(t) in bag.topics
         }
     )
     try:
