@@ -73,7 +73,7 @@ def evaluate_generative(config: GenerativeEvalConfig) -> dict[str, Any]:
     from motus_model.data.lerobot import ACTION_KEY, STATE_KEY, LeRobotDataset
     from motus_model.data.mixture import MixtureConfig, MixtureSampler
     from motus_model.data.sampling import sample_indices
-    from motus_model.data.torch_dataset import ALOHA_CAMERA_MAP
+    from motus_model.data.torch_dataset import camera_map_for
     from motus_model.engine import MotusEngine, MotusRequest
     from motus_model.preprocessing import CompositeLayout, compose_views
 
@@ -95,8 +95,10 @@ def evaluate_generative(config: GenerativeEvalConfig) -> dict[str, Any]:
         0, config.samples
     )
 
+    camera_map = camera_map_for(dataset, model_config.cameras.roles)  # the checkpoint's cameras, as training maps them
+
     def views(episode: int, row: int) -> dict[str, np.ndarray]:
-        return {role: dataset.frames(episode, camera)[row] for role, camera in ALOHA_CAMERA_MAP.items()}
+        return {role: dataset.frames(episode, camera)[row] for role, camera in camera_map.items()}
 
     samples = []
     for key in keys:
