@@ -8,6 +8,7 @@
     motus stats --dataset DIR                                     (re)compute meta/stats.json
     motus generate-demos --task transfer_cube --episodes 50 --seed 0 --out DIR   scripted demonstrations
     motus eval --checkpoint DIR --episodes 50 --out DIR          closed-loop success rate (gym-aloha)
+    motus convert-latents --checkpoint DIR --codec DIR --out DIR  a pixel_patch checkpoint onto PCA latents
 
 Input a user can fix (``motus_model.data.errors.DataInputError``: a bad bag or HDF5 file, a wrong profile, an
 existing output folder) is reported as one line, ``motus: error: ...``, with exit status 2 and no traceback.
@@ -615,6 +616,54 @@ register_command(
     "world model, video generation and IDM on held-out episodes vs repeat-last, hold-still and the conv IDM",
     _eval_generative_arguments,
     _eval_generative,
+)
+
+
+def _convert_latents_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a pixel_patch Motus checkpoint (e.g. the shipped one)")
+    parser.add_argument(
+        "--codec", required=True, help="a PatchPCACodec folder (python -m motus_model.video_latents fit-pca)"
+    )
+    parser.add_argument("--out", required=True, help="checkpoint folder to write (must not exist)")
+
+
+def _convert_latents(args: argparse.Namespace) -> int:
+    import uuid
+
+    from motus_model.convert_checkpoints import pixel_patch_to_patch_pca
+    from motus_model.data.errors import DataInputError
+    from motus_model.pipeline_motus import MotusPipeline
+    from motus_model.video_latents import PatchPCACodec
+
+    out = Path(args.out)
+    if out.exists():
+        raise DataInputError(f"--out {out} already exists; choose a new folder")
+    try:
+        codec = PatchPCACodec.from_pretrained(args.codec)
+    except FileNotFoundError as error:
+        raise DataInputError(str(error)) from None
+    pipeline = MotusPipeline.from_pretrained(args.checkpoint)
+    try:
+        model = pixel_patch_to_patch_pca(pipeline.model, codec)
+    except ValueError as error:
+        raise DataInputError(f"{args.checkpoint}: {error}") from None
+    converted = MotusPipeline(model, codec, pipeline.normalizer, pipeline.text, pipeline.vlm)
+    # write a hidden folder and rename it into place: an interrupted run leaves no half checkpoint
+    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        converted.save_pretrained(staging)
+        os.rename(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(json.dumps({"checkpoint": str(out), "latents": "patch_pca", "channels": codec.latent_channels}))
+    return 0
+
+
+register_command(
+    "convert-latents",
+    "move a pixel_patch checkpoint onto a fitted patch PCA codec (patch embedding composed with the decoder)",
+    _convert_latents_arguments,
+    _convert_latents,
 )
 
 

@@ -44,6 +44,7 @@ builds the model with ``understanding.norm_affine = False`` (``reference_config`
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -64,6 +65,7 @@ from motus_model.modeling_utils import (
     check_finite,
     check_state_dict,
 )
+from motus_model.video_latents import PatchPCACodec
 
 logger = logging.getLogger(__name__)
 
@@ -341,3 +343,63 @@ def load_wan_diffusers_transformer(
     model.video.load_state_dict(renamed, strict=True, assign=device.type == "meta")
     logger.info("loaded %d Wan transformer tensors from %s into the video expert", len(renamed), source)
     return model
+
+
+# ----------------------------------------------------------------------------------------
+# Our own checkpoints onto another video latent space
+# ----------------------------------------------------------------------------------------
+
+# The video head's output layer: its targets change with the latent space (see pixel_patch_to_patch_pca).
+VIDEO_HEAD_OUTPUT_PREFIX = "video.head.head."
+
+
+def pixel_patch_to_patch_pca(model: MotusModel, codec: PatchPCACodec) -> MotusModel:
+    """A copy of a ``pixel_patch`` model that reads and writes ``codec``'s PCA latents, keeping what it learned.
+
+    The patch embedding is composed with the codec's decoder: the new embedding of a PCA latent z is the old
+    embedding of its reconstruction (W (components^T (std * z) + mean) + b), so a clean frame (the conditioning
+    frame the policy looks at) gives the same tokens up to the codec's reconstruction error, and exactly with
+    every component kept. Every other weight is copied, except the video head's output layer, which starts
+    from its fresh (zero) initialisation: the velocity it must predict, noise - z0 with unit-variance noise per
+    PCA channel, is not a linear function of the old pixel velocity (the noise differs), so no map of the old
+    head is right. Use it to move a trained model onto a latent space its video expert can fully denoise,
+    then fine-tune (``motus convert-latents``; docs/results.md).
+
+    Raises:
+        ValueError: the model is not on pixel_patch latents with one frame per latent frame, or the codec's
+            patch differs from the model's.
+    """
+    latents = model.config.latents
+    if latents.kind != "pixel_patch" or latents.temporal_compression != 1:
+        raise ValueError(
+            f"convert-latents needs a pixel_patch model with temporal_compression 1, got {latents.kind!r} "
+            f"with temporal_compression {latents.temporal_compression}"
+        )
+    if codec.spatial_compression != latents.spatial_compression or codec.pixels.latent_channels != latents.channels:
+        raise ValueError(
+            f"the codec's {codec.spatial_compression}x{codec.spatial_compression} patches do not match the model's "
+            f"{latents.spatial_compression}x{latents.spatial_compression} pixel_patch latents"
+        )
+    config = copy.deepcopy(model.config)
+    config.latents = dataclasses.replace(latents, kind="patch_pca", channels=codec.latent_channels)
+    config.video.latent_channels = codec.latent_channels
+    config.__post_init__()
+    torch.manual_seed(0)  # the fresh head initialisation, reproducibly
+    converted = MotusModel(config)
+    previous = model.state_dict()
+    state = converted.state_dict()
+    old_embedding = model.video.patch_embedding
+    weight = old_embedding.weight.detach().double()  # [D, 192, pt, ph, pw]
+    # decoder: pixel patch = components^T (std * z) + mean, so W_new[:, k] = sum_c W[:, c] components[k, c] std[k]
+    decoder = codec.components.double().T * codec.std.double()  # [192, k]
+    new_weight = torch.einsum("dcthw,ck->dkthw", weight, decoder)
+    new_bias = old_embedding.bias.detach().double() + torch.einsum("dcthw,c->d", weight, codec.mean.double())
+    with torch.no_grad():
+        for key, value in state.items():
+            if key == "video.patch_embedding.weight":
+                value.copy_(new_weight.to(value.dtype))
+            elif key == "video.patch_embedding.bias":
+                value.copy_(new_bias.to(value.dtype))
+            elif not key.startswith(VIDEO_HEAD_OUTPUT_PREFIX):
+                value.copy_(previous[key])
+    return converted.to(next(model.parameters()).dtype)
