@@ -251,3 +251,22 @@ def test_reinitialising_a_stage3_checkpoints_action_head_is_warned(tmp_path, cap
         build_model(training)
     warned = [record for record in caplog.records if "discards its trained action encoder/head" in record.message]
     assert bool(warned) == (previous_mode == "finetune")
+
+
+def test_a_fine_tune_inherits_the_encoders_and_codec_of_its_initial_checkpoint(tmp_path):
+    """Initialised from a checkpoint, training must encode with that checkpoint's frozen text encoder, VLM and
+    video codec (new random ones would change every conditioning feature the weights learned from); a folder the
+    config names explicitly still wins, and without init_from nothing is inherited."""
+    from motus_model.pipeline_motus import MotusPipeline
+    from motus_model.training.config import TrainingConfig
+    from motus_model.training.trainer import inherited_encoder_paths
+
+    MotusPipeline.from_preset("motus-small-aloha-pca", seed=5).save_pretrained(tmp_path / "previous")
+    training = TrainingConfig.for_stage(3)
+    assert inherited_encoder_paths(training) == ("", "", "")
+    training.init_from = str(tmp_path / "previous")
+    assert inherited_encoder_paths(training) == tuple(
+        str(tmp_path / "previous" / folder) for folder in ("text_encoder", "vlm", "vae")
+    )
+    training.vlm_path = str(tmp_path / "my_vlm")
+    assert inherited_encoder_paths(training)[1] == str(tmp_path / "my_vlm")

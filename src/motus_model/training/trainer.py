@@ -76,7 +76,7 @@ from motus_model.modeling_motus import MotusModel
 from motus_model.preprocessing import CompositeLayout, Normalizer
 from motus_model.training.config import TrainingConfig
 from motus_model.training.evaluation import evaluate_modes
-from motus_model.training.features import ConditioningEncoders, build_encoders
+from motus_model.training.features import TEXT_ENCODER_DIR, VAE_DIR, VLM_DIR, ConditioningEncoders, build_encoders
 from motus_model.training.schedule import LinearWarmupDecay, make_scheduler
 
 logger = logging.getLogger(__name__)
@@ -191,6 +191,23 @@ def build_model(config: TrainingConfig, cameras: CameraConfig | None = None) -> 
         logger.info("camera layout: %s, tiling %s", model.config.cameras.roles, model.config.cameras.tiling)
     model.gradient_checkpointing = config.gradient_checkpointing
     return model
+
+
+def inherited_encoder_paths(config: TrainingConfig) -> tuple[str, str, str]:
+    """The frozen encoders' folders (text encoder, VLM, video codec): the config's where set, else the ones
+    ``init_from`` carries (its ``text_encoder/``, ``vlm/``, ``vae/``), else "" (tiny random encoders are built).
+    A fine-tune must see the conditioning features, and the latent space, its initial weights learned from."""
+    given = [config.text_encoder_path, config.vlm_path, config.video_vae_path]
+    if not config.init_from:
+        return given[0], given[1], given[2]
+    source = Path(config.init_from)
+    found = []
+    for path, folder in zip(given, (TEXT_ENCODER_DIR, VLM_DIR, VAE_DIR), strict=True):
+        if not path and (source / folder / "config.json").is_file():
+            logger.info("using %s's %s/ (the encoder its weights were trained with)", source, folder)
+            path = str(source / folder)
+        found.append(path)
+    return found[0], found[1], found[2]
 
 
 def load_stage_weights(
@@ -541,12 +558,13 @@ class Trainer:
     # -- pieces --------------------------------------------------------------------------------
     def _build_encoders(self) -> ConditioningEncoders:
         config = self.config
+        text_encoder_path, vlm_path, video_vae_path = inherited_encoder_paths(config)
         return build_encoders(
             self.model.config,
             self.output / "encoders",
-            config.text_encoder_path,
-            config.vlm_path,
-            config.video_vae_path,
+            text_encoder_path,
+            vlm_path,
+            video_vae_path,
             device=self.device,
             truncate_instructions=config.truncate_instructions,
             seed=config.seed,
