@@ -41,32 +41,47 @@ def test_config_without_cameras_loads_as_the_three_aloha_views(tmp_path):
     assert loaded.cameras.roles == ["high"] and loaded.cameras.tiling == "grid" and loaded == config
 
 
-def test_shipped_checkpoint_gives_the_outputs_it_gave_before_camera_layouts(tmp_path):
-    """The shipped config.json has no camera section: its composite is byte-identical to the one the code built
-    before layouts existed (golden file), so are its actions, and an explicit three-view section changes nothing."""
-    assert "cameras" not in json.loads((SHIPPED / "config.json").read_text())
-    golden = json.loads(GOLDEN.read_text())
-    # the same checkpoint with the layout written out: symbolic links to its files, config.json rewritten
-    explicit = tmp_path / "explicit"
-    explicit.mkdir()
-    for item in SHIPPED.iterdir():
+def checkpoint_with_config(source: Path, target: Path, data: dict) -> Path:
+    """``source`` with its config.json replaced by ``data`` (symbolic links to every other file)."""
+    target.mkdir()
+    for item in source.iterdir():
         if item.name != "config.json":
-            os.symlink(item, explicit / item.name)
+            os.symlink(item, target / item.name)
+    (target / "config.json").write_text(json.dumps(data))
+    return target
+
+
+def test_shipped_checkpoint_gives_its_recorded_outputs_with_or_without_a_camera_section(tmp_path):
+    """A config.json without a camera section (every checkpoint written before layouts existed) loads as the three
+    ALOHA views: the shipped checkpoint with its section removed and with the three views written out builds the
+    composite the code built before layouts existed (golden hash) and gives the same actions, the ones recorded for
+    the shipped weights (golden file; `python test/model/test_camera_layout.py` rewrites them after a new model
+    is shipped)."""
+    golden = json.loads(GOLDEN.read_text())
     data = json.loads((SHIPPED / "config.json").read_text())
-    data["cameras"] = {"roles": ["high", "left_wrist", "right_wrist"], "tiling": "head_row"}
-    (explicit / "config.json").write_text(json.dumps(data))
+    data.pop("cameras", None)
+    legacy = checkpoint_with_config(SHIPPED, tmp_path / "legacy", data)
+    explicit = checkpoint_with_config(
+        SHIPPED,
+        tmp_path / "explicit",
+        {**data, "cameras": {"roles": ["high", "left_wrist", "right_wrist"], "tiling": "head_row"}},
+    )
     actions = []
-    for folder in (SHIPPED, explicit):
-        engine = MotusEngine.from_pretrained(folder)
-        try:
-            composite = engine._composite(golden_views())
-            assert hashlib.sha256(composite.tobytes()).hexdigest() == golden["composite_sha256"], folder
-            actions.append(np.asarray(engine.infer(golden_request(golden_views())).actions))
-        finally:
-            engine.close()
+    for folder in (legacy, explicit):
+        composite, folder_actions = composite_and_actions(folder)
+        assert hashlib.sha256(composite.tobytes()).hexdigest() == golden["composite_sha256"], folder
+        actions.append(folder_actions)
     np.testing.assert_array_equal(actions[0], actions[1])
     # float summation order may differ with the thread count; the composite above is exact
     np.testing.assert_allclose(actions[0], np.asarray(golden["actions"], dtype=np.float32), rtol=0, atol=1e-5)
+
+
+def composite_and_actions(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    engine = MotusEngine.from_pretrained(folder)
+    try:
+        return engine._composite(golden_views()), np.asarray(engine.infer(golden_request(golden_views())).actions)
+    finally:
+        engine.close()
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +110,10 @@ def test_policy_refuses_an_observation_without_the_checkpoints_cameras(one_camer
         policy.predict_action_chunk(views, np.zeros(14))
     chunk = policy.predict_action_chunk({"high": np.zeros((24, 32, 3), np.uint8)}, np.zeros(14))
     assert chunk.shape == (4, 14) and np.isfinite(chunk).all()
+
+
+if __name__ == "__main__":  # rewrite the golden actions for a newly shipped checkpoint (the composite hash stays)
+    record = json.loads(GOLDEN.read_text())
+    record["actions"] = composite_and_actions(SHIPPED)[1].tolist()
+    GOLDEN.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {GOLDEN}")
