@@ -600,8 +600,8 @@ def _motus_small() -> MotusConfig:
 def _motus_small_aloha() -> MotusConfig:
     """``motus-small`` timed for the simulated ALOHA (50 Hz): the 16-action chunk takes every second
     control step, so a chunk spans 0.64 s (a CPU inference fits inside it) and the 4 future frames are
-    0.16 s apart. Trained by the recipe in ``models/motus-small-aloha-transfer-cube/README.md``; the embedded
-    default of ``make demo``."""
+    0.16 s apart. The embedded default of ``make demo`` trained on it until 2026-12-06, then moved to
+    ``motus-small-aloha-pca`` (``models/motus-small-aloha-transfer-cube/README.md``)."""
     config = _motus_small()
     config.temporal = TemporalConfig(num_video_frames=4, action_chunk=16, video_action_ratio=4, downsample_rate=2)
     config.video.text_len = 48  # the demonstrations' instructions, byte-tokenised by the tiny umT5
@@ -612,7 +612,8 @@ def _motus_small_aloha_pca() -> MotusConfig:
     """``motus-small-aloha`` on ``patch_pca`` latents: 8x8 patches reduced to 64 components, so a DiT token
     (64 x 2 x 2 = 256 values) is as wide as the 256-wide video expert and every direction of the noise can be
     denoised (pixel_patch: 768 values per token, two thirds of them out of the head's reach). Same token grid,
-    so the same cost per step. Needs a fitted codec (``python -m motus_model.video_latents fit-pca``)."""
+    so the same cost per step. Needs a fitted codec (``python -m motus_model.video_latents fit-pca``). The embedded
+    default ``models/motus-small-aloha-transfer-cube`` is this preset (its codec is its ``vae/``)."""
     config = _motus_small_aloha()
     config.video.latent_channels = 64
     config.latents = VideoLatentConfig(

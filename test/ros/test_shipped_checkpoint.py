@@ -1,6 +1,7 @@
-"""The shipped checkpoint models/motus-small-aloha-transfer-cube: it loads in the engine (a motus-small-aloha model
-with the demonstrations' normalisation stats), motus_server serves it by name, and with the simulated robot the
-commands it sends stay within the aloha_sim profile's joint limits. Also: checkpoint names resolve, or fail clearly."""
+"""The shipped checkpoint models/motus-small-aloha-transfer-cube: it loads in the engine (a motus-small-aloha-pca
+model with its fitted PCA video codec and the demonstrations' normalisation stats), motus_server serves it by name,
+and with the simulated robot the commands it sends stay within the aloha_sim profile's joint limits. Also:
+checkpoint names resolve, or fail clearly."""
 
 from __future__ import annotations
 
@@ -38,19 +39,21 @@ def test_resolve_checkpoint_names_paths_and_unknown_names(tmp_path):
         resolve_checkpoint("")
 
 
-def test_shipped_checkpoint_loads_as_a_motus_small_aloha_model():
+def test_shipped_checkpoint_loads_as_a_motus_small_aloha_pca_model():
     from motus_model.config import MotusConfig
     from motus_model.engine import MotusEngine, MotusRequest
 
     path = Path(resolve_checkpoint(DEFAULT_SIM_CHECKPOINT))
-    for name in ("config.json", "model.safetensors", "stats.json", "text_encoder", "vlm"):
+    for name in ("config.json", "model.safetensors", "stats.json", "text_encoder", "vlm", "vae"):
         assert (path / name).exists(), f"the shipped checkpoint lacks {name}"
     engine = MotusEngine.from_pretrained(str(path))
     try:
-        preset = MotusConfig.preset("motus-small-aloha")
+        preset = MotusConfig.preset("motus-small-aloha-pca")
         config = engine.config
         for part in ("video", "action", "understanding", "latents", "temporal"):
-            assert getattr(config, part) == getattr(preset, part), f"{part} differs from the motus-small-aloha preset"
+            assert getattr(config, part) == getattr(preset, part), f"{part} differs from motus-small-aloha-pca"
+        # a video token as wide as the video expert: the head can write every direction of the noise
+        assert config.video_token_dim == config.video.dim
         assert config.num_layers == preset.num_layers
         assert (config.temporal.action_chunk, config.temporal.downsample_rate) == (16, 2)  # 32 control steps = 0.64 s
         # Normalisation stats of the demonstrations (a preset with random weights has none).
