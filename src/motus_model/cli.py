@@ -22,12 +22,14 @@ or ``torchrun --nproc_per_node N -m motus_model.cli train ...``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +57,18 @@ def register_command(
     if name in _COMMANDS:
         raise ValueError(f"motus subcommand {name!r} is already registered")
     _COMMANDS[name] = Command(name, help, add_arguments, run)
+
+
+@contextlib.contextmanager
+def written_atomically(out: Path) -> Iterator[Path]:
+    """A hidden folder beside ``out`` to write into: renamed to ``out`` when the block ends, removed if it raises,
+    so an interrupted command leaves no half-written ``out``."""
+    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        yield staging
+        os.rename(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,8 +250,6 @@ def _latent_actions_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _latent_actions(args: argparse.Namespace) -> int:
-    import uuid
-
     from motus_model.latent_actions import LatentActionVAE, label_dataset, make_flow_estimator
     from motus_model.latent_actions.model import CAMERA_ROLE_KEYS
 
@@ -261,14 +273,9 @@ def _latent_actions(args: argparse.Namespace) -> int:
         out = Path(args.out)
         if out.exists():
             raise FileExistsError(f"--out {out} already exists")
-        # label a hidden copy and rename it into place: an interrupted run leaves no half-labelled --out
-        staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-        try:
+        with written_atomically(out) as staging:  # an interrupted run leaves no half-labelled --out
             shutil.copytree(dataset, staging)
             stats = label_dataset(staging, model, estimator, column=args.column, batch_size=args.batch_size)
-            os.rename(staging, out)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         dataset = out
     print(json.dumps({"dataset": str(dataset), "column": args.column, "mean": stats["mean"]}))
     return 0
@@ -628,8 +635,6 @@ def _convert_latents_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _convert_latents(args: argparse.Namespace) -> int:
-    import uuid
-
     from motus_model.convert_checkpoints import pixel_patch_to_patch_pca
     from motus_model.data.errors import DataInputError
     from motus_model.pipeline_motus import MotusPipeline
@@ -648,13 +653,8 @@ def _convert_latents(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise DataInputError(f"{args.checkpoint}: {error}") from None
     converted = MotusPipeline(model, codec, pipeline.normalizer, pipeline.text, pipeline.vlm)
-    # write a hidden folder and rename it into place: an interrupted run leaves no half checkpoint
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
+    with written_atomically(out) as staging:  # an interrupted run leaves no half checkpoint
         converted.save_pretrained(staging)
-        os.rename(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     print(json.dumps({"checkpoint": str(out), "latents": "patch_pca", "channels": codec.latent_channels}))
     return 0
 

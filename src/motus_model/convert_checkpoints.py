@@ -384,8 +384,7 @@ def pixel_patch_to_patch_pca(model: MotusModel, codec: PatchPCACodec) -> MotusMo
     config.latents = dataclasses.replace(latents, kind="patch_pca", channels=codec.latent_channels)
     config.video.latent_channels = codec.latent_channels
     config.__post_init__()
-    torch.manual_seed(0)  # the fresh head initialisation, reproducibly
-    converted = MotusModel(config)
+    converted = MotusModel(config)  # its video head output layer is zero-initialised: no seed needed
     previous = model.state_dict()
     state = converted.state_dict()
     old_embedding = model.video.patch_embedding

@@ -153,3 +153,21 @@ def test_convert_latents_command_writes_a_checkpoint_the_pipeline_loads(tmp_path
             ]
         )
     assert "needs a pixel_patch model" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(240)
+def test_an_interrupted_conversion_leaves_no_half_checkpoint(tmp_path, monkeypatch):
+    pipeline = MotusPipeline.from_config(MotusConfig.preset("motus-tiny"), seed=0)
+    pipeline.save_pretrained(tmp_path / "pixel")
+    fitted_codec(pipeline.model, 12).save_pretrained(tmp_path / "codec")
+    save = MotusPipeline.save_pretrained
+
+    def interrupted(self, directory):
+        save(self, directory)  # the whole checkpoint is written, then the process is interrupted before the rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(MotusPipeline, "save_pretrained", interrupted)
+    command = ["convert-latents", "--checkpoint", str(tmp_path / "pixel"), "--codec", str(tmp_path / "codec")]
+    with pytest.raises(KeyboardInterrupt):
+        main([*command, "--out", str(tmp_path / "pca")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["codec", "pixel"]  # no --out, no staging folder

@@ -197,17 +197,16 @@ def inherited_encoder_paths(config: TrainingConfig) -> tuple[str, str, str]:
     """The frozen encoders' folders (text encoder, VLM, video codec): the config's where set, else the ones
     ``init_from`` carries (its ``text_encoder/``, ``vlm/``, ``vae/``), else "" (tiny random encoders are built).
     A fine-tune must see the conditioning features, and the latent space, its initial weights learned from."""
-    given = [config.text_encoder_path, config.vlm_path, config.video_vae_path]
-    if not config.init_from:
-        return given[0], given[1], given[2]
-    source = Path(config.init_from)
-    found = []
+    given = (config.text_encoder_path, config.vlm_path, config.video_vae_path)
+    source = Path(config.init_from) if config.init_from else None
+    paths = []
     for path, folder in zip(given, (TEXT_ENCODER_DIR, VLM_DIR, VAE_DIR), strict=True):
-        if not path and (source / folder / "config.json").is_file():
+        if not path and source is not None and (source / folder / "config.json").is_file():
             logger.info("using %s's %s/ (the encoder its weights were trained with)", source, folder)
             path = str(source / folder)
-        found.append(path)
-    return found[0], found[1], found[2]
+        paths.append(path)
+    text_encoder_path, vlm_path, video_vae_path = paths
+    return text_encoder_path, vlm_path, video_vae_path
 
 
 def load_stage_weights(
