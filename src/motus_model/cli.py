@@ -125,6 +125,11 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         help="share of each mode among training samples, e.g. joint=0.3,vla=0.3,world_model=0.15,idm=0.15,"
         "video_generation=0.1; 'off' for independent shifted sigmas only (default: the stage preset's)",
     )
+    parser.add_argument(
+        "--normalization-stats",
+        choices=("per_dataset", "pooled", "init"),
+        help="a mixture's statistics: each dataset its own (default), pooled over all, or --init-from's",
+    )
     parser.add_argument("--batch-size", type=int, help="global batch size")
     parser.add_argument("--gradient-accumulation", type=int)
     parser.add_argument("--lr", type=float, dest="learning_rate")
@@ -202,6 +207,7 @@ def _train(args: argparse.Namespace) -> int:
             "state_dropout",
             "episode_start_fraction",
             "episode_start_rows",
+            "normalization_stats",
         )
     }
     overrides["init_from"] = args.init_from

@@ -1,4 +1,4 @@
-"""The simulated-ALOHA data pyramid (config/training/mixtures/aloha_sim_pyramid*.yaml) runs in `motus train`
+"""The simulated-ALOHA mixtures (config/training/mixtures/aloha_sim_*.yaml) run in `motus train`
 as shipped: its relative paths resolve to the datasets docs/results.md creates, and a few steps train."""
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from motus_model.data.mixture import MixtureConfig
 
 MIXTURES = Path(__file__).resolve().parents[2] / "config" / "training" / "mixtures"
 STAGES = {"aloha_sim_pyramid_video.yaml": 1, "aloha_sim_pyramid.yaml": 2}
+# every mixture file that `motus train` must run as shipped, with its stage
+RUNS = {**STAGES, "aloha_sim_two_tasks.yaml": 3}
 
 
 def _layout(tmp_path: Path, name: str) -> Path:
@@ -53,12 +55,14 @@ def test_the_pyramid_holds_every_tier():
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("name", sorted(STAGES))
+@pytest.mark.parametrize("name", sorted(RUNS))
 def test_motus_train_runs_the_pyramid_as_is(tmp_path, capsys, name):
     mixture = _layout(tmp_path, name)
     build_tiny_umt5(24, directory=tmp_path / "te")
     build_tiny_qwen3_vl(24, directory=tmp_path / "vlm")
-    argv = ["train", "--stage", str(STAGES[name]), "--mixture", str(mixture), "--output", str(tmp_path / "run")]
+    argv = ["train", "--stage", str(RUNS[name]), "--mixture", str(mixture), "--output", str(tmp_path / "run")]
+    if RUNS[name] == 3:  # one robot, several tasks: one set of statistics
+        argv += ["--normalization-stats", "pooled"]
     argv += ["--preset", "motus-tiny", "--steps", "2", "--batch-size", "2", "--checkpoint-every", "0"]
     argv += ["--warmup-steps", "0", "--text-encoder", str(tmp_path / "te"), "--vlm", str(tmp_path / "vlm")]
     assert main(argv) == 0

@@ -86,6 +86,11 @@ class TrainingConfig:
     cameras: list[str] = field(default_factory=list)
     camera_tiling: str = ""  # "grid" | "head_row" | "" (grid for 1-2 cameras, head_row for 3-4)
     normalization: str = "mean_std"  # Normalizer mode for state and actions
+    # Where a mixture's statistics come from (the checkpoint saves one set, the first dataset's normaliser):
+    # "per_dataset": each dataset its own meta/stats.json (one robot per dataset, as the reference's
+    # per-embodiment stat.json); "pooled": one set over every dataset (one robot, several tasks);
+    # "init": the init_from checkpoint's stats.json (a fine-tune keeps what its action expert learned under).
+    normalization_stats: str = "per_dataset"
     num_workers: int = 0  # data-loader worker processes preparing whole steps ahead (video decoding)
     # decoded clips kept in memory per process (and per worker); decoding dominates the data time, so a
     # small-resolution dataset that fits is decoded once
@@ -159,6 +164,12 @@ class TrainingConfig:
             )
         if self.max_minutes < 0:
             raise ValueError(f"max_minutes must be >= 0 (0 = no limit), got {self.max_minutes}")
+        if self.normalization_stats not in ("per_dataset", "pooled", "init"):
+            raise ValueError(
+                f"normalization_stats must be 'per_dataset', 'pooled' or 'init', got {self.normalization_stats!r}"
+            )
+        if self.normalization_stats == "init" and not self.init_from:
+            raise ValueError("normalization_stats 'init' takes the statistics of init_from: set --init-from")
         if self.mixed_precision not in ("auto", "bf16", "no"):
             raise ValueError(f"mixed_precision must be 'auto', 'bf16' or 'no', got {self.mixed_precision!r}")
         if self.distributed_strategy not in ("ddp", "fsdp"):

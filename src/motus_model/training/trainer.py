@@ -55,7 +55,7 @@ from torch import nn
 from tqdm import tqdm
 
 from motus_model.config import CameraConfig, MotusConfig
-from motus_model.data.lerobot import ACTION_KEY, STATE_KEY, LeRobotDataset
+from motus_model.data.lerobot import ACTION_KEY, STATE_KEY, LeRobotDataset, aggregate_stats
 from motus_model.data.mixture import MixtureConfig, MixtureSampler
 from motus_model.data.torch_dataset import (
     COMPOSITE_ROLE,
@@ -73,6 +73,7 @@ from motus_model.flow_matching import (
     modality_probabilities,
 )
 from motus_model.modeling_motus import MotusModel
+from motus_model.modeling_utils import STATS_NAME
 from motus_model.preprocessing import CompositeLayout, Normalizer
 from motus_model.training.config import TrainingConfig
 from motus_model.training.evaluation import evaluate_modes
@@ -278,6 +279,47 @@ def dataset_normalizer(dataset: LeRobotDataset, action_key: str | None, mode: st
     return Normalizer(stats, mode=mode)
 
 
+def _counted(stats: dict[str, Any], dataset: LeRobotDataset) -> dict[str, Any]:
+    """``stats`` with a frame count (LeRobot's stats.json may lack one: then every frame of the dataset)."""
+    return stats if "count" in stats else {**stats, "count": [int(dataset.info["total_frames"])]}
+
+
+def _shared_normalizers(
+    state: Any, actions: dict[str, Any], action_keys: list[str | None], mode: str, eps: float = 1e-6
+) -> list[Normalizer]:
+    """One normaliser per dataset, all with the same statistics: ``state``, and ``actions[key]`` under each
+    dataset's action column (none for a video-only dataset)."""
+    return [
+        Normalizer({"state": state, **({key: actions[key]} if key is not None else {})}, mode=mode, eps=eps)
+        for key in action_keys
+    ]
+
+
+def pooled_normalizers(datasets: list[LeRobotDataset], action_keys: list[str | None], mode: str) -> list[Normalizer]:
+    """One set of statistics over every dataset (one robot, several tasks): the state over all of them, each
+    action column over the datasets that use it, combined by frame count (``aggregate_stats``)."""
+    for dataset, key in zip(datasets, action_keys, strict=True):
+        dataset_normalizer(dataset, key, mode)  # the one-dataset errors ("stats.json has no ...")
+    state = aggregate_stats([_counted(d.stats[STATE_KEY], d) for d in datasets])
+    actions = {
+        key: aggregate_stats([_counted(d.stats[key], d) for d, k in zip(datasets, action_keys) if k == key])
+        for key in set(action_keys) - {None}
+    }
+    return _shared_normalizers(state, actions, action_keys, mode)
+
+
+def saved_normalizers(saved: dict[str, Any], action_keys: list[str | None], mode: str) -> list[Normalizer]:
+    """A checkpoint's statistics ({"mode", "eps", "stats": {"state", "action"}}, its stats.json) for every
+    dataset, whatever each calls its action column."""
+    if saved.get("mode", "mean_std") != mode:
+        raise ValueError(f"the checkpoint normalises with {saved.get('mode')!r} but the config says {mode!r}")
+    stats = saved["stats"]
+    if ACTION_KEY not in stats and any(key is not None for key in action_keys):
+        raise ValueError("the checkpoint's statistics have no actions (a video-only stage): use another source")
+    actions = {key: stats[ACTION_KEY] for key in action_keys if key is not None}
+    return _shared_normalizers(stats["state"], actions, action_keys, mode, saved.get("eps", 1e-6))
+
+
 def checkpoint_stats(normalizer: Normalizer, action_key: str | None) -> dict[str, Any]:
     """Stats saved with the model: {"mode", "eps", "stats": {"state", "action"}} (Normalizer.to_dict)."""
     data = normalizer.to_dict()
@@ -306,21 +348,43 @@ def resolve_cameras(config: TrainingConfig, mixture: MixtureConfig) -> CameraCon
 
 
 def build_training_data(
-    config: TrainingConfig, model_config: MotusConfig, mixture: MixtureConfig, seed: int
+    config: TrainingConfig,
+    model_config: MotusConfig,
+    mixture: MixtureConfig,
+    seed: int,
+    stats: dict[str, Any] | None = None,
 ) -> tuple[MotusTrainingDataset, MixtureSampler, list[Normalizer]]:
-    sources, normalizers = [], []
-    for _, entry in mixture.entries():
-        # no view of the composite is wider than the composite: decode at most that wide
-        dataset = LeRobotDataset(
+    """The mixture's datasets, sampler and normalisers (per ``config.normalization_stats``; ``stats``, the
+    checkpoint's {"mode", "eps", "stats": {"state", "action"}}, wins: the held-out data of a run is read with
+    the run's own statistics)."""
+    entries = [entry for _, entry in mixture.entries()]
+    # no view of the composite is wider than the composite: decode at most that wide
+    datasets = [
+        LeRobotDataset(
             entry.path,
             max_frame_width=model_config.latents.image_width,
             video_cache_size=1_000_000,
             video_cache_mb=config.video_cache_mb,
         )
-        normalizer = dataset_normalizer(dataset, entry.action_key, config.normalization)
-        camera_map = entry.camera_map or camera_map_for(dataset, model_config.cameras.roles)
-        sources.append(DatasetSource(dataset, entry.action_key, camera_map, normalizer))
-        normalizers.append(normalizer)
+        for entry in entries
+    ]
+    keys = [entry.action_key for entry in entries]
+    if stats is None and config.normalization_stats == "init":
+        stats_path = Path(config.init_from) / STATS_NAME
+        if not stats_path.is_file():
+            raise ValueError(f"normalization_stats 'init': {config.init_from} has no {STATS_NAME}")
+        stats = json.loads(stats_path.read_text())
+    if stats is not None:
+        normalizers = saved_normalizers(stats, keys, config.normalization)
+    elif config.normalization_stats == "pooled":
+        normalizers = pooled_normalizers(datasets, keys, config.normalization)
+    else:
+        normalizers = [dataset_normalizer(d, k, config.normalization) for d, k in zip(datasets, keys, strict=True)]
+    roles = model_config.cameras.roles
+    sources = [
+        DatasetSource(dataset, entry.action_key, entry.camera_map or camera_map_for(dataset, roles), normalizer)
+        for dataset, entry, normalizer in zip(datasets, entries, normalizers, strict=True)
+    ]
     sampling = SamplingConfig.from_model_config(model_config)
     training = MotusTrainingDataset(
         sources,
@@ -515,7 +579,11 @@ class Trainer:
         if config.eval_dataset:
             eval_mixture = MixtureConfig.single(config.eval_dataset, first_key)
             self.eval_dataset, self.eval_sampler, _ = build_training_data(
-                dataclasses.replace(config, episode_start_fraction=0.0), self.model.config, eval_mixture, seed=10_000
+                dataclasses.replace(config, episode_start_fraction=0.0),
+                self.model.config,
+                eval_mixture,
+                seed=10_000,
+                stats=self.stats,
             )
 
         # 3. frozen encoders (tiny ones are built once, by the main process)
