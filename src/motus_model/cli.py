@@ -653,7 +653,10 @@ def _convert_latents(args: argparse.Namespace) -> int:
         codec = PatchPCACodec.from_pretrained(args.codec)
     except FileNotFoundError as error:
         raise DataInputError(str(error)) from None
-    pipeline = MotusPipeline.from_pretrained(args.checkpoint)
+    try:
+        pipeline = MotusPipeline.from_pretrained(args.checkpoint)
+    except (FileNotFoundError, ValueError) as error:  # a missing or refused file: the user's to fix
+        raise DataInputError(f"--checkpoint {args.checkpoint}: {error}") from None
     try:
         model = pixel_patch_to_patch_pca(pipeline.model, codec)
     except ValueError as error:

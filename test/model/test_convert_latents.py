@@ -153,6 +153,13 @@ def test_convert_latents_command_writes_a_checkpoint_the_pipeline_loads(tmp_path
             ]
         )
     assert "needs a pixel_patch model" in capsys.readouterr().err
+    # a checkpoint folder with a file missing is a one-line user error too
+    (tmp_path / "pixel" / "model.safetensors").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--out", str(tmp_path / "broken")])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.startswith("motus: error: --checkpoint") and error.count("\n") == 1
+    assert not (tmp_path / "broken").exists()
 
 
 @pytest.mark.timeout(240)
