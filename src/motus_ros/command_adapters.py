@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
@@ -100,6 +101,12 @@ class CommandAdapter:
         stamp = self.node.get_clock().now().to_msg() if stamp is None else to_stamp(stamp)
         self._publish(command, stamp)
         self.published += 1
+
+    def wait_for_delivery(self, timeout_s: float = 0.5) -> bool:
+        """Wait until every reliable subscriber has acknowledged what was sent. A hold sent as the process shuts
+        down must not be lost in the writer's queue; False when some subscriber did not acknowledge in time."""
+        timeout = Duration(seconds=timeout_s)
+        return all(publisher.wait_for_all_acked(timeout) for publisher in self._publishers)
 
     def destroy(self) -> None:
         for publisher in self._publishers:

@@ -268,7 +268,8 @@ class PolicyNode(MotusLifecycleNode):
         if run is not None:
             run.error = "node deactivated"
         self._stop_run(run)
-        self._send_hold("deactivated")
+        if self._send_hold("deactivated") and not self.adapter.wait_for_delivery():
+            self.get_logger().warning("the hold command sent on deactivation was not acknowledged within 0.5 s")
 
     # --- control loop --------------------------------------------------------------------------------------------
 

@@ -86,6 +86,26 @@ def test_joint_trajectory_one_point_per_arm(nodes):
     assert adapter.published >= 1 and adapter.suppressed == 0
 
 
+def test_a_command_sent_last_is_acknowledged_before_the_adapter_goes(nodes):
+    """wait_for_delivery: the hold sent on deactivation reaches a reliable subscriber even if the process exits
+    right after (the server's SIGTERM path); the last command is received once it returns True."""
+    sender, listener, executor, suffix = nodes
+    topic = f"/arms_{suffix}/commands"
+    profile = sim_profile("forward_command", [topic], [list(range(14))])
+    box = []
+    collect(listener, Float64MultiArray, topic, box)
+    adapter = make_command_adapter(sender, profile, dry_run=False)
+    send_until_received(executor, adapter, [box])  # discovery done
+    last = COMMAND + 0.01
+    adapter.send(last, 2.0)
+    assert adapter.wait_for_delivery(5.0)
+    adapter.destroy()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not np.allclose(box[-1].data, last):
+        executor.spin_once(timeout_sec=0.05)
+    np.testing.assert_allclose(box[-1].data, last)
+
+
 def test_forward_command_float64_multiarray(nodes):
     sender, listener, executor, suffix = nodes
     topic = f"/arms_{suffix}/commands"
