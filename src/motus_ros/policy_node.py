@@ -58,6 +58,8 @@ TERMINATION_ESTOP = RunPolicy.Result.TERMINATION_ESTOP
 TERMINATION_PREEMPTED = RunPolicy.Result.TERMINATION_PREEMPTED
 TERMINATION_ERROR = RunPolicy.Result.TERMINATION_ERROR
 MAIN_HOLD_REASONS = 3  # how many hold reasons a result lists
+# how long deactivation waits for subscribers to acknowledge the last hold (the process may exit next)
+HOLD_DELIVERY_TIMEOUT_S = 0.5
 
 
 class RateMeter:
@@ -268,8 +270,10 @@ class PolicyNode(MotusLifecycleNode):
         if run is not None:
             run.error = "node deactivated"
         self._stop_run(run)
-        if self._send_hold("deactivated") and not self.adapter.wait_for_delivery():
-            self.get_logger().warning("the hold command sent on deactivation was not acknowledged within 0.5 s")
+        if self._send_hold("deactivated") and not self.adapter.wait_for_delivery(HOLD_DELIVERY_TIMEOUT_S):
+            self.get_logger().warning(
+                f"the hold command sent on deactivation was not acknowledged within {HOLD_DELIVERY_TIMEOUT_S} s"
+            )
 
     # --- control loop --------------------------------------------------------------------------------------------
 

@@ -65,6 +65,18 @@ def send_until_received(executor, adapter, boxes: list[list], timeout: float = 1
     assert all(boxes), f"no command arrived on some topics: {[len(b) for b in boxes]}"
 
 
+def forward_command_rig(nodes):
+    """A forward_command adapter for all 14 joints and a listener that has received from it: (executor,
+    adapter, received messages)."""
+    sender, listener, executor, suffix = nodes
+    topic = f"/arms_{suffix}/commands"
+    box = []
+    collect(listener, Float64MultiArray, topic, box)
+    adapter = make_command_adapter(sender, sim_profile("forward_command", [topic], [list(range(14))]), dry_run=False)
+    send_until_received(executor, adapter, [box])
+    return executor, adapter, box
+
+
 def test_joint_trajectory_one_point_per_arm(nodes):
     sender, listener, executor, suffix = nodes
     topics = [f"/left_{suffix}/joint_trajectory", f"/right_{suffix}/joint_trajectory"]
@@ -89,13 +101,7 @@ def test_joint_trajectory_one_point_per_arm(nodes):
 def test_a_command_sent_last_is_acknowledged_before_the_adapter_goes(nodes):
     """wait_for_delivery: the hold sent on deactivation reaches a reliable subscriber even if the process exits
     right after (the server's SIGTERM path); the last command is received once it returns True."""
-    sender, listener, executor, suffix = nodes
-    topic = f"/arms_{suffix}/commands"
-    profile = sim_profile("forward_command", [topic], [list(range(14))])
-    box = []
-    collect(listener, Float64MultiArray, topic, box)
-    adapter = make_command_adapter(sender, profile, dry_run=False)
-    send_until_received(executor, adapter, [box])  # discovery done
+    executor, adapter, box = forward_command_rig(nodes)  # discovery done
     last = COMMAND + 0.01
     adapter.send(last, 2.0)
     assert adapter.wait_for_delivery(5.0)
@@ -107,13 +113,7 @@ def test_a_command_sent_last_is_acknowledged_before_the_adapter_goes(nodes):
 
 
 def test_forward_command_float64_multiarray(nodes):
-    sender, listener, executor, suffix = nodes
-    topic = f"/arms_{suffix}/commands"
-    profile = sim_profile("forward_command", [topic], [list(range(14))])
-    box = []
-    collect(listener, Float64MultiArray, topic, box)
-    adapter = make_command_adapter(sender, profile, dry_run=False)
-    send_until_received(executor, adapter, [box])
+    _, _, box = forward_command_rig(nodes)
     np.testing.assert_allclose(box[-1].data, COMMAND)
     assert box[-1].layout.dim[0].size == 14
 

@@ -11,10 +11,9 @@ import json
 
 import numpy as np
 import pytest
-from training_helpers import smooth_frames
+from training_helpers import write_tiny_dataset
 
 from motus_model.config import MotusConfig
-from motus_model.data.lerobot import ALOHA_CAMERA_KEYS, LeRobotDatasetWriter
 from motus_model.data.mixture import DatasetEntry, MixtureConfig, TierConfig
 from motus_model.data.sampling import sample_indices
 from motus_model.data.torch_dataset import SampleKey
@@ -26,20 +25,9 @@ LENGTH = 24
 
 
 def _dataset(root, offset: float, scale: float, seed: int, episodes: int = 2) -> list[np.ndarray]:
-    """A tiny three-camera dataset whose state and actions are offset + scale * a smooth curve; returns the
-    actions as written, per episode."""
-    rng = np.random.default_rng(seed)
-    writer = LeRobotDatasetWriter(root, fps=50, camera_keys=ALOHA_CAMERA_KEYS)
-    actions = []
-    for e in range(episodes):
-        curve = np.sin(0.1 * np.arange(LENGTH)[:, None] + rng.uniform(0, 3, size=(1, 14)))
-        state = (offset + scale * curve).astype(np.float32)
-        action = np.roll(state, -1, axis=0)
-        frames = {key: smooth_frames(LENGTH, 32, 48, seed * 10 + e * 3 + i) for i, key in enumerate(ALOHA_CAMERA_KEYS)}
-        writer.add_episode(frames, state, action, f"task {seed}")
-        actions.append(action)
-    writer.finalize()
-    return actions
+    """A tiny dataset whose state and actions are offset + scale * a smooth curve; its actions as written."""
+    _, written = write_tiny_dataset(root, num_episodes=episodes, length=LENGTH, seed=seed, offset=offset, scale=scale)
+    return [episode["action"] for episode in written]
 
 
 @pytest.fixture

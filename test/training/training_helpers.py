@@ -32,15 +32,17 @@ def write_tiny_dataset(
     width: int = 48,
     seed: int = 0,
     camera_keys: tuple[str, ...] = ALOHA_CAMERA_KEYS,
+    offset: float = 0.0,
+    scale: float = 1.0,
 ):
-    """A tiny dataset (the three ALOHA cameras unless `camera_keys` names others) with smooth joint trajectories;
-    returns (root, episodes as written)."""
+    """A tiny dataset (the three ALOHA cameras unless `camera_keys` names others) with smooth joint trajectories
+    (offset + scale * a sine per joint); returns (root, episodes as written)."""
     rng = np.random.default_rng(seed)
     writer = LeRobotDatasetWriter(root, fps=50, camera_keys=tuple(camera_keys))
     written = []
     for e in range(num_episodes):
         t = np.arange(length)[:, None]
-        state = np.sin(0.1 * t + rng.uniform(0, 3, size=(1, 14))).astype(np.float32)
+        state = (offset + scale * np.sin(0.1 * t + rng.uniform(0, 3, size=(1, 14)))).astype(np.float32)
         action = np.roll(state, -1, axis=0)
         frames = {key: smooth_frames(length, height, width, seed * 10 + e * 3 + i) for i, key in enumerate(camera_keys)}
         task = f"task {e % 2}"
