@@ -130,6 +130,13 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("per_dataset", "pooled", "init"),
         help="a mixture's statistics: each dataset its own (default), pooled over all, or --init-from's",
     )
+    parser.add_argument(
+        "--action-modulation",
+        action="store_true",
+        default=None,
+        help="the actions also modulate the video tokens of the frames they lead to (a path the world model "
+        "cannot ignore; off in the Motus release); over an --init-from checkpoint without it, it starts at zero",
+    )
     parser.add_argument("--batch-size", type=int, help="global batch size")
     parser.add_argument("--gradient-accumulation", type=int)
     parser.add_argument("--lr", type=float, dest="learning_rate")
@@ -208,6 +215,7 @@ def _train(args: argparse.Namespace) -> int:
             "episode_start_fraction",
             "episode_start_rows",
             "normalization_stats",
+            "action_modulation",
         )
     }
     overrides["init_from"] = args.init_from

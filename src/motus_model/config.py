@@ -381,6 +381,12 @@ class MotusConfig:
     # Deviation from the Motus release, which gives every video token the sample's sigma
     # even though frame 0 is clean; set False to reproduce the release exactly.
     clean_condition_timestep: bool = True
+    # Each future latent frame's time embedding also gets an embedding of the actions that lead to it
+    # (``modeling_motus.ActionFrameEmbedding``): a conditioning path the video expert cannot average away, beside
+    # the joint attention. Deviation from the Motus release (joint attention only; keep False to reproduce it):
+    # through the attention alone the small models predicted as well with another episode's actions as with the
+    # true ones (docs/results.md, "The action gap").
+    action_modulation: bool = False
 
     def __post_init__(self) -> None:
         for name, cls in _SECTIONS.items():

@@ -436,6 +436,37 @@ class ActionExpert(nn.Module):
         self.head = ActionHead(action.dim, action.action_dim)
 
 
+class ActionFrameEmbedding(nn.Module):
+    """The actions leading to each future latent frame -> a term added to that frame's time embedding.
+
+    Why (``MotusConfig.action_modulation``): through the joint attention alone the small world models predicted
+    as well with another episode's actions as with the true ones. Added to the time embedding, the actions
+    modulate every block and the head of their frame's tokens (the AdaLN action conditioning of
+    action-conditioned video world models), a path the video expert cannot average away. The chunk splits into
+    equal windows, window j being the actions up to future frame j. The actions arrive as noisy as the action
+    stream, so their noise level is an input too (pure noise when marginalised carries nothing). The output
+    layer starts at zero: switching the path on leaves a trained model's outputs unchanged at step 0.
+    """
+
+    def __init__(self, config: MotusConfig) -> None:
+        super().__init__()
+        # chunk = video frames x video_action_ratio and latent frames = video frames / temporal_compression,
+        # so the chunk always splits evenly: video_action_ratio x temporal_compression actions per window
+        self.num_windows = config.latent_grid()[0] - 1
+        window = config.temporal.action_chunk // self.num_windows * config.action.action_dim
+        self.freq_dim = config.video.freq_dim
+        dim = config.video.dim
+        self.embed = nn.Sequential(nn.Linear(window + self.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        nn.init.zeros_(self.embed[2].weight)
+        nn.init.zeros_(self.embed[2].bias)
+
+    def forward(self, actions: torch.Tensor, action_sigma: torch.Tensor) -> torch.Tensor:
+        """actions [B, chunk, action_dim], action_sigma [B] -> [B, future latent frames, video dim] float32."""
+        windows = actions.float().reshape(actions.shape[0], self.num_windows, -1)
+        level = timestep_sinusoid(action_sigma.float() * 1000.0, self.freq_dim)[:, None]
+        return _run(self.embed, torch.cat([windows, level.expand(-1, self.num_windows, -1)], dim=-1))
+
+
 class UnderstandingBlock(nn.Module):
     """One understanding-expert layer: plain pre-norms (no timestep), plain residuals."""
 
@@ -596,6 +627,7 @@ class MotusModel(PretrainedMixin, nn.Module):
         self.video = VideoExpert(config)
         self.action_expert = ActionExpert(config)
         self.und_expert = UnderstandingExpert(config)
+        self.action_to_video = ActionFrameEmbedding(config) if config.action_modulation else None
         self.gradient_checkpointing = False
         if not any(p.is_meta for p in self.parameters()):
             self._init_video_weights()
@@ -731,8 +763,12 @@ class MotusModel(PretrainedMixin, nn.Module):
         if not (need_video or need_actions):
             raise ValueError("forward: need_video and need_actions are both False; ask for at least one output")
         batch = self._check_inputs(video_latents, video_sigma, actions, action_sigma, state, conditioning)
-        # 1. Video tokens, per-token timesteps (conditioning frame t = 0 unless configured otherwise).
-        video_x, video_temb, video_mod, grid, rope_cos, rope_sin = self._embed_video(video_latents, video_sigma)
+        # 1. Video tokens, per-token timesteps (conditioning frame t = 0 unless configured otherwise), the
+        # future frames' modulated by their actions where the config adds that path.
+        action_frames = None if self.action_to_video is None else self.action_to_video(actions, action_sigma)
+        video_x, video_temb, video_mod, grid, rope_cos, rope_sin = self._embed_video(
+            video_latents, video_sigma, action_frames
+        )
         num_video = video_x.shape[1]
 
         # 2. Action tokens [state | actions | registers] + sin-cos positions; one timestep per
@@ -890,9 +926,12 @@ class MotusModel(PretrainedMixin, nn.Module):
         return video_x, action_x, und_x
 
     def _embed_video(
-        self, video_latents: torch.Tensor, video_sigma: torch.Tensor
+        self, video_latents: torch.Tensor, video_sigma: torch.Tensor, action_frames: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int, int], torch.Tensor, torch.Tensor]:
         """Patch embedding, per-token time embedding/modulation and RoPE for the input's own grid.
+
+        ``action_frames`` [B, future latent frames, D] (``ActionFrameEmbedding``) is added to the future frames'
+        time embedding before their modulation; None without ``action_modulation`` (and for video-only work).
 
         Returns tokens [B, Lv, D], time embedding [B, Lv, D], modulation [B, Lv, 6, D], the
         token grid, and RoPE cos/sin [Lv, head_dim / 2].
@@ -913,8 +952,15 @@ class MotusModel(PretrainedMixin, nn.Module):
         two_mod = _run(self.video.time_projection, two_temb)  # [B, 2, 6D]
         is_future = torch.ones(video_x.shape[1], dtype=torch.long, device=video_x.device)
         is_future[: grid[1] * grid[2]] = 0  # latent frame 0 is the conditioning frame
-        video_temb = two_temb[:, is_future]  # [B, Lv, D]
-        video_mod = two_mod[:, is_future].unflatten(-1, (6, -1))  # [B, Lv, 6, D]
+        if action_frames is None:
+            video_temb = two_temb[:, is_future]  # [B, Lv, D]
+            video_mod = two_mod[:, is_future].unflatten(-1, (6, -1))  # [B, Lv, 6, D]
+        else:  # action_modulation: each future frame's own embedding, then spread over its tokens
+            frame_temb = torch.cat([two_temb[:, :1], two_temb[:, 1:] + action_frames], dim=1)  # [B, F, D]
+            frame_mod = torch.cat([two_mod[:, :1], _run(self.video.time_projection, frame_temb[:, 1:])], dim=1)
+            frame_of_token = torch.arange(grid[0], device=video_x.device).repeat_interleave(grid[1] * grid[2])
+            video_temb = frame_temb[:, frame_of_token]
+            video_mod = frame_mod[:, frame_of_token].unflatten(-1, (6, -1))
         rope_cos, rope_sin = video_rope(grid, config.head_dim, config.video.rope_theta, video_x.device)
         return video_x, video_temb, video_mod, grid, rope_cos, rope_sin
 

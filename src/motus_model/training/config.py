@@ -72,6 +72,10 @@ class TrainingConfig:
     # Train through MotusModel.forward_video_only (stage 1): the video expert alone, the action and
     # understanding experts neither run nor trained (they must be frozen).
     video_only: bool = False
+    # Switch on MotusConfig.action_modulation (the actions modulate their future frames' video tokens, beside the
+    # joint attention). A model or init_from checkpoint that has the path keeps it; switched on over an
+    # init_from checkpoint without it, the path starts at zero (the checkpoint's outputs, unchanged at step 0).
+    action_modulation: bool = False
 
     # --- data
     dataset: str = ""  # one LeRobot dataset folder (or use mixture)

@@ -4,8 +4,9 @@ Each of the five modes fixes how the two modalities are treated (flow_matching.M
 modality is given at sigma 0, a MARGINALISED one is pure noise at sigma 1, a DENOISED one gets a
 training sigma. The held-out loss of a mode is the rectified-flow MSE of its denoised modalities
 under exactly that treatment, e.g. VLA = action loss with the future video marginalised, IDM =
-action loss with the future video clean, world model = video loss with clean actions.
-Noise and sigmas come from a fixed seed, so numbers are comparable across evaluations.
+action loss with the future video clean, world model = video loss with clean actions (and, as
+``video_other_actions``, with another sample's: the action gap). Noise and sigmas come from a fixed seed,
+so numbers are comparable across evaluations.
 """
 
 from __future__ import annotations
@@ -52,20 +53,21 @@ def mode_losses(
     noisy_video[:, :, 0] = video_x0[:, :, 0]
     noisy_actions = (1 - action_sigma.view(-1, 1, 1)) * actions_x0 + action_sigma.view(-1, 1, 1) * action_noise
     state = batch["state"] if model.config.uses_state else None
-    video_pred, action_pred = model.forward_uncached(
-        noisy_video,
-        video_sigma,
-        noisy_actions,
-        action_sigma,
-        state,
-        batch["text_context"],
-        batch["vlm_hidden"],
-        text_mask=batch.get("text_mask"),
-        vlm_mask=batch.get("vlm_mask"),
+    conditioning = model.prepare_conditioning(
+        batch["text_context"], batch.get("text_mask"), batch["vlm_hidden"], batch.get("vlm_mask")
     )
+    video_pred, action_pred = model(noisy_video, video_sigma, noisy_actions, action_sigma, state, conditioning)
+    video_target = (video_noise - video_x0)[:, :, 1:]
     losses = {}
     if mode.video is Treatment.DENOISED:
-        losses["video"] = float(F.mse_loss(video_pred[:, :, 1:], (video_noise - video_x0)[:, :, 1:]))
+        losses["video"] = float(F.mse_loss(video_pred[:, :, 1:], video_target))
+    if mode is Mode.WORLD_MODEL and size > 1:
+        # The action gap in loss terms: the same noisy frames given the next sample's actions. A world model
+        # that reads its actions predicts clearly worse with them; one that ignores them does not.
+        other_pred, _ = model(
+            noisy_video, video_sigma, noisy_actions.roll(1, 0), action_sigma, state, conditioning, need_actions=False
+        )
+        losses["video_other_actions"] = float(F.mse_loss(other_pred[:, :, 1:], video_target))
     if mode.actions is Treatment.DENOISED:
         losses["action"] = float(F.mse_loss(action_pred, action_noise - actions_x0))
     return losses

@@ -168,6 +168,7 @@ def build_model(config: TrainingConfig, cameras: CameraConfig | None = None) -> 
             )
         model_config = copy.deepcopy(previous.config)
         model_config.training_mode = config.training_mode
+        model_config.action_modulation = model_config.action_modulation or config.action_modulation
         model_config.__post_init__()
         model = MotusModel(model_config)
         load_stage_weights(model, previous.state_dict(), config.reinit_prefixes)
@@ -175,6 +176,7 @@ def build_model(config: TrainingConfig, cameras: CameraConfig | None = None) -> 
     else:
         model_config = MotusConfig.preset(config.preset)
         model_config.training_mode = config.training_mode
+        model_config.action_modulation = model_config.action_modulation or config.action_modulation
         model_config.__post_init__()
         model = MotusModel(model_config)
         logger.info("initialised %s from scratch (random weights)", config.preset)
@@ -217,14 +219,15 @@ def load_stage_weights(
 
     Keys under ``reinit_prefixes`` keep their fresh initialisation. Keys the new model has and the
     previous one lacks are allowed only where the training mode adds them (finetune's state encoder
-    and registers, after a pretrain stage); anything else missing, unexpected or mis-shaped raises.
+    and registers, after a pretrain stage) or the config switches on a path (``action_to_video``, zero at
+    the start); anything else missing, unexpected or mis-shaped raises.
     Returns {"loaded", "reinitialised", "new"} key lists.
     """
     current = model.state_dict()
     reinit = [key for key in current if any(key.startswith(prefix) for prefix in reinit_prefixes)]
     mode_keys = ("action_expert.state_encoder.", "action_expert.registers")
     new = [key for key in current if key not in previous and key not in reinit]
-    bad_new = [key for key in new if not key.startswith(mode_keys)]
+    bad_new = [key for key in new if not key.startswith((*mode_keys, "action_to_video."))]
     dropped_by_mode = [key for key in previous if key not in current and key.startswith(mode_keys)]
     unexpected = [key for key in previous if key not in current and key not in dropped_by_mode]
     shape_errors = [
