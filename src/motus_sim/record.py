@@ -40,6 +40,8 @@ from motus_sim.scripted_expert import (
     run_expert_episode,
 )
 
+# What the action column holds with command noise (DemoRecordingConfig.recorded_actions).
+RECORDED_ACTIONS = ("plan", "sent")
 logger = logging.getLogger(__name__)
 
 EXPERT_EPISODES_FILE = "expert_episodes.json"
@@ -62,7 +64,11 @@ class DemoRecordingConfig:
         only_successful: keep only episodes whose replay reached the task's max reward.
         num_steps: steps per episode; None = the task's length (400). Shorter cannot finish the task.
         command_noise: std (rad) of the DART perturbation of the replayed arm commands; 0 = clean
-            demonstrations. The recorded actions are the clean plan either way.
+            demonstrations.
+        recorded_actions: with command noise, what the action column holds: "plan", the clean plan (DART: a
+            policy learns to lead back from wherever the noise pushed the arm), or "sent", the perturbed
+            commands the arms were given (world-model and IDM data: the actions then say where the arms go,
+            which the scene alone does not).
         append: add the episodes to the dataset already at ``out`` (same image size).
         workers: episodes simulated and rendered in parallel processes (rendering is the slow part).
     """
@@ -76,6 +82,7 @@ class DemoRecordingConfig:
     only_successful: bool = False
     num_steps: int | None = None
     command_noise: float = 0.0
+    recorded_actions: str = "plan"
     append: bool = False
     workers: int = 1
 
@@ -85,6 +92,10 @@ class DemoRecordingConfig:
         elif self.command_noise > 0:
             raise ValueError("--command-noise perturbs an expert's plan; random_motion has none")
         CommandNoise(std=self.command_noise)
+        if self.recorded_actions not in RECORDED_ACTIONS:
+            raise ValueError(f"recorded_actions must be one of {RECORDED_ACTIONS}, got {self.recorded_actions!r}")
+        if self.recorded_actions == "sent" and self.command_noise <= 0:
+            raise ValueError("--actions sent records the perturbed commands: give --command-noise too")
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.episodes <= 0:
@@ -180,6 +191,7 @@ def _record_episode(job: tuple[DemoRecordingConfig, int]) -> ExpertEpisode:
         image_size=(config.image_height, config.image_width),
         num_steps=config.num_steps,
         command_noise=noise,
+        record_sent_commands=config.recorded_actions == "sent",
     )
 
 
@@ -217,7 +229,16 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         type=float,
         default=0.0,
         help="DART: std (rad) of a smooth offset added to the replayed arm commands; "
-        "the recorded actions stay the plan",
+        "the recorded actions stay the plan (see --actions)",
+    )
+    parser.add_argument(
+        "--actions",
+        choices=RECORDED_ACTIONS,
+        default="plan",
+        dest="recorded_actions",
+        help="with --command-noise, the action column: the clean plan (DART, for the policy; default) or the "
+        "perturbed commands sent to the arms (for the world model and the IDM: the actions then carry what the "
+        "scene does not)",
     )
     parser.add_argument("--append", action="store_true", help="add the episodes to the dataset already at --out")
     parser.add_argument("--workers", type=int, default=1, help="episodes rendered in parallel processes")
@@ -243,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
         only_successful=args.only_successful,
         num_steps=args.num_steps,
         command_noise=args.command_noise,
+        recorded_actions=args.recorded_actions,
         append=args.append,
         workers=args.workers,
     )

@@ -858,6 +858,7 @@ def run_expert_episode(
     num_steps: int | None = None,
     camera_keys: tuple[str, ...] = tuple(CAMERA_NAMES),
     command_noise: CommandNoise | None = None,
+    record_sent_commands: bool = False,
 ) -> ExpertEpisode:
     """Plan in the mocap scene, replay in the joint scene, for the object pose drawn from ``seed``.
 
@@ -869,6 +870,8 @@ def run_expert_episode(
         camera_keys: which views to render.
         command_noise: perturb the replayed arm commands (DART); the recorded actions stay the plan.
             The noise is drawn from ``seed``, so an episode is reproducible.
+        record_sent_commands: record the perturbed commands (plan + offsets) as the actions instead of the
+            plan: world-model data, where the actions must say where the arms actually go.
     """
     if task == RANDOM_MOTION_TASK:
         return run_random_motion_episode(seed, image_size, num_steps, camera_keys)
@@ -886,7 +889,7 @@ def run_expert_episode(
         seed=seed,
         object_pose=object_pose,
         states=states,
-        actions=joint_targets,
+        actions=joint_targets + offsets if record_sent_commands else joint_targets,
         rewards=rewards,
         max_reward=float(_JOINT_TASKS[task]().max_reward),
         frames=frames,

@@ -158,6 +158,26 @@ def test_noisy_episode_records_the_clean_plan_as_its_actions():
     np.testing.assert_array_equal(repeat.states, noisy.states)
 
 
+@pytest.mark.timeout(120)
+def test_the_sent_commands_can_be_recorded_as_the_actions():
+    clean = run_expert_episode("transfer_cube", 5, num_steps=80)
+    sent = run_expert_episode(
+        "transfer_cube", 5, num_steps=80, command_noise=CommandNoise(std=0.05), record_sent_commands=True
+    )
+    # World-model data: the labels are what the arms were sent, the plan plus the noise.
+    np.testing.assert_allclose(sent.actions, clean.actions + sent.command_offsets)
+    assert np.abs(sent.actions - clean.actions)[:, ARM_COLUMNS].max() > 0.02
+    # The physics agrees: the arms track the recorded (sent) commands more closely than the plan.
+    reached = sent.states[40:, ARM_COLUMNS]
+    to_sent = np.abs(reached - sent.actions[39:-1, ARM_COLUMNS]).mean()
+    to_plan = np.abs(reached - clean.actions[39:-1, ARM_COLUMNS]).mean()
+    assert to_sent < 0.7 * to_plan, (to_sent, to_plan)
+    with pytest.raises(ValueError, match="--command-noise"):
+        DemoRecordingConfig(recorded_actions="sent")
+    with pytest.raises(ValueError, match="recorded_actions"):
+        DemoRecordingConfig(command_noise=0.05, recorded_actions="executed")
+
+
 @pytest.mark.timeout(180)
 def test_noisy_episodes_append_to_a_clean_dataset_with_parallel_workers(tmp_path, capsys):
     out = tmp_path / "demos"

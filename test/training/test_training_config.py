@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -102,6 +104,9 @@ def test_mode_mix_in_stage_presets_config_and_model_card(tmp_path):
         TrainingConfig(mode_mix={"policy": 1.0})
     card = write_model_card(tmp_path, stage3, MotusConfig.preset("motus-tiny"), 5).read_text()
     assert "world_model 15%" in card and "idm 15%" in card and "clean 15%" in card
+    assert "| action modulation | off" in card
+    modulated = dataclasses.replace(MotusConfig.preset("motus-tiny"), action_modulation=True)
+    assert "| action modulation | on" in write_model_card(tmp_path, stage3, modulated, 5).read_text()
 
 
 def test_stage1_trains_through_the_video_only_path():

@@ -486,6 +486,12 @@ def write_model_card(directory: Path, config: TrainingConfig, model_config: Motu
         f"{model_config.video_token_dim} values for a {model_config.video.dim}-wide expert |",
         f"| steps, batch, lr | {step} of {config.steps}, {config.batch_size}, {config.learning_rate} |",
         f"| frozen | {', '.join(config.frozen_modules) or 'nothing'} |",
+        "| action modulation | "
+        + (
+            "on: each future frame's actions also modulate its video tokens |"
+            if model_config.action_modulation
+            else "off: the actions reach the video through the joint attention only (the release) |"
+        ),
     ]
     if config.mode_mix is None:
         lines.append("| mode mix | none: independent shifted sigmas (sigma 0 never drawn) |")
