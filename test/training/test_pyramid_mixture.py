@@ -19,7 +19,9 @@ from motus_model.data.mixture import MixtureConfig
 MIXTURES = Path(__file__).resolve().parents[2] / "config" / "training" / "mixtures"
 STAGES = {"aloha_sim_pyramid_video.yaml": 1, "aloha_sim_pyramid.yaml": 2}
 # every mixture file that `motus train` must run as shipped, with its stage
-RUNS = {**STAGES, "aloha_sim_two_tasks.yaml": 3}
+RUNS = {**STAGES, "aloha_sim_two_tasks.yaml": 3, "aloha_sim_transfer_cube_world_model.yaml": 3}
+# mixtures meant for a model whose actions modulate the video (motus train --action-modulation)
+ACTION_MODULATION = {"aloha_sim_transfer_cube_world_model.yaml"}
 
 
 def _layout(tmp_path: Path, name: str) -> Path:
@@ -63,8 +65,12 @@ def test_motus_train_runs_the_pyramid_as_is(tmp_path, capsys, name):
     argv = ["train", "--stage", str(RUNS[name]), "--mixture", str(mixture), "--output", str(tmp_path / "run")]
     if RUNS[name] == 3:  # one robot, several tasks: one set of statistics
         argv += ["--normalization-stats", "pooled"]
+    if name in ACTION_MODULATION:
+        argv += ["--action-modulation"]
     argv += ["--preset", "motus-tiny", "--steps", "2", "--batch-size", "2", "--checkpoint-every", "0"]
     argv += ["--warmup-steps", "0", "--text-encoder", str(tmp_path / "te"), "--vlm", str(tmp_path / "vlm")]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["step"] == 2 and np.isfinite(summary["final_loss"])
+    saved = json.loads((tmp_path / "run" / "training_config.json").read_text())
+    assert saved["action_modulation"] == (name in ACTION_MODULATION)
