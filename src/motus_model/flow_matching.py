@@ -105,6 +105,7 @@ def flow_matching_loss(
     schedule: FlowMatchSchedule | None = None,
     mode_mix: Mapping[str, float] | None = None,
     video_only: bool = False,
+    dataset_mode_shares: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Rectified-flow loss with independent video/action sigmas.
 
@@ -120,6 +121,9 @@ def flow_matching_loss(
     modes; a modality the mode gives CLEAN is fed at sigma 0 and gets no loss (its target would be the
     noise, which nothing in the input tells), a MARGINALISED one is fed at sigma 1 (its loss kept: it is
     the flow's own sigma-1 point). None keeps the plain independent shifted draws.
+
+    ``dataset_mode_shares`` [num_datasets, 5] (``dataset_mode_shares``): per source dataset, the shares its
+    samples draw their mode with (``batch["dataset_index"]`` picks the row); None: ``mode_mix`` for all.
 
     Returns:
         total loss (scalar tensor with grad) and {"video": float, "action": float, "loss": float}.
@@ -138,8 +142,11 @@ def flow_matching_loss(
     if video_only:
         return _video_only_loss(model, batch, config, schedule, video_x0, generator, gen_device)
 
+    row_shares = None
+    if dataset_mode_shares is not None and mode_mix is not None:
+        row_shares = dataset_mode_shares.to(gen_device)[_get(batch, "dataset_index").to(gen_device)]
     video_sigma, action_sigma, video_weight, action_weight = training_sigmas(
-        schedule, batch_size, generator, device, mode_mix
+        schedule, batch_size, generator, device, mode_mix, row_shares
     )
     video_noise = torch.randn(video_x0.shape, generator=generator, device=gen_device).to(device)
     action_noise = torch.randn(actions_x0.shape, generator=generator, device=gen_device).to(device)
@@ -262,8 +269,12 @@ def training_sigmas(
     generator: torch.Generator | None,
     device: torch.device | str,
     mode_mix: Mapping[str, float] | None = None,
+    row_shares: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(video_sigma, action_sigma, video_loss_weight, action_loss_weight), each [B].
+
+    ``row_shares`` [B, 5] (in ``Mode`` order): each sample's own shares, in place of ``mode_mix``'s (per-dataset
+    mixes, ``dataset_mode_shares``); ``mode_mix`` must still be given (None means no mode mixing at all).
 
     The shifted draws come first (so without a mix the RNG stream is the plain one); with a mix, one mode per
     sample is then drawn with the mix's shares and each modality is set by the mode's treatment: CLEAN ->
@@ -273,7 +284,10 @@ def training_sigmas(
     video_sigma, action_sigma = schedule.sample_training_sigmas(batch_size, generator, device)
     if mode_mix is None:
         return video_sigma, action_sigma, None, None
-    modes = draw_training_modes(mode_mix, batch_size, generator, device)
+    if row_shares is None:
+        modes = draw_training_modes(mode_mix, batch_size, generator, device)
+    else:
+        modes = torch.multinomial(row_shares.double(), 1, generator=generator).squeeze(1).to(device)
     video_weight = torch.ones(batch_size, device=device)
     action_weight = torch.ones(batch_size, device=device)
     for index, mode in enumerate(Mode):
@@ -298,6 +312,19 @@ def draw_training_modes(
     gen_device = generator.device if generator is not None else torch.device("cpu")
     probabilities = torch.tensor([shares[mode.value] for mode in Mode], dtype=torch.float64, device=gen_device)
     return torch.multinomial(probabilities, batch_size, replacement=True, generator=generator).to(device)
+
+
+def dataset_mode_shares(
+    mode_mix: Mapping[str, float] | None, dataset_mixes: Sequence[Mapping[str, float] | None]
+) -> torch.Tensor | None:
+    """[num_datasets, 5] shares in ``Mode`` order: each dataset's own mix, else ``mode_mix``. None when no dataset
+    has its own (the batch then draws with ``mode_mix`` alone, the RNG stream unchanged)."""
+    if all(mix is None for mix in dataset_mixes):
+        return None
+    if mode_mix is None:
+        raise ValueError("a dataset of the mixture has its own mode_mix, but the run has mode mixing off")
+    rows = [check_mode_mix(mode_mix if mix is None else mix) for mix in dataset_mixes]
+    return torch.tensor([[row[mode.value] for mode in Mode] for row in rows], dtype=torch.float64)
 
 
 # ----------------------------------------------------------------------------------------

@@ -36,16 +36,30 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DatasetEntry:
-    """One dataset of a tier. action_key None means video only (no action loss)."""
+    """One dataset of a tier. action_key None means video only (no action loss).
+
+    ``mode_mix`` ({mode: share}, as ``TrainingConfig.mode_mix``): the modes this dataset's samples train, in place
+    of the run's mix. For data whose actions suit some modes and not others: commands perturbed on purpose
+    (``generate-demos --actions sent``) teach the world model and the IDM what the arms do, but a policy must not
+    learn to send them (``{world_model: 0.6, idm: 0.2, video_generation: 0.2}``). None: the run's mix.
+    """
 
     path: str
     weight: float = 1.0
     action_key: str | None = "action"
     camera_map: dict[str, str] | None = None
+    mode_mix: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.weight <= 0:
             raise ValueError(f"dataset weight must be positive, got {self.weight} for {self.path}")
+        if self.mode_mix is not None:
+            from motus_model.flow_matching import check_mode_mix
+
+            try:
+                self.mode_mix = check_mode_mix(self.mode_mix)
+            except ValueError as error:
+                raise ValueError(f"{self.path}: {error}") from error
 
 
 @dataclass

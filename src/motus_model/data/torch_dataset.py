@@ -10,6 +10,7 @@ Each sample holds (shapes for the model's composite H x W, F = chunk // ratio fu
     state            float32 [S]                    normalised qpos at row c
     actions          float32 [chunk, A]             normalised absolute targets (zeros if has_actions is False)
     has_actions      bool                           False for video-only data (stage 1 tiers)
+    dataset_index    int64 []                       the sample's source (its DatasetEntry.mode_mix, if any)
     instruction      str
 """
 
@@ -233,6 +234,7 @@ class MotusTrainingDataset(Dataset):
             "state": torch.from_numpy(self._pad(np.asarray(state, dtype=np.float32), self.state_dim, "state")),
             "actions": torch.from_numpy(actions),
             "has_actions": source.action_key is not None,
+            "dataset_index": torch.tensor(key.dataset),  # which source: its mode mix (DatasetEntry.mode_mix)
             "instruction": source.dataset.task(key.episode),
         }
 

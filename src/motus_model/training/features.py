@@ -57,14 +57,14 @@ class ConditioningEncoders:
         """Collated samples (``data.collate_samples``) -> flow_matching_loss batch.
 
         Returns keys video_latents [B, C, F, h, w], actions [B, chunk, A], state [B, S],
-        text_context/text_mask, vlm_hidden/vlm_mask, has_actions [B].
+        text_context/text_mask, vlm_hidden/vlm_mask, has_actions [B], and dataset_index [B] when the samples carry it.
         """
         frames = torch.cat([samples["condition_image"][:, None], samples["future_images"]], dim=1)  # [B, 1+F, 3, H, W]
         video_latents = self.codec.encode(frames.to(device))
         text_context, text_mask = self.text.encode(list(samples["instruction"]))
         composites = [tensor_to_image(image) for image in samples["condition_image"]]
         vlm_hidden, vlm_mask = self.vlm.extract(list(samples["instruction"]), composites)
-        return {
+        batch = {
             "video_latents": video_latents.float(),
             "actions": samples["actions"].to(device),
             "state": samples["state"].to(device),
@@ -74,6 +74,9 @@ class ConditioningEncoders:
             "vlm_mask": vlm_mask.to(device),
             "has_actions": samples["has_actions"].to(device),
         }
+        if "dataset_index" in samples:  # training samples (MotusTrainingDataset); absent from hand-built ones
+            batch["dataset_index"] = samples["dataset_index"].to(device)
+        return batch
 
     def save(self, directory: str | Path) -> None:
         """Put the encoder folders into a checkpoint (``text_encoder/``, ``vlm/``, ``vae/``), where

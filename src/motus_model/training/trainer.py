@@ -69,6 +69,7 @@ from motus_model.data.torch_dataset import (
 from motus_model.flow_matching import (
     FlowMatchSchedule,
     check_mode_mix,
+    dataset_mode_shares,
     flow_matching_loss,
     modality_probabilities,
 )
@@ -96,6 +97,7 @@ class FlowMatchingObjective(nn.Module):
         loss_config: MotusConfig,
         mode_mix: dict[str, float] | None = None,
         video_only: bool = False,
+        dataset_mode_shares: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -103,10 +105,18 @@ class FlowMatchingObjective(nn.Module):
         self.schedule = FlowMatchSchedule(loss_config.schedule)
         self.mode_mix = mode_mix
         self.video_only = video_only
+        self.dataset_mode_shares = dataset_mode_shares  # [datasets, 5], where a mixture entry has its own mix
 
     def forward(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         return flow_matching_loss(
-            self.model, batch, self.loss_config, generator, self.schedule, self.mode_mix, self.video_only
+            self.model,
+            batch,
+            self.loss_config,
+            generator,
+            self.schedule,
+            self.mode_mix,
+            self.video_only,
+            self.dataset_mode_shares,
         )
 
 
@@ -614,7 +624,14 @@ class Trainer:
             ),
         )
         self.objective, self.optimizer = self.accelerator.prepare(
-            FlowMatchingObjective(self.model, loss_config, config.mode_mix, config.video_only), self.optimizer
+            FlowMatchingObjective(
+                self.model,
+                loss_config,
+                config.mode_mix,
+                config.video_only,
+                dataset_mode_shares(config.mode_mix, [entry.mode_mix for _, entry in mixture.entries()]),
+            ),
+            self.optimizer,
         )
         self.step = 0
         if self.resume_from is not None:
