@@ -653,6 +653,8 @@ class MotusModel(PretrainedMixin, nn.Module):
             "action_expert": sum(p.numel() for p in self.action_expert.parameters()),
             "understanding_expert": sum(p.numel() for p in self.und_expert.parameters()),
         }
+        if self.action_to_video is not None:
+            counts["action_to_video"] = sum(p.numel() for p in self.action_to_video.parameters())
         counts["total"] = sum(counts.values())
         return counts
 

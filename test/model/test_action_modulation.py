@@ -93,6 +93,7 @@ def test_every_parameter_of_the_path_trains():
     ((video_velocity - 1).square().mean() + (action_velocity - 1).square().mean()).backward()
     for name, parameter in model.action_to_video.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert model.count_parameters()["total"] == sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.timeout(240)
