@@ -143,7 +143,7 @@ def flow_matching_loss(
         return _video_only_loss(model, batch, config, schedule, video_x0, generator, gen_device)
 
     row_shares = None
-    if dataset_mode_shares is not None and mode_mix is not None:
+    if dataset_mode_shares is not None:  # without mode mixing (mode_mix None) training_sigmas ignores it
         row_shares = dataset_mode_shares.to(gen_device)[_get(batch, "dataset_index").to(gen_device)]
     video_sigma, action_sigma, video_weight, action_weight = training_sigmas(
         schedule, batch_size, generator, device, mode_mix, row_shares

@@ -1,29 +1,13 @@
 """MotusConfig.action_modulation: each future frame's actions modulate that frame's video tokens."""
 
-import dataclasses
-
 import pytest
 import torch
+from model_helpers import make_inputs, tiny_config
 
 from motus_model.config import MotusConfig
 from motus_model.flow_matching import Mode
 from motus_model.modeling_motus import MotusModel
 from motus_model.training.evaluation import evaluate_modes
-
-
-def tiny_config(**overrides) -> MotusConfig:
-    return dataclasses.replace(MotusConfig.preset("motus-tiny"), **overrides)
-
-
-def make_inputs(config: MotusConfig, batch: int, seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    latents = torch.randn(batch, config.video.latent_channels, *config.latent_grid(), generator=generator)
-    actions = torch.randn(batch, config.temporal.action_chunk, config.action.action_dim, generator=generator)
-    state = torch.randn(batch, config.action.state_dim, generator=generator)
-    sigmas = torch.rand(2, batch, generator=generator)
-    text = torch.randn(batch, 6, config.video.text_dim, generator=generator)
-    vlm = torch.randn(batch, 9, config.understanding.vlm_dim, generator=generator)
-    return latents, sigmas[0], actions, sigmas[1], state, text, vlm
 
 
 def modulated_model(seed: int = 0) -> MotusModel:

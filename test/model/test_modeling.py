@@ -1,31 +1,13 @@
 """MotusModel: shapes, published parameter counts, masks, per-input RoPE, caching, gradients."""
 
-import dataclasses
-
 import pytest
 import torch
+from model_helpers import make_inputs, tiny_config
 
 from motus_model.config import MotusConfig
 from motus_model.modeling_motus import MotusConditioning, MotusModel, rope_dims
 
 ATOL = 1e-5
-
-
-def tiny_config(**overrides) -> MotusConfig:
-    return dataclasses.replace(MotusConfig.preset("motus-tiny"), **overrides)
-
-
-def make_inputs(config: MotusConfig, batch: int, seed: int = 0, grid=None):
-    generator = torch.Generator().manual_seed(seed)
-    frames, height, width = grid or config.latent_grid()
-    latents = torch.randn(batch, config.video.latent_channels, frames, height, width, generator=generator)
-    actions = torch.randn(batch, config.temporal.action_chunk, config.action.action_dim, generator=generator)
-    state = torch.randn(batch, config.action.state_dim, generator=generator) if config.uses_state else None
-    video_sigma = torch.rand(batch, generator=generator)
-    action_sigma = torch.rand(batch, generator=generator)
-    text = torch.randn(batch, 6, config.video.text_dim, generator=generator)
-    vlm = torch.randn(batch, 9, config.understanding.vlm_dim, generator=generator)
-    return latents, video_sigma, actions, action_sigma, state, text, vlm
 
 
 @pytest.fixture(scope="module")

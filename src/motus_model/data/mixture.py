@@ -40,8 +40,9 @@ class DatasetEntry:
 
     ``mode_mix`` ({mode: share}, as ``TrainingConfig.mode_mix``): the modes this dataset's samples train, in place
     of the run's mix. For data whose actions suit some modes and not others: commands perturbed on purpose
-    (``generate-demos --actions sent``) teach the world model and the IDM what the arms do, but a policy must not
-    learn to send them (``{world_model: 0.6, idm: 0.2, video_generation: 0.2}``). None: the run's mix.
+    (``generate-demos --actions sent``) teach the world model what the arms do, but a policy must not learn to
+    send them, so ``{world_model: 1.0}`` (every other mode trains the action head: video generation too, its
+    marginalised actions keep their loss). None: the run's mix.
     """
 
     path: str

@@ -163,6 +163,7 @@ def build_model(config: TrainingConfig, cameras: CameraConfig | None = None) -> 
     ``reinit_prefixes`` re-initialised and keys new to this training mode left at their init.
     ``cameras`` (``resolve_cameras``) replaces the config's camera layout: no weight depends on it."""
     torch.manual_seed(config.seed)
+    previous = None
     if config.init_from:
         from motus_model.checkpoint import load_pretrained
 
@@ -176,20 +177,16 @@ def build_model(config: TrainingConfig, cameras: CameraConfig | None = None) -> 
                 config.init_from,
                 config.reinit_prefixes,
             )
-        model_config = copy.deepcopy(previous.config)
-        model_config.training_mode = config.training_mode
-        model_config.action_modulation = model_config.action_modulation or config.action_modulation
-        model_config.__post_init__()
-        model = MotusModel(model_config)
+    model_config = MotusConfig.preset(config.preset) if previous is None else copy.deepcopy(previous.config)
+    model_config.training_mode = config.training_mode
+    model_config.action_modulation = model_config.action_modulation or config.action_modulation
+    model_config.__post_init__()
+    model = MotusModel(model_config)
+    if previous is None:
+        logger.info("initialised %s from scratch (random weights)", config.preset)
+    else:
         load_stage_weights(model, previous.state_dict(), config.reinit_prefixes)
         logger.info("initialised from %s (re-initialised: %s)", config.init_from, config.reinit_prefixes or "nothing")
-    else:
-        model_config = MotusConfig.preset(config.preset)
-        model_config.training_mode = config.training_mode
-        model_config.action_modulation = model_config.action_modulation or config.action_modulation
-        model_config.__post_init__()
-        model = MotusModel(model_config)
-        logger.info("initialised %s from scratch (random weights)", config.preset)
     if cameras is not None:
         if config.init_from and cameras != model.config.cameras:
             logger.warning(
