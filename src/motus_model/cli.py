@@ -137,6 +137,20 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         help="the actions also modulate the video tokens of the frames they lead to (a path the world model "
         "cannot ignore; off in the Motus release); over an --init-from checkpoint without it, it starts at zero",
     )
+    parser.add_argument(
+        "--action-modulation-clean-only",
+        action="store_true",
+        default=None,
+        help="--action-modulation only where the actions are given clean (the world model): the VLA, joint, IDM "
+        "and video-generation modes compute as without the path",
+    )
+    parser.add_argument(
+        "--train-video-outputs-only",
+        action="store_true",
+        default=None,
+        help="train only the parameters the action outputs never depend on (video head, last layer's video "
+        "side, a clean-only action path): the policy and IDM stay bit-identical to --init-from's",
+    )
     parser.add_argument("--batch-size", type=int, help="global batch size")
     parser.add_argument("--gradient-accumulation", type=int)
     parser.add_argument("--lr", type=float, dest="learning_rate")
@@ -216,6 +230,8 @@ def _train(args: argparse.Namespace) -> int:
             "episode_start_rows",
             "normalization_stats",
             "action_modulation",
+            "action_modulation_clean_only",
+            "train_video_outputs_only",
         )
     }
     overrides["init_from"] = args.init_from

@@ -387,6 +387,10 @@ class MotusConfig:
     # through the attention alone the small models predicted as well with another episode's actions as with the
     # true ones (docs/results.md, "The action gap").
     action_modulation: bool = False
+    # With action_modulation: modulate only where the actions are given clean (sigma 0: the world model), so the
+    # modes that denoise or marginalise the actions (VLA, joint, IDM, video generation) compute as without the
+    # path; in the VLA mode the noisy actions would otherwise reshape the video tokens the action expert reads.
+    action_modulation_clean_only: bool = False
 
     def __post_init__(self) -> None:
         for name, cls in _SECTIONS.items():
@@ -415,6 +419,8 @@ class MotusConfig:
         if self.video.patch_size[0] != 1:
             # Frame 0 is the clean conditioning frame; a temporal patch would mix it with noisy frames.
             raise ValueError(f"video.patch_size[0] must be 1, got {self.video.patch_size[0]}")
+        if self.action_modulation_clean_only and not self.action_modulation:
+            raise ValueError("action_modulation_clean_only needs action_modulation: true (it restricts that path)")
 
     # -- joint attention space -------------------------------------------------
     @property

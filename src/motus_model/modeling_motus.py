@@ -445,7 +445,8 @@ class ActionFrameEmbedding(nn.Module):
     action-conditioned video world models), a path the video expert cannot average away. The chunk splits into
     equal windows, window j being the actions up to future frame j. The actions arrive as noisy as the action
     stream, so their noise level is an input too (pure noise when marginalised carries nothing). The output
-    layer starts at zero: switching the path on leaves a trained model's outputs unchanged at step 0.
+    layer starts at zero: switching the path on leaves a trained model's outputs unchanged at step 0. With
+    ``action_modulation_clean_only`` a sample's term is zero unless its actions are clean (sigma 0).
     """
 
     def __init__(self, config: MotusConfig) -> None:
@@ -455,6 +456,7 @@ class ActionFrameEmbedding(nn.Module):
         self.num_windows = config.latent_grid()[0] - 1
         window = config.temporal.action_chunk // self.num_windows * config.action.action_dim
         self.freq_dim = config.video.freq_dim
+        self.clean_only = config.action_modulation_clean_only
         dim = config.video.dim
         self.embed = nn.Sequential(nn.Linear(window + self.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         nn.init.zeros_(self.embed[2].weight)
@@ -464,7 +466,10 @@ class ActionFrameEmbedding(nn.Module):
         """actions [B, chunk, action_dim], action_sigma [B] -> [B, future latent frames, video dim] float32."""
         windows = actions.float().reshape(actions.shape[0], self.num_windows, -1)
         level = timestep_sinusoid(action_sigma.float() * 1000.0, self.freq_dim)[:, None]
-        return _run(self.embed, torch.cat([windows, level.expand(-1, self.num_windows, -1)], dim=-1))
+        frames = _run(self.embed, torch.cat([windows, level.expand(-1, self.num_windows, -1)], dim=-1))
+        if self.clean_only:
+            frames = frames * (action_sigma == 0).to(frames.dtype)[:, None, None]
+        return frames
 
 
 class UnderstandingBlock(nn.Module):
@@ -669,6 +674,24 @@ class MotusModel(PretrainedMixin, nn.Module):
         last = f"und_expert.blocks.{self.config.num_layers - 1}."
         live = (last + "attn.qkv", last + "attn.norm_k.", last + "norm1.")
         return [name for name, _ in self.named_parameters() if name.startswith(last) and not name.startswith(live)]
+
+    def video_output_parameter_names(self) -> list[str]:
+        """Parameters that only the video velocity depends on: the VLA, IDM and joint action outputs are the same
+        whatever their values (a fine-tune of these alone cannot change the policy or the IDM).
+
+        The video head; in the last layer, what acts on the video stream after the joint attention and the video
+        queries (only the keys/values reach the other streams); and, with ``action_modulation_clean_only``, the
+        action path (it is zero unless the actions are given clean, and then the action output is not wanted).
+        ``test_video_output_parameters`` checks the list against autograd.
+        """
+        last = f"video.blocks.{self.config.num_layers - 1}."
+        prefixes = ["video.head."] + [
+            last + part
+            for part in ("self_attn.q.", "self_attn.norm_q.", "self_attn.o.", "cross_attn.", "norm3.", "ffn.")
+        ]
+        if self.action_to_video is not None and self.config.action_modulation_clean_only:
+            prefixes.append("action_to_video.")
+        return [name for name, _ in self.named_parameters() if name.startswith(tuple(prefixes))]
 
     @property
     def device(self) -> torch.device:

@@ -45,6 +45,28 @@ def test_switched_on_over_a_model_without_it_the_outputs_are_unchanged():
 
 
 @pytest.mark.timeout(240)
+def test_clean_only_modulates_the_world_model_and_leaves_the_other_modes_as_without_the_path():
+    torch.manual_seed(4)
+    gated = MotusModel(tiny_config(action_modulation=True, action_modulation_clean_only=True)).eval()
+    with torch.no_grad():
+        for layer in (gated.video.head.head, gated.action_expert.head.head, gated.action_to_video.embed[2]):
+            torch.nn.init.normal_(layer.weight, std=0.1)
+    plain = MotusModel(tiny_config()).eval()  # the same weights without the path: the oracle
+    plain.load_state_dict({k: v for k, v in gated.state_dict().items() if not k.startswith("action_to_video.")})
+    latents, video_sigma, actions, _, state, text, vlm = make_inputs(gated.config, batch=4, seed=4)
+    action_sigma = torch.tensor([0.0, 0.3, 1.0, 0.0])  # world model, denoised, marginalised, world model
+    inputs = (latents, video_sigma, actions, action_sigma, state, text, vlm)
+    with torch.no_grad():
+        gated_video, gated_actions = gated.forward_uncached(*inputs)
+        plain_video, plain_actions = plain.forward_uncached(*inputs)
+    for row, sigma in enumerate(action_sigma.tolist()):
+        same = torch.equal(gated_video[row], plain_video[row]) and torch.equal(gated_actions[row], plain_actions[row])
+        assert same is (sigma != 0.0), (row, sigma)  # bit-identical exactly where the actions are not clean
+    with pytest.raises(ValueError, match="needs action_modulation"):
+        tiny_config(action_modulation_clean_only=True)
+
+
+@pytest.mark.timeout(240)
 def test_each_future_frame_is_modulated_by_the_actions_that_lead_to_it():
     model = modulated_model(seed=2)
     config = model.config

@@ -28,10 +28,16 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
+    import torch
+
     from motus_model.engine import MotusEngine
 
     directory = tmp_path_factory.mktemp("motus") / "ckpt"
     engine = MotusEngine.from_preset(PRESET)
+    with torch.no_grad():  # heads that write something: with zero heads every sampler returns its noise
+        torch.manual_seed(0)
+        for head in (engine.model.video.head.head, engine.model.action_expert.head.head):
+            torch.nn.init.normal_(head.weight, std=0.1)
     engine.save_pretrained(directory)
     engine.close()
     return directory
@@ -66,6 +72,14 @@ def test_eval_generative_reports_every_mode_against_its_baselines(dataset, check
         "repeat_last",
     }
     assert set(report["frames"]) == expected
+    # with one Euler step a sample is the conditional mean: the two scores agree to the digit; with more steps
+    # the samples change and the conditional mean does not
+    assert report["frames_expected"] == report["frames"]
+    assert main([*args, "--steps", "3"]) == 0
+    three_steps = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert three_steps["frames_expected"] == report["frames_expected"]
+    assert three_steps["frames"]["video_generation"] != report["frames"]["video_generation"]
+    assert sum(line.startswith("| repeat_last |") for line in printed) == 2  # sampled and expected tables
     assert set(report["idm"]) == {"motus_idm", "hold_state"}
     config = MotusConfig.preset(PRESET)
     assert len(report["horizon_control_steps"]) == config.temporal.num_video_frames

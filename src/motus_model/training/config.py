@@ -61,6 +61,10 @@ class TrainingConfig:
     reinit_prefixes: list[str] = field(default_factory=list)
     # submodules whose parameters are frozen (requires_grad False)
     frozen_modules: list[str] = field(default_factory=list)
+    # Train only MotusModel.video_output_parameter_names (the video head, the last layer's video side after the
+    # joint attention, a clean-only action path): the policy, IDM and joint actions stay bit-identical to
+    # init_from's, so a world-model fine-tune cannot cost the policy anything.
+    train_video_outputs_only: bool = False
     training_mode: str = "finetune"  # "finetune" | "pretrain"
     # loss weights override the model config's when not None (stage 1 turns the action loss off)
     video_loss_weight: float | None = None
@@ -76,6 +80,9 @@ class TrainingConfig:
     # joint attention). A model or init_from checkpoint that has the path keeps it; switched on over an
     # init_from checkpoint without it, the path starts at zero (the checkpoint's outputs, unchanged at step 0).
     action_modulation: bool = False
+    # ... only where the actions are given clean (MotusConfig.action_modulation_clean_only; switches the path on).
+    # Kept from a checkpoint that has it, as the path is.
+    action_modulation_clean_only: bool = False
 
     # --- data
     dataset: str = ""  # one LeRobot dataset folder (or use mixture)
@@ -147,6 +154,7 @@ class TrainingConfig:
     keep_checkpoints: int = 3
 
     def __post_init__(self) -> None:
+        self.action_modulation = self.action_modulation or self.action_modulation_clean_only  # it restricts the path
         if self.state_noise_std < 0 or not 0 <= self.state_dropout < 1:
             raise ValueError(
                 f"state_noise_std must be >= 0 and state_dropout in [0, 1), "

@@ -1,7 +1,8 @@
 """The generative modes against trivial baselines (``motus eval-generative``).
 
 On held-out samples: the world model with the true actions, another sample's actions and holding still; video
-generation; repeating the last frame; per horizon, over the whole frame and over the pixels that move. The IDM is
+generation; repeating the last frame; per horizon, over the whole frame and over the pixels that move; for a
+sample (the checkpoint's Euler steps) and for the model's conditional mean (one step from noise). The IDM is
 measured through ``baselines.idm_eval`` on the same samples. Apart from ``training.evaluation`` (the trainer's
 per-mode losses) because it reaches the baselines, which themselves train through the trainer.
 """
@@ -61,6 +62,23 @@ def frame_errors(predicted: np.ndarray, truth: np.ndarray, condition: np.ndarray
     }
 
 
+def summarise_frame_errors(errors: Mapping[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]) -> dict[str, Any]:
+    """Per method, ``frame_errors``' (full, moving_sum, moving_count) of each sample -> MSE per horizon and over
+    all horizons, over the whole frame (mean of the samples) and the moving pixels (pooled over the samples)."""
+    summary: dict[str, Any] = {}
+    for name, per_sample in errors.items():
+        full = np.stack([e[0] for e in per_sample])  # [N, F]
+        moving_sum = np.stack([e[1] for e in per_sample]).sum(axis=0)
+        moving_count = np.stack([e[2] for e in per_sample]).sum(axis=0)
+        summary[name] = {
+            "mse_full_by_horizon": [round(float(v), 6) for v in full.mean(axis=0)],
+            "mse_moving_by_horizon": [round(float(v), 6) for v in moving_sum / np.maximum(moving_count, 1)],
+            "mse_full": round(float(full.mean()), 6),
+            "mse_moving": round(float(moving_sum.sum() / max(moving_count.sum(), 1)), 6),
+        }
+    return summary
+
+
 def evaluate_generative(config: GenerativeEvalConfig) -> dict[str, Any]:
     """World model (true / another sample's / hold-still actions), video generation and repeat-last, per horizon,
     over the whole frame and the moving pixels; the IDM through ``baselines.idm_eval.evaluate_idm`` (the same
@@ -116,8 +134,11 @@ def evaluate_generative(config: GenerativeEvalConfig) -> dict[str, Any]:
         )
     methods = ("world_model_true_actions", "world_model_other_actions", "world_model_hold", "video_generation")
     baselines = ("repeat_last",)
+    # per method: one (full [F], moving_sum [F], moving_count [F]) per sample; "expected" holds the model's
+    # conditional mean (one Euler step from pure noise: x0 = E[x0 | conditioning] for a rectified-flow model),
+    # the sample-free score: a single sample's MSE also charges the sample's spread, which favours blur
     per_horizon = {name: [] for name in (*methods, *baselines)}
-    moving_per_horizon = {name: [] for name in (*methods, *baselines)}
+    expected_per_horizon = {name: [] for name in (*methods, *baselines)}
     strip_rows: dict[str, np.ndarray] = {}
     for index, sample in enumerate(tqdm(samples, desc="generative eval", disable=not config.show_progress)):
         condition = compose_views(sample["images"], layout)
@@ -134,24 +155,25 @@ def evaluate_generative(config: GenerativeEvalConfig) -> dict[str, Any]:
             "world_model_hold": dict(mode="world_model", actions=hold),
             "video_generation": dict(mode="video_generation"),
         }
-        predictions = {}
+        predictions, expected = {}, {}
         for name, fields in requests.items():
-            result = engine.infer(
-                MotusRequest(
-                    images=sample["images"],
-                    state=sample["state"],
-                    instruction=sample["task"],
-                    steps=steps,
-                    seed=config.seed * 1_000_003 + index,  # the same noise for every action input
-                    **fields,
+            for denoising_steps, into in ((steps, predictions), (1, expected)):
+                result = engine.infer(
+                    MotusRequest(
+                        images=sample["images"],
+                        state=sample["state"],
+                        instruction=sample["task"],
+                        steps=denoising_steps,
+                        seed=config.seed * 1_000_003 + index,  # the same noise for every action input
+                        **fields,
+                    )
                 )
-            )
-            predictions[name] = result.frames
-        predictions["repeat_last"] = np.repeat(condition[None], len(truth), axis=0)
-        for name, frames in predictions.items():
-            errors = frame_errors(frames, truth, condition)
-            per_horizon[name].append(errors["full"])
-            moving_per_horizon[name].append((errors["moving_sum"], errors["moving_count"]))
+                into[name] = result.frames
+        predictions["repeat_last"] = expected["repeat_last"] = np.repeat(condition[None], len(truth), axis=0)
+        for report, frames_by_name in ((per_horizon, predictions), (expected_per_horizon, expected)):
+            for name, frames in frames_by_name.items():
+                errors = frame_errors(frames, truth, condition)
+                report[name].append((errors["full"], errors["moving_sum"], errors["moving_count"]))
         if index == 0 and config.strip:
             joint = engine.infer(
                 MotusRequest(
@@ -174,17 +196,8 @@ def evaluate_generative(config: GenerativeEvalConfig) -> dict[str, Any]:
             strip_condition = condition
     engine.close()
 
-    frames_report: dict[str, Any] = {}
-    for name in per_horizon:
-        full = np.stack(per_horizon[name])  # [N, F]
-        moving_sum = np.stack([m[0] for m in moving_per_horizon[name]]).sum(axis=0)
-        moving_count = np.stack([m[1] for m in moving_per_horizon[name]]).sum(axis=0)
-        frames_report[name] = {
-            "mse_full_by_horizon": [round(float(v), 6) for v in full.mean(axis=0)],
-            "mse_moving_by_horizon": [round(float(v), 6) for v in moving_sum / np.maximum(moving_count, 1)],
-            "mse_full": round(float(full.mean()), 6),
-            "mse_moving": round(float(moving_sum.sum() / max(moving_count.sum(), 1)), 6),
-        }
+    frames_report = summarise_frame_errors(per_horizon)
+    expected_report = summarise_frame_errors(expected_per_horizon)
     horizon_steps = [(j + 1) * ratio * rate for j in range(temporal.num_video_frames)]
     idm = evaluate_idm(
         IDMEvalConfig(
@@ -211,6 +224,7 @@ def evaluate_generative(config: GenerativeEvalConfig) -> dict[str, Any]:
         "horizon_control_steps": horizon_steps,
         "moving_threshold": MOVING_THRESHOLD,
         "frames": frames_report,
+        "frames_expected": expected_report,
         "idm": {name: {k: v for k, v in m.items() if not k.endswith("_by_step")} for name, m in idm["methods"].items()},
         "wall_clock_s": round(time.perf_counter() - started, 1),
     }
@@ -251,22 +265,31 @@ def write_strip(path: str | Path, condition: np.ndarray, rows: Mapping[str, np.n
 
 
 def generative_markdown(report: Mapping[str, Any]) -> str:
-    """The report's frame errors (and IDM) as markdown tables."""
+    """The report's frame errors (sampled, then expected) and IDM as markdown tables."""
     horizons = report["horizon_control_steps"]
-    lines = [
-        "| method | "
-        + " | ".join(f"full @{h}" for h in horizons)
-        + " | "
-        + " | ".join(f"moving @{h}" for h in horizons)
-        + " |",
-        "|---|" + "---|" * (2 * len(horizons)),
-    ]
-    for name, values in report["frames"].items():
-        cells = [f"{v:.4f}" for v in values["mse_full_by_horizon"]] + [
-            f"{v:.4f}" for v in values["mse_moving_by_horizon"]
+    lines: list[str] = []
+    tables = (
+        (f"sampled ({report['steps']} Euler steps)", report["frames"]),
+        ("expected (one step from noise: the model's conditional mean)", report.get("frames_expected", {})),
+    )
+    for title, frames in tables:
+        if not frames:
+            continue
+        lines += [
+            f"| {title} | "
+            + " | ".join(f"full @{h}" for h in horizons)
+            + " | "
+            + " | ".join(f"moving @{h}" for h in horizons)
+            + " |",
+            "|---|" + "---|" * (2 * len(horizons)),
         ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "| IDM method | arm MAE (rad) | gripper MAE | nMSE |", "|---|---|---|---|"]
+        for name, values in frames.items():
+            cells = [f"{v:.4f}" for v in values["mse_full_by_horizon"]] + [
+                f"{v:.4f}" for v in values["mse_moving_by_horizon"]
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["| IDM method | arm MAE (rad) | gripper MAE | nMSE |", "|---|---|---|---|"]
     for name, values in report["idm"].items():
         lines.append(
             f"| {name} | {values['mae_arm_rad']:.4f} ± {values['mae_arm_rad_sem']:.4f} | "

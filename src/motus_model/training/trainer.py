@@ -164,11 +164,23 @@ def build_model(config: TrainingConfig, cameras: CameraConfig | None = None) -> 
     ``cameras`` (``resolve_cameras``) replaces the config's camera layout: no weight depends on it."""
     torch.manual_seed(config.seed)
     previous = None
+    reinit_prefixes = config.reinit_prefixes
+    if config.train_video_outputs_only and not config.init_from:
+        raise ValueError("train_video_outputs_only trains a checkpoint's video outputs: set --init-from")
     if config.init_from:
         from motus_model.checkpoint import load_pretrained
 
         previous, _ = load_pretrained(config.init_from, device="cpu")
-        if config.reinit_prefixes and previous.config.training_mode == config.training_mode == "finetune":
+        if config.train_video_outputs_only:
+            # the point is to keep init_from's action outputs: nothing of its is re-initialised
+            reinit_prefixes = []
+            live_path = previous.action_to_video is not None and not previous.config.action_modulation_clean_only
+            if live_path and config.action_modulation_clean_only:
+                raise ValueError(
+                    f"train_video_outputs_only keeps {config.init_from}'s policy, but switching "
+                    "action_modulation_clean_only on over its live action path changes it: leave it off"
+                )
+        elif config.reinit_prefixes and previous.config.training_mode == config.training_mode == "finetune":
             # The stage-3 preset re-initialises the action encoder and head because a stage-2 checkpoint's hold
             # latent actions; a stage-3 checkpoint's are the trained policy, and this throws them away.
             logger.warning(
@@ -179,14 +191,17 @@ def build_model(config: TrainingConfig, cameras: CameraConfig | None = None) -> 
             )
     model_config = MotusConfig.preset(config.preset) if previous is None else copy.deepcopy(previous.config)
     model_config.training_mode = config.training_mode
+    model_config.action_modulation_clean_only = (
+        model_config.action_modulation_clean_only or config.action_modulation_clean_only
+    )
     model_config.action_modulation = model_config.action_modulation or config.action_modulation
     model_config.__post_init__()
     model = MotusModel(model_config)
     if previous is None:
         logger.info("initialised %s from scratch (random weights)", config.preset)
     else:
-        load_stage_weights(model, previous.state_dict(), config.reinit_prefixes)
-        logger.info("initialised from %s (re-initialised: %s)", config.init_from, config.reinit_prefixes or "nothing")
+        load_stage_weights(model, previous.state_dict(), reinit_prefixes)
+        logger.info("initialised from %s (re-initialised: %s)", config.init_from, reinit_prefixes or "nothing")
     if cameras is not None:
         if config.init_from and cameras != model.config.cameras:
             logger.warning(
@@ -254,15 +269,22 @@ def load_stage_weights(
     return {"loaded": loaded, "reinitialised": reinit, "new": new}
 
 
-def freeze(model: MotusModel, frozen_modules: list[str]) -> list[str]:
-    """Freeze the named submodules and the dead parameters (no gradient can reach them; DDP needs
-    every trainable parameter to get one). Returns the frozen parameter names."""
+def freeze(model: MotusModel, frozen_modules: list[str], video_outputs_only: bool = False) -> list[str]:
+    """Freeze the named submodules, everything but ``MotusModel.video_output_parameter_names`` when
+    ``video_outputs_only``, and the dead parameters (no gradient can reach them; DDP needs every trainable
+    parameter to get one). Returns the frozen parameter names."""
     frozen = []
     for name in frozen_modules:
         module = model.get_submodule(name)
         for parameter_name, parameter in module.named_parameters():
             parameter.requires_grad_(False)
             frozen.append(f"{name}.{parameter_name}")
+    if video_outputs_only:
+        trainable = set(model.video_output_parameter_names())
+        for name, parameter in model.named_parameters():
+            if name not in trainable and parameter.requires_grad:
+                parameter.requires_grad_(False)
+                frozen.append(name)
     dead = set(model.dead_parameter_names())
     for name, parameter in model.named_parameters():
         if name in dead:
@@ -492,10 +514,21 @@ def write_model_card(directory: Path, config: TrainingConfig, model_config: Motu
         f"| latents | {model_config.latents.kind}, {model_config.latents.channels} channels; a video token holds "
         f"{model_config.video_token_dim} values for a {model_config.video.dim}-wide expert |",
         f"| steps, batch, lr | {step} of {config.steps}, {config.batch_size}, {config.learning_rate} |",
-        f"| frozen | {', '.join(config.frozen_modules) or 'nothing'} |",
+        f"| frozen | {', '.join(config.frozen_modules) or 'nothing'}"
+        + (
+            " (trained: the video outputs' parameters only; VLA and IDM unchanged)"
+            if config.train_video_outputs_only
+            else ""
+        )
+        + " |",
         "| action modulation | "
         + (
-            "on: each future frame's actions also modulate its video tokens |"
+            "on: each future frame's actions also modulate its video tokens"
+            + (
+                " where the actions are given clean (world model) |"
+                if model_config.action_modulation_clean_only
+                else " |"
+            )
             if model_config.action_modulation
             else "off: the actions reach the video through the joint attention only (the release) |"
         ),
@@ -569,7 +602,7 @@ class Trainer:
             self.model.load_state_dict(saved.state_dict(), strict=True)
         if config.video_only and not {"action_expert", "und_expert"} <= set(config.frozen_modules):
             raise ValueError("video_only training runs the video expert alone: freeze action_expert and und_expert")
-        self.frozen = freeze(self.model, config.frozen_modules)
+        self.frozen = freeze(self.model, config.frozen_modules, config.train_video_outputs_only)
         self.model.to(self.device)
         loss_config = copy.deepcopy(self.model.config)
         if config.video_loss_weight is not None:
