@@ -157,10 +157,13 @@ def assign_state_dict(
     expected = {name: tensor.shape for name, tensor in model.state_dict().items()}
     check_state_dict(source, expected, state_dict)
     check_finite(source, state_dict)
-    converted = {
-        name: tensor.to(device=device, dtype=target_dtype(name, dtype, tensor.dtype, keep_fp32))
-        for name, tensor in state_dict.items()
-    }
+    converted = {}
+    for name, tensor in state_dict.items():
+        moved = tensor.to(device=device, dtype=target_dtype(name, dtype, tensor.dtype, keep_fp32))
+        # A tensor read from a .safetensors file can sit at any 8-byte offset, and CPU matmuls round differently
+        # with the alignment: the same weights in two files gave actions 2e-7 apart, which flipped 6 of 50
+        # closed-loop episodes. Torch's own allocation (64-byte aligned) makes the numbers the weights'.
+        converted[name] = moved.clone() if moved.data_ptr() == tensor.data_ptr() else moved
     model.load_state_dict(converted, strict=True, assign=True)
     left_on_meta = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
     if left_on_meta:  # a non-persistent buffer the state dict cannot fill: a model bug, not a file problem

@@ -36,6 +36,8 @@ from motus_sim.scripted_expert import (
     TASKS,
     CommandNoise,
     ExpertEpisode,
+    RandomMotionConfig,
+    action_envelope,
     get_task,
     run_expert_episode,
 )
@@ -69,6 +71,9 @@ class DemoRecordingConfig:
             policy learns to lead back from wherever the noise pushed the arm), or "sent", the perturbed
             commands the arms were given (world-model and IDM data: the actions then say where the arms go,
             which the scene alone does not).
+        motion_envelope: random_motion only: a LeRobot dataset whose action range (per joint, min to max)
+            bounds the random waypoints instead of the default box, so that the motions stay inside what a
+            checkpoint's action statistics cover (world-model data for a fine-tune that keeps them).
         append: add the episodes to the dataset already at ``out`` (same image size).
         workers: episodes simulated and rendered in parallel processes (rendering is the slow part).
     """
@@ -83,6 +88,7 @@ class DemoRecordingConfig:
     num_steps: int | None = None
     command_noise: float = 0.0
     recorded_actions: str = "plan"
+    motion_envelope: str | None = None
     append: bool = False
     workers: int = 1
 
@@ -92,6 +98,10 @@ class DemoRecordingConfig:
         elif self.command_noise > 0:
             raise ValueError("--command-noise perturbs an expert's plan; random_motion has none")
         CommandNoise(std=self.command_noise)
+        if self.motion_envelope and self.task != RANDOM_MOTION_TASK:
+            raise ValueError("--motion-envelope bounds random motions: use it with --task random_motion")
+        if self.motion_envelope:
+            RandomMotionConfig(box=action_envelope(self.motion_envelope))  # a bad dataset fails here, not in a worker
         if self.recorded_actions not in RECORDED_ACTIONS:
             raise ValueError(f"recorded_actions must be one of {RECORDED_ACTIONS}, got {self.recorded_actions!r}")
         if self.recorded_actions == "sent" and self.command_noise <= 0:
@@ -185,6 +195,7 @@ def _record_episode(job: tuple[DemoRecordingConfig, int]) -> ExpertEpisode:
     """One rendered expert episode (module level so that worker processes can run it)."""
     config, seed = job
     noise = CommandNoise(std=config.command_noise) if config.command_noise > 0 else None
+    envelope = action_envelope(config.motion_envelope) if config.motion_envelope else None
     return run_expert_episode(
         config.task,
         seed,
@@ -192,6 +203,7 @@ def _record_episode(job: tuple[DemoRecordingConfig, int]) -> ExpertEpisode:
         num_steps=config.num_steps,
         command_noise=noise,
         record_sent_commands=config.recorded_actions == "sent",
+        random_motion=RandomMotionConfig(box=envelope),
     )
 
 
@@ -240,6 +252,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "perturbed commands sent to the arms (for the world model and the IDM: the actions then carry what the "
         "scene does not)",
     )
+    parser.add_argument(
+        "--motion-envelope",
+        metavar="DATASET",
+        help="random_motion only: draw the waypoints within this LeRobot dataset's action range (per joint, "
+        "min to max) instead of the default box, e.g. the task's demonstrations",
+    )
     parser.add_argument("--append", action="store_true", help="add the episodes to the dataset already at --out")
     parser.add_argument("--workers", type=int, default=1, help="episodes rendered in parallel processes")
     return parser
@@ -265,6 +283,7 @@ def run(args: argparse.Namespace) -> int:
         num_steps=args.num_steps,
         command_noise=args.command_noise,
         recorded_actions=args.recorded_actions,
+        motion_envelope=args.motion_envelope,
         append=args.append,
         workers=args.workers,
     )

@@ -30,9 +30,11 @@ import os
 # dm_control picks its GL backend at import time; EGL renders on CPU-only machines, OSMesa fails there.
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import json  # noqa: E402
 import logging  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 from dm_control import mujoco  # noqa: E402
@@ -859,6 +861,7 @@ def run_expert_episode(
     camera_keys: tuple[str, ...] = tuple(CAMERA_NAMES),
     command_noise: CommandNoise | None = None,
     record_sent_commands: bool = False,
+    random_motion: RandomMotionConfig | None = None,
 ) -> ExpertEpisode:
     """Plan in the mocap scene, replay in the joint scene, for the object pose drawn from ``seed``.
 
@@ -872,9 +875,11 @@ def run_expert_episode(
             The noise is drawn from ``seed``, so an episode is reproducible.
         record_sent_commands: record the perturbed commands (plan + offsets) as the actions instead of the
             plan: world-model data, where the actions must say where the arms actually go.
+        random_motion: how random motions are drawn (task "random_motion" only; default ``RandomMotionConfig()``).
     """
     if task == RANDOM_MOTION_TASK:
-        return run_random_motion_episode(seed, image_size, num_steps, camera_keys)
+        config = random_motion or RandomMotionConfig()
+        return run_random_motion_episode(seed, image_size, num_steps, camera_keys, config)
     spec = get_task(task)
     object_pose = spec.sample_object_pose(seed)
     joint_targets = plan_joint_trajectory(task, object_pose, num_steps)
@@ -958,18 +963,41 @@ class RandomMotionConfig:
     hold_steps: tuple[int, int] = (0, 15)
     max_tries: int = 30
     max_replays: int = 5
+    # (low [14], high [14]) in place of the default sampling box, e.g. a task's action envelope
+    # (``action_envelope``): motions a checkpoint's action statistics cover, which the default box far exceeds
+    box: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.segment_steps[0] <= self.segment_steps[1]:
             raise ValueError(f"segment_steps must be 1 <= low <= high, got {self.segment_steps}")
         if not 0 <= self.hold_steps[0] <= self.hold_steps[1]:
             raise ValueError(f"hold_steps must be 0 <= low <= high, got {self.hold_steps}")
+        if self.box is not None:
+            low, high = (np.asarray(bound, dtype=np.float64) for bound in self.box)
+            if low.shape != (14,) or high.shape != (14,) or np.any(low > high):
+                raise ValueError(f"box must be (low [14], high [14]) with low <= high, got {low.shape}, {high.shape}")
 
 
-def random_motion_box(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The sampling box for both arms [14] x 2, clipped to the joint limits."""
-    box = np.concatenate([_RANDOM_MOTION_BOX, _RANDOM_MOTION_BOX])
-    low, high = np.maximum(box[:, 0], lower), np.minimum(box[:, 1], upper)
+def action_envelope(dataset: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-joint (min, max) of a LeRobot dataset's actions, from its ``meta/stats.json``: a box for
+    ``RandomMotionConfig`` that keeps random motions inside what a task's demonstrations span."""
+    stats_path = Path(dataset) / "meta" / "stats.json"
+    if not stats_path.is_file():
+        raise FileNotFoundError(f"{dataset} has no meta/stats.json: give a LeRobot dataset of a task's demonstrations")
+    action = json.loads(stats_path.read_text()).get("action", {})
+    if "min" not in action or "max" not in action or len(action["min"]) != 14 or len(action["max"]) != 14:
+        raise ValueError(f"{stats_path}: expected 14-d action min and max (a bimanual ALOHA dataset)")
+    return tuple(float(v) for v in action["min"]), tuple(float(v) for v in action["max"])
+
+
+def random_motion_box(
+    lower: np.ndarray, upper: np.ndarray, box: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The sampling box for both arms [14] x 2 (``box``, or the default), clipped to the joint limits."""
+    if box is None:
+        default = np.concatenate([_RANDOM_MOTION_BOX, _RANDOM_MOTION_BOX])
+        box = (default[:, 0], default[:, 1])
+    low, high = np.maximum(np.asarray(box[0]), lower), np.minimum(np.asarray(box[1]), upper)
     if np.any(low >= high):
         raise ValueError("the random-motion box lies outside the joint limits")
     return low, high
@@ -984,7 +1012,7 @@ def plan_random_motion(
         raise ValueError(f"num_steps must be positive, got {num_steps}")
     rng = np.random.default_rng([seed, 11])
     lower, upper = profile_joint_limits(profile)
-    low, high = random_motion_box(lower, upper)
+    low, high = random_motion_box(lower, upper, config.box)
     environment = make_joint_environment(_RANDOM_MOTION_SCENE, get_task(_RANDOM_MOTION_SCENE).sample_object_pose(seed))
     start = np.clip(environment.reset().observation["qpos"].copy(), lower, upper)
     physics = environment.physics

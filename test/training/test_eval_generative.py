@@ -120,8 +120,8 @@ def test_eval_generative_reports_every_mode_against_its_baselines(dataset, check
 
     from PIL import Image
 
-    with Image.open(strip) as image:  # six rows: live, two world-model inputs, video generation, joint, repeat
+    with Image.open(strip) as image:  # live, world model (true, its mean, hold), video generation, joint, repeat
         height = config.latents.image_height
-        assert image.size[1] == 6 * (2 * height + 4)  # frames enlarged twice
+        assert image.size[1] == 7 * (2 * height + 4)  # frames enlarged twice
     with pytest.raises(FileNotFoundError, match="not a Motus checkpoint"):
         main(["eval-generative", "--checkpoint", str(tmp_path), "--dataset", str(dataset)])

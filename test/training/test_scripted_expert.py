@@ -303,3 +303,50 @@ def test_random_motion_records_as_a_lerobot_dataset(tmp_path):
     assert dataset.vectors(0)["action"].shape == (20, 14)
     with pytest.raises(ValueError, match="command-noise"):
         DemoRecordingConfig(task="random_motion", command_noise=0.05)
+
+
+# The transfer-cube demonstrations' action range (meta/stats.json of 27 scripted episodes, seeds 0-13 and 100-113)
+_TRANSFER_CUBE_ACTION_MIN = [
+    -0.057,
+    -1.065,
+    0.141,
+    -0.531,
+    -1.868,
+    0.0,
+    0.0,
+    -0.308,
+    -0.963,
+    0.457,
+    -0.574,
+    -1.551,
+    -0.243,
+    0.0,
+]
+_TRANSFER_CUBE_ACTION_MAX = [0.056, 0.689, 1.303, 0.498, -0.071, 2.008, 1.0, 0.296, 0.28, 1.23, 0.51, 1.54, 0.328, 1.0]
+
+
+@pytest.mark.timeout(300)
+def test_random_motions_stay_in_the_envelope_of_a_tasks_demonstrations(tmp_path):
+    from motus_sim.scripted_expert import RandomMotionConfig, action_envelope, plan_random_motion
+
+    demos = tmp_path / "demos"
+    (demos / "meta").mkdir(parents=True)
+    stats = {"action": {"min": _TRANSFER_CUBE_ACTION_MIN, "max": _TRANSFER_CUBE_ACTION_MAX}}
+    (demos / "meta" / "stats.json").write_text(json.dumps(stats))
+    low, high = np.array(_TRANSFER_CUBE_ACTION_MIN), np.array(_TRANSFER_CUBE_ACTION_MAX)
+    envelope = action_envelope(demos)
+    inside, default = (
+        plan_random_motion(0, 300, config)[0] for config in (RandomMotionConfig(box=envelope), RandomMotionConfig())
+    )
+    # waypoints in the box, cosine steps between them (the start pose is inside too): every target in the box
+    assert np.all(inside >= low - 1e-9) and np.all(inside <= high + 1e-9)
+    assert np.abs(inside[:, ARM_COLUMNS] - inside[0, ARM_COLUMNS]).max() > 0.3  # and it still moves
+    assert np.any(default < low - 0.1) or np.any(default > high + 0.1)  # the default box reaches further
+    # bad input: one line naming the fix
+    with pytest.raises(ValueError, match="use it with --task random_motion"):
+        DemoRecordingConfig(task="transfer_cube", motion_envelope=str(demos))
+    with pytest.raises(FileNotFoundError, match="no meta/stats.json"):
+        DemoRecordingConfig(task="random_motion", motion_envelope=str(tmp_path / "missing"))
+    (demos / "meta" / "stats.json").write_text(json.dumps({"action": {"min": [0.0] * 7, "max": [1.0] * 7}}))
+    with pytest.raises(ValueError, match="14-d action"):
+        DemoRecordingConfig(task="random_motion", motion_envelope=str(demos))

@@ -188,6 +188,8 @@ def evaluate_generative(config: GenerativeEvalConfig) -> dict[str, Any]:
             strip_rows = {
                 "live": truth,
                 "world model (true actions)": predictions["world_model_true_actions"],
+                # the sample-free prediction beside the sample: blurred where the model is unsure, not blocky
+                "world model, mean (true)": expected["world_model_true_actions"],
                 "world model (hold still)": predictions["world_model_hold"],
                 "video generation": predictions["video_generation"],
                 "joint": joint.frames,
