@@ -998,7 +998,7 @@ def random_motion_box(
         default = np.concatenate([_RANDOM_MOTION_BOX, _RANDOM_MOTION_BOX])
         box = (default[:, 0], default[:, 1])
     low, high = np.maximum(np.asarray(box[0]), lower), np.minimum(np.asarray(box[1]), upper)
-    if np.any(low >= high):
+    if np.any(low > high):  # low == high holds that joint still (a joint a task's demonstrations never move)
         raise ValueError("the random-motion box lies outside the joint limits")
     return low, high
 
