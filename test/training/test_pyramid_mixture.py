@@ -19,9 +19,16 @@ from motus_model.data.mixture import MixtureConfig
 MIXTURES = Path(__file__).resolve().parents[2] / "config" / "training" / "mixtures"
 STAGES = {"aloha_sim_pyramid_video.yaml": 1, "aloha_sim_pyramid.yaml": 2}
 # every mixture file that `motus train` must run as shipped, with its stage
-RUNS = {**STAGES, "aloha_sim_two_tasks.yaml": 3, "aloha_sim_transfer_cube_world_model.yaml": 3}
-# mixtures meant for a model whose actions modulate the video (motus train --action-modulation)
-ACTION_MODULATION = {"aloha_sim_transfer_cube_world_model.yaml"}
+RUNS = {
+    **STAGES,
+    "aloha_sim_two_tasks.yaml": 3,
+    "aloha_sim_transfer_cube_world_model.yaml": 3,
+    "aloha_sim_world_model_random_motions.yaml": 3,
+}
+# mixtures meant for a model whose actions modulate the video (motus train --action-modulation), and of those the
+# ones whose recipe has the path for clean actions only (--action-modulation-clean-only)
+ACTION_MODULATION = {"aloha_sim_transfer_cube_world_model.yaml", "aloha_sim_world_model_random_motions.yaml"}
+CLEAN_ONLY = {"aloha_sim_world_model_random_motions.yaml"}
 
 
 def _layout(tmp_path: Path, name: str) -> Path:
@@ -66,7 +73,7 @@ def test_motus_train_runs_the_pyramid_as_is(tmp_path, capsys, name):
     if RUNS[name] == 3:  # one robot, several tasks: one set of statistics
         argv += ["--normalization-stats", "pooled"]
     if name in ACTION_MODULATION:
-        argv += ["--action-modulation"]
+        argv += ["--action-modulation-clean-only" if name in CLEAN_ONLY else "--action-modulation"]
     argv += ["--preset", "motus-tiny", "--steps", "2", "--batch-size", "2", "--checkpoint-every", "0"]
     argv += ["--warmup-steps", "0", "--text-encoder", str(tmp_path / "te"), "--vlm", str(tmp_path / "vlm")]
     assert main(argv) == 0
@@ -74,3 +81,4 @@ def test_motus_train_runs_the_pyramid_as_is(tmp_path, capsys, name):
     assert summary["step"] == 2 and np.isfinite(summary["final_loss"])
     saved = json.loads((tmp_path / "run" / "training_config.json").read_text())
     assert saved["action_modulation"] == (name in ACTION_MODULATION)
+    assert saved["action_modulation_clean_only"] == (name in CLEAN_ONLY)
