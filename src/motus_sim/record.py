@@ -100,8 +100,7 @@ class DemoRecordingConfig:
         CommandNoise(std=self.command_noise)
         if self.motion_envelope and self.task != RANDOM_MOTION_TASK:
             raise ValueError("--motion-envelope bounds random motions: use it with --task random_motion")
-        if self.motion_envelope:
-            RandomMotionConfig(box=action_envelope(self.motion_envelope))  # a bad dataset fails here, not in a worker
+        self.random_motion()  # a bad envelope dataset fails here, not in a worker
         if self.recorded_actions not in RECORDED_ACTIONS:
             raise ValueError(f"recorded_actions must be one of {RECORDED_ACTIONS}, got {self.recorded_actions!r}")
         if self.recorded_actions == "sent" and self.command_noise <= 0:
@@ -115,6 +114,10 @@ class DemoRecordingConfig:
                 raise ValueError(f"{name} must be a positive even number (yuv420p video), got {value}")
         if self.num_steps is not None and self.num_steps <= 0:
             raise ValueError(f"num_steps must be positive, got {self.num_steps}")
+
+    def random_motion(self) -> RandomMotionConfig:
+        """How random motions are drawn: within ``motion_envelope``'s action range when given."""
+        return RandomMotionConfig(box=action_envelope(self.motion_envelope) if self.motion_envelope else None)
 
 
 def record_demonstrations(config: DemoRecordingConfig, show_progress: bool = True) -> dict:
@@ -141,7 +144,8 @@ def record_demonstrations(config: DemoRecordingConfig, show_progress: bool = Tru
     records = []
     start = time.perf_counter()
     seeds = [config.seed + offset for offset in range(config.episodes)]
-    jobs = [(config, seed) for seed in seeds]
+    random_motion = config.random_motion()  # the envelope's statistics read once, not per episode
+    jobs = [(config, seed, random_motion) for seed in seeds]
     pool = multiprocessing.get_context("spawn").Pool(config.workers) if config.workers > 1 else None
     try:
         episodes = pool.imap(_record_episode, jobs) if pool else map(_record_episode, jobs)
@@ -191,11 +195,10 @@ def record_demonstrations(config: DemoRecordingConfig, show_progress: bool = Tru
     }
 
 
-def _record_episode(job: tuple[DemoRecordingConfig, int]) -> ExpertEpisode:
+def _record_episode(job: tuple[DemoRecordingConfig, int, RandomMotionConfig]) -> ExpertEpisode:
     """One rendered expert episode (module level so that worker processes can run it)."""
-    config, seed = job
+    config, seed, random_motion = job
     noise = CommandNoise(std=config.command_noise) if config.command_noise > 0 else None
-    envelope = action_envelope(config.motion_envelope) if config.motion_envelope else None
     return run_expert_episode(
         config.task,
         seed,
@@ -203,7 +206,7 @@ def _record_episode(job: tuple[DemoRecordingConfig, int]) -> ExpertEpisode:
         num_steps=config.num_steps,
         command_noise=noise,
         record_sent_commands=config.recorded_actions == "sent",
-        random_motion=RandomMotionConfig(box=envelope),
+        random_motion=random_motion,
     )
 
 

@@ -30,7 +30,6 @@ import os
 # dm_control picks its GL backend at import time; EGL renders on CPU-only machines, OSMesa fails there.
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import json  # noqa: E402
 import logging  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -979,14 +978,18 @@ class RandomMotionConfig:
 
 
 def action_envelope(dataset: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The per-joint (min, max) of a LeRobot dataset's actions, from its ``meta/stats.json``: a box for
-    ``RandomMotionConfig`` that keeps random motions inside what a task's demonstrations span."""
-    stats_path = Path(dataset) / "meta" / "stats.json"
-    if not stats_path.is_file():
-        raise FileNotFoundError(f"{dataset} has no meta/stats.json: give a LeRobot dataset of a task's demonstrations")
-    action = json.loads(stats_path.read_text()).get("action", {})
+    """The per-joint (min, max) of a LeRobot dataset's actions, from its statistics (``LeRobotDataset.stats``:
+    ``meta/stats.json``, or LeRobot's per-episode stats combined): a box for ``RandomMotionConfig`` that keeps
+    random motions inside what a task's demonstrations span."""
+    from motus_model.data.lerobot import LeRobotDataset
+
+    if not (Path(dataset) / "meta" / "info.json").is_file():
+        raise FileNotFoundError(
+            f"{dataset} is not a LeRobot dataset (no meta/info.json, no meta/stats.json): give a task's demonstrations"
+        )
+    action = LeRobotDataset(dataset, camera_keys=()).stats.get("action", {})
     if "min" not in action or "max" not in action or len(action["min"]) != 14 or len(action["max"]) != 14:
-        raise ValueError(f"{stats_path}: expected 14-d action min and max (a bimanual ALOHA dataset)")
+        raise ValueError(f"{dataset}: expected 14-d action min and max in its statistics (a bimanual ALOHA dataset)")
     return tuple(float(v) for v in action["min"]), tuple(float(v) for v in action["max"])
 
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from training_helpers import write_tiny_dataset
 
 from motus_model.data.lerobot import LeRobotDataset
 from motus_sim import CAMERA_NAMES, DemoRecordingConfig, main, record_demonstrations, run_expert_episode
@@ -329,9 +330,9 @@ _TRANSFER_CUBE_ACTION_MAX = [0.056, 0.689, 1.303, 0.498, -0.071, 2.008, 1.0, 0.2
 def test_random_motions_stay_in_the_envelope_of_a_tasks_demonstrations(tmp_path):
     from motus_sim.scripted_expert import RandomMotionConfig, action_envelope, plan_random_motion
 
-    demos = tmp_path / "demos"
-    (demos / "meta").mkdir(parents=True)
-    stats = {"action": {"min": _TRANSFER_CUBE_ACTION_MIN, "max": _TRANSFER_CUBE_ACTION_MAX}}
+    demos, _ = write_tiny_dataset(tmp_path / "demos", num_episodes=1, length=8)
+    stats = json.loads((demos / "meta" / "stats.json").read_text())  # a real dataset, the task's action range
+    stats["action"].update(min=_TRANSFER_CUBE_ACTION_MIN, max=_TRANSFER_CUBE_ACTION_MAX)
     (demos / "meta" / "stats.json").write_text(json.dumps(stats))
     low, high = np.array(_TRANSFER_CUBE_ACTION_MIN), np.array(_TRANSFER_CUBE_ACTION_MAX)
     envelope = action_envelope(demos)
@@ -342,11 +343,28 @@ def test_random_motions_stay_in_the_envelope_of_a_tasks_demonstrations(tmp_path)
     assert np.all(inside >= low - 1e-9) and np.all(inside <= high + 1e-9)
     assert np.abs(inside[:, ARM_COLUMNS] - inside[0, ARM_COLUMNS]).max() > 0.3  # and it still moves
     assert np.any(default < low - 0.1) or np.any(default > high + 0.1)  # the default box reaches further
+    # recorded through generate-demos' path (worker jobs), and the envelope saved with the generation config
+    config = DemoRecordingConfig(
+        task="random_motion",
+        episodes=1,
+        seed=0,
+        out=str(tmp_path / "rm"),
+        image_height=24,
+        image_width=32,
+        num_steps=60,
+        motion_envelope=str(demos),
+    )
+    record_demonstrations(config, show_progress=False)
+    recorded = LeRobotDataset(tmp_path / "rm").vectors(0)["action"]
+    assert np.all(recorded >= low - 1e-6) and np.all(recorded <= high + 1e-6)
+    saved = json.loads((tmp_path / "rm" / "meta" / "demo_generation.json").read_text())
+    assert saved[-1]["motion_envelope"] == str(demos)
     # bad input: one line naming the fix
     with pytest.raises(ValueError, match="use it with --task random_motion"):
         DemoRecordingConfig(task="transfer_cube", motion_envelope=str(demos))
     with pytest.raises(FileNotFoundError, match="no meta/stats.json"):
         DemoRecordingConfig(task="random_motion", motion_envelope=str(tmp_path / "missing"))
-    (demos / "meta" / "stats.json").write_text(json.dumps({"action": {"min": [0.0] * 7, "max": [1.0] * 7}}))
+    stats["action"].update(min=[0.0] * 7, max=[1.0] * 7)
+    (demos / "meta" / "stats.json").write_text(json.dumps(stats))
     with pytest.raises(ValueError, match="14-d action"):
         DemoRecordingConfig(task="random_motion", motion_envelope=str(demos))
