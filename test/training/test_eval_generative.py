@@ -15,7 +15,7 @@ from motus_model.data.mixture import MixtureConfig, MixtureSampler
 from motus_model.data.sampling import sample_indices
 from motus_model.data.torch_dataset import ALOHA_CAMERA_MAP
 from motus_model.preprocessing import CompositeLayout, compose_views
-from motus_model.training.generative_eval import MOVING_THRESHOLD, frame_errors
+from motus_model.training.generative_eval import MOVING_THRESHOLD, frame_errors, paired_action_gap
 
 PRESET = "motus-tiny"
 
@@ -55,6 +55,29 @@ def test_frame_errors_score_the_moving_pixels_only():
     assert frame_errors(truth, truth, condition)["moving_sum"].tolist() == [0.0, 0.0]
 
 
+def test_paired_action_gap_separates_a_consistent_gap_from_noise():
+    rng = np.random.default_rng(1)
+    count = np.full(2, 50.0)  # 50 moving pixels at each of 2 horizons
+
+    def errors(sums: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        return [(np.zeros(2), np.array([s / 2, s / 2]), count) for s in sums]
+
+    true = rng.uniform(1.0, 3.0, size=20)
+    worse = true * 1.1  # 10% worse on every sample
+    noisy = true * rng.choice([0.8, 1.2], size=20)  # as often better as worse: no gap to find
+    gaps = paired_action_gap({"true": errors(true), "worse": errors(worse), "noisy": errors(noisy)}, "true")
+    assert gaps["worse"]["gap"] == pytest.approx(0.1, abs=1e-4)
+    assert gaps["worse"]["samples_reference_better"] == gaps["worse"]["samples_compared"] == 20
+    assert gaps["worse"]["sign_test_p"] == pytest.approx(0.5**20, abs=1e-6)
+    assert gaps["worse"]["gap_ci95"][0] == pytest.approx(0.1, abs=1e-3)  # every resample has the same ratio
+    noisy_gap = gaps["noisy"]
+    expected = float(noisy.sum() / true.sum() - 1)
+    assert noisy_gap["gap"] == pytest.approx(expected, abs=1e-4)
+    assert noisy_gap["gap_ci95"][0] < expected < noisy_gap["gap_ci95"][1]
+    assert noisy_gap["gap_ci95"][0] < 0 < noisy_gap["gap_ci95"][1]
+    assert noisy_gap["sign_test_p"] > 0.05
+
+
 @pytest.mark.timeout(300)
 def test_eval_generative_reports_every_mode_against_its_baselines(dataset, checkpoint, tmp_path, capsys):
     out, strip = tmp_path / "gen.json", tmp_path / "img" / "strip.png"
@@ -79,8 +102,13 @@ def test_eval_generative_reports_every_mode_against_its_baselines(dataset, check
     three_steps = json.loads(capsys.readouterr().out.strip().splitlines()[0])
     assert three_steps["frames_expected"] == report["frames_expected"]
     assert three_steps["frames"]["video_generation"] != report["frames"]["video_generation"]
-    assert sum(line.startswith("| repeat_last |") for line in printed) == 2  # sampled and expected tables
+    repeat_rows = [line for line in printed if line.startswith("| repeat_last |")]
+    # the sampled and expected frame tables (errors), then the two paired-gap tables (percentages)
+    assert [row.split("|")[2].strip()[-1] != "%" for row in repeat_rows[:2]] == [True, True]
+    assert [row.split("|")[2].strip().split(" ")[0][-1] for row in repeat_rows[2:]] == ["%", "%"]
     assert set(report["idm"]) == {"motus_idm", "hold_state"}
+    assert set(report["action_gap"]) == set(report["action_gap_expected"]) == expected - {"world_model_true_actions"}
+    assert report["action_gap_expected"] == report["action_gap"]  # one Euler step: the same errors
     config = MotusConfig.preset(PRESET)
     assert len(report["horizon_control_steps"]) == config.temporal.num_video_frames
 
