@@ -14,6 +14,7 @@ itself never falls back to it, so a sim-trained model is never the silent defaul
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 PACKAGE = "motus_ros"
@@ -44,8 +45,17 @@ def model_roots() -> list[Path]:
     return unique
 
 
+# Keys every Motus config.json has; models/ also ships other folders with a config.json (the latent-action VAE).
+_MOTUS_CONFIG_KEYS = ("video", "action", "latents", "temporal")
+
+
 def _is_checkpoint(folder: Path) -> bool:
-    return (folder / "config.json").is_file()
+    """A Motus checkpoint folder: its config.json is a Motus config, not another model's."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and all(key in config for key in _MOTUS_CONFIG_KEYS)
 
 
 def shipped_models() -> list[str]:

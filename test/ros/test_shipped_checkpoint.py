@@ -27,6 +27,8 @@ PROFILE = load_profile("aloha_sim")
 def test_resolve_checkpoint_names_paths_and_unknown_names(tmp_path):
     assert DEFAULT_SIM_CHECKPOINT in shipped_models()
     path = Path(resolve_checkpoint(DEFAULT_SIM_CHECKPOINT))
+    assert (path.parent / "latent-action-vae-aloha" / "config.json").is_file()
+    assert "latent-action-vae-aloha" not in shipped_models()  # a model folder too, but no Motus checkpoint
     assert path.name == DEFAULT_SIM_CHECKPOINT and path.parent.name == "models" and (path / "config.json").is_file()
     assert resolve_checkpoint(str(tmp_path)) == str(tmp_path)  # an existing path is used as is
     with pytest.raises(FileNotFoundError) as error:

@@ -97,3 +97,25 @@ def test_label_dataset_adds_latent_action_column(tiny_dataset):
     assert info["features"]["latent_action"]["shape"] == [14]
     # the real columns are untouched
     np.testing.assert_array_equal(dataset.vectors(0)["action"], written[0]["action"])
+
+
+def test_the_shipped_vae_loads_and_carries_its_probe_figure():
+    from pathlib import Path
+
+    from motus_model.latent_actions.train import images_to_tensor
+
+    root = Path(__file__).resolve().parents[2] / "models" / "latent-action-vae-aloha"
+    vae = LatentActionVAE.from_pretrained(root).eval()
+    metrics = json.loads((root / "metrics.json").read_text())
+    config = vae.config
+    # what labelling checks a dataset against, and what the model card says
+    assert (config.frame_stride, config.camera_key, config.latent_dim) == (2, "composite", 14)
+    assert metrics["frame_stride"] == config.frame_stride and metrics["camera"] == config.camera_key
+    assert metrics["flow_max_radius"] == pytest.approx(config.flow_max_radius)
+    assert metrics["probe"]["r2"] > 0.1  # the card's 0.148: the latent explains part of the held-out motion
+    size, radius = config.image_size, config.flow_max_radius
+    still = flow_to_image(np.zeros((size, size, 2)), max_radius=radius).image
+    moving = flow_to_image(np.tile([0.5 * radius, 0.0], (size, size, 1)), max_radius=radius).image
+    with torch.no_grad():
+        means, _ = vae.encode(images_to_tensor(np.stack([still, moving])))
+    assert torch.isfinite(means).all() and (means[1] - means[0]).norm() > 0.1  # motion moves the latent
