@@ -356,9 +356,11 @@ def generative_markdown(report: Mapping[str, Any]) -> str:
         for name, gap in report[key].items():
             interval = gap.get("gap_ci95")
             bounds = f" [{interval[0]:+.1%}, {interval[1]:+.1%}]" if interval else ""
+            p = gap["sign_test_p"]
+            p_text = "-" if p is None else "< 1e-6" if p == 0 else f"{p:.2g}"  # the JSON rounds to 6 decimals
             lines.append(
                 f"| {name} | {gap['gap']:+.1%}{bounds} | {gap['samples_reference_better']} of "
-                f"{gap['samples_compared']} | {gap['sign_test_p']} |"
+                f"{gap['samples_compared']} | {p_text} |"
             )
         lines.append("")
     lines += ["| IDM method | arm MAE (rad) | gripper MAE | nMSE |", "|---|---|---|---|"]
