@@ -173,7 +173,12 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mixed-precision", choices=("auto", "bf16", "no"))
     parser.add_argument("--num-workers", type=int, help="data-loader workers preparing steps ahead")
     parser.add_argument("--truncate-instructions", action="store_true", default=None)
-    parser.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the run folder's latest checkpoint, with the run's saved training_config.json "
+        "(or --config) and the flags given on top",
+    )
 
 
 def _parse_mode_mix(text: str) -> dict[str, float]:
@@ -237,11 +242,14 @@ def _train(args: argparse.Namespace) -> int:
     overrides["init_from"] = args.init_from
     if args.mode_mix is not None:
         overrides["mode_mix"] = _parse_mode_mix(args.mode_mix)
-    if args.config:
-        config = TrainingConfig.load(args.config)
+    # --resume without --config continues the run as it was configured (its saved training_config.json)
+    run_config = Path(args.output) / "training_config.json" if args.output else None
+    base = args.config or (run_config if args.resume and run_config is not None and run_config.is_file() else None)
+    if base:
+        config = TrainingConfig.load(base)
         config = TrainingConfig.from_dict({**config.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})
         if config.stage != args.stage:
-            raise ValueError(f"--config is a stage {config.stage} config, --stage says {args.stage}")
+            raise ValueError(f"{base} is a stage {config.stage} config, --stage says {args.stage}")
     elif args.output:
         config = TrainingConfig.for_stage(args.stage, **overrides)
     else:

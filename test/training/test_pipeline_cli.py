@@ -187,6 +187,15 @@ def test_three_stages_through_the_cli(tmp_path, capsys):
     )
     assert (tmp_path / "run3/checkpoints/step_0000003").is_dir()
     assert json.loads((tmp_path / "run3/training_config.json").read_text())["steps"] == 3
+    # --output RUN --resume alone continues it the same way (the run's saved config, the flags given on top)
+    assert main(["train", "--stage", "3", "--output", str(tmp_path / "run3"), "--steps", "4", "--resume"]) == 0
+    assert (tmp_path / "run3/checkpoints/step_0000004").is_dir()
+    saved = (tmp_path / "run3/training_config.json").read_text()
+    assert json.loads(saved)["steps"] == 4 and json.loads(saved)["init_from"] == run3_config["init_from"]
+    # settings that build another model are refused in one line, and the run's record stays as it was
+    with pytest.raises(ValueError, match="--resume: .*another model than these settings build"):
+        main(["train", "--stage", "3", "--output", str(tmp_path / "run3"), "--action-modulation", "--resume"])
+    assert (tmp_path / "run3/training_config.json").read_text() == saved
     with pytest.raises(ValueError, match="--output"):
         main(["train", "--stage", "3", "--dataset", str(dataset), *common])
 

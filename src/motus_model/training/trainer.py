@@ -585,11 +585,7 @@ class Trainer:
             )
         self.shard_size = config.batch_size // shards
         self.output = Path(config.output)
-        if self.accelerator.is_main_process:
-            self.output.mkdir(parents=True, exist_ok=True)
-            config.save(self.output / "training_config.json")
-
-        # 1. model (on resume: the checkpoint's config and weights)
+        # 1. model (on resume: the checkpoint's weights, which must fit the model this config builds)
         self.resume_from = latest_checkpoint(self.output) if resume else None
         if resume and self.resume_from is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {self.output} (no '{LATEST_FILE}' file)")
@@ -599,7 +595,19 @@ class Trainer:
             from motus_model.checkpoint import load_pretrained
 
             saved, _ = load_pretrained(self.resume_from, device="cpu")
-            self.model.load_state_dict(saved.state_dict(), strict=True)
+            try:
+                self.model.load_state_dict(saved.state_dict(), strict=True)
+            except RuntimeError as error:
+                detail = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+                raise ValueError(
+                    f"--resume: {self.resume_from} is another model than these settings build ({detail}); "
+                    f"resume with the run's own settings: motus train --stage {config.stage} --output {self.output} "
+                    "--resume"
+                ) from None
+        # saved once the model is known to fit: a refused resume leaves the run's record as it was
+        if self.accelerator.is_main_process:
+            self.output.mkdir(parents=True, exist_ok=True)
+            config.save(self.output / "training_config.json")
         if config.video_only and not {"action_expert", "und_expert"} <= set(config.frozen_modules):
             raise ValueError("video_only training runs the video expert alone: freeze action_expert and und_expert")
         self.frozen = freeze(self.model, config.frozen_modules, config.train_video_outputs_only)
