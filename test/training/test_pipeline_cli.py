@@ -28,7 +28,7 @@ def _weights(run) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.timeout(300)
-def test_three_stages_through_the_cli(tmp_path, capsys):
+def test_three_stages_through_the_cli(tmp_path, capsys, caplog):
     dataset = tmp_path / "ds"
     write_tiny_dataset(dataset, num_episodes=2, length=16)
     build_tiny_umt5(24, directory=tmp_path / "te")
@@ -150,11 +150,14 @@ def test_three_stages_through_the_cli(tmp_path, capsys):
                 "0.5",
                 "--episode-start-rows",
                 "4",
+                "--max-minutes",
+                "60",
                 *common,
             ]
         )
         == 0
     )
+    assert "stopped at steps=2" in caplog.text  # the steps ran out long before the minutes: said, not silent
     run3_config = json.loads((tmp_path / "run3/training_config.json").read_text())
     assert (run3_config["lr_cycle_steps"], run3_config["lr_f_min"]) == (2, 0.05)
     assert (

@@ -927,6 +927,15 @@ class Trainer:
             if config.max_minutes and time.perf_counter() - started >= 60.0 * config.max_minutes:
                 logger.info("stopping at step %d: the %.1f-minute budget is spent", self.step, config.max_minutes)
                 break
+        else:
+            if config.max_minutes:  # the steps ran out first: a budget in minutes usually means "until then"
+                logger.warning(
+                    "stopped at steps=%d after %.1f of the %.1f minutes of --max-minutes: pass a larger --steps to "
+                    "train for the whole budget",
+                    config.steps,
+                    (time.perf_counter() - started) / 60.0,
+                    config.max_minutes,
+                )
         progress.close()
         if self.eval_dataset is not None and (not result.eval_history or result.eval_history[-1]["step"] != self.step):
             evaluation = {"step": self.step, "eval": self.evaluate()}
