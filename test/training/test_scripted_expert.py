@@ -285,18 +285,23 @@ def test_random_motions_are_reachable_collision_free_and_move(seed):
     np.testing.assert_allclose(episode.states[-1, ARM_COLUMNS], episode.actions[-2, ARM_COLUMNS], atol=0.15)
 
 
-@pytest.mark.timeout(300)
-def test_random_motion_records_as_a_lerobot_dataset(tmp_path):
-    config = DemoRecordingConfig(
+def _tiny_random_motion(out, seed: int, num_steps: int, **fields) -> DemoRecordingConfig:
+    """One small random-motion episode's recording config (24x32 views)."""
+    return DemoRecordingConfig(
         task="random_motion",
         episodes=1,
-        seed=3,
-        out=str(tmp_path / "rm"),
+        seed=seed,
+        out=str(out),
         image_height=24,
         image_width=32,
-        num_steps=20,
+        num_steps=num_steps,
+        **fields,
     )
-    summary = record_demonstrations(config, show_progress=False)
+
+
+@pytest.mark.timeout(300)
+def test_random_motion_records_as_a_lerobot_dataset(tmp_path):
+    summary = record_demonstrations(_tiny_random_motion(tmp_path / "rm", seed=3, num_steps=20), show_progress=False)
     assert summary["episodes_recorded"] == 1
     dataset = LeRobotDataset(tmp_path / "rm")
     assert dataset.task(0) == "move the arms"
@@ -344,16 +349,7 @@ def test_random_motions_stay_in_the_envelope_of_a_tasks_demonstrations(tmp_path)
     assert np.abs(inside[:, ARM_COLUMNS] - inside[0, ARM_COLUMNS]).max() > 0.3  # and it still moves
     assert np.any(default < low - 0.1) or np.any(default > high + 0.1)  # the default box reaches further
     # recorded through generate-demos' path (worker jobs), and the envelope saved with the generation config
-    config = DemoRecordingConfig(
-        task="random_motion",
-        episodes=1,
-        seed=0,
-        out=str(tmp_path / "rm"),
-        image_height=24,
-        image_width=32,
-        num_steps=60,
-        motion_envelope=str(demos),
-    )
+    config = _tiny_random_motion(tmp_path / "rm", seed=0, num_steps=60, motion_envelope=str(demos))
     record_demonstrations(config, show_progress=False)
     recorded = LeRobotDataset(tmp_path / "rm").vectors(0)["action"]
     assert np.all(recorded >= low - 1e-6) and np.all(recorded <= high + 1e-6)

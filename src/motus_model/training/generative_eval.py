@@ -96,18 +96,19 @@ def paired_action_gap(
     def moving_sums(name: str) -> np.ndarray:  # [N]: each sample's squared error over its moving pixels
         return np.array([float(e[1].sum()) for e in errors[name]])
 
-    counts = np.array([float(e[2].sum()) for e in errors[reference]])
     ref = moving_sums(reference)
+    ref_total = ref.sum()
+    # the moving pixels come from the truth, so every method shares the reference's per-sample counts
+    with_motion = np.array([e[2].sum() > 0 for e in errors[reference]])
     gaps: dict[str, Any] = {}
     for name in errors:
         if name == reference:
             continue
         other = moving_sums(name)
-        with_motion = counts > 0
         differing = with_motion & (other != ref)
         better = int((ref[differing] < other[differing]).sum())
         compared = int(differing.sum())
-        gap = float(other.sum() / ref.sum() - 1.0) if ref.sum() > 0 else float("nan")
+        gap = float(other.sum() / ref_total - 1.0) if ref_total > 0 else float("nan")
         entry: dict[str, Any] = {
             "gap": round(gap, 4),
             "samples_reference_better": better,
@@ -116,7 +117,7 @@ def paired_action_gap(
             if compared
             else None,
         }
-        if int(with_motion.sum()) >= 2 and ref.sum() > 0:
+        if int(with_motion.sum()) >= 2 and ref_total > 0:
             interval = bootstrap(
                 (ref[with_motion], other[with_motion]),
                 lambda r, o, axis=-1: o.sum(axis=axis) / r.sum(axis=axis) - 1.0,
